@@ -1,0 +1,105 @@
+# exec-sandbox build. `make` builds the binaries; `make run` sets up everything from nothing and
+# runs a sandboxed print; `make test` runs the whole suite (see README.md).
+CC ?= cc
+BUILD ?= build
+CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
+	-I$(BUILD)/gen -Iproto -Icli -g
+CFLAGS ?= -O2
+LIBS_HOST = -lev -lprotobuf-c -ljansson
+PROTOS = control worker agent
+GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
+GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
+COMMON_SRC = proto/frame.c proto/limits.c proto/paths.c
+SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor/sched.c \
+	supervisor/accel.c
+WORKER_SRC = vmworker/worker.c vmworker/qemu.c vmworker/qmp.c
+LIBSBX_SRC = cli/libsbx.c
+SBX_SRC = cli/sbx.c cli/args.c
+AGENT_SRC = agent/agent.c
+
+.PHONY: all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan
+
+all: $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/sbx-agent $(BUILD)/libsbx.a
+
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
+
+# Objects of one variant (release or asan) live under $(BUILD)/<variant>/.
+define variant
+$(BUILD)/$(1)/%.o: %.c $(GEN_H) $(wildcard proto/*.h cli/*.h supervisor/*.h vmworker/*.h)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS_COMMON) $(2) -c $$< -o $$@
+$(BUILD)/$(1)/gen/%.o: $(BUILD)/gen/%.c $(GEN_H)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS_COMMON) $(2) -Wno-error -c $$< -o $$@
+$(1)_COMMON_OBJ = $$(COMMON_SRC:%.c=$(BUILD)/$(1)/%.o) $$(PROTOS:%=$(BUILD)/$(1)/gen/%.pb-c.o)
+$(BUILD)/$(1)/sbxd: $$(SBXD_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ)
+	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
+$(BUILD)/$(1)/sbx-vmworker: $$(WORKER_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ)
+	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
+$(BUILD)/$(1)/libsbx.a: $$(LIBSBX_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ)
+	ar rcs $$@ $$^
+$(BUILD)/$(1)/sbx: $$(SBX_SRC:%.c=$(BUILD)/$(1)/%.o) $(BUILD)/$(1)/libsbx.a
+	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
+endef
+
+ASAN_FLAGS = -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+$(eval $(call variant,rel,$(CFLAGS)))
+$(eval $(call variant,asan,$(ASAN_FLAGS)))
+
+$(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/libsbx.a: $(BUILD)/%: $(BUILD)/rel/%
+	cp $< $@
+
+asan: $(BUILD)/asan/sbxd $(BUILD)/asan/sbx-vmworker $(BUILD)/asan/sbx
+
+# The guest agent is PID 1 in the VM: static, no sanitizer.
+$(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) proto/*.h
+	$(CC) $(CFLAGS_COMMON) -O2 -static -o $@ $(AGENT_SRC) $(COMMON_SRC) \
+		$(BUILD)/gen/agent.pb-c.c -l:libprotobuf-c.a
+
+# Unit tests (cmocka), built with ASan/UBSan.
+UNIT_TESTS = test_frame test_limits test_config test_cli_args
+$(BUILD)/tests/test_frame: tests/unit/test_frame.c $(asan_COMMON_OBJ)
+$(BUILD)/tests/test_limits: tests/unit/test_limits.c $(asan_COMMON_OBJ)
+$(BUILD)/tests/test_config: tests/unit/test_config.c $(BUILD)/asan/supervisor/config.o $(asan_COMMON_OBJ)
+$(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.o $(BUILD)/asan/libsbx.a
+$(UNIT_TESTS:%=$(BUILD)/tests/%):
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) -Isupervisor $(ASAN_FLAGS) -o $@ $^ -lcmocka $(LIBS_HOST)
+
+test-unit: $(UNIT_TESTS:%=$(BUILD)/tests/%)
+	@set -e; for t in $^; do echo "== $$t"; $$t; done
+
+setup:
+	scripts/setup-host.sh
+
+assets: $(BUILD)/sbx-agent
+	scripts/build-assets.sh
+
+run: setup
+	$(MAKE) all
+	$(MAKE) assets
+	$(BUILD)/sbx run 'print("Hello from sandbox")'
+
+test: setup
+	$(MAKE) all asan
+	$(MAKE) assets
+	$(MAKE) format-check
+	$(MAKE) test-unit
+	python3 tests/e2e/run.py --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
+
+test-fast: all asan test-unit
+	python3 tests/e2e/run.py --fast --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
+
+bench: all
+	scripts/bench.sh
+
+FORMAT_SRC = $(wildcard proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] tests/unit/*.c)
+format:
+	clang-format -i $(FORMAT_SRC)
+format-check:
+	clang-format --dry-run --Werror $(FORMAT_SRC)
+
+clean:
+	rm -rf $(BUILD)

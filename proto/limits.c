@@ -1,0 +1,109 @@
+/* Request validation against the contract's limits. */
+#include "limits.h"
+
+#include <stdio.h>
+#include <string.h>
+
+bool limits_language_ok(const char *lang)
+{
+    return lang && (!strcmp(lang, "python") || !strcmp(lang, "javascript") || !strcmp(lang, "raw"));
+}
+
+int limits_check_code(const uint8_t *code, size_t len, char *err, size_t errlen)
+{
+    if (len == 0) {
+        snprintf(err, errlen, "code is empty");
+        return -1;
+    }
+    if (len > SBX_MAX_CODE) {
+        snprintf(err, errlen, "code is %zu bytes; the limit is %u (1 MiB)", len, SBX_MAX_CODE);
+        return -1;
+    }
+    if (memchr(code, '\0', len)) {
+        snprintf(err, errlen, "code contains a NUL byte");
+        return -1;
+    }
+    return 0;
+}
+
+int limits_check_timeout(uint32_t s, char *err, size_t errlen)
+{
+    if (s < SBX_TIMEOUT_MIN || s > SBX_TIMEOUT_MAX) {
+        snprintf(err, errlen, "timeout %u s is out of range (%u-%u s)", s, SBX_TIMEOUT_MIN,
+                 SBX_TIMEOUT_MAX);
+        return -1;
+    }
+    return 0;
+}
+
+int limits_check_memory(uint32_t mb, char *err, size_t errlen)
+{
+    if (mb < SBX_MEMORY_MIN || mb > SBX_MEMORY_MAX) {
+        snprintf(err, errlen, "memory %u MB is out of range (%u-%u MB)", mb, SBX_MEMORY_MIN,
+                 SBX_MEMORY_MAX);
+        return -1;
+    }
+    return 0;
+}
+
+/* Names that would let the caller change how the interpreter or the dynamic loader starts,
+ * rather than pass data to the code. */
+static const char *const denied_env[] = {
+    "PATH",          "HOME",         "USER",         "SHELL",        "IFS",        "BASH_ENV",
+    "ENV",           "PYTHONPATH",   "PYTHONHOME",   "PYTHONSTARTUP", "PYTHONINSPECT",
+    "NODE_OPTIONS",  "NODE_PATH",    "BUN_OPTIONS",  "PROMPT_COMMAND", "SHELLOPTS", "BASHOPTS",
+};
+
+int limits_check_env(const char *key, const char *value, char *err, size_t errlen)
+{
+    size_t kl = strlen(key);
+    if (kl == 0 || kl > SBX_MAX_ENV_KEY) {
+        snprintf(err, errlen, "environment variable name must be 1-%u characters", SBX_MAX_ENV_KEY);
+        return -1;
+    }
+    if (!((key[0] >= 'A' && key[0] <= 'Z') || (key[0] >= 'a' && key[0] <= 'z') || key[0] == '_')) {
+        snprintf(err, errlen, "environment variable name `%.64s` must start with a letter or _",
+                 key);
+        return -1;
+    }
+    for (size_t i = 0; i < kl; i++) {
+        char c = key[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '_')) {
+            snprintf(err, errlen, "environment variable name `%.64s` may hold only letters, digits and _",
+                     key);
+            return -1;
+        }
+    }
+    if (!strncmp(key, "LD_", 3)) {
+        snprintf(err, errlen, "environment variable `%.64s` is not allowed (dynamic loader)", key);
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof denied_env / sizeof denied_env[0]; i++)
+        if (!strcmp(key, denied_env[i])) {
+            snprintf(err, errlen, "environment variable `%s` is not allowed (it changes how the "
+                                  "sandbox starts the code)",
+                     key);
+            return -1;
+        }
+    size_t vl = strlen(value);
+    if (vl > SBX_MAX_ENV_VALUE) {
+        snprintf(err, errlen, "value of `%.64s` is %zu bytes; the limit is %u", key, vl,
+                 SBX_MAX_ENV_VALUE);
+        return -1;
+    }
+    if (strpbrk(value, "\n\r")) {
+        snprintf(err, errlen, "value of `%.64s` contains a newline", key);
+        return -1;
+    }
+    return 0;
+}
+
+int limits_check_env_count(size_t n, char *err, size_t errlen)
+{
+    if (n > SBX_MAX_ENV) {
+        snprintf(err, errlen, "%zu environment variables; the limit is %u", n, SBX_MAX_ENV);
+        return -1;
+    }
+    return 0;
+}

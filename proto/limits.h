@@ -1,0 +1,34 @@
+/* The limits of the contract (reference "Limits") and the one validation of a run request,
+ * shared by the CLI (early, friendly exit 2) and sbxd (authoritative). */
+#ifndef SBX_LIMITS_H
+#define SBX_LIMITS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SBX_MAX_CODE (1u << 20)
+#define SBX_MAX_STDOUT (1u << 20)
+#define SBX_MAX_STDERR (100u * 1024u)
+#define SBX_MAX_ENV 100u
+#define SBX_MAX_ENV_KEY 256u
+#define SBX_MAX_ENV_VALUE (32u * 1024u)
+#define SBX_TIMEOUT_MIN 1u
+#define SBX_TIMEOUT_MAX 300u
+#define SBX_TIMEOUT_DEFAULT 30u
+#define SBX_MEMORY_MIN 128u
+#define SBX_MEMORY_MAX 2048u
+#define SBX_MEMORY_DEFAULT 256u
+#define SBX_MAX_CONCURRENT_MIN 1u
+#define SBX_MAX_CONCURRENT_MAX 100u
+
+/* Returns true for python, javascript, raw. */
+bool limits_language_ok(const char *lang);
+/* Each returns 0, or -1 with a message in err (size errlen) that says what is wrong. */
+int limits_check_code(const uint8_t *code, size_t len, char *err, size_t errlen);
+int limits_check_timeout(uint32_t seconds, char *err, size_t errlen);
+int limits_check_memory(uint32_t mb, char *err, size_t errlen);
+int limits_check_env(const char *key, const char *value, char *err, size_t errlen);
+int limits_check_env_count(size_t n, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that building, running and testing exec-sandbox need.
+# Idempotent: a second run with everything present does no network work.
+set -euo pipefail
+
+[ "$(id -u)" -eq 0 ] && SUDO= || SUDO=sudo
+
+PKGS_MAIN=(
+  build-essential pkg-config git ca-certificates curl xz-utils cpio
+  libev-dev libprotobuf-c-dev protobuf-c-compiler libseccomp-dev libcap-ng-dev
+  libcurl4-openssl-dev libarchive-dev libzstd-dev libjansson-dev libcmocka-dev
+  libssl-dev zstd
+  bc bison flex libelf-dev dwarves
+  debootstrap squashfs-tools
+  clang-format valgrind python3
+)
+PKGS_BPO=(qemu-system-x86 qemu-utils)
+KERNEL_SRC=linux-source-6.1
+
+missing=()
+for p in "${PKGS_MAIN[@]}" "${PKGS_BPO[@]}" "$KERNEL_SRC"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+qemu_ok=0
+if command -v qemu-system-x86_64 >/dev/null &&
+  qemu-system-x86_64 --version | grep -qE 'version (9|[1-9][0-9])\.'; then qemu_ok=1; fi
+
+if [ ${#missing[@]} -eq 0 ] && [ $qemu_ok -eq 1 ]; then
+  echo "setup-host: all packages present"
+  exit 0
+fi
+
+echo "setup-host: installing: ${missing[*]:-qemu from backports}"
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+    $SUDO tee /etc/apt/sources.list.d/sbx-bookworm-backports.list >/dev/null
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q -o Dpkg::Progress-Fancy=0
+$SUDO apt-get install -y -q --no-install-recommends "${PKGS_MAIN[@]}" "$KERNEL_SRC"
+$SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports "${PKGS_BPO[@]}"
+qemu-system-x86_64 --version | head -1
