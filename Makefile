@@ -3,16 +3,16 @@
 CC ?= cc
 BUILD ?= build
 CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
-	-I$(BUILD)/gen -Iproto -Icli -g
+	-iquote $(BUILD)/gen -iquote proto -iquote cli -g
 CFLAGS ?= -O2
 LIBS_HOST = -lev -lprotobuf-c -ljansson
 PROTOS = control worker agent
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
-COMMON_SRC = proto/frame.c proto/limits.c proto/paths.c
+COMMON_SRC = proto/frame.c proto/sbx_limits.c proto/paths.c
 SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor/sched.c \
 	supervisor/accel.c
-WORKER_SRC = vmworker/worker.c vmworker/qemu.c vmworker/qmp.c
+WORKER_SRC = vmworker/worker.c vmworker/qemu.c
 LIBSBX_SRC = cli/libsbx.c
 SBX_SRC = cli/sbx.c cli/args.c
 AGENT_SRC = agent/agent.c
@@ -66,7 +66,7 @@ $(BUILD)/tests/test_config: tests/unit/test_config.c $(BUILD)/asan/supervisor/co
 $(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.o $(BUILD)/asan/libsbx.a
 $(UNIT_TESTS:%=$(BUILD)/tests/%):
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_COMMON) -Isupervisor $(ASAN_FLAGS) -o $@ $^ -lcmocka $(LIBS_HOST)
+	$(CC) $(CFLAGS_COMMON) -iquote supervisor $(ASAN_FLAGS) -o $@ $^ -lcmocka $(LIBS_HOST)
 
 test-unit: $(UNIT_TESTS:%=$(BUILD)/tests/%)
 	@set -e; for t in $^; do echo "== $$t"; $$t; done

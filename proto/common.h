@@ -3,6 +3,7 @@
 #define SBX_COMMON_H
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>

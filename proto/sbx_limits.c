@@ -1,5 +1,5 @@
 /* Request validation against the contract's limits. */
-#include "limits.h"
+#include "sbx_limits.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,0 +1,49 @@
+/* sbxd settings: defaults < config file < EXEC_SANDBOX_<KEY> environment < command-line flags. */
+#ifndef SBX_CONFIG_H
+#define SBX_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+
+typedef struct {
+    /* The reference's configuration table. */
+    uint32_t max_concurrent_vms;
+    uint32_t warm_pool_size;
+    uint32_t default_memory_mb;
+    uint32_t default_timeout_seconds;
+    uint32_t session_idle_timeout_seconds;
+    char images_dir[512];
+    char snapshot_cache_dir[512];
+    char s3_bucket[256];
+    char s3_region[64];
+    uint32_t max_concurrent_s3_uploads;
+    bool enable_package_validation;
+    bool auto_download_assets;
+    /* Ours. */
+    char socket[108];
+    char accel[8];  /* auto | kvm | tcg */
+    char qemu[512]; /* qemu-system-x86_64 binary */
+    char cache_dir[512];
+    uint32_t idle_exit_seconds;   /* 0: serve forever */
+    uint32_t queue_timeout_seconds; /* how long a run may wait for a VM slot */
+    uint32_t boot_timeout_seconds;
+    char log[512];
+} sbx_config;
+
+void config_defaults(sbx_config *c);
+/* Apply one "key" = "value" pair; key uses underscores. -1 with err on unknown key / bad value. */
+int config_set(sbx_config *c, const char *key, const char *value, sbx_err *err);
+/* Read a file of `key = value` lines (# comments, blank lines). */
+int config_load_file(sbx_config *c, const char *path, sbx_err *err);
+/* Apply every EXEC_SANDBOX_<KEY> variable present in the environment. */
+int config_load_env(sbx_config *c, sbx_err *err);
+/* Parse argv flags (--key value, --key=value, dashes or underscores; --config FILE is read first
+ * wherever it appears). Returns 0, 1 if --help/--version was printed, -1 with err. */
+int config_load_args(sbx_config *c, int argc, char **argv, sbx_err *err);
+/* Everything: defaults, file, env, args, then the cross-field checks. */
+int config_load(sbx_config *c, int argc, char **argv, sbx_err *err);
+
+#endif

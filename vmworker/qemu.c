@@ -1,0 +1,223 @@
+/* QEMU command line, process start and /proc measurements. */
+#include "qemu.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Kernel command line: quiet serial console, reboot (not halt) on panic so QEMU exits with
+ * -no-reboot, and the TCG-friendly timer options measured in MEASUREMENTS.md. */
+static const char base_cmdline[] = "console=ttyS0 panic=-1 reboot=t quiet loglevel=1 "
+                                   "tsc=reliable no_timer_check i8042.noaux nolapic_timer "
+                                   "random.trust_cpu=on";
+
+#define MAX_ARGS 64
+
+struct argv_buf {
+    char *v[MAX_ARGS];
+    int n;
+    char store[8192];
+    size_t used;
+};
+
+__attribute__((format(printf, 2, 3))) static int arg(struct argv_buf *a, const char *fmt, ...)
+{
+    if (a->n >= MAX_ARGS - 1)
+        return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    int r = vsnprintf(a->store + a->used, sizeof a->store - a->used, fmt, ap);
+    va_end(ap);
+    if (r < 0 || (size_t)r >= sizeof a->store - a->used)
+        return -1;
+    a->v[a->n++] = a->store + a->used;
+    a->v[a->n] = NULL;
+    a->used += (size_t)r + 1;
+    return 0;
+}
+
+static bool safe_path(const char *p)
+{
+    /* QEMU option values are comma-separated: a comma in a path would inject options. */
+    return p && *p == '/' && !strchr(p, ',') && strlen(p) < PATH_MAX - 32;
+}
+
+int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
+{
+    if (!safe_path(cfg->kernel) || !safe_path(cfg->initrd) || !safe_path(cfg->rootfs) ||
+        !safe_path(cfg->run_dir))
+        return sbx_fail(err, EINVAL, "VM config: paths must be absolute and free of commas");
+    if (strcmp(cfg->accel, "kvm") && strcmp(cfg->accel, "tcg"))
+        return sbx_fail(err, EINVAL, "VM config: accel `%s`", cfg->accel);
+    if (cfg->memory_mb < 64 || cfg->memory_mb > 65536)
+        return sbx_fail(err, EINVAL, "VM config: memory %u MB", cfg->memory_mb);
+    snprintf(vm->agent_sock, sizeof vm->agent_sock, "%s/agent.sock", cfg->run_dir);
+    snprintf(vm->console_sock, sizeof vm->console_sock, "%s/console.sock", cfg->run_dir);
+    snprintf(vm->log_path, sizeof vm->log_path, "%s/qemu.log", cfg->run_dir);
+
+    struct argv_buf a = {0};
+    const char *cpu = cfg->cpu && *cfg->cpu ? cfg->cpu : (!strcmp(cfg->accel, "kvm") ? "host" : "max");
+    int bad = 0;
+    bad |= arg(&a, "%s", cfg->qemu);
+    bad |= arg(&a, "-M") | arg(&a, "microvm,acpi=off,x-option-roms=off,rtc=on");
+    bad |= arg(&a, "-accel") | arg(&a, "%s", cfg->accel);
+    bad |= arg(&a, "-cpu") | arg(&a, "%s", cpu);
+    bad |= arg(&a, "-m") | arg(&a, "%u", cfg->memory_mb);
+    bad |= arg(&a, "-smp") | arg(&a, "1");
+    bad |= arg(&a, "-nodefaults") | arg(&a, "-no-user-config") | arg(&a, "-no-reboot");
+    bad |= arg(&a, "-display") | arg(&a, "none");
+    bad |= arg(&a, "-kernel") | arg(&a, "%s", cfg->kernel);
+    bad |= arg(&a, "-initrd") | arg(&a, "%s", cfg->initrd);
+    bad |= arg(&a, "-append") | arg(&a, "%s", base_cmdline);
+    bad |= arg(&a, "-drive") |
+           arg(&a, "file=%s,if=none,id=root,format=raw,readonly=on,cache=unsafe", cfg->rootfs);
+    bad |= arg(&a, "-device") | arg(&a, "virtio-blk-device,drive=root");
+    bad |= arg(&a, "-device") | arg(&a, "virtio-serial-device,max_ports=2");
+    bad |= arg(&a, "-chardev") | arg(&a, "socket,id=agent,path=%s,server=on,wait=off", vm->agent_sock);
+    bad |= arg(&a, "-device") | arg(&a, "virtserialport,chardev=agent,name=sbx.agent");
+    bad |= arg(&a, "-device") | arg(&a, "virtio-rng-device");
+    bad |= arg(&a, "-chardev") |
+           arg(&a, "socket,id=con,path=%s,server=on,wait=off", vm->console_sock);
+    bad |= arg(&a, "-serial") | arg(&a, "chardev:con");
+    if (bad)
+        return sbx_fail(err, E2BIG, "QEMU command line too long");
+
+    int logfd = open(vm->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (logfd < 0)
+        return sbx_fail(err, errno, "create `%s`: %s", vm->log_path, strerror(errno));
+    pid_t parent = getpid();
+    vm->t_spawn = now_ms();
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(logfd);
+        return sbx_fail(err, errno, "fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        /* QEMU must not outlive its worker, whatever kills the worker. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        dup2(logfd, 1);
+        dup2(logfd, 2);
+        close_range(3, ~0U, 0);
+        execvp(a.v[0], a.v);
+        dprintf(2, "exec %s: %s\n", a.v[0], strerror(errno));
+        _exit(127);
+    }
+    close(logfd);
+    vm->pid = pid;
+    return 0;
+}
+
+static bool alive(qemu_vm *vm)
+{
+    if (vm->pid <= 0)
+        return false;
+    int st;
+    pid_t r = waitpid(vm->pid, &st, WNOHANG);
+    if (r == vm->pid) {
+        vm->pid = -1;
+        return false;
+    }
+    return true;
+}
+
+int qemu_connect(qemu_vm *vm, const char *path, uint64_t deadline, sbx_err *err)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path)
+        return sbx_fail(err, ENAMETOOLONG, "socket path `%s` too long", path);
+    strcpy(sa.sun_path, path);
+    for (;;) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return sbx_fail(err, errno, "socket: %s", strerror(errno));
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+            /* Only QEMU, our own child, may be at the other end. */
+            struct ucred uc;
+            socklen_t ul = sizeof uc;
+            if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) < 0 || uc.pid != vm->pid) {
+                close(fd);
+                return sbx_fail(err, EPERM, "peer of `%s` is pid %d, not our QEMU (%d)", path,
+                                (int)uc.pid, (int)vm->pid);
+            }
+            return fd;
+        }
+        int e = errno;
+        close(fd);
+        if (e != ENOENT && e != ECONNREFUSED)
+            return sbx_fail(err, e, "connect `%s`: %s", path, strerror(e));
+        if (!alive(vm))
+            return sbx_fail(err, ECHILD, "QEMU exited before opening `%s`", path);
+        if (now_ms() >= deadline)
+            return sbx_fail(err, ETIMEDOUT, "QEMU did not open `%s` in time", path);
+        struct timespec ts = {0, 2 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int qemu_usage(const qemu_vm *vm, uint64_t *cpu_ms, uint64_t *peak_mb)
+{
+    char path[64], buf[4096];
+    *cpu_ms = *peak_mb = 0;
+    if (vm->pid <= 0)
+        return -1;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)vm->pid);
+    cleanup_fclose FILE *f = fopen(path, "re");
+    if (!f || !fgets(buf, sizeof buf, f))
+        return -1;
+    /* Fields after the command name, which may itself hold spaces and parentheses. */
+    char *p = strrchr(buf, ')');
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    long hz = sysconf(_SC_CLK_TCK);
+    *cpu_ms = (ut + st) * 1000ull / (unsigned long long)(hz > 0 ? hz : 100);
+    snprintf(path, sizeof path, "/proc/%d/status", (int)vm->pid);
+    cleanup_fclose FILE *s = fopen(path, "re");
+    while (s && fgets(buf, sizeof buf, s)) {
+        unsigned long long kb;
+        if (sscanf(buf, "VmHWM: %llu kB", &kb) == 1)
+            *peak_mb = (kb + 1023) / 1024;
+    }
+    return 0;
+}
+
+void qemu_log_tail(const qemu_vm *vm, char *out, size_t n)
+{
+    out[0] = '\0';
+    cleanup_close int fd = open(vm->log_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || n < 2)
+        return;
+    off_t end = lseek(fd, 0, SEEK_END);
+    off_t start = end > (off_t)(n - 1) ? end - (off_t)(n - 1) : 0;
+    ssize_t r = pread(fd, out, n - 1, start);
+    out[r > 0 ? r : 0] = '\0';
+    for (char *p = out; *p; p++)
+        if (*p == '\n' && p[1])
+            *p = ' ';
+    size_t l = strlen(out);
+    while (l && (out[l - 1] == '\n' || out[l - 1] == ' '))
+        out[--l] = '\0';
+}
+
+void qemu_kill(qemu_vm *vm)
+{
+    if (vm->pid > 0) {
+        kill(vm->pid, SIGKILL);
+        waitpid(vm->pid, NULL, 0);
+        vm->pid = -1;
+    }
+}

@@ -1,0 +1,524 @@
+/* sbx-vmworker: one per VM. Started by sbxd with one socketpair end (--fd N); boots one QEMU,
+ * relays between sbxd and the guest agent, enforces the host-side deadline, measures the VM
+ * from outside, and removes everything it created. Exits when its one job is done. */
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "agent.pb-c.h"
+#include "frame.h"
+#include "sbx_limits.h"
+#include "qemu.h"
+#include "worker.pb-c.h"
+
+/* Time the guest gets past its own timeout to SIGTERM, SIGKILL, drain and report before the
+ * host stops waiting and kills the VM. */
+#define HOST_GRACE_MS 5000
+#define HELLO_RESEND_MS 1000
+#define CONSOLE_TAIL 2048
+
+typedef struct {
+    uint8_t *data;
+    size_t len, cap, limit;
+    bool truncated;
+} outbuf;
+
+typedef struct {
+    int ctl; /* sbxd */
+    frame_reader ctl_rd;
+    int sigfd;
+    qemu_vm vm;
+    int agent;
+    frame_reader ag_rd;
+    int con;
+    char con_tail[CONSOLE_TAIL];
+    size_t con_len;
+    Sbx__Worker__VmConfig *cfg;
+    uint64_t req_id;
+    uint64_t t_start;
+} worker;
+
+static worker W = {.ctl = -1, .sigfd = -1, .agent = -1, .con = -1, .vm = {.pid = -1}};
+
+static void wlog(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "sbx-vmworker[%d]: ", (int)getpid());
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static void send_ctl(Sbx__Worker__FromWorker *m)
+{
+    m->id = W.req_id;
+    if (frame_send(W.ctl, &m->base) < 0)
+        wlog("write to sbxd: %s", strerror(errno));
+}
+
+static void cleanup_vm(void)
+{
+    qemu_kill(&W.vm);
+    if (W.cfg && W.cfg->run_dir && *W.cfg->run_dir) {
+        unlink(W.vm.agent_sock);
+        unlink(W.vm.console_sock);
+        unlink(W.vm.log_path);
+    }
+}
+
+__attribute__((noreturn)) static void fail(Sbx__Control__ErrorKind kind, bool transient,
+                                           const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    wlog("%s", msg);
+    Sbx__Control__Error e = SBX__CONTROL__ERROR__INIT;
+    e.kind = kind;
+    e.transient = transient;
+    e.message = msg;
+    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
+    m.body_case = SBX__WORKER__FROM_WORKER__BODY_ERROR;
+    m.error = &e;
+    send_ctl(&m);
+    cleanup_vm();
+    exit(1);
+}
+
+/* Why the VM is gone, for messages: QEMU's own words, else the guest console's last line. */
+static const char *vm_gone_reason(char *buf, size_t n)
+{
+    qemu_log_tail(&W.vm, buf, n);
+    if (!buf[0] && W.con_len) {
+        size_t l = W.con_len < n - 1 ? W.con_len : n - 1;
+        memcpy(buf, W.con_tail + W.con_len - l, l);
+        buf[l] = '\0';
+        for (char *p = buf; *p; p++)
+            if (*p == '\n' || *p == '\r')
+                *p = ' ';
+    }
+    return buf[0] ? buf : "no message";
+}
+
+static void console_read(void)
+{
+    char buf[4096];
+    ssize_t n = read(W.con, buf, sizeof buf);
+    if (n <= 0) {
+        close(W.con);
+        W.con = -1;
+        return;
+    }
+    /* Keep only the tail: the guest decides how much it prints. */
+    if ((size_t)n >= sizeof W.con_tail) {
+        memcpy(W.con_tail, buf + n - sizeof W.con_tail, sizeof W.con_tail);
+        W.con_len = sizeof W.con_tail;
+    } else {
+        size_t keep = sizeof W.con_tail - (size_t)n;
+        if (W.con_len > keep) {
+            memmove(W.con_tail, W.con_tail + W.con_len - keep, keep);
+            W.con_len = keep;
+        }
+        memcpy(W.con_tail + W.con_len, buf, (size_t)n);
+        W.con_len += (size_t)n;
+    }
+}
+
+static void send_agent(Sbx__Agent__HostMsg *m)
+{
+    if (frame_send(W.agent, &m->base) < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true, "write to guest agent: %s",
+             strerror(errno));
+}
+
+static void send_hello(void)
+{
+    Sbx__Agent__Hello h = SBX__AGENT__HELLO__INIT;
+    h.protocol_version = SBX_PROTOCOL_VERSION;
+    Sbx__Agent__HostMsg m = SBX__AGENT__HOST_MSG__INIT;
+    m.body_case = SBX__AGENT__HOST_MSG__BODY_HELLO;
+    m.hello = &h;
+    send_agent(&m);
+}
+
+enum { EV_NONE, EV_CTL, EV_AGENT, EV_TIMEOUT };
+
+/* Wait for the next frame from sbxd or the agent, until deadline. Handles the console, signals
+ * and QEMU's death on the way. *frame points into the reader's buffer. */
+static int next_event(uint64_t deadline, const uint8_t **frame, size_t *len)
+{
+    for (;;) {
+        int r;
+        if (W.agent >= 0 && (r = frame_reader_next(&W.ag_rd, frame, len)) != 0) {
+            if (r < 0)
+                fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                     "guest agent sent an oversized frame; VM stopped");
+            return EV_AGENT;
+        }
+        if ((r = frame_reader_next(&W.ctl_rd, frame, len)) != 0) {
+            if (r < 0)
+                fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false, "oversized frame from sbxd");
+            return EV_CTL;
+        }
+        uint64_t now = now_ms();
+        if (now >= deadline)
+            return EV_TIMEOUT;
+        struct pollfd p[4] = {{.fd = W.ctl, .events = POLLIN},
+                              {.fd = W.sigfd, .events = POLLIN},
+                              {.fd = W.agent, .events = POLLIN},
+                              {.fd = W.con, .events = POLLIN}};
+        int wait = deadline - now > 1000000 ? 1000000 : (int)(deadline - now);
+        if (poll(p, 4, wait) < 0) {
+            if (errno == EINTR)
+                continue;
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "poll: %s", strerror(errno));
+        }
+        if (p[3].revents)
+            console_read();
+        if (p[1].revents) {
+            struct signalfd_siginfo si;
+            while (read(W.sigfd, &si, sizeof si) == sizeof si) {
+                if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+                    cleanup_vm();
+                    exit(1);
+                }
+            }
+            int st;
+            if (W.vm.pid > 0 && waitpid(W.vm.pid, &st, WNOHANG) == W.vm.pid) {
+                W.vm.pid = -1;
+                /* Drain what the console and agent still hold before reporting. */
+                if (W.con >= 0)
+                    console_read();
+                char why[512];
+                fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                     "the VM stopped unexpectedly (QEMU %s %d): %s",
+                     WIFSIGNALED(st) ? "killed by signal" : "exited with status",
+                     WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
+                     vm_gone_reason(why, sizeof why));
+            }
+        }
+        if (p[0].revents) {
+            ssize_t n = frame_reader_fill(&W.ctl_rd, W.ctl);
+            if (n == 0 || (n < 0 && errno != EAGAIN)) {
+                /* sbxd went away or cancelled the run: nothing to report to. */
+                cleanup_vm();
+                exit(1);
+            }
+        }
+        if (W.agent >= 0 && p[2].revents) {
+            ssize_t n = frame_reader_fill(&W.ag_rd, W.agent);
+            if (n == 0 || (n < 0 && errno != EAGAIN)) {
+                char why[512];
+                fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                     "guest agent channel closed: %s", vm_gone_reason(why, sizeof why));
+            }
+        }
+    }
+}
+
+static void recv_ctl(Sbx__Worker__ToWorker **out, Sbx__Worker__ToWorker__BodyCase want)
+{
+    const uint8_t *f;
+    size_t n;
+    for (;;) {
+        int ev = next_event(now_ms() + 30000, &f, &n);
+        if (ev == EV_TIMEOUT)
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "sbxd sent nothing for 30 s");
+        if (ev != EV_CTL)
+            continue; /* a guest frame before we asked for one: ignore */
+        Sbx__Worker__ToWorker *m = sbx__worker__to_worker__unpack(NULL, n, f);
+        if (!m || m->body_case != want)
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false, "unexpected frame from sbxd");
+        W.req_id = m->id;
+        *out = m;
+        return;
+    }
+}
+
+static void outbuf_add(outbuf *b, const uint8_t *d, size_t n)
+{
+    size_t room = b->limit - b->len;
+    if (n > room) {
+        n = room;
+        b->truncated = true;
+    }
+    if (!n)
+        return;
+    if (b->len + n > b->cap) {
+        size_t nc = b->cap ? b->cap * 2 : 65536;
+        while (nc < b->len + n)
+            nc *= 2;
+        uint8_t *p = realloc(b->data, nc);
+        if (!p)
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+        b->data = p;
+        b->cap = nc;
+    }
+    memcpy(b->data + b->len, d, n);
+    b->len += n;
+}
+
+static void boot(uint64_t *boot_ms)
+{
+    sbx_err err = {0};
+    if (qemu_spawn(W.cfg, &W.vm, &err) < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "start QEMU: %s", err.msg);
+    uint64_t deadline = W.vm.t_spawn + W.cfg->boot_timeout_ms;
+    W.con = qemu_connect(&W.vm, W.vm.console_sock, deadline, &err);
+    if (W.con < 0)
+        goto qemu_failed;
+    W.agent = qemu_connect(&W.vm, W.vm.agent_sock, deadline, &err);
+    if (W.agent < 0)
+        goto qemu_failed;
+    frame_reader_init(&W.ag_rd, FRAME_MAX_AGENT);
+    send_hello();
+    uint64_t next_hello = now_ms() + HELLO_RESEND_MS;
+    for (;;) {
+        const uint8_t *f;
+        size_t n;
+        uint64_t until = next_hello < deadline ? next_hello : deadline;
+        int ev = next_event(until, &f, &n);
+        if (ev == EV_TIMEOUT) {
+            if (now_ms() >= deadline) {
+                char why[512];
+                fail(SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT, true,
+                     "the VM did not boot within %u ms (%s accelerator): %s",
+                     W.cfg->boot_timeout_ms, W.cfg->accel, vm_gone_reason(why, sizeof why));
+            }
+            send_hello();
+            next_hello = now_ms() + HELLO_RESEND_MS;
+            continue;
+        }
+        if (ev != EV_AGENT)
+            continue; /* the exec request may already be queued; it is read later */
+        Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, f);
+        if (!g)
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                 "undecodable frame from the guest agent during boot");
+        if (g->body_case == SBX__AGENT__GUEST_MSG__BODY_READY) {
+            uint32_t v = g->ready->protocol_version;
+            sbx__agent__guest_msg__free_unpacked(g, NULL);
+            if (v != SBX_PROTOCOL_VERSION)
+                fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                     "guest agent speaks protocol %u, host %d: rebuild the assets", v,
+                     SBX_PROTOCOL_VERSION);
+            *boot_ms = now_ms() - W.vm.t_spawn;
+            return;
+        }
+        sbx__agent__guest_msg__free_unpacked(g, NULL);
+    }
+qemu_failed: {
+    char why[512];
+    fail(err.code == ETIMEDOUT ? SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT
+                               : SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION,
+         true, "start VM: %s: %s", err.msg, vm_gone_reason(why, sizeof why));
+}
+}
+
+static void forward_chunk(uint32_t stream, const uint8_t *d, size_t n)
+{
+    Sbx__Control__OutputChunk c = SBX__CONTROL__OUTPUT_CHUNK__INIT;
+    c.stream = stream == 2 ? SBX__CONTROL__STREAM__STREAM_STDERR : SBX__CONTROL__STREAM__STREAM_STDOUT;
+    c.data.data = (uint8_t *)d;
+    c.data.len = n;
+    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
+    m.body_case = SBX__WORKER__FROM_WORKER__BODY_CHUNK;
+    m.chunk = &c;
+    send_ctl(&m);
+}
+
+static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms)
+{
+    /* Re-check what sbxd already validated: the worker trusts nobody with lengths. */
+    char msg[256];
+    if (limits_check_code(req->code.data, req->code.len, msg, sizeof msg) < 0 ||
+        limits_check_env_count(req->n_env, msg, sizeof msg) < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "%s", msg);
+
+    Sbx__Agent__EnvVar *envs = calloc(req->n_env ? req->n_env : 1, sizeof *envs);
+    Sbx__Agent__EnvVar **envp = calloc(req->n_env ? req->n_env : 1, sizeof *envp);
+    if (!envs || !envp)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+    for (size_t i = 0; i < req->n_env; i++) {
+        sbx__agent__env_var__init(&envs[i]);
+        envs[i].key = req->env[i]->key;
+        envs[i].value = req->env[i]->value;
+        envp[i] = &envs[i];
+    }
+    Sbx__Agent__Exec ex = SBX__AGENT__EXEC__INIT;
+    ex.language = req->language;
+    ex.code = req->code;
+    ex.timeout_ms = req->timeout_ms;
+    ex.n_env = req->n_env;
+    ex.env = envp;
+    ex.max_stdout = SBX_MAX_STDOUT;
+    ex.max_stderr = SBX_MAX_STDERR;
+    Sbx__Agent__HostMsg hm = SBX__AGENT__HOST_MSG__INIT;
+    hm.id = 1;
+    hm.body_case = SBX__AGENT__HOST_MSG__BODY_EXEC;
+    hm.exec = &ex;
+    uint64_t t_exec = now_ms();
+    send_agent(&hm);
+    free(envs);
+    free(envp);
+
+    outbuf out = {.limit = SBX_MAX_STDOUT}, errb = {.limit = SBX_MAX_STDERR};
+    Sbx__Control__ExecResult res = SBX__CONTROL__EXEC_RESULT__INIT;
+    uint64_t deadline = t_exec + req->timeout_ms + HOST_GRACE_MS;
+    bool done = false;
+    while (!done) {
+        const uint8_t *f;
+        size_t n;
+        int ev = next_event(deadline, &f, &n);
+        if (ev == EV_TIMEOUT) {
+            /* The guest stopped answering: it loses the VM. */
+            wlog("guest did not finish %d ms after its timeout; killing the VM", HOST_GRACE_MS);
+            res.timed_out = true;
+            res.exit_code = 128 + SIGKILL;
+            res.execution_time_ms = now_ms() - t_exec;
+            break;
+        }
+        if (ev != EV_AGENT)
+            continue;
+        Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, f);
+        if (!g)
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                 "undecodable frame from the guest agent");
+        switch (g->body_case) {
+        case SBX__AGENT__GUEST_MSG__BODY_OUTPUT: {
+            outbuf *b = g->output->stream == 2 ? &errb : &out;
+            size_t before = b->len;
+            outbuf_add(b, g->output->data.data, g->output->data.len);
+            /* Forward only what fits under the cap, so the stream matches the result. */
+            if (req->stream && b->len > before)
+                forward_chunk(g->output->stream, b->data + before, b->len - before);
+            break;
+        }
+        case SBX__AGENT__GUEST_MSG__BODY_DONE:
+            res.exit_code = g->done->exit_code;
+            res.timed_out = g->done->timed_out;
+            out.truncated |= g->done->stdout_truncated;
+            errb.truncated |= g->done->stderr_truncated;
+            res.execution_time_ms = g->done->execution_time_ms;
+            done = true;
+            break;
+        case SBX__AGENT__GUEST_MSG__BODY_FAILURE: {
+            char m[512];
+            snprintf(m, sizeof m, "%.500s", g->failure->message ? g->failure->message : "");
+            sbx__agent__guest_msg__free_unpacked(g, NULL);
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_GUEST_AGENT, false, "guest agent: %s", m);
+        }
+        default:
+            break; /* late Ready replies to a resent Hello */
+        }
+        sbx__agent__guest_msg__free_unpacked(g, NULL);
+    }
+    uint64_t t_end = now_ms();
+    qemu_usage(&W.vm, &res.external_cpu_time_ms, &res.external_memory_peak_mb);
+    cleanup_vm();
+
+    Sbx__Control__Timing tm = SBX__CONTROL__TIMING__INIT;
+    tm.setup_ms = setup_ms;
+    tm.boot_ms = boot_ms;
+    tm.execute_ms = t_end - t_exec;
+    tm.total_ms = t_end - W.t_start;
+    res.timing = &tm;
+    res.stdout.data = out.data;
+    res.stdout.len = out.len;
+    res.stderr.data = errb.data;
+    res.stderr.len = errb.len;
+    res.stdout_truncated = out.truncated;
+    res.stderr_truncated = errb.truncated;
+    res.accelerator = W.cfg->accel;
+    res.start_mode = "cold";
+    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
+    m.body_case = SBX__WORKER__FROM_WORKER__BODY_RESULT;
+    m.result = &res;
+    send_ctl(&m);
+    free(out.data);
+    free(errb.data);
+}
+
+int main(int argc, char **argv)
+{
+    W.t_start = now_ms();
+    if (argc != 3 || strcmp(argv[1], "--fd") != 0) {
+        fprintf(stderr, "usage: sbx-vmworker --fd N (started by sbxd, not by hand)\n");
+        return 2;
+    }
+    W.ctl = atoi(argv[2]);
+    if (W.ctl < 3 || fcntl(W.ctl, F_GETFD) < 0) {
+        fprintf(stderr, "sbx-vmworker: --fd %s is not an open descriptor\n", argv[2]);
+        return 2;
+    }
+    fcntl(W.ctl, F_SETFD, FD_CLOEXEC);
+    frame_reader_init(&W.ctl_rd, FRAME_MAX_WORKER);
+    /* If sbxd dies, so do we (and QEMU with us). */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t ss;
+    sigemptyset(&ss);
+    sigaddset(&ss, SIGCHLD);
+    sigaddset(&ss, SIGTERM);
+    sigaddset(&ss, SIGINT);
+    sigprocmask(SIG_BLOCK, &ss, NULL);
+    W.sigfd = signalfd(-1, &ss, SFD_CLOEXEC | SFD_NONBLOCK);
+
+    Sbx__Worker__ToWorker *hello;
+    recv_ctl(&hello, SBX__WORKER__TO_WORKER__BODY_HELLO);
+    uint32_t v = hello->hello->protocol_version;
+    sbx__worker__to_worker__free_unpacked(hello, NULL);
+    if (v != SBX_PROTOCOL_VERSION)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false, "sbxd speaks protocol %u, worker %d",
+             v, SBX_PROTOCOL_VERSION);
+    Sbx__Control__HelloOk ok = SBX__CONTROL__HELLO_OK__INIT;
+    ok.protocol_version = SBX_PROTOCOL_VERSION;
+    ok.server = "sbx-vmworker/" SBX_VERSION;
+    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
+    m.body_case = SBX__WORKER__FROM_WORKER__BODY_HELLO;
+    m.hello = &ok;
+    send_ctl(&m);
+
+    Sbx__Worker__ToWorker *start;
+    recv_ctl(&start, SBX__WORKER__TO_WORKER__BODY_START);
+    W.cfg = start->start;
+    uint64_t setup_ms = now_ms() - W.t_start, boot_ms = 0;
+    boot(&boot_ms);
+
+    Sbx__Worker__Booted b = SBX__WORKER__BOOTED__INIT;
+    b.boot_ms = boot_ms;
+    b.setup_ms = setup_ms;
+    b.qemu_pid = (uint32_t)W.vm.pid;
+    Sbx__Worker__FromWorker bm = SBX__WORKER__FROM_WORKER__INIT;
+    bm.body_case = SBX__WORKER__FROM_WORKER__BODY_BOOTED;
+    bm.booted = &b;
+    send_ctl(&bm);
+    if (W.cfg->probe) {
+        cleanup_vm();
+        sbx__worker__to_worker__free_unpacked(start, NULL);
+        frame_reader_free(&W.ctl_rd);
+        frame_reader_free(&W.ag_rd);
+        return 0;
+    }
+    Sbx__Worker__ToWorker *ex;
+    recv_ctl(&ex, SBX__WORKER__TO_WORKER__BODY_EXEC);
+    run_exec(ex->exec, boot_ms, setup_ms);
+    sbx__worker__to_worker__free_unpacked(ex, NULL);
+    sbx__worker__to_worker__free_unpacked(start, NULL);
+    frame_reader_free(&W.ctl_rd);
+    frame_reader_free(&W.ag_rd);
+    if (W.con >= 0)
+        close(W.con);
+    return 0;
+}
