@@ -2,7 +2,7 @@
 # runs a sandboxed print; `make test` runs the whole suite (see README.md).
 CC ?= cc
 BUILD ?= build
-CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
+CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation \
 	-iquote $(BUILD)/gen -iquote proto -iquote cli -g
 CFLAGS ?= -O2
 LIBS_HOST = -lev -lprotobuf-c -ljansson

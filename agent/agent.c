@@ -1,0 +1,945 @@
+/* sbx-agent: PID 1 of the guest. Boots the sandbox (mounts, root switch, /dev built from scratch),
+ * answers the host over the virtio-serial port "sbx.agent", and runs untrusted code as uid 1000
+ * with no_new_privs, streaming its output under caps and a deadline. Everything happens in one
+ * poll loop, so the host channel keeps being served while code runs.
+ *
+ * PID 1 must never return: a fatal error is logged to the kernel console and ends the VM with
+ * reboot(2) (QEMU runs with -no-reboot, so that is a power-off). */
+#include "agent.pb-c.h"
+#include "common.h"
+#include "frame.h"
+#include "sbx_limits.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <net/if.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+
+#define AGENT_PORT_NAME "sbx.agent"
+#define AGENT_ROOT_DEV "/dev/vda"
+#define AGENT_NEWROOT "/newroot"
+#define AGENT_CODE_DIR "/run/sbx"
+#define AGENT_HOME "/home/user"
+#define AGENT_UID 1000
+#define AGENT_GID 1000
+
+/* How long boot waits for devices the kernel may still be probing. */
+#define AGENT_ROOT_WAIT_MS 2000
+#define AGENT_PORT_WAIT_MS 3000
+/* While the host side of the port is closed, read() returns 0 and poll() says POLLHUP at once:
+ * look again after this long instead of spinning. */
+#define AGENT_PORT_RETRY_MS 10
+
+#define AGENT_CHUNK (64u * 1024u)
+/* Backpressure: above this many queued bytes stop reading the child's pipes (the child then
+ * blocks on its own writes), and above the second stop reading host frames too. */
+#define AGENT_QUEUE_PAUSE_PIPES (4u << 20)
+#define AGENT_QUEUE_PAUSE_PORT (8u << 20)
+#define AGENT_TERM_GRACE_MS 1000
+#define AGENT_DRAIN_MS 200
+
+static int console_fd = 2;
+
+__attribute__((format(printf, 1, 2))) static void agent_log(const char *fmt, ...)
+{
+    char buf[768];
+    int n = snprintf(buf, sizeof buf, "sbx-agent: ");
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (m < 0)
+        m = 0;
+    n += m;
+    if ((size_t)n > sizeof buf - 2)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    ssize_t w = write(console_fd, buf, (size_t)n);
+    (void)w;
+}
+
+__attribute__((format(printf, 1, 2), noreturn)) static void agent_fatal(const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    agent_log("fatal: %s; powering off", msg);
+    reboot(RB_AUTOBOOT);
+    agent_log("reboot: %s", strerror(errno));
+    for (;;)
+        pause();
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+static uint64_t boottime_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- boot --------------------------------------------------------------------------------- */
+
+struct boot_mount {
+    const char *src, *dst, *type;
+    unsigned long flags;
+    const char *data;
+    bool required; /* without it the sandbox would be unsafe or useless */
+};
+
+static int boot_mount_all(const struct boot_mount *m, size_t n, sbx_err *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (mount(m[i].src, m[i].dst, m[i].type, m[i].flags, m[i].data) == 0)
+            continue;
+        if (m[i].required)
+            return sbx_fail(err, errno, "mount %s on `%s`: %s", m[i].type, m[i].dst,
+                            strerror(errno));
+        agent_log("mount %s on `%s`: %s (continuing)", m[i].type, m[i].dst, strerror(errno));
+    }
+    return 0;
+}
+
+static int boot_early(sbx_err *err)
+{
+    /* EBUSY: the kernel mounted devtmpfs itself (CONFIG_DEVTMPFS_MOUNT with a disk root). */
+    if (mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755") < 0 && errno != EBUSY)
+        return sbx_fail(err, errno, "mount devtmpfs on `/dev`: %s", strerror(errno));
+    /* The initramfs has no /dev/console, so the kernel left fds 0-2 closed: give them the
+     * console now, so nothing opened later lands on 0-2 by accident. */
+    int fd = open("/dev/console", O_RDWR | O_NOCTTY);
+    if (fd < 0)
+        fd = open("/dev/null", O_RDWR);
+    if (fd >= 0) {
+        for (int i = 0; i < 3; i++)
+            if (fd != i)
+                dup2(fd, i);
+        if (fd > 2)
+            close(fd);
+    }
+    console_fd = 2;
+    static const struct boot_mount early[] = {
+        {"proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, true},
+        {"sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, true},
+    };
+    return boot_mount_all(early, ARRAY_LEN(early), err);
+}
+
+static int boot_mount_root(sbx_err *err)
+{
+    uint64_t until = now_ms() + AGENT_ROOT_WAIT_MS;
+    for (;;) {
+        if (mount(AGENT_ROOT_DEV, AGENT_NEWROOT, "squashfs", MS_RDONLY | MS_NOSUID | MS_NODEV,
+                  NULL) == 0)
+            return 0;
+        int e = errno;
+        if ((e != ENOENT && e != ENXIO) || now_ms() >= until)
+            return sbx_fail(err, e, "mount `%s` (squashfs) on `%s`: %s", AGENT_ROOT_DEV,
+                            AGENT_NEWROOT, strerror(e));
+        sleep_ms(2);
+    }
+}
+
+/* The code's /dev is a fresh tmpfs holding only harmless nodes: no disks, no memory devices,
+ * no virtio port, no console. */
+static int boot_populate_dev(sbx_err *err)
+{
+    static const struct {
+        const char *name;
+        unsigned maj, min;
+    } nodes[] = {
+        {"null", 1, 3},    {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8},
+        {"urandom", 1, 9}, {"tty", 5, 0},  {"ptmx", 5, 2},
+    };
+    static const struct {
+        const char *name, *target;
+    } links[] = {
+        {"fd", "/proc/self/fd"},
+        {"stdin", "/proc/self/fd/0"},
+        {"stdout", "/proc/self/fd/1"},
+        {"stderr", "/proc/self/fd/2"},
+    };
+    const char *dev = AGENT_NEWROOT "/dev";
+    if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64") < 0)
+        return sbx_fail(err, errno, "mount tmpfs on `%s`: %s", dev, strerror(errno));
+    cleanup_close int dfd = open(dev, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return sbx_fail(err, errno, "open `%s`: %s", dev, strerror(errno));
+    for (size_t i = 0; i < ARRAY_LEN(nodes); i++)
+        if (mknodat(dfd, nodes[i].name, S_IFCHR | 0666, makedev(nodes[i].maj, nodes[i].min)) < 0)
+            return sbx_fail(err, errno, "mknod `%s/%s`: %s", dev, nodes[i].name, strerror(errno));
+    for (size_t i = 0; i < ARRAY_LEN(links); i++)
+        if (symlinkat(links[i].target, dfd, links[i].name) < 0)
+            return sbx_fail(err, errno, "symlink `%s/%s`: %s", dev, links[i].name, strerror(errno));
+    if (mkdirat(dfd, "pts", 0755) < 0 || mkdirat(dfd, "shm", 01777) < 0)
+        return sbx_fail(err, errno, "mkdir in `%s`: %s", dev, strerror(errno));
+    static const struct boot_mount sub[] = {
+        {"devpts", AGENT_NEWROOT "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+         "newinstance,ptmxmode=0666,mode=0620,gid=5", false},
+        {"tmpfs", AGENT_NEWROOT "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=25%",
+         false},
+    };
+    return boot_mount_all(sub, ARRAY_LEN(sub), err);
+}
+
+static int boot_mount_newroot(sbx_err *err)
+{
+    if (boot_mount_root(err) < 0)
+        return -1;
+    if (boot_populate_dev(err) < 0)
+        return -1;
+    static const struct boot_mount m[] = {
+        {"proc", AGENT_NEWROOT "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2",
+         true},
+        {"sysfs", AGENT_NEWROOT "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL,
+         false},
+        {"tmpfs", AGENT_NEWROOT "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=50%", true},
+        {"tmpfs", AGENT_NEWROOT "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=10%", true},
+        {"tmpfs", AGENT_NEWROOT "/var/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=25%",
+         false},
+        {"tmpfs", AGENT_NEWROOT AGENT_HOME, "tmpfs", MS_NOSUID | MS_NODEV,
+         "mode=0700,uid=1000,gid=1000,size=50%", true},
+    };
+    return boot_mount_all(m, ARRAY_LEN(m), err);
+}
+
+/* Finds the port by name in sysfs and opens its node from the initramfs /dev, which the code
+ * never sees. The port appears a little after the driver probes (control messages from QEMU),
+ * so wait for it. */
+static int boot_open_port(sbx_err *err)
+{
+    uint64_t until = now_ms() + AGENT_PORT_WAIT_MS;
+    for (;;) {
+        DIR *d = opendir("/sys/class/virtio-ports");
+        if (d) {
+            struct dirent *de;
+            while ((de = readdir(d))) {
+                if (de->d_name[0] == '.' || strlen(de->d_name) > 64)
+                    continue;
+                char path[128], name[64];
+                snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", de->d_name);
+                cleanup_close int nfd = open(path, O_RDONLY | O_CLOEXEC);
+                if (nfd < 0)
+                    continue;
+                ssize_t n = read(nfd, name, sizeof name - 1);
+                if (n <= 0)
+                    continue;
+                name[n] = '\0';
+                name[strcspn(name, "\n")] = '\0';
+                if (strcmp(name, AGENT_PORT_NAME) != 0)
+                    continue;
+                snprintf(path, sizeof path, "/dev/%s", de->d_name);
+                int fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+                if (fd >= 0) {
+                    closedir(d);
+                    return fd;
+                }
+                if (errno != ENOENT) {
+                    int e = errno;
+                    closedir(d);
+                    return sbx_fail(err, e, "open `%s`: %s", path, strerror(e));
+                }
+            }
+            closedir(d);
+        }
+        if (now_ms() >= until)
+            return sbx_fail(err, ENOENT, "no virtio port named `%s` after %d ms", AGENT_PORT_NAME,
+                            AGENT_PORT_WAIT_MS);
+        sleep_ms(2);
+    }
+}
+
+static void boot_net_and_name(void)
+{
+    if (sethostname("sandbox", 7) < 0)
+        agent_log("sethostname: %s", strerror(errno));
+    /* Bringing lo up makes the kernel add 127.0.0.1/8 and ::1 on its own. */
+    cleanup_close int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return;
+    struct ifreq ifr = {0};
+    memcpy(ifr.ifr_name, "lo", 3);
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+        return;
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+        agent_log("loopback up: %s", strerror(errno));
+}
+
+static int boot_switch_root(sbx_err *err)
+{
+    /* The initramfs mounts are only the agent's; drop them so nothing below the new root stays
+     * reachable by name. Open fds (console, port) keep working. */
+    umount2("/proc", MNT_DETACH);
+    umount2("/sys", MNT_DETACH);
+    umount2("/dev", MNT_DETACH);
+    if (chdir(AGENT_NEWROOT) < 0)
+        return sbx_fail(err, errno, "chdir `%s`: %s", AGENT_NEWROOT, strerror(errno));
+    if (mount(".", "/", NULL, MS_MOVE, NULL) < 0)
+        return sbx_fail(err, errno, "move `%s` to `/`: %s", AGENT_NEWROOT, strerror(errno));
+    if (chroot(".") < 0)
+        return sbx_fail(err, errno, "chroot: %s", strerror(errno));
+    if (chdir("/") < 0)
+        return sbx_fail(err, errno, "chdir `/`: %s", strerror(errno));
+    if (mkdir(AGENT_CODE_DIR, 0755) < 0 && errno != EEXIST)
+        return sbx_fail(err, errno, "mkdir `%s`: %s", AGENT_CODE_DIR, strerror(errno));
+    return 0;
+}
+
+/* ---- state -------------------------------------------------------------------------------- */
+
+struct chan {
+    int fd;
+    frame_reader rd;
+    frame_writer wr;
+    uint64_t retry_at; /* host side closed: do not poll the port before this time */
+    uint64_t skip;     /* bytes of an oversized frame still to throw away */
+};
+
+struct run {
+    pid_t pid; /* 0: no exec in progress */
+    uint64_t id;
+    int fd[2]; /* read ends of stdout, stderr; -1 once at EOF */
+    size_t cap[2], sent[2];
+    bool trunc[2];
+    uint64_t start_ms, deadline_ms, kill_ms, exit_ms, drain_until_ms;
+    bool term_sent, kill_sent, timed_out, exited;
+    int status;
+};
+
+struct agent {
+    struct chan ch;
+    struct run run;
+    int sigfd;
+    char kernel[65];
+};
+
+/* ---- host channel ------------------------------------------------------------------------- */
+
+static void chan_flush(struct chan *c)
+{
+    if (frame_writer_queued(&c->wr) == 0)
+        return;
+    if (frame_writer_flush(&c->wr, c->fd) < 0 && errno != EAGAIN)
+        agent_log("write to port: %s", strerror(errno));
+}
+
+static void chan_send(struct chan *c, Sbx__Agent__GuestMsg *m)
+{
+    if (frame_writer_put(&c->wr, &m->base) < 0) {
+        agent_log("queue frame: %s (dropped)", strerror(errno));
+        return;
+    }
+    chan_flush(c);
+}
+
+__attribute__((format(printf, 3, 4))) static void chan_failure(struct chan *c, uint64_t id,
+                                                               const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    Sbx__Agent__Failure f = SBX__AGENT__FAILURE__INIT;
+    f.message = msg;
+    Sbx__Agent__GuestMsg m = SBX__AGENT__GUEST_MSG__INIT;
+    m.id = id;
+    m.body_case = SBX__AGENT__GUEST_MSG__BODY_FAILURE;
+    m.failure = &f;
+    chan_send(c, &m);
+}
+
+static void chan_reset_reader(struct chan *c)
+{
+    size_t max = c->rd.max_frame;
+    frame_reader_free(&c->rd);
+    frame_reader_init(&c->rd, max);
+}
+
+/* The frame in front announces more than the cap: answer, then throw exactly that frame away
+ * so the frames after it still parse. */
+static void chan_drop_oversized(struct chan *c)
+{
+    const uint8_t *h = c->rd.buf + c->rd.start;
+    uint64_t n = (uint64_t)h[0] << 24 | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 8 | h[3];
+    uint64_t total = FRAME_HDR + n;
+    size_t pending = frame_reader_pending(&c->rd);
+    chan_failure(c, 0, "frame of %llu bytes exceeds the limit of %u; dropped",
+                 (unsigned long long)n, FRAME_MAX_AGENT);
+    if (pending >= total) {
+        frame_reader rest;
+        frame_reader_init(&rest, c->rd.max_frame);
+        if (frame_reader_feed(&rest, h + total, pending - total) < 0)
+            agent_fatal("out of memory");
+        frame_reader_free(&c->rd);
+        c->rd = rest;
+        return;
+    }
+    c->skip = total - pending;
+    chan_reset_reader(c);
+}
+
+static void agent_handle(struct agent *a, const uint8_t *data, size_t len);
+
+/* The host side closed (or never opened): keep nothing of a half-read frame and look again a
+ * little later. */
+static void chan_host_gone(struct chan *c)
+{
+    c->retry_at = now_ms() + AGENT_PORT_RETRY_MS;
+    c->skip = 0;
+    if (frame_reader_pending(&c->rd) > 0)
+        chan_reset_reader(c);
+}
+
+static void chan_read(struct agent *a)
+{
+    struct chan *c = &a->ch;
+    if (c->skip > 0) {
+        static uint8_t scratch[AGENT_CHUNK];
+        size_t want = c->skip < sizeof scratch ? (size_t)c->skip : sizeof scratch;
+        ssize_t n = read(c->fd, scratch, want);
+        if (n == 0)
+            chan_host_gone(c);
+        else if (n > 0)
+            c->skip -= (uint64_t)n;
+        return;
+    }
+    ssize_t n = frame_reader_fill(&c->rd, c->fd);
+    if (n == 0) {
+        chan_host_gone(c);
+        return;
+    }
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return;
+        if (errno == ENOMEM)
+            agent_fatal("out of memory reading the port");
+        agent_log("read port: %s", strerror(errno));
+        chan_host_gone(c);
+        return;
+    }
+    for (;;) {
+        const uint8_t *data;
+        size_t len;
+        int rc = frame_reader_next(&c->rd, &data, &len);
+        if (rc == 0)
+            break;
+        if (rc < 0) {
+            chan_drop_oversized(c);
+            if (c->skip > 0)
+                break;
+            continue;
+        }
+        agent_handle(a, data, len);
+    }
+}
+
+/* ---- exec --------------------------------------------------------------------------------- */
+
+static void run_sweep_user(void)
+{
+    /* Code may have left processes outside its group (setsid, double fork). A helper with the
+     * sandbox uid sends SIGKILL to everything it may signal: exactly the user's processes. It is
+     * waited for here so it cannot outlive this exec and hit the next one. */
+    pid_t p = fork();
+    if (p == 0) {
+        if (setgroups(0, NULL) == 0 && setgid(AGENT_GID) == 0 && setuid(AGENT_UID) == 0)
+            kill(-1, SIGKILL);
+        _exit(0);
+    }
+    if (p < 0) {
+        agent_log("fork (sweep): %s", strerror(errno));
+        return;
+    }
+    while (waitpid(p, NULL, 0) < 0 && errno == EINTR)
+        ;
+}
+
+static void run_kill(struct run *r, int sig)
+{
+    if (kill(-r->pid, sig) < 0 && errno != ESRCH)
+        agent_log("kill %d: %s", -r->pid, strerror(errno));
+    if (sig == SIGKILL)
+        run_sweep_user();
+}
+
+__attribute__((noreturn)) static void run_child_die(const char *what)
+{
+    char buf[256];
+    int n = snprintf(buf, sizeof buf, "sbx-agent: %s: %s\n", what, strerror(errno));
+    ssize_t w = write(2, buf, n > 0 && (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+    (void)w;
+    _exit(errno == ENOENT ? 127 : 126);
+}
+
+/* In the forked child: become the sandbox user and exec. Nothing of the agent survives: fds,
+ * signal mask, dispositions and environment are all reset. */
+__attribute__((noreturn)) static void run_child(int out_w, int err_w, char *const argv[],
+                                                char *const envp[])
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    /* Until the dups, errors go to the stderr pipe directly. */
+    if (dup2(err_w, 2) < 0)
+        _exit(126);
+    if (setsid() < 0)
+        run_child_die("setsid");
+    int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (nul < 0)
+        run_child_die("open /dev/null");
+    if (dup2(nul, 0) < 0 || dup2(out_w, 1) < 0)
+        run_child_die("dup2");
+    if (close_range(3, ~0u, 0) < 0)
+        for (int fd = 3; fd < 1024; fd++)
+            close(fd);
+    if (setgroups(0, NULL) < 0)
+        run_child_die("setgroups");
+    if (setgid(AGENT_GID) < 0)
+        run_child_die("setgid");
+    if (setuid(AGENT_UID) < 0)
+        run_child_die("setuid");
+    if (getuid() != AGENT_UID || geteuid() != AGENT_UID || getgid() != AGENT_GID ||
+        getegid() != AGENT_GID || setuid(0) == 0) {
+        errno = EPERM;
+        run_child_die("dropping root");
+    }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        run_child_die("no_new_privs");
+    if (chdir(AGENT_HOME) < 0)
+        run_child_die("chdir " AGENT_HOME);
+    umask(022);
+    execve(argv[0], argv, envp);
+    run_child_die(argv[0]);
+}
+
+static int run_write_code(const char *path, const uint8_t *code, size_t len, sbx_err *err)
+{
+    cleanup_close int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0)
+        return sbx_fail(err, errno, "open `%s`: %s", path, strerror(errno));
+    if (fchown(fd, 0, 0) < 0 || fchmod(fd, 0644) < 0)
+        return sbx_fail(err, errno, "chmod `%s`: %s", path, strerror(errno));
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = write(fd, code + off, len - off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return sbx_fail(err, errno, "write `%s`: %s", path, strerror(errno));
+        }
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+struct env_list {
+    char **v;
+    size_t n;
+};
+
+static void env_list_free(struct env_list *e)
+{
+    for (size_t i = 0; i < e->n; i++)
+        free(e->v[i]);
+    free(e->v);
+    e->v = NULL;
+    e->n = 0;
+}
+#define cleanup_env __attribute__((cleanup(env_list_free)))
+
+/* Base environment, then the request's variables; a request variable with a base name (LANG,
+ * TERM, TMPDIR: limits refuse the others) replaces the base one instead of shadowing it. */
+static int run_build_env(struct env_list *e, Sbx__Agent__EnvVar **vars, size_t nvars, sbx_err *err)
+{
+    static const char *const base[] = {
+        "PATH=/usr/local/bin:/usr/bin:/bin",
+        "HOME=" AGENT_HOME,
+        "USER=sandbox",
+        "LANG=C.UTF-8",
+        "TERM=dumb",
+        "TMPDIR=/tmp",
+    };
+    e->v = calloc(ARRAY_LEN(base) + nvars + 1, sizeof *e->v);
+    if (!e->v)
+        return sbx_fail(err, ENOMEM, "out of memory");
+    for (size_t i = 0; i < ARRAY_LEN(base); i++) {
+        if (!(e->v[e->n] = strdup(base[i])))
+            return sbx_fail(err, ENOMEM, "out of memory");
+        e->n++;
+    }
+    for (size_t i = 0; i < nvars; i++) {
+        size_t kl = strlen(vars[i]->key), vl = strlen(vars[i]->value);
+        char *kv = malloc(kl + vl + 2);
+        if (!kv)
+            return sbx_fail(err, ENOMEM, "out of memory");
+        memcpy(kv, vars[i]->key, kl);
+        kv[kl] = '=';
+        memcpy(kv + kl + 1, vars[i]->value, vl + 1);
+        size_t j = 0;
+        while (j < e->n && strncmp(e->v[j], kv, kl + 1) != 0)
+            j++;
+        if (j < e->n)
+            free(e->v[j]);
+        else
+            e->n++;
+        e->v[j] = kv;
+    }
+    e->v[e->n] = NULL;
+    return 0;
+}
+
+static int run_validate(const Sbx__Agent__Exec *x, sbx_err *err)
+{
+    char why[256];
+    if (!x->language || !limits_language_ok(x->language))
+        return sbx_fail(err, EINVAL, "unknown language `%.32s` (python, javascript or raw)",
+                        x->language ? x->language : "");
+    if (limits_check_code(x->code.data, x->code.len, why, sizeof why) < 0)
+        return sbx_fail(err, EINVAL, "%s", why);
+    if (x->timeout_ms > SBX_TIMEOUT_MAX * 1000u)
+        return sbx_fail(err, EINVAL, "timeout %u ms is over the limit of %u s", x->timeout_ms,
+                        SBX_TIMEOUT_MAX);
+    if (limits_check_env_count(x->n_env, why, sizeof why) < 0)
+        return sbx_fail(err, EINVAL, "%s", why);
+    for (size_t i = 0; i < x->n_env; i++) {
+        const Sbx__Agent__EnvVar *v = x->env[i];
+        if (!v || !v->key || !v->value)
+            return sbx_fail(err, EINVAL, "environment variable %zu is incomplete", i);
+        if (limits_check_env(v->key, v->value, why, sizeof why) < 0)
+            return sbx_fail(err, EINVAL, "%s", why);
+    }
+    return 0;
+}
+
+static int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *x, sbx_err *err)
+{
+    struct run *r = &a->run;
+    if (run_validate(x, err) < 0)
+        return -1;
+    const char *interp, *path;
+    if (!strcmp(x->language, "python")) {
+        interp = "/usr/bin/python3";
+        path = AGENT_CODE_DIR "/code.py";
+    } else if (!strcmp(x->language, "javascript")) {
+        interp = "/usr/local/bin/bun";
+        path = AGENT_CODE_DIR "/code.js";
+    } else {
+        interp = "/bin/bash";
+        path = AGENT_CODE_DIR "/code.sh";
+    }
+    if (run_write_code(path, x->code.data, x->code.len, err) < 0)
+        return -1;
+    cleanup_env struct env_list env = {0};
+    if (run_build_env(&env, x->env, x->n_env, err) < 0)
+        return -1;
+    int out[2] = {-1, -1}, errp[2] = {-1, -1};
+    if (pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+        int e = errno;
+        for (int i = 0; i < 2; i++) {
+            if (out[i] >= 0)
+                close(out[i]);
+            if (errp[i] >= 0)
+                close(errp[i]);
+        }
+        return sbx_fail(err, e, "pipe: %s", strerror(e));
+    }
+    char *argv[] = {(char *)interp, (char *)path, NULL};
+    uint64_t start = now_ms();
+    pid_t pid = fork();
+    if (pid == 0)
+        run_child(out[1], errp[1], argv, env.v);
+    int e = errno;
+    close(out[1]);
+    close(errp[1]);
+    if (pid < 0) {
+        close(out[0]);
+        close(errp[0]);
+        return sbx_fail(err, e, "fork: %s", strerror(e));
+    }
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    fcntl(errp[0], F_SETFL, O_NONBLOCK);
+    uint32_t timeout = x->timeout_ms ? x->timeout_ms : SBX_TIMEOUT_DEFAULT * 1000u;
+    *r = (struct run){
+        .pid = pid,
+        .id = id,
+        .fd = {out[0], errp[0]},
+        .cap = {x->max_stdout && x->max_stdout < SBX_MAX_STDOUT ? x->max_stdout : SBX_MAX_STDOUT,
+                x->max_stderr && x->max_stderr < SBX_MAX_STDERR ? x->max_stderr : SBX_MAX_STDERR},
+        .start_ms = start,
+        .deadline_ms = start + timeout,
+    };
+    return 0;
+}
+
+static void run_read(struct agent *a, int s)
+{
+    static uint8_t buf[AGENT_CHUNK];
+    struct run *r = &a->run;
+    ssize_t n = read(r->fd[s], buf, sizeof buf);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return;
+        agent_log("read pipe: %s", strerror(errno));
+        n = 0;
+    }
+    if (n == 0) {
+        close(r->fd[s]);
+        r->fd[s] = -1;
+        return;
+    }
+    size_t room = r->cap[s] - r->sent[s];
+    size_t take = (size_t)n < room ? (size_t)n : room;
+    if (take < (size_t)n)
+        r->trunc[s] = true;
+    if (take == 0)
+        return;
+    r->sent[s] += take;
+    Sbx__Agent__Output o = SBX__AGENT__OUTPUT__INIT;
+    o.stream = (uint32_t)s + 1;
+    o.data.data = buf;
+    o.data.len = take;
+    Sbx__Agent__GuestMsg m = SBX__AGENT__GUEST_MSG__INIT;
+    m.id = r->id;
+    m.body_case = SBX__AGENT__GUEST_MSG__BODY_OUTPUT;
+    m.output = &o;
+    chan_send(&a->ch, &m);
+}
+
+static void run_finish(struct agent *a)
+{
+    struct run *r = &a->run;
+    for (int s = 0; s < 2; s++)
+        if (r->fd[s] >= 0)
+            close(r->fd[s]);
+    Sbx__Agent__ExecDone d = SBX__AGENT__EXEC_DONE__INIT;
+    if (WIFEXITED(r->status))
+        d.exit_code = WEXITSTATUS(r->status);
+    else if (WIFSIGNALED(r->status))
+        d.exit_code = 128 + WTERMSIG(r->status);
+    else
+        d.exit_code = -1;
+    d.timed_out = r->timed_out;
+    d.stdout_truncated = r->trunc[0];
+    d.stderr_truncated = r->trunc[1];
+    d.execution_time_ms = r->exit_ms - r->start_ms;
+    Sbx__Agent__GuestMsg m = SBX__AGENT__GUEST_MSG__INIT;
+    m.id = r->id;
+    m.body_case = SBX__AGENT__GUEST_MSG__BODY_DONE;
+    m.done = &d;
+    chan_send(&a->ch, &m);
+    *r = (struct run){.fd = {-1, -1}};
+}
+
+/* Deadlines: SIGTERM at the timeout, SIGKILL after the grace, and an end to draining. */
+static void run_timers(struct agent *a, uint64_t now)
+{
+    struct run *r = &a->run;
+    if (!r->pid)
+        return;
+    if (!r->exited) {
+        if (!r->term_sent && now >= r->deadline_ms) {
+            r->term_sent = r->timed_out = true;
+            r->kill_ms = now + AGENT_TERM_GRACE_MS;
+            run_kill(r, SIGTERM);
+        } else if (r->term_sent && !r->kill_sent && now >= r->kill_ms) {
+            r->kill_sent = true;
+            run_kill(r, SIGKILL);
+        }
+        return;
+    }
+    if ((r->fd[0] < 0 && r->fd[1] < 0) || now >= r->drain_until_ms)
+        run_finish(a);
+}
+
+static void agent_reap(struct agent *a)
+{
+    struct signalfd_siginfo si;
+    while (read(a->sigfd, &si, sizeof si) == (ssize_t)sizeof si)
+        ;
+    struct run *r = &a->run;
+    if (r->pid && !r->exited) {
+        /* Kill what the code left behind before reaping the leader, so its pid (the group's
+         * id) cannot be reused in between. */
+        siginfo_t ci = {0};
+        if (waitid(P_PID, (id_t)r->pid, &ci, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+            ci.si_pid == r->pid) {
+            r->exit_ms = now_ms();
+            run_kill(r, SIGKILL);
+        }
+    }
+    for (;;) {
+        int st;
+        pid_t p = waitpid(-1, &st, WNOHANG);
+        if (p <= 0)
+            break;
+        if (r->pid && p == r->pid && !r->exited) {
+            r->exited = true;
+            r->status = st;
+            if (!r->exit_ms)
+                r->exit_ms = now_ms();
+            r->drain_until_ms = now_ms() + AGENT_DRAIN_MS;
+        }
+    }
+}
+
+/* ---- messages ----------------------------------------------------------------------------- */
+
+static void agent_ready(struct agent *a, uint64_t id)
+{
+    Sbx__Agent__Ready rd = SBX__AGENT__READY__INIT;
+    rd.protocol_version = SBX_PROTOCOL_VERSION;
+    rd.kernel = a->kernel;
+    rd.uptime_ms = boottime_ms();
+    Sbx__Agent__GuestMsg m = SBX__AGENT__GUEST_MSG__INIT;
+    m.id = id;
+    m.body_case = SBX__AGENT__GUEST_MSG__BODY_READY;
+    m.ready = &rd;
+    chan_send(&a->ch, &m);
+}
+
+static void agent_handle(struct agent *a, const uint8_t *data, size_t len)
+{
+    Sbx__Agent__HostMsg *m = sbx__agent__host_msg__unpack(NULL, len, data);
+    if (!m) {
+        chan_failure(&a->ch, 0, "undecodable frame of %zu bytes", len);
+        return;
+    }
+    sbx_err err = {0};
+    switch (m->body_case) {
+    case SBX__AGENT__HOST_MSG__BODY_HELLO:
+        agent_ready(a, m->id);
+        break;
+    case SBX__AGENT__HOST_MSG__BODY_EXEC:
+        if (a->run.pid)
+            chan_failure(&a->ch, m->id, "busy: an exec is already running");
+        else if (run_start(a, m->id, m->exec, &err) < 0)
+            chan_failure(&a->ch, m->id, "exec: %s", err.msg);
+        break;
+    default:
+        chan_failure(&a->ch, m->id, "unexpected message (body %d)", (int)m->body_case);
+        break;
+    }
+    sbx__agent__host_msg__free_unpacked(m, NULL);
+}
+
+/* ---- loop --------------------------------------------------------------------------------- */
+
+enum { PFD_SIG, PFD_PORT, PFD_OUT, PFD_ERR, PFD_N };
+
+static void agent_loop(struct agent *a)
+{
+    struct chan *c = &a->ch;
+    struct run *r = &a->run;
+    for (;;) {
+        uint64_t now = now_ms();
+        run_timers(a, now);
+        size_t queued = frame_writer_queued(&c->wr);
+        struct pollfd p[PFD_N] = {
+            [PFD_SIG] = {.fd = a->sigfd, .events = POLLIN},
+            [PFD_PORT] = {.fd = -1},
+            [PFD_OUT] = {.fd = -1},
+            [PFD_ERR] = {.fd = -1},
+        };
+        uint64_t next = UINT64_MAX;
+        if (now >= c->retry_at) {
+            p[PFD_PORT].fd = c->fd;
+            p[PFD_PORT].events =
+                (queued < AGENT_QUEUE_PAUSE_PORT ? POLLIN : 0) | (queued > 0 ? POLLOUT : 0);
+        } else {
+            next = c->retry_at;
+        }
+        if (r->pid) {
+            if (queued < AGENT_QUEUE_PAUSE_PIPES)
+                for (int s = 0; s < 2; s++)
+                    if (r->fd[s] >= 0)
+                        p[PFD_OUT + s] = (struct pollfd){.fd = r->fd[s], .events = POLLIN};
+            uint64_t t = r->exited      ? r->drain_until_ms
+                         : r->kill_sent ? UINT64_MAX
+                         : r->term_sent ? r->kill_ms
+                                        : r->deadline_ms;
+            if (t < next)
+                next = t;
+        }
+        int timeout = -1;
+        if (next != UINT64_MAX)
+            timeout = next <= now ? 0 : next - now > 60000 ? 60000 : (int)(next - now);
+        int n = poll(p, PFD_N, timeout);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            agent_fatal("poll: %s", strerror(errno));
+        }
+        if (p[PFD_SIG].revents)
+            agent_reap(a);
+        short pr = p[PFD_PORT].revents;
+        if (pr & POLLOUT)
+            chan_flush(c);
+        if (pr & (POLLIN | POLLHUP | POLLERR))
+            chan_read(a);
+        for (int s = 0; s < 2; s++)
+            if (p[PFD_OUT + s].revents && r->pid && r->fd[s] >= 0)
+                run_read(a, s);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (getpid() != 1) {
+        fprintf(stderr, "sbx-agent: this is the guest's init (PID 1); refusing to run here\n");
+        return 1;
+    }
+    umask(0);
+    sbx_err err = {0};
+    if (boot_early(&err) < 0)
+        agent_fatal("%s", err.msg);
+    /* SIGCHLD through a signalfd so reaping is one more fd in the loop. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+        agent_fatal("sigprocmask: %s", strerror(errno));
+    signal(SIGPIPE, SIG_IGN);
+    static struct agent a;
+    a.run.fd[0] = a.run.fd[1] = -1;
+    a.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (a.sigfd < 0)
+        agent_fatal("signalfd: %s", strerror(errno));
+    struct utsname u;
+    if (uname(&u) == 0)
+        snprintf(a.kernel, sizeof a.kernel, "%s", u.release);
+    if (boot_mount_newroot(&err) < 0)
+        agent_fatal("%s", err.msg);
+    boot_net_and_name();
+    a.ch.fd = boot_open_port(&err);
+    if (a.ch.fd < 0)
+        agent_fatal("%s", err.msg);
+    if (boot_switch_root(&err) < 0)
+        agent_fatal("%s", err.msg);
+    frame_reader_init(&a.ch.rd, FRAME_MAX_AGENT);
+    agent_loop(&a);
+    agent_fatal("main loop returned");
+}

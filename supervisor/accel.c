@@ -1,0 +1,176 @@
+/* Which accelerator runs VMs. `auto` trusts KVM only after a probe VM really boots on it: some
+ * hosts expose a /dev/kvm on which guests hang. The verdict is cached on disk, keyed by what
+ * could change it (QEMU binary, guest kernel, host kernel, the /dev/kvm device). */
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include "paths.h"
+#include "sbxd.h"
+
+static char verdict[8];
+static char reason[512];
+static char cache_key[1024];
+static bool probing;
+
+const char *accel_verdict(void)
+{
+    return verdict[0] ? verdict : NULL;
+}
+
+const char *accel_reason(void)
+{
+    return reason;
+}
+
+static void decide(const char *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void decide(const char *v, const char *fmt, ...)
+{
+    snprintf(verdict, sizeof verdict, "%s", v);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    slog("accelerator: %s (%s)", verdict, reason);
+}
+
+static void cache_path(char *out, size_t n)
+{
+    snprintf(out, n, "%s/accel-verdict", cfg.cache_dir);
+}
+
+/* Resolve the QEMU binary through PATH for the cache key. */
+static void qemu_identity(char *out, size_t n)
+{
+    char path[1024] = "";
+    if (strchr(cfg.qemu, '/'))
+        snprintf(path, sizeof path, "%s", cfg.qemu);
+    else {
+        const char *p = getenv("PATH");
+        char buf[4096];
+        snprintf(buf, sizeof buf, "%s", p ? p : "/usr/bin:/bin");
+        for (char *save, *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+            snprintf(path, sizeof path, "%s/%s", d, cfg.qemu);
+            if (access(path, X_OK) == 0)
+                break;
+            path[0] = '\0';
+        }
+    }
+    struct stat st;
+    if (path[0] && stat(path, &st) == 0)
+        snprintf(out, n, "%s:%lld:%lld", path, (long long)st.st_size, (long long)st.st_mtime);
+    else
+        snprintf(out, n, "%s:missing", cfg.qemu);
+}
+
+void accel_init(void)
+{
+    if (!strcmp(cfg.accel, "tcg")) {
+        decide("tcg", "configured");
+        return;
+    }
+    if (!strcmp(cfg.accel, "kvm")) {
+        decide("kvm", "configured");
+        return;
+    }
+    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        decide("tcg", "auto: /dev/kvm not usable (%s)", strerror(errno));
+        return;
+    }
+    int api = ioctl(fd, KVM_GET_API_VERSION, 0);
+    struct stat st;
+    fstat(fd, &st);
+    close(fd);
+    if (api != KVM_API_VERSION) {
+        decide("tcg", "auto: /dev/kvm reports API %d", api);
+        return;
+    }
+    char qemu[1200], kernel[1024] = "";
+    qemu_identity(qemu, sizeof qemu);
+    char link[600];
+    snprintf(link, sizeof link, "%s/vmlinux", cfg.images_dir);
+    if (!realpath(link, kernel))
+        snprintf(kernel, sizeof kernel, "missing");
+    struct utsname u;
+    uname(&u);
+    snprintf(cache_key, sizeof cache_key, "qemu=%.400s kernel=%.400s host=%.64s kvm=%llx",
+             qemu, kernel, u.release, (unsigned long long)st.st_rdev);
+    char path[600], line[1600];
+    cache_path(path, sizeof path);
+    cleanup_fclose FILE *f = fopen(path, "re");
+    if (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        char v[8] = "", why[600] = "";
+        if (!strcmp(line, cache_key) && fscanf(f, "%7s %599[^\n]", v, why) >= 1 &&
+            (!strcmp(v, "kvm") || !strcmp(v, "tcg"))) {
+            decide(v, "auto, cached probe: %s", why[0] ? why : v);
+            return;
+        }
+    }
+    /* Undecided: the first run triggers the probe. */
+}
+
+void accel_need(void)
+{
+    if (probing || verdict[0])
+        return;
+    probing = true;
+    slog("accelerator: probing KVM with a test boot");
+    sbx_err err = {0};
+    if (sched_start_probe(&err) < 0) {
+        probing = false;
+        decide("tcg", "auto: KVM probe could not start: %s", err.msg);
+        sched_pump();
+    }
+}
+
+void accel_probe_done(bool booted, const char *why)
+{
+    probing = false;
+    if (booted)
+        decide("kvm", "auto: a probe VM booted on KVM");
+    else
+        decide("tcg", "auto: a probe VM failed on KVM (%s)", why);
+    char path[600], tmp[620];
+    cache_path(path, sizeof path);
+    snprintf(tmp, sizeof tmp, "%s.%d", path, (int)getpid());
+    paths_mkdir_p(cfg.cache_dir, 0755);
+    FILE *f = fopen(tmp, "we");
+    if (f) {
+        fprintf(f, "%s\n%s %s\n", cache_key, verdict, booted ? "probe booted" : "probe failed");
+        if (fclose(f) == 0)
+            rename(tmp, path);
+        else
+            unlink(tmp);
+    }
+    sched_pump();
+}
+
+int assets_resolve(const char *language, char *kernel, char *initrd, char *rootfs, size_t n,
+                   sbx_err *err)
+{
+    const char *names[3] = {"vmlinux", "initramfs.cpio", NULL};
+    char img[64];
+    snprintf(img, sizeof img, "%s.sqfs", language);
+    names[2] = img;
+    char *outs[3] = {kernel, initrd, rootfs};
+    for (int i = 0; i < 3; i++) {
+        char p[600], real[PATH_MAX];
+        snprintf(p, sizeof p, "%s/%s", cfg.images_dir, names[i]);
+        if (!realpath(p, real) || access(real, R_OK) != 0)
+            return sbx_fail(err, ENOENT,
+                            "guest asset `%s` is missing in %s: build the assets with `make "
+                            "assets` (scripts/build-assets.sh)",
+                            names[i], cfg.images_dir);
+        if (strlen(real) >= n)
+            return sbx_fail(err, ENAMETOOLONG, "asset path `%s` is too long", real);
+        strcpy(outs[i], real);
+    }
+    return 0;
+}

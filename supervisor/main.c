@@ -1,0 +1,104 @@
+/* sbxd: the supervisor. One libev loop owns the control socket, the queue of runs, and one
+ * sbx-vmworker per VM; it never runs QEMU itself and survives any worker's death. */
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sbxd.h"
+
+sbx_config cfg;
+char run_base[256];
+uint64_t started_ms;
+static uint64_t last_activity;
+static ev_timer idle_timer;
+static ev_signal sig_term, sig_int;
+
+void slog(const char *fmt, ...)
+{
+    char ts[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    strftime(ts, sizeof ts, "%H:%M:%S", &tm);
+    fprintf(stderr, "%s sbxd[%d]: ", ts, (int)getpid());
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void sbxd_activity(void)
+{
+    last_activity = now_ms();
+}
+
+static void idle_cb(EV_P_ ev_timer *w, int revents)
+{
+    if (control_clients() || sched_running() || sched_queued())
+        return;
+    if (now_ms() - last_activity >= (uint64_t)cfg.idle_exit_seconds * 1000u) {
+        slog("idle for %u s; exiting", cfg.idle_exit_seconds);
+        ev_break(EV_A_ EVBREAK_ALL);
+    }
+}
+
+static void stop_cb(EV_P_ ev_signal *w, int revents)
+{
+    slog("signal %d; shutting down", w->signum);
+    ev_break(EV_A_ EVBREAK_ALL);
+}
+
+int main(int argc, char **argv)
+{
+    sbx_err err = {0};
+    int rc = config_load(&cfg, argc, argv, &err);
+    if (rc == 1)
+        return 0;
+    if (rc < 0) {
+        fprintf(stderr, "sbxd: %s\n", err.msg);
+        return 2;
+    }
+    if (cfg.log[0] && !freopen(cfg.log, "ae", stderr)) {
+        fprintf(stdout, "sbxd: open log `%s`: %s\n", cfg.log, strerror(errno));
+        return 1;
+    }
+    setvbuf(stderr, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
+    started_ms = last_activity = now_ms();
+
+    snprintf(run_base, sizeof run_base, "/tmp/sbxd-%d-XXXXXX", (int)getpid());
+    if (!mkdtemp(run_base)) {
+        fprintf(stderr, "sbxd: create run directory: %s\n", strerror(errno));
+        return 1;
+    }
+    struct ev_loop *loop = EV_DEFAULT;
+    if (control_listen(&err) < 0) {
+        fprintf(stderr, "sbxd: %s\n", err.msg);
+        rmdir(run_base);
+        return 1;
+    }
+    accel_init();
+    ev_signal_init(&sig_term, stop_cb, SIGTERM);
+    ev_signal_init(&sig_int, stop_cb, SIGINT);
+    ev_signal_start(loop, &sig_term);
+    ev_signal_start(loop, &sig_int);
+    if (cfg.idle_exit_seconds) {
+        ev_timer_init(&idle_timer, idle_cb, 1., 1.);
+        ev_timer_start(loop, &idle_timer);
+    }
+    slog("serving %s (max %u VMs, images %s)", cfg.socket, cfg.max_concurrent_vms,
+         cfg.images_dir);
+    ev_run(loop, 0);
+
+    control_shutdown();
+    sched_shutdown();
+    rmdir(run_base);
+    ev_loop_destroy(loop);
+    return 0;
+}

@@ -1,0 +1,59 @@
+/* What the supervisor's rooms (control, sched, accel) share. */
+#ifndef SBX_SBXD_H
+#define SBX_SBXD_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common.h"
+#include "config.h"
+#include "control.pb-c.h"
+
+extern sbx_config cfg;
+extern char run_base[]; /* per-daemon directory holding each VM's run directory */
+extern uint64_t started_ms;
+
+__attribute__((format(printf, 1, 2))) void slog(const char *fmt, ...);
+/* Something happened: pushes the idle-exit deadline back. */
+void sbxd_activity(void);
+
+/* control.c: the control socket and its clients. */
+typedef struct client client;
+int control_listen(sbx_err *err);
+void control_shutdown(void);
+unsigned control_clients(void);
+/* Queue a reply for a client (NULL client: dropped). */
+void control_send(client *c, Sbx__Control__Reply *r);
+void control_send_error(client *c, uint64_t id, Sbx__Control__ErrorKind kind, bool transient,
+                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+bool control_error_transient(Sbx__Control__ErrorKind kind);
+
+/* sched.c: admission, workers, their VMs. */
+/* Takes ownership of req (already validated, defaults applied). */
+void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req);
+void sched_client_gone(client *c);
+unsigned sched_running(void);
+unsigned sched_queued(void);
+uint64_t sched_runs_total(void);
+/* Try to start queued work (after a slot frees or the accelerator verdict arrives). */
+void sched_pump(void);
+/* Start a probe VM on KVM; accel_probe_done is called with the outcome. */
+int sched_start_probe(sbx_err *err);
+void sched_shutdown(void);
+
+/* accel.c: which accelerator runs VMs. */
+void accel_init(void);
+/* "kvm" or "tcg" once decided, else NULL (a probe is needed or running). */
+const char *accel_verdict(void);
+const char *accel_reason(void);
+/* Called by sched when no verdict exists yet: starts the probe once. */
+void accel_need(void);
+void accel_probe_done(bool booted, const char *why);
+
+/* Paths of the assets for a language; -1 with err when missing. */
+int assets_resolve(const char *language, char *kernel, char *initrd, char *rootfs, size_t n,
+                   sbx_err *err);
+
+#endif

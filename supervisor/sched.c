@@ -1,0 +1,497 @@
+/* Admission and workers: runs wait in a bounded queue for one of max_concurrent_vms slots, each
+ * admitted run gets its own sbx-vmworker (fork+exec with one socketpair), and whatever happens
+ * to that worker turns into exactly one result or one typed error for its client. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "paths.h"
+#include "sbxd.h"
+#include "worker.pb-c.h"
+
+#define PROBE_BOOT_TIMEOUT_MS 6000
+
+typedef enum { JOB_QUEUED, JOB_RUNNING } job_state;
+
+typedef struct job {
+    uint64_t seq;
+    job_state state;
+    client *client; /* NULL once the client is gone (or for a probe) */
+    uint64_t req_id;
+    Sbx__Control__RunRequest *req; /* NULL for a probe */
+    bool probe;
+    bool answered; /* the one result or error has been sent */
+    uint64_t t_accept, t_dispatch;
+    pid_t pid;
+    int fd;
+    ev_io rio, wio;
+    ev_child child;
+    ev_timer qtimer;
+    frame_reader rd;
+    frame_writer wr;
+    char run_dir[256];
+    char probe_why[512];
+    struct job *next;
+} job;
+
+static job *jobs; /* queued and running, in arrival order */
+static unsigned nrunning, nqueued;
+static uint64_t seq, runs_total;
+
+unsigned sched_running(void)
+{
+    return nrunning;
+}
+unsigned sched_queued(void)
+{
+    return nqueued;
+}
+uint64_t sched_runs_total(void)
+{
+    return runs_total;
+}
+
+static void rm_rf_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+                unlinkat(dirfd(d), e->d_name, 0);
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+static void job_unlink(job *j)
+{
+    for (job **p = &jobs; *p; p = &(*p)->next)
+        if (*p == j) {
+            *p = j->next;
+            return;
+        }
+}
+
+static void job_free(job *j)
+{
+    if (j->state == JOB_QUEUED) {
+        ev_timer_stop(EV_DEFAULT, &j->qtimer);
+        nqueued--;
+    } else {
+        ev_io_stop(EV_DEFAULT, &j->rio);
+        ev_io_stop(EV_DEFAULT, &j->wio);
+        ev_child_stop(EV_DEFAULT, &j->child);
+        if (j->fd >= 0)
+            close(j->fd);
+        if (j->run_dir[0])
+            rm_rf_dir(j->run_dir);
+        nrunning--;
+    }
+    job_unlink(j);
+    frame_reader_free(&j->rd);
+    frame_writer_free(&j->wr);
+    if (j->req)
+        sbx__control__run_request__free_unpacked(j->req, NULL);
+    free(j);
+    sbxd_activity();
+}
+
+__attribute__((format(printf, 4, 5))) static void job_error(job *j, Sbx__Control__ErrorKind kind,
+                                                            bool transient, const char *fmt, ...)
+{
+    if (j->answered)
+        return;
+    j->answered = true;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (j->probe) {
+        snprintf(j->probe_why, sizeof j->probe_why, "%s", msg);
+        return;
+    }
+    control_send_error(j->client, j->req_id, kind, transient, "%s", msg);
+}
+
+static void qtimer_cb(EV_P_ ev_timer *w, int revents)
+{
+    job *j = w->data;
+    job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
+              "all %u VM slots stayed busy for %u s; try again later", cfg.max_concurrent_vms,
+              cfg.queue_timeout_seconds);
+    job_free(j);
+}
+
+void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
+{
+    job *j = calloc(1, sizeof *j);
+    if (!j) {
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+        sbx__control__run_request__free_unpacked(req, NULL);
+        return;
+    }
+    j->seq = ++seq;
+    j->state = JOB_QUEUED;
+    j->client = c;
+    j->req_id = id;
+    j->req = req;
+    j->fd = -1;
+    j->t_accept = now_ms();
+    ev_timer_init(&j->qtimer, qtimer_cb, cfg.queue_timeout_seconds, 0);
+    j->qtimer.data = j;
+    ev_timer_start(EV_DEFAULT, &j->qtimer);
+    job **p = &jobs;
+    while (*p)
+        p = &(*p)->next;
+    *p = j;
+    nqueued++;
+    sched_pump();
+}
+
+void sched_client_gone(client *c)
+{
+    for (job *j = jobs, *next; j; j = next) {
+        next = j->next;
+        if (j->client != c)
+            continue;
+        j->client = NULL;
+        j->answered = true;
+        if (j->state == JOB_QUEUED)
+            job_free(j);
+        else if (j->pid > 0)
+            kill(j->pid, SIGTERM); /* the worker removes its VM; its exit frees the job */
+    }
+}
+
+/* Reply to the client: forward a worker frame, adjusting the result's timing with sbxd's part. */
+static void job_forward(job *j, Sbx__Worker__FromWorker *m)
+{
+    Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
+    r.id = j->req_id;
+    switch (m->body_case) {
+    case SBX__WORKER__FROM_WORKER__BODY_CHUNK:
+        if (j->answered || j->probe)
+            return;
+        r.body_case = SBX__CONTROL__REPLY__BODY_CHUNK;
+        r.chunk = m->chunk;
+        control_send(j->client, &r);
+        return;
+    case SBX__WORKER__FROM_WORKER__BODY_RESULT:
+        if (j->answered)
+            return;
+        j->answered = true;
+        runs_total++;
+        if (m->result->timing) {
+            /* Queue wait and worker start count as setup; total is from arrival to now. */
+            m->result->timing->setup_ms += j->t_dispatch - j->t_accept;
+            m->result->timing->total_ms = now_ms() - j->t_accept;
+        }
+        r.body_case = SBX__CONTROL__REPLY__BODY_RESULT;
+        r.result = m->result;
+        control_send(j->client, &r);
+        return;
+    case SBX__WORKER__FROM_WORKER__BODY_ERROR: {
+        const char *msg = m->error->message ? m->error->message : "";
+        job_error(j, m->error->kind, m->error->transient, "%s", msg);
+        return;
+    }
+    default:
+        return;
+    }
+}
+
+static void job_finish(job *j, int status)
+{
+    if (!j->answered) {
+        char how[64];
+        if (WIFSIGNALED(status))
+            snprintf(how, sizeof how, "was killed by signal %d", WTERMSIG(status));
+        else
+            snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
+        job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                  "the VM worker %s before answering; the run was lost, retry it", how);
+    }
+    if (j->probe) {
+        bool ok = !j->probe_why[0];
+        const char *why = j->probe_why;
+        char buf[sizeof j->probe_why];
+        snprintf(buf, sizeof buf, "%s", why);
+        job_free(j);
+        accel_probe_done(ok, buf);
+    } else {
+        job_free(j);
+    }
+    sched_pump();
+}
+
+static void child_cb(EV_P_ ev_child *w, int revents)
+{
+    job *j = w->data;
+    j->pid = -1;
+    /* Read what the worker wrote before it died: its result may still be in the socket. */
+    for (;;) {
+        ssize_t n = frame_reader_fill(&j->rd, j->fd);
+        const uint8_t *f;
+        size_t len;
+        while (frame_reader_next(&j->rd, &f, &len) == 1) {
+            Sbx__Worker__FromWorker *m = sbx__worker__from_worker__unpack(NULL, len, f);
+            if (m) {
+                if (j->probe && m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED)
+                    j->answered = true;
+                job_forward(j, m);
+                sbx__worker__from_worker__free_unpacked(m, NULL);
+            }
+        }
+        if (n <= 0)
+            break;
+    }
+    job_finish(j, w->rstatus);
+}
+
+static void worker_read_cb(EV_P_ ev_io *w, int revents)
+{
+    job *j = w->data;
+    ssize_t n = frame_reader_fill(&j->rd, j->fd);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return;
+    if (n <= 0) {
+        /* EOF: the child watcher reports how it ended. */
+        ev_io_stop(EV_DEFAULT, &j->rio);
+        return;
+    }
+    const uint8_t *f;
+    size_t len;
+    int r;
+    while ((r = frame_reader_next(&j->rd, &f, &len)) == 1) {
+        Sbx__Worker__FromWorker *m = sbx__worker__from_worker__unpack(NULL, len, f);
+        if (!m) {
+            slog("vm %llu: undecodable frame from worker; killing it", (unsigned long long)j->seq);
+            kill(j->pid, SIGKILL);
+            ev_io_stop(EV_DEFAULT, &j->rio);
+            return;
+        }
+        if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED) {
+            slog("vm %llu: booted in %llu ms (%s)", (unsigned long long)j->seq,
+                 (unsigned long long)m->booted->boot_ms, j->probe ? "probe" : "run");
+            if (j->probe)
+                j->answered = true;
+        }
+        job_forward(j, m);
+        sbx__worker__from_worker__free_unpacked(m, NULL);
+    }
+    if (r < 0) {
+        slog("vm %llu: oversized frame from worker; killing it", (unsigned long long)j->seq);
+        kill(j->pid, SIGKILL);
+        ev_io_stop(EV_DEFAULT, &j->rio);
+    }
+}
+
+static void worker_write_cb(EV_P_ ev_io *w, int revents)
+{
+    job *j = w->data;
+    int rc = frame_writer_flush(&j->wr, j->fd);
+    if (rc != 1)
+        ev_io_stop(EV_DEFAULT, &j->wio);
+}
+
+static int spawn_worker(job *j, sbx_err *err)
+{
+    char exe[512], dir[512];
+    const char *env = getenv("EXEC_SANDBOX_VMWORKER");
+    if (env && *env)
+        snprintf(exe, sizeof exe, "%s", env);
+    else if (paths_exe_dir(dir, sizeof dir) == 0)
+        snprintf(exe, sizeof exe, "%s/sbx-vmworker", dir);
+    else
+        return sbx_fail(err, ENOENT, "cannot locate sbx-vmworker");
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        return sbx_fail(err, errno, "socketpair: %s", strerror(errno));
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(sv[0]);
+        close(sv[1]);
+        return sbx_fail(err, errno, "fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        /* The worker starts from a clean exec with exactly one inherited socket, as fd 3. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (dup2(sv[1], 3) < 0)
+            _exit(127);
+        close_range(4, ~0U, 0);
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0 && null != 0) {
+            dup2(null, 0);
+            close(null);
+        }
+        char *argv[] = {exe, "--fd", "3", NULL};
+        execv(exe, argv);
+        dprintf(2, "sbxd: exec `%s`: %s\n", exe, strerror(errno));
+        _exit(127);
+    }
+    close(sv[1]);
+    fcntl(sv[0], F_SETFL, O_NONBLOCK);
+    j->pid = pid;
+    j->fd = sv[0];
+    return 0;
+}
+
+static int queue_to_worker(job *j, Sbx__Worker__ToWorker *m)
+{
+    m->id = j->req_id;
+    return frame_writer_put(&j->wr, &m->base);
+}
+
+/* Start a worker for j (already counted as running). Returns -1 after answering j. */
+static int job_dispatch(job *j, const char *language, const char *accel, uint32_t memory_mb,
+                        uint32_t boot_timeout_ms)
+{
+    sbx_err err = {0};
+    char kernel[512], initrd[512], rootfs[512];
+    j->t_dispatch = now_ms();
+    if (assets_resolve(language, kernel, initrd, rootfs, sizeof kernel, &err) < 0) {
+        job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_ASSET, false, "%s", err.msg);
+        return -1;
+    }
+    snprintf(j->run_dir, sizeof j->run_dir, "%s/vm-%llu", run_base, (unsigned long long)j->seq);
+    if (mkdir(j->run_dir, 0700) < 0) {
+        job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "create `%s`: %s",
+                  j->run_dir, strerror(errno));
+        j->run_dir[0] = '\0';
+        return -1;
+    }
+    if (spawn_worker(j, &err) < 0) {
+        job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "start VM worker: %s",
+                  err.msg);
+        return -1;
+    }
+    frame_reader_init(&j->rd, FRAME_MAX_WORKER);
+    Sbx__Control__Hello h = SBX__CONTROL__HELLO__INIT;
+    h.protocol_version = SBX_PROTOCOL_VERSION;
+    h.client = "sbxd/" SBX_VERSION;
+    Sbx__Worker__ToWorker m1 = SBX__WORKER__TO_WORKER__INIT;
+    m1.body_case = SBX__WORKER__TO_WORKER__BODY_HELLO;
+    m1.hello = &h;
+    Sbx__Worker__VmConfig vc = SBX__WORKER__VM_CONFIG__INIT;
+    vc.qemu = cfg.qemu;
+    vc.kernel = kernel;
+    vc.initrd = initrd;
+    vc.rootfs = rootfs;
+    vc.accel = (char *)accel;
+    vc.memory_mb = memory_mb;
+    vc.boot_timeout_ms = boot_timeout_ms;
+    vc.run_dir = j->run_dir;
+    vc.probe = j->probe;
+    Sbx__Worker__ToWorker m2 = SBX__WORKER__TO_WORKER__INIT;
+    m2.body_case = SBX__WORKER__TO_WORKER__BODY_START;
+    m2.start = &vc;
+    int bad = queue_to_worker(j, &m1) | queue_to_worker(j, &m2);
+    if (!j->probe) {
+        Sbx__Worker__ExecRequest ex = SBX__WORKER__EXEC_REQUEST__INIT;
+        ex.language = j->req->language;
+        ex.code = j->req->code;
+        ex.timeout_ms = j->req->timeout_seconds * 1000u;
+        ex.n_env = j->req->n_env;
+        ex.env = j->req->env;
+        ex.stream = j->req->stream;
+        Sbx__Worker__ToWorker m3 = SBX__WORKER__TO_WORKER__INIT;
+        m3.body_case = SBX__WORKER__TO_WORKER__BODY_EXEC;
+        m3.exec = &ex;
+        bad |= queue_to_worker(j, &m3);
+    }
+    if (bad) {
+        kill(j->pid, SIGKILL);
+        job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+    }
+    ev_io_init(&j->rio, worker_read_cb, j->fd, EV_READ);
+    ev_io_init(&j->wio, worker_write_cb, j->fd, EV_WRITE);
+    ev_child_init(&j->child, child_cb, j->pid, 0);
+    j->rio.data = j->wio.data = j->child.data = j;
+    ev_io_start(EV_DEFAULT, &j->rio);
+    ev_io_start(EV_DEFAULT, &j->wio);
+    ev_child_start(EV_DEFAULT, &j->child);
+    /* The code is no longer needed here: it lives in the worker's queue. */
+    return 0;
+}
+
+static void job_start(job *j)
+{
+    ev_timer_stop(EV_DEFAULT, &j->qtimer);
+    j->state = JOB_RUNNING;
+    nqueued--;
+    nrunning++;
+    const char *accel = accel_verdict();
+    if (job_dispatch(j, j->req->language, accel, j->req->memory_mb,
+                     cfg.boot_timeout_seconds * 1000u) < 0 &&
+        j->pid <= 0)
+        job_free(j);
+}
+
+void sched_pump(void)
+{
+    for (job *j = jobs, *next; j; j = next) {
+        next = j->next;
+        if (j->state != JOB_QUEUED)
+            continue;
+        if (nrunning >= cfg.max_concurrent_vms)
+            return;
+        if (!accel_verdict()) {
+            accel_need();
+            return;
+        }
+        job_start(j);
+    }
+}
+
+int sched_start_probe(sbx_err *err)
+{
+    job *j = calloc(1, sizeof *j);
+    if (!j)
+        return sbx_fail(err, ENOMEM, "out of memory");
+    j->seq = ++seq;
+    j->state = JOB_RUNNING;
+    j->probe = true;
+    j->fd = -1;
+    j->t_accept = now_ms();
+    j->next = jobs;
+    jobs = j;
+    nrunning++;
+    if (job_dispatch(j, "raw", "kvm", 256, PROBE_BOOT_TIMEOUT_MS) < 0 && j->pid <= 0) {
+        snprintf(err->msg, sizeof err->msg, "%s", j->probe_why);
+        job_free(j);
+        return -1;
+    }
+    return 0;
+}
+
+void sched_shutdown(void)
+{
+    for (job *j = jobs; j; j = j->next)
+        if (j->state == JOB_RUNNING && j->pid > 0)
+            kill(j->pid, SIGKILL);
+    for (job *j = jobs; j; j = j->next)
+        if (j->state == JOB_RUNNING && j->pid > 0)
+            waitpid(j->pid, NULL, 0);
+    while (jobs) {
+        jobs->answered = true;
+        jobs->pid = -1;
+        job_free(jobs);
+    }
+}
