@@ -1,0 +1,559 @@
+#!/usr/bin/env python3
+"""End-to-end tests: real sbx, real sbxd, real QEMU VMs (whatever accelerator the host has).
+
+Each test drives the `sbx` binary (or the raw control socket) exactly as a user would. The runner
+starts its own sbxd on a private socket, prints one line per test, and ends with the line
+"N passed, N failed". Exit status is non-zero if anything failed.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TESTS = []
+
+
+def test(fast=False):
+    def deco(fn):
+        TESTS.append((fn, fast))
+        return fn
+    return deco
+
+
+class Ctx:
+    def __init__(self, args):
+        self.sbx = os.path.abspath(args.sbx)
+        self.sbxd = os.path.abspath(args.sbxd)
+        self.tmp = tempfile.mkdtemp(prefix="sbx-e2e-")
+        self.sock = os.path.join(self.tmp, "sbxd.sock")
+        self.log = os.path.join(self.tmp, "sbxd.log")
+        self.daemon = None
+
+    def env(self, **extra):
+        e = dict(os.environ)
+        e["EXEC_SANDBOX_SOCKET"] = self.sock
+        e.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        e.update(extra)
+        return e
+
+    def start_daemon(self, *flags, sock=None, log=None, env=None):
+        sock = sock or self.sock
+        log = log or self.log
+        p = subprocess.Popen([self.sbxd, "--socket", sock, *flags], stdin=subprocess.DEVNULL,
+                             stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                             env=env or self.env())
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if p.poll() is not None:
+                raise AssertionError("sbxd exited at start: " + open(log).read()[-2000:])
+            try:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(sock)
+                s.close()
+                return p
+            except OSError:
+                time.sleep(0.05)
+        p.kill()
+        raise AssertionError("sbxd did not start listening")
+
+    def sbx(self, *args, input=None, env=None, timeout=240, check_rc=None):
+        r = subprocess.run([self.sbx, *args], input=input, capture_output=True,
+                           env=env or self.env(), timeout=timeout, cwd=self.tmp)
+        r.out = r.stdout.decode("utf-8", "replace")
+        r.err = r.stderr.decode("utf-8", "replace")
+        if check_rc is not None and r.returncode != check_rc:
+            raise AssertionError(f"sbx {' '.join(a[:60] for a in args)}: exit {r.returncode}, "
+                                 f"expected {check_rc}\nstdout: {r.out[-1500:]}\n"
+                                 f"stderr: {r.err[-1500:]}")
+        return r
+
+    def run_json(self, *args, **kw):
+        r = self.sbx("run", "--json", "-q", *args, **kw)
+        try:
+            return json.loads(r.stdout), r
+        except ValueError:
+            raise AssertionError(f"not JSON (exit {r.returncode}): {r.out[:500]} {r.err[:1500]}")
+
+
+def eq(a, b, what=""):
+    if a != b:
+        raise AssertionError(f"{what}: {a!r} != {b!r}")
+
+
+def ok(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def descendants(pid):
+    """All processes below pid (via /proc), as (pid, comm)."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            st = open(f"/proc/{d}/stat").read()
+            ppid = int(st[st.rindex(")") + 2:].split()[1])
+            comm = st[st.index("(") + 1:st.rindex(")")]
+            kids.setdefault(ppid, []).append((int(d), comm))
+        except (OSError, ValueError):
+            pass
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k[0])
+    return out
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+# --- languages, output, exit codes -------------------------------------------------------------
+
+@test(fast=True)
+def python_hello(c):
+    r = c.sbx("run", "-q", 'print("Hello from sandbox")', check_rc=0)
+    eq(r.out, "Hello from sandbox\n", "stdout")
+
+
+@test(fast=True)
+def javascript_hello(c):
+    r = c.sbx("run", "-q", "-l", "javascript", 'console.log("hi from js", 6*7)', check_rc=0)
+    eq(r.out, "hi from js 42\n", "stdout")
+
+
+@test(fast=True)
+def raw_shell_and_tools(c):
+    code = ('echo "$BASH_VERSION" | cut -d. -f1; for t in git curl jq tar gzip unzip file; do '
+            'command -v $t >/dev/null || echo missing $t; done; echo \'{"a":5}\' | jq .a')
+    r = c.sbx("run", "-q", "-l", "raw", code, check_rc=0)
+    lines = r.out.split()
+    ok(lines[0].isdigit() and int(lines[0]) >= 5, "bash version: " + r.out)
+    ok("missing" not in r.out, "tools missing: " + r.out)
+    eq(lines[-1], "5", "jq output")
+
+
+@test()
+def exit_codes_and_signals(c):
+    c.sbx("run", "-q", "import sys; sys.exit(3)", check_rc=3)
+    c.sbx("run", "-q", "-l", "raw", "exit 7", check_rc=7)
+    c.sbx("run", "-q", "-l", "javascript", "process.exit(5)", check_rc=5)
+    j, _ = c.run_json("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    eq(j["exit_code"], 137, "exit code for SIGKILL")
+    c.sbx("run", "-q", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", check_rc=139)
+
+
+@test(fast=True)
+def stderr_kept_apart(c):
+    r = c.sbx("run", "-q", "import sys; print('out'); print('err', file=sys.stderr)", check_rc=0)
+    eq(r.out, "out\n", "stdout")
+    ok("err\n" in r.err and "out" not in r.err, "stderr: " + r.err)
+    j, _ = c.run_json("import sys; sys.stderr.write('E'); sys.stdout.write('O')")
+    eq((j["stdout"], j["stderr"]), ("O", "E"), "json streams")
+
+
+@test()
+def unicode_round_trip(c):
+    s = "héllo wörld ✓ 日本語 🚀"
+    r = c.sbx("run", "-q", f"print({s!r})", check_rc=0)
+    eq(r.out, s + "\n", "python unicode")
+    r = c.sbx("run", "-q", "-l", "raw", f"echo '{s}'", check_rc=0)
+    eq(r.out, s + "\n", "shell unicode")
+
+
+@test()
+def hundred_thousand_lines(c):
+    r = c.sbx("run", "-q", "for i in range(100000): print(i)", check_rc=0)
+    lines = r.out.split("\n")
+    eq(len(lines), 100001, "line count")
+    eq(lines[99999], "99999", "last line")
+    eq(lines[:3], ["0", "1", "2"], "first lines")
+
+
+@test()
+def stdout_cap_1mb(c):
+    j, r = c.run_json("import sys\nfor _ in range(4): sys.stdout.write('x' * (1 << 20))")
+    eq(len(j["stdout"]), 1 << 20, "stdout length")
+    eq(j["stdout_truncated"], True, "stdout_truncated")
+    eq(j["exit_code"], 0, "exit code (excess drained, not a broken pipe)")
+    r = c.sbx("run", "-q", "import sys\nsys.stdout.write('y' * (3 << 20))")
+    eq(len(r.stdout), 1 << 20, "streamed stdout length")
+    ok("truncated" in r.err, "truncation message: " + r.err)
+    j, _ = c.run_json("import sys\nsys.stderr.write('z' * 300000)")
+    eq(len(j["stderr"]), 100 * 1024, "stderr cap")
+    eq(j["stderr_truncated"], True, "stderr_truncated")
+
+
+@test(fast=True)
+def timeout_busy_loop(c):
+    t0 = time.time()
+    r = c.sbx("run", "-q", "-t", "2", "while True: pass")
+    took = time.time() - t0
+    eq(r.returncode, 124, "exit status on timeout: " + r.err)
+    ok("timed out" in r.err, "timeout message: " + r.err)
+    ok(took < 25, f"took {took:.1f}s")
+
+
+@test()
+def timeout_sigterm_ignored(c):
+    code = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('armed', flush=True)\nwhile True: time.sleep(0.1)")
+    t0 = time.time()
+    j, _ = c.run_json("-t", "2", code)
+    took = time.time() - t0
+    eq(j["timed_out"], True, "timed_out")
+    eq(j["exit_code"], 137, "killed by SIGKILL after the grace")
+    eq(j["stdout"], "armed\n", "output before the timeout is kept")
+    ok(took < 25, f"took {took:.1f}s")
+    r = c.sbx("run", "-q", "-l", "raw", "-t", "2", "trap '' TERM; sleep 100 & wait; sleep 100")
+    eq(r.returncode, 124, "raw SIGTERM-ignoring")
+
+
+@test(fast=True)
+def env_vars(c):
+    r = c.sbx("run", "-q", "-e", "API_KEY=secret", "-e", "DEBUG=1", "-e", "EMPTY=",
+              "import os; print(os.environ['API_KEY'], os.environ['DEBUG'], repr(os.environ['EMPTY']))",
+              check_rc=0)
+    eq(r.out, "secret 1 ''\n", "env")
+    for bad in ["LD_PRELOAD=/x.so", "PATH=/evil", "PYTHONPATH=/x", "NODE_OPTIONS=--x",
+                "BASH_ENV=/x", "1BAD=x", "NOEQUALS"]:
+        r = c.sbx("run", "-q", "-e", bad, "print(1)")
+        eq(r.returncode, 2, "exit for env " + bad)
+        ok(r.err.strip(), "message for " + bad)
+    r = c.sbx("run", "-q", *sum([["-e", f"V{i}=x"] for i in range(101)], []), "print(1)")
+    eq(r.returncode, 2, "101 env vars")
+
+
+@test(fast=True)
+def stdin_source(c):
+    r = c.sbx("run", "-q", "-", input=b"print(6*7)\n", check_rc=0)
+    eq(r.out, "42\n", "stdin")
+
+
+@test()
+def file_sources_detect_language(c):
+    d = c.tmp
+    open(f"{d}/a.py", "w").write("print('py', 1+1)\n")
+    open(f"{d}/b.js", "w").write("console.log('js', 1+1)\n")
+    open(f"{d}/c.sh", "w").write("echo sh $((1+1))\n")
+    eq(c.sbx("run", "-q", f"{d}/a.py", check_rc=0).out, "py 2\n", "py file")
+    eq(c.sbx("run", "-q", f"{d}/b.js", check_rc=0).out, "js 2\n", "js file")
+    eq(c.sbx("run", "-q", f"{d}/c.sh", check_rc=0).out, "sh 2\n", "sh file")
+
+
+@test()
+def concurrency_j2_four_files(c):
+    d = c.tmp
+    names = []
+    for i in range(4):
+        n = f"{d}/m{i}.py"
+        open(n, "w").write(f"print('source-{i}')\nimport sys; sys.exit({i})\n")
+        names.append(n)
+    r = c.sbx("run", "-q", "-j", "2", *names)
+    eq(r.returncode, 1, "some sources failed -> 1")
+    for i in range(4):
+        ok(f"source-{i}" in r.out, f"output of source {i}: {r.out}")
+    pos = [r.out.index(f"source-{i}") for i in range(4)]
+    eq(pos, sorted(pos), "outputs in source order")
+    j, _ = c.run_json("-j", "2", *names)
+    eq([x["exit_code"] for x in j], [0, 1, 2, 3], "per-source exit codes")
+    eq([x["stdout"] for x in j], [f"source-{i}\n" for i in range(4)], "outputs kept apart")
+
+
+@test(fast=True)
+def usage_errors_exit_2(c):
+    cases = [
+        (["-l", "cobol", "print(1)"], "language"),
+        (["-t", "0", "print(1)"], "timeout"),
+        (["-t", "301", "print(1)"], "timeout"),
+        (["-m", "99999", "print(1)"], "memory"),
+        ([""], "empty"),
+        (["/nonexistent/script.py"], "not found"),
+        (["-p", "requests", "print(1)"], "not available"),
+    ]
+    for args, word in cases:
+        r = c.sbx("run", "-q", *args)
+        eq(r.returncode, 2, f"exit for {args}: {r.err}")
+        ok(word in r.err.lower(), f"message for {args} should mention {word!r}: {r.err}")
+    r = c.sbx("run", "-q", "-c", "")
+    eq(r.returncode, 2, "empty -c")
+    r = c.sbx("frobnicate")
+    eq(r.returncode, 2, "unknown command")
+
+
+@test(fast=True)
+def json_result_fields(c):
+    j, _ = c.run_json("print('x')")
+    for k in ["stdout", "stderr", "exit_code", "timed_out", "stdout_truncated",
+              "stderr_truncated", "execution_time_ms", "external_cpu_time_ms",
+              "external_memory_peak_mb", "timing", "accelerator", "warm_pool_hit",
+              "start_mode"]:
+        ok(k in j, "missing field " + k)
+    for k in ["setup_ms", "boot_ms", "execute_ms", "total_ms"]:
+        ok(isinstance(j["timing"][k], int), "timing." + k)
+    ok(j["timing"]["boot_ms"] > 0, "boot_ms > 0")
+    ok(j["timing"]["total_ms"] >= j["timing"]["boot_ms"] + j["timing"]["execute_ms"], "total")
+    ok(j["external_cpu_time_ms"] > 0, "external cpu measured")
+    ok(j["external_memory_peak_mb"] > 10, "external memory measured")
+    ok(j["accelerator"] in ("kvm", "tcg"), "accelerator")
+    eq(j["start_mode"], "cold", "start_mode")
+    eq(j["warm_pool_hit"], False, "warm_pool_hit")
+
+
+@test()
+def memory_option_sets_guest_ram(c):
+    j, _ = c.run_json("-m", "512", "-l", "raw", "grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2")
+    kb = int(j["stdout"])
+    ok(400 * 1024 < kb <= 512 * 1024, f"MemTotal {kb} kB for -m 512")
+    j, _ = c.run_json("-l", "raw", "grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2")
+    ok(int(j["stdout"]) <= 256 * 1024, "default 256 MB")
+
+
+@test()
+def fresh_vm_per_run_and_no_host_files(c):
+    marker = os.path.join(c.tmp, "host-marker-file")
+    open(marker, "w").write("secret")
+    c.sbx("run", "-q", "-l", "raw", "echo leak > /tmp/state; echo leak > ~/state", check_rc=0)
+    r = c.sbx("run", "-q", "-l", "raw",
+              f"ls /tmp/state ~/state 2>/dev/null; cat {marker} 2>/dev/null; ls /sys/class/net; "
+              "id -u; cat /proc/self/status | grep NoNewPrivs")
+    ok("state" not in r.out, "state leaked between runs: " + r.out)
+    ok("secret" not in r.out, "host file visible: " + r.out)
+    eq(r.out.split()[0], "lo", "only loopback (no network device)")
+    ok("1000" in r.out.split(), "runs as uid 1000: " + r.out)
+    ok("NoNewPrivs:\t1" in r.out, "no_new_privs: " + r.out)
+
+
+@test()
+def root_is_read_only(c):
+    r = c.sbx("run", "-q", "-l", "raw", "touch /usr/x 2>&1; echo rc=$?; touch /tmp/ok && echo tmp-ok")
+    ok("rc=1" in r.out and "tmp-ok" in r.out, r.out)
+
+
+# --- daemon behaviour --------------------------------------------------------------------------
+
+@test(fast=True)
+def status_reports_accelerator(c):
+    r = c.sbx("status", "--json", check_rc=0)
+    j = json.loads(r.out)
+    ok(j.get("accelerator") in ("kvm", "tcg"), f"accelerator in status: {j}")
+    ok(j.get("accel_reason"), "accel reason")
+
+
+@test()
+def accel_auto_probe_falls_back_and_caches(c):
+    cache = os.path.join(c.tmp, "probe-cache")
+    sock = os.path.join(c.tmp, "probe.sock")
+    log = os.path.join(c.tmp, "probe.log")
+    images = os.path.join(os.environ.get("EXEC_SANDBOX_CACHE_DIR") or
+                          os.path.expanduser("~/.cache/exec-sandbox"), "images")
+    env = c.env(EXEC_SANDBOX_SOCKET=sock)
+    p = c.start_daemon("--accel", "auto", "--cache-dir", cache, "--images-dir", images,
+                       sock=sock, log=log, env=env)
+    try:
+        t0 = time.time()
+        j, _ = c.run_json("print(1)", env=env)
+        took = time.time() - t0
+        eq(j["stdout"], "1\n", "runs after the probe")
+        kvm_usable = os.access("/dev/kvm", os.R_OK | os.W_OK)
+        st = json.loads(c.sbx("status", "--json", env=env, check_rc=0).out)
+        print(f"    [auto verdict: {st['accelerator']} ({st['accel_reason']}); "
+              f"first run {took:.1f}s]")
+        eq(j["accelerator"], st["accelerator"], "result names the accelerator in force")
+        if kvm_usable:
+            ok(os.path.exists(os.path.join(cache, "accel-verdict")), "verdict cached")
+            ok("probe" in st["accel_reason"], st["accel_reason"])
+        p.terminate()
+        p.wait(10)
+        p = c.start_daemon("--accel", "auto", "--cache-dir", cache, "--images-dir", images,
+                           sock=sock, log=log, env=env)
+        st = json.loads(c.sbx("status", "--json", env=env, check_rc=0).out)
+        if kvm_usable:
+            ok("cached" in st["accel_reason"], "second daemon uses the cache: " + st["accel_reason"])
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def _kill_mid_run(c, victim):
+    """Start a long run, SIGKILL its worker or QEMU once the code is running."""
+    proc = subprocess.Popen([c.sbx, "run", "-q", "-t", "60",
+                             "import time\nprint('started', flush=True)\ntime.sleep(50)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=c.env())
+    ok(proc.stdout.readline() == b"started\n", "run started")
+    procs = descendants(c.daemon.pid)
+    target = [p for p, comm in procs if comm.startswith(victim)]
+    ok(target, f"no {victim} under sbxd: {procs}")
+    os.kill(target[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, err.decode()
+
+
+@test(fast=True)
+def worker_sigkill_is_contained(c):
+    rc, err = _kill_mid_run(c, "sbx-vmworker")
+    eq(rc, 125, "sandbox error exit: " + err)
+    ok("CommunicationError" in err and "retry" in err, "clear transient error: " + err)
+    c.sbx("run", "-q", "print('still serving')", check_rc=0)
+
+
+@test()
+def qemu_sigkill_is_contained(c):
+    rc, err = _kill_mid_run(c, "qemu-system")
+    eq(rc, 125, "sandbox error exit: " + err)
+    ok("CommunicationError" in err, "transient error: " + err)
+    eq(c.sbx("run", "-q", "print(2)", check_rc=0).out, "2\n", "next run")
+
+
+@test()
+def capacity_queue_then_error(c):
+    sock = os.path.join(c.tmp, "cap.sock")
+    env = c.env(EXEC_SANDBOX_SOCKET=sock)
+    p = c.start_daemon("--max-concurrent-vms", "1", "--queue-timeout-seconds", "1", sock=sock,
+                       log=os.path.join(c.tmp, "cap.log"), env=env)
+    try:
+        slow = subprocess.Popen([c.sbx, "run", "-q", "import time; time.sleep(8)"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        wait_for(lambda: json.loads(c.sbx("status", "--json", env=env).out)["running_vms"] == 1,
+                 20, "first VM to run")
+        r = c.sbx("run", "-q", "print(1)", env=env)
+        eq(r.returncode, 125, "capacity error exit: " + r.err)
+        ok("VmCapacityError" in r.err, r.err)
+        slow.communicate(timeout=60)
+        eq(slow.returncode, 0, "the admitted run finished")
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+@test()
+def config_from_environment(c):
+    sock = os.path.join(c.tmp, "envcfg.sock")
+    env = c.env(EXEC_SANDBOX_SOCKET=sock, EXEC_SANDBOX_DEFAULT_TIMEOUT_SECONDS="2",
+                EXEC_SANDBOX_DEFAULT_MEMORY_MB="384")
+    p = c.start_daemon(sock=sock, log=os.path.join(c.tmp, "envcfg.log"), env=env)
+    try:
+        j, _ = c.run_json("-l", "raw", "grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2; sleep 20",
+                          env=env)
+        eq(j["timed_out"], True, "default timeout 2 s from EXEC_SANDBOX_DEFAULT_TIMEOUT_SECONDS")
+        ok(256 * 1024 < int(j["stdout"]) <= 384 * 1024, "memory from env: " + j["stdout"])
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+@test()
+def bad_frames_close_only_that_connection(c):
+    def conn():
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(c.sock)
+        s.settimeout(10)
+        return s
+    s = conn()
+    s.sendall(struct.pack(">I", 0x7fffffff) + b"x")  # oversized
+    eq(s.recv(100), b"", "oversized frame closes")
+    s = conn()
+    s.sendall(struct.pack(">I", 5) + b"\xff\xff\xff\xff\xff")  # undecodable
+    eq(s.recv(100), b"", "corrupt frame closes")
+    s = conn()
+    s.sendall(struct.pack(">I", 100) + b"abc")  # truncated
+    s.close()
+    c.sbx("run", "-q", "print('alive')", check_rc=0)
+
+
+@test()
+def embedded_daemon_autostart(c):
+    rt = tempfile.mkdtemp(prefix="sbx-rt-", dir=c.tmp)
+    env = dict(c.env())
+    env.pop("EXEC_SANDBOX_SOCKET", None)
+    env["XDG_RUNTIME_DIR"] = rt
+    env["EXEC_SANDBOX_IDLE_EXIT_SECONDS"] = "3"
+    env["EXEC_SANDBOX_SBXD"] = c.sbxd
+    r = subprocess.run([c.sbx, "run", "-q", "print('auto')"], capture_output=True, env=env,
+                       timeout=120)
+    eq(r.stdout, b"auto\n", "autostarted run: " + r.stderr.decode())
+    sock = os.path.join(rt, "exec-sandbox", "sbxd.sock")
+    ok(os.path.exists(sock), "per-user socket created")
+    r = subprocess.run([c.sbx, "status", "--json"], capture_output=True, env=env, timeout=30)
+    pid = json.loads(r.stdout)["pid"]
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 30, "the embedded daemon to exit when idle")
+
+
+@test()
+def no_leftovers(c):
+    time.sleep(0.5)
+    left = [p for p in descendants(c.daemon.pid)]
+    eq(left, [], "processes left under sbxd")
+    run_dirs = [d for d in os.listdir("/tmp") if d.startswith(f"sbxd-{c.daemon.pid}-")]
+    for d in run_dirs:
+        eq(os.listdir(os.path.join("/tmp", d)), [], "files left in run dir")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sbx", default=os.path.join(ROOT, "build/sbx"))
+    ap.add_argument("--sbxd", default=os.path.join(ROOT, "build/sbxd"))
+    ap.add_argument("--fast", action="store_true", help="only the fast subset")
+    ap.add_argument("-k", help="only tests whose name contains this")
+    args = ap.parse_args()
+    c = Ctx(args)
+    c.daemon = c.start_daemon()
+    passed = failed = 0
+    t_all = time.time()
+    try:
+        for fn, fast in TESTS:
+            name = fn.__name__
+            if args.fast and not fast and name != "no_leftovers":
+                continue
+            if args.k and args.k not in name:
+                continue
+            t0 = time.time()
+            try:
+                fn(c)
+                passed += 1
+                print(f"PASS {name} ({time.time() - t0:.1f}s)", flush=True)
+            except Exception as e:
+                failed += 1
+                print(f"FAIL {name} ({time.time() - t0:.1f}s): {e}", flush=True)
+                if not isinstance(e, AssertionError):
+                    traceback.print_exc()
+    finally:
+        c.daemon.terminate()
+        try:
+            c.daemon.wait(15)
+        except subprocess.TimeoutExpired:
+            c.daemon.kill()
+        if c.daemon.returncode not in (0, -signal.SIGTERM):
+            failed += 1
+            print(f"FAIL sbxd exited with {c.daemon.returncode}")
+        log = open(c.log).read()
+        if "ERROR: AddressSanitizer" in log or "runtime error:" in log or "LeakSanitizer" in log:
+            failed += 1
+            print("FAIL sanitizer report in sbxd log:\n" + log[-4000:])
+        if failed:
+            print("--- sbxd log tail ---\n" + log[-3000:])
+        shutil.rmtree(c.tmp, ignore_errors=True)
+    print(f"e2e: {time.time() - t_all:.0f}s")
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
