@@ -93,7 +93,7 @@ test-fast: all asan test-unit
 	python3 tests/e2e/run.py --fast --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
 
 bench: all
-	scripts/bench.sh
+	scripts/bench.py
 
 FORMAT_SRC = $(wildcard proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] tests/unit/*.c)
 format:
