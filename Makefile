@@ -5,7 +5,7 @@ BUILD ?= build
 CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation \
 	-iquote $(BUILD)/gen -iquote proto -iquote cli -g
 CFLAGS ?= -O2
-LIBS_HOST = -lev -lprotobuf-c -ljansson
+LIBS_HOST = -lev -lprotobuf-c -ljansson -pthread
 PROTOS = control worker agent
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
@@ -19,7 +19,8 @@ AGENT_SRC = agent/agent.c
 
 .PHONY: all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan
 
-all: $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/sbx-agent $(BUILD)/libsbx.a
+all: $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/sbx-agent $(BUILD)/libsbx.a \
+	$(BUILD)/example
 
 $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 	@mkdir -p $(BUILD)/gen
@@ -50,6 +51,10 @@ $(eval $(call variant,asan,$(ASAN_FLAGS)))
 
 $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/libsbx.a: $(BUILD)/%: $(BUILD)/rel/%
 	cp $< $@
+
+# The libsbx example program, built the way an outside user would: header plus archive.
+$(BUILD)/example: cli/example.c cli/libsbx.h $(BUILD)/libsbx.a
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) -o $@ cli/example.c $(BUILD)/libsbx.a $(LIBS_HOST)
 
 asan: $(BUILD)/asan/sbxd $(BUILD)/asan/sbx-vmworker $(BUILD)/asan/sbx
 

@@ -19,11 +19,11 @@ extern "C" {
  * binding can forward them; the client-side kinds start at 100. */
 typedef enum {
     SBX_ERR_NONE = 0,
-    SBX_ERR_VM_CONFIG = 1,           /* permanent: the request breaks a limit or names a bad value */
-    SBX_ERR_VM_TIMEOUT = 2,          /* transient: the VM did not boot in time */
-    SBX_ERR_VM_CAPACITY = 3,         /* transient: every VM slot busy and the queue wait expired */
-    SBX_ERR_COMMUNICATION = 4,       /* transient: worker, QEMU, guest or the connection died */
-    SBX_ERR_GUEST_AGENT = 5,         /* permanent: the guest agent refused the request */
+    SBX_ERR_VM_CONFIG = 1,     /* permanent: the request breaks a limit or names a bad value */
+    SBX_ERR_VM_TIMEOUT = 2,    /* transient: the VM did not boot in time */
+    SBX_ERR_VM_CAPACITY = 3,   /* transient: every VM slot busy and the queue wait expired */
+    SBX_ERR_COMMUNICATION = 4, /* transient: worker, QEMU, guest or the connection died */
+    SBX_ERR_GUEST_AGENT = 5,   /* permanent: the guest agent refused the request */
     SBX_ERR_PACKAGE_NOT_ALLOWED = 6, /* permanent: a package is not on the allowlist */
     SBX_ERR_SNAPSHOT = 7,            /* transient: a snapshot could not be made or restored */
     SBX_ERR_SESSION_CLOSED = 8,      /* permanent: the session is gone */
@@ -31,7 +31,7 @@ typedef enum {
     SBX_ERR_ASSET = 10,              /* permanent: kernel or image missing or unusable */
     SBX_ERR_INTERNAL = 11,           /* transient: a daemon-side failure with no better kind */
     SBX_ERR_PERMISSION = 12,         /* permanent: this user may not use the daemon */
-    SBX_ERR_CONNECT = 100, /* no daemon could be reached (or started, with autostart) */
+    SBX_ERR_CONNECT = 100,           /* no daemon could be reached (or started, with autostart) */
 } sbx_error_kind;
 
 /* Why a call failed. */
@@ -51,9 +51,9 @@ const char *sbx_error_kind_name(int kind);
 typedef struct sbx_client sbx_client;
 
 /* sbx_connect flag: when no daemon listens on the socket, start a private one for this user
- * (detached, `sbxd --socket PATH --idle-exit 300`, logging to sbxd.log beside the socket) and wait
- * up to 20 s for it. Concurrent callers start at most one daemon between them. The binary is
- * $EXEC_SANDBOX_SBXD, else `sbxd` beside the running executable, else `sbxd` from $PATH. */
+ * (detached, `sbxd --socket PATH --idle-exit-seconds 300`, logging to sbxd.log beside the socket)
+ * and wait up to 20 s for it. Concurrent callers start at most one daemon between them. The binary
+ * is $EXEC_SANDBOX_SBXD, else `sbxd` beside the running executable, else `sbxd` from $PATH. */
 #define SBX_CONNECT_AUTOSTART 1u
 
 /* Called with short progress notes ("starting sandbox daemon ...") during a slow connect. */
@@ -61,11 +61,11 @@ typedef void (*sbx_progress_fn)(const char *message, void *userdata);
 
 /* Everything sbx_connect_ex accepts; zero-initialise and set what you need. */
 typedef struct {
-    const char *socket_path;    /* NULL: $EXEC_SANDBOX_SOCKET, else the per-user default */
-    unsigned flags;             /* SBX_CONNECT_* */
-    const char *client_name;    /* sent in Hello, e.g. "mytool/1.2"; NULL: "libsbx/<version>" */
+    const char *socket_path;     /* NULL: $EXEC_SANDBOX_SOCKET, else the per-user default */
+    unsigned flags;              /* SBX_CONNECT_* */
+    const char *client_name;     /* sent in Hello, e.g. "mytool/1.2"; NULL: "libsbx/<version>" */
     sbx_progress_fn on_progress; /* optional */
-    void *userdata;             /* passed to on_progress */
+    void *userdata;              /* passed to on_progress */
 } sbx_connect_opts;
 
 /* Connect to sbxd at socket_path (NULL: the default) and say Hello. flags: SBX_CONNECT_*.
@@ -77,6 +77,9 @@ int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *er
 const char *sbx_client_socket(const sbx_client *c);
 /* The server string the daemon sent in its Hello reply (e.g. "sbxd/0.1.0"). */
 const char *sbx_client_server(const sbx_client *c);
+/* False once the connection is lost or out of step with the daemon (after a transient
+ * SBX_ERR_COMMUNICATION or an SBX_ERR_PROTOCOL): close it and connect again. */
+bool sbx_client_usable(const sbx_client *c);
 /* Close the connection and free the client. NULL is accepted. */
 void sbx_close(sbx_client *c);
 
@@ -124,16 +127,16 @@ typedef struct {
 
 /* What a run produced. Free with sbx_result_free. */
 typedef struct {
-    char *stdout_buf;         /* captured stdout (at most 1 MiB), NUL-terminated for convenience;
-                                 may itself contain NULs and invalid UTF-8: use stdout_len */
-    size_t stdout_len;        /* its length in bytes */
-    char *stderr_buf;         /* captured stderr (at most 100 KiB), like stdout_buf */
-    size_t stderr_len;        /* its length in bytes */
-    int exit_code;            /* the code's exit status; 128+n when killed by signal n */
-    bool timed_out;           /* the code was stopped because it hit its timeout */
-    bool stdout_truncated;    /* stdout went over its limit and was cut */
-    bool stderr_truncated;    /* stderr went over its limit and was cut */
-    uint64_t execution_time_ms;       /* run time measured inside the guest */
+    char *stdout_buf;           /* captured stdout (at most 1 MiB), NUL-terminated for convenience;
+                                   may itself contain NULs and invalid UTF-8: use stdout_len */
+    size_t stdout_len;          /* its length in bytes */
+    char *stderr_buf;           /* captured stderr (at most 100 KiB), like stdout_buf */
+    size_t stderr_len;          /* its length in bytes */
+    int exit_code;              /* the code's exit status; 128+n when killed by signal n */
+    bool timed_out;             /* the code was stopped because it hit its timeout */
+    bool stdout_truncated;      /* stdout went over its limit and was cut */
+    bool stderr_truncated;      /* stderr went over its limit and was cut */
+    uint64_t execution_time_ms; /* run time measured inside the guest */
     uint64_t external_cpu_time_ms;    /* CPU time of the VM measured by the host */
     uint64_t external_memory_peak_mb; /* peak memory of the VM measured by the host */
     sbx_timing timing;                /* the phases of the request */

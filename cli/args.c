@@ -1,0 +1,502 @@
+/* sbx's argument parsing and source loading. The parser only looks at argv, so that every
+ * option, form and error can be checked by tests/unit/test_cli_args.c without a daemon. */
+#include "args.h"
+
+#include "common.h"
+#include "sbx_limits.h"
+
+#include <limits.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+typedef enum {
+    OPT_HELP,
+    OPT_VERSION,
+    OPT_SOCKET,
+    OPT_JSON,
+    OPT_QUIET,
+    OPT_LANGUAGE,
+    OPT_CODE,
+    OPT_TIMEOUT,
+    OPT_MEMORY,
+    OPT_ENV,
+    OPT_CONCURRENCY,
+    OPT_LATER, /* an option of the reference that this version does not implement yet */
+} opt_id;
+
+typedef struct {
+    const char *name; /* long form, without the dashes */
+    char short_name;  /* 0: none */
+    bool has_value;
+    opt_id id;
+} opt;
+
+static const opt global_opts[] = {
+    {"help", 'h', false, OPT_HELP},
+    {"version", 'V', false, OPT_VERSION},
+    {"socket", 0, true, OPT_SOCKET},
+    {NULL, 0, false, 0},
+};
+
+/* Options of later features are listed so that they fail with a clear message: silently running
+ * without a network or a package the user asked for would be worse than refusing. */
+static const opt run_opts[] = {
+    {"help", 'h', false, OPT_HELP},
+    {"socket", 0, true, OPT_SOCKET},
+    {"json", 0, false, OPT_JSON},
+    {"quiet", 'q', false, OPT_QUIET},
+    {"language", 'l', true, OPT_LANGUAGE},
+    {"code", 'c', true, OPT_CODE},
+    {"timeout", 't', true, OPT_TIMEOUT},
+    {"memory", 'm', true, OPT_MEMORY},
+    {"env", 'e', true, OPT_ENV},
+    {"concurrency", 'j', true, OPT_CONCURRENCY},
+    {"package", 'p', true, OPT_LATER},
+    {"network", 0, false, OPT_LATER},
+    {"allow-domain", 0, true, OPT_LATER},
+    {"expose", 0, true, OPT_LATER},
+    {"no-validation", 0, false, OPT_LATER},
+    {"upload", 0, true, OPT_LATER},
+    {"download", 0, true, OPT_LATER},
+    {NULL, 0, false, 0},
+};
+
+static const opt status_opts[] = {
+    {"help", 'h', false, OPT_HELP},
+    {"socket", 0, true, OPT_SOCKET},
+    {"json", 0, false, OPT_JSON},
+    {NULL, 0, false, 0},
+};
+
+__attribute__((format(printf, 3, 4))) static int bad(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static const opt *find_long(const opt *tab, const char *name, size_t len)
+{
+    for (; tab->name; tab++)
+        if (strlen(tab->name) == len && !strncmp(tab->name, name, len))
+            return tab;
+    return NULL;
+}
+
+static const opt *find_short(const opt *tab, char c)
+{
+    for (; tab->name; tab++)
+        if (tab->short_name && tab->short_name == c)
+            return tab;
+    return NULL;
+}
+
+/* A whole number for option `name`; anything but plain digits (sign, space, suffix) is refused
+ * rather than half-read as strtoul would. */
+static int parse_u32(const char *name, const char *text, uint32_t *out, char *err, size_t errlen)
+{
+    uint64_t v = 0;
+    if (!*text)
+        return bad(err, errlen, "--%s needs a whole number, not an empty value", name);
+    for (const char *p = text; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return bad(err, errlen, "--%s needs a whole number, not `%.64s`", name, text);
+        v = v * 10 + (uint64_t)(*p - '0');
+        if (v > UINT32_MAX)
+            return bad(err, errlen, "--%s `%.64s` is out of range", name, text);
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* Canonical static spelling, so results never point into argv for the language. */
+static const char *language_static(const char *lang)
+{
+    static const char *const names[] = {"python", "javascript", "raw"};
+    for (size_t i = 0; i < ARRAY_LEN(names); i++)
+        if (!strcmp(lang, names[i]))
+            return names[i];
+    return NULL;
+}
+
+static int add_env(args *a, const char *kv, char *err, size_t errlen)
+{
+    const char *eq = strchr(kv, '=');
+    if (!eq)
+        return bad(err, errlen, "--env wants KEY=VALUE, not `%.64s`", kv);
+    cleanup_free char *key = strndup(kv, (size_t)(eq - kv));
+    if (!key)
+        return bad(err, errlen, "out of memory");
+    char why[256];
+    if (limits_check_env(key, eq + 1, why, sizeof why) < 0)
+        return bad(err, errlen, "--env: %s", why);
+    for (size_t i = 0; i < a->n_env; i++)
+        if (!strcmp(a->env[i].key, key)) {
+            a->env[i].value = eq + 1;
+            return 0;
+        }
+    if (limits_check_env_count(a->n_env + 1, why, sizeof why) < 0)
+        return bad(err, errlen, "--env: %s", why);
+    a->env[a->n_env].key = steal_ptr(&key);
+    a->env[a->n_env].value = eq + 1;
+    a->n_env++;
+    return 0;
+}
+
+static void add_source(args *a, const char *text, bool inline_only)
+{
+    a->sources[a->n_sources].text = text;
+    a->sources[a->n_sources].inline_only = inline_only;
+    a->n_sources++;
+}
+
+/* Apply one option. Returns 0, 1 when parsing should stop here (help, version), or -1. */
+static int apply(args *a, const opt *o, const char *val, char *err, size_t errlen)
+{
+    char why[256];
+    switch (o->id) {
+    case OPT_HELP:
+        if (a->cmd == ARGS_CMD_NONE)
+            a->cmd = ARGS_CMD_HELP;
+        else
+            a->help = true;
+        return 1;
+    case OPT_VERSION:
+        a->cmd = ARGS_CMD_VERSION;
+        return 1;
+    case OPT_SOCKET:
+        if (!*val)
+            return bad(err, errlen, "--socket needs a path");
+        a->socket_path = val;
+        return 0;
+    case OPT_JSON:
+        a->json = true;
+        return 0;
+    case OPT_QUIET:
+        a->quiet = true;
+        return 0;
+    case OPT_LANGUAGE:
+        a->language = language_static(val);
+        if (!a->language)
+            return bad(err, errlen, "unknown language `%.64s` (python, javascript or raw)", val);
+        return 0;
+    case OPT_CODE:
+        add_source(a, val, true);
+        return 0;
+    case OPT_TIMEOUT:
+        if (parse_u32(o->name, val, &a->timeout_s, err, errlen) < 0)
+            return -1;
+        if (limits_check_timeout(a->timeout_s, why, sizeof why) < 0)
+            return bad(err, errlen, "%s", why);
+        return 0;
+    case OPT_MEMORY:
+        if (parse_u32(o->name, val, &a->memory_mb, err, errlen) < 0)
+            return -1;
+        if (limits_check_memory(a->memory_mb, why, sizeof why) < 0)
+            return bad(err, errlen, "%s", why);
+        return 0;
+    case OPT_ENV:
+        return add_env(a, val, err, errlen);
+    case OPT_CONCURRENCY: {
+        uint32_t j;
+        if (parse_u32(o->name, val, &j, err, errlen) < 0)
+            return -1;
+        if (j < ARGS_CONCURRENCY_MIN || j > ARGS_CONCURRENCY_MAX)
+            return bad(err, errlen, "concurrency %u is out of range (%u-%u)", j,
+                       ARGS_CONCURRENCY_MIN, ARGS_CONCURRENCY_MAX);
+        a->concurrency = j;
+        return 0;
+    }
+    case OPT_LATER:
+        break;
+    }
+    return bad(err, errlen, "--%s is not available yet in this version", o->name);
+}
+
+/* One argument that starts with '-' (and is not "-" or "--"). May consume the next argument as
+ * the option's value. Returns like apply. */
+static int parse_option(args *a, const opt *tab, int argc, char *const argv[], int *i, char *err,
+                        size_t errlen)
+{
+    const char *s = argv[*i];
+    if (s[1] == '-') {
+        const char *name = s + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const opt *o = find_long(tab, name, len);
+        if (!o)
+            return bad(err, errlen, "unknown option `--%.*s`", (int)(len > 64 ? 64 : len), name);
+        if (o->id == OPT_LATER)
+            return apply(a, o, NULL, err, errlen);
+        if (!o->has_value) {
+            if (eq)
+                return bad(err, errlen, "--%s takes no value", o->name);
+            return apply(a, o, NULL, err, errlen);
+        }
+        if (eq)
+            return apply(a, o, eq + 1, err, errlen);
+        if (*i + 1 >= argc)
+            return bad(err, errlen, "--%s needs a value", o->name);
+        return apply(a, o, argv[++*i], err, errlen);
+    }
+    /* Short options: flags may be grouped (-qj4); a value is the rest of the argument or, when
+     * nothing is left, the next one. */
+    for (const char *p = s + 1; *p; p++) {
+        const opt *o = find_short(tab, *p);
+        if (!o)
+            return bad(err, errlen, "unknown option `-%c`", *p);
+        if (o->id == OPT_LATER || !o->has_value) {
+            int rc = apply(a, o, NULL, err, errlen);
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        if (p[1])
+            return apply(a, o, p + 1, err, errlen);
+        if (*i + 1 >= argc)
+            return bad(err, errlen, "-%c/--%s needs a value", o->short_name, o->name);
+        return apply(a, o, argv[++*i], err, errlen);
+    }
+    return 0;
+}
+
+int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen)
+{
+    memset(a, 0, sizeof *a);
+    a->concurrency = ARGS_CONCURRENCY_DEFAULT;
+    err[0] = '\0';
+    /* No option adds more than one source or variable, so argc bounds both arrays. */
+    a->sources = calloc((size_t)argc + 1, sizeof *a->sources);
+    a->env = calloc((size_t)argc + 1, sizeof *a->env);
+    if (!a->sources || !a->env)
+        return bad(err, errlen, "out of memory");
+
+    int i = 1;
+    for (; i < argc; i++) {
+        const char *s = argv[i];
+        if (s[0] != '-' || !s[1])
+            break;
+        int rc = parse_option(a, global_opts, argc, argv, &i, err, errlen);
+        if (rc != 0)
+            return rc < 0 ? -1 : 0;
+    }
+    if (i >= argc)
+        return bad(err, errlen, "no command given (commands: run, status)");
+    const opt *tab;
+    if (!strcmp(argv[i], "run")) {
+        a->cmd = ARGS_CMD_RUN;
+        tab = run_opts;
+    } else if (!strcmp(argv[i], "status")) {
+        a->cmd = ARGS_CMD_STATUS;
+        tab = status_opts;
+    } else {
+        return bad(err, errlen, "unknown command `%.64s` (commands: run, status)", argv[i]);
+    }
+
+    bool options_done = false, stdin_seen = false;
+    for (i++; i < argc; i++) {
+        const char *s = argv[i];
+        if (!options_done && !strcmp(s, "--")) {
+            options_done = true;
+            continue;
+        }
+        if (!options_done && s[0] == '-' && s[1]) {
+            int rc = parse_option(a, tab, argc, argv, &i, err, errlen);
+            if (rc != 0)
+                return rc < 0 ? -1 : 0;
+            continue;
+        }
+        if (a->cmd != ARGS_CMD_RUN)
+            return bad(err, errlen, "`sbx status` takes no arguments (got `%.64s`)", s);
+        add_source(a, s, false);
+    }
+    if (a->cmd == ARGS_CMD_RUN) {
+        if (a->n_sources == 0)
+            return bad(err, errlen,
+                       "no code to run: give SOURCE arguments, -c CODE, or - to read "
+                       "standard input");
+        for (size_t k = 0; k < a->n_sources; k++) {
+            if (a->sources[k].inline_only || strcmp(a->sources[k].text, "-"))
+                continue;
+            if (stdin_seen)
+                return bad(err, errlen, "`-` (standard input) can be given only once");
+            stdin_seen = true;
+        }
+    }
+    return 0;
+}
+
+void args_free(args *a)
+{
+    for (size_t i = 0; a->env && i < a->n_env; i++)
+        free(a->env[i].key);
+    free(a->env);
+    free(a->sources);
+    memset(a, 0, sizeof *a);
+}
+
+/* ---- sources ---- */
+
+const char *args_language_for_path(const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    const char *dot = strrchr(base, '.');
+    if (!dot || dot == base)
+        return NULL; /* no extension, or a dot file such as `.sh` */
+    if (!strcasecmp(dot, ".py"))
+        return "python";
+    if (!strcasecmp(dot, ".js") || !strcasecmp(dot, ".mjs"))
+        return "javascript";
+    if (!strcasecmp(dot, ".sh"))
+        return "raw";
+    return NULL;
+}
+
+bool args_looks_like_path(const char *s)
+{
+    if (!args_language_for_path(s))
+        return false;
+    for (const char *p = s; *p; p++)
+        if (strchr(" \t\n\r\v\f\"'`()", *p))
+            return false;
+    return true;
+}
+
+int args_source_resolve(const args_source *in, const char *language_opt, run_source *out, char *err,
+                        size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->arg = in->text;
+    const char *lang = language_opt ? language_static(language_opt) : NULL;
+    if (language_opt && !lang)
+        return bad(err, errlen, "unknown language `%.64s` (python, javascript or raw)",
+                   language_opt);
+    if (in->inline_only) {
+        out->kind = SOURCE_INLINE;
+    } else if (!strcmp(in->text, "-")) {
+        out->kind = SOURCE_STDIN;
+    } else {
+        /* Any existing non-directory counts as a file, so `sbx run <(gen)` reads the pipe. */
+        struct stat st;
+        bool exists =
+            strlen(in->text) < PATH_MAX && !strchr(in->text, '\n') && stat(in->text, &st) == 0;
+        if (exists && !S_ISDIR(st.st_mode)) {
+            out->kind = SOURCE_FILE;
+            if (!lang)
+                lang = args_language_for_path(in->text);
+        } else if (args_looks_like_path(in->text)) {
+            if (exists)
+                return bad(err, errlen, "`%.200s` is a directory", in->text);
+            return bad(err, errlen, "file not found: %.200s", in->text);
+        } else {
+            out->kind = SOURCE_INLINE;
+        }
+    }
+    out->language = lang ? lang : "python";
+    return 0;
+}
+
+/* Up to one byte over the limit, so that an oversized input is refused without being read whole. */
+static int read_capped(FILE *fp, char **out, size_t *len)
+{
+    size_t cap = 65536, n = 0, max = SBX_MAX_CODE + 1;
+    cleanup_free char *buf = malloc(cap + 1);
+    if (!buf)
+        return -1;
+    for (;;) {
+        if (n == cap) {
+            cap = cap * 2 > max ? max : cap * 2;
+            char *nb = realloc(buf, cap + 1);
+            if (!nb)
+                return -1;
+            buf = nb;
+        }
+        size_t got = fread(buf + n, 1, cap - n, fp);
+        n += got;
+        if (n >= max || got == 0)
+            break;
+    }
+    if (ferror(fp))
+        return -1;
+    buf[n] = '\0';
+    *out = steal_ptr(&buf);
+    *len = n;
+    return 0;
+}
+
+int args_source_load(run_source *s, FILE *stdin_fp, char *err, size_t errlen)
+{
+    char why[256];
+    const char *name = s->arg;
+    if (s->kind == SOURCE_INLINE) {
+        name = "inline code";
+        s->code_len = strlen(s->arg);
+        s->code = strdup(s->arg);
+        if (!s->code)
+            return bad(err, errlen, "out of memory");
+    } else if (s->kind == SOURCE_STDIN) {
+        name = "standard input";
+        if (read_capped(stdin_fp, &s->code, &s->code_len) < 0)
+            return bad(err, errlen, "read standard input: %s", strerror(errno));
+    } else {
+        cleanup_fclose FILE *fp = fopen(s->arg, "rbe");
+        if (!fp)
+            return bad(err, errlen, "open `%.200s`: %s", s->arg, strerror(errno));
+        if (read_capped(fp, &s->code, &s->code_len) < 0)
+            return bad(err, errlen, "read `%.200s`: %s", s->arg, strerror(errno));
+    }
+    if (limits_check_code((const uint8_t *)s->code, s->code_len, why, sizeof why) < 0) {
+        if (s->code_len > SBX_MAX_CODE) /* we stopped reading at the limit */
+            return bad(err, errlen, "%.200s: code is over the limit of %u bytes (1 MiB)", name,
+                       SBX_MAX_CODE);
+        return bad(err, errlen, "%.200s: %s", name, why);
+    }
+    return 0;
+}
+
+void args_source_label(const run_source *s, char *out, size_t n)
+{
+    if (n == 0)
+        return;
+    if (s->kind == SOURCE_STDIN) {
+        snprintf(out, n, "<stdin>");
+        return;
+    }
+    if (s->kind == SOURCE_FILE) {
+        snprintf(out, n, "%s", s->arg);
+        return;
+    }
+    /* Inline code: its first non-blank line, cut at a character boundary. */
+    const size_t max = 40;
+    const char *p = s->arg;
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    size_t len = strcspn(p, "\r\n");
+    bool cut = p[len] != '\0' && p[len + strspn(p + len, "\r\n \t")] != '\0';
+    if (len > max) {
+        len = max;
+        while (len > 0 && ((unsigned char)p[len] & 0xc0) == 0x80)
+            len--;
+        cut = true;
+    }
+    const char *ell = cut ? "\xe2\x80\xa6" : "";
+    if (len + strlen(ell) + 1 > n)
+        len = n > strlen(ell) + 1 ? n - strlen(ell) - 1 : 0;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        out[o++] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
+    }
+    out[o] = '\0';
+    if (n - o > strlen(ell))
+        strcat(out, ell);
+}
+
+void args_source_free(run_source *s)
+{
+    free(s->code);
+    s->code = NULL;
+    s->code_len = 0;
+}

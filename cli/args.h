@@ -1,0 +1,91 @@
+/* sbx's command line: parsing argv into a request (pure: no I/O, so every option is unit-tested)
+ * and turning the run's SOURCE arguments into code (stat, read). */
+#ifndef SBX_ARGS_H
+#define SBX_ARGS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define ARGS_CONCURRENCY_DEFAULT 10u
+#define ARGS_CONCURRENCY_MIN 1u
+#define ARGS_CONCURRENCY_MAX 100u
+
+typedef enum {
+    ARGS_CMD_NONE = 0, /* nothing parsed yet (only seen with an error) */
+    ARGS_CMD_HELP,     /* sbx --help */
+    ARGS_CMD_VERSION,  /* sbx --version */
+    ARGS_CMD_RUN,      /* sbx run ... */
+    ARGS_CMD_STATUS,   /* sbx status ... */
+} args_cmd;
+
+/* A code argument as given, in command-line order. */
+typedef struct {
+    const char *text; /* points into argv */
+    bool inline_only; /* from -c/--code: code even if it names a file */
+} args_source;
+
+/* One -e KEY=VALUE; a later one with the same key replaces the earlier value. */
+typedef struct {
+    char *key;         /* owned */
+    const char *value; /* points into argv */
+} args_env;
+
+typedef struct {
+    args_cmd cmd;
+    bool help;               /* `--help` after the command: print that command's help */
+    const char *socket_path; /* --socket; NULL: the default */
+    bool json;               /* --json */
+    /* run */
+    bool quiet;           /* -q/--quiet */
+    const char *language; /* -l; NULL: from the file extension, else python */
+    uint32_t timeout_s;   /* -t; 0: the daemon's default */
+    uint32_t memory_mb;   /* -m; 0: the daemon's default */
+    unsigned concurrency; /* -j; ARGS_CONCURRENCY_DEFAULT unless given */
+    args_source *sources;
+    size_t n_sources;
+    args_env *env;
+    size_t n_env;
+} args;
+
+/* Parse argv (argv[0] is the program). Returns 0, or -1 with a message (no "sbx: " prefix) in
+ * err. a->cmd is set as far as it was recognised even on error, so the caller can point at the
+ * right --help. Release with args_free in both cases. */
+int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen);
+void args_free(args *a);
+
+/* ---- sources ---- */
+
+typedef enum {
+    SOURCE_INLINE, /* the argument is the code */
+    SOURCE_FILE,   /* the argument names a file */
+    SOURCE_STDIN,  /* `-` */
+} source_kind;
+
+/* A source resolved to what it is, then loaded. */
+typedef struct {
+    source_kind kind;
+    const char *arg;      /* as given */
+    const char *language; /* static string: python, javascript or raw */
+    char *code;           /* owned, after args_source_load; NUL-terminated */
+    size_t code_len;
+} run_source;
+
+/* Language for a file name by its extension (.py, .js/.mjs, .sh), or NULL. */
+const char *args_language_for_path(const char *path);
+/* Whether an argument that is not an existing file was meant as one: it ends in a known
+ * extension and holds nothing a file name on a command line rarely holds (space, quote, paren). */
+bool args_looks_like_path(const char *s);
+/* Decide what a source is (stats it) and its language (language_opt, else by extension, else
+ * python). -1 with a message for a path-like argument that does not exist or is a directory. */
+int args_source_resolve(const args_source *in, const char *language_opt, run_source *out, char *err,
+                        size_t errlen);
+/* Read the code of a resolved source (stdin_fp for `-`) and check it against the code limits.
+ * -1 with a message naming the source. */
+int args_source_load(run_source *s, FILE *stdin_fp, char *err, size_t errlen);
+/* A short name for headers: the path, "<stdin>", or the first line of inline code, cut. */
+void args_source_label(const run_source *s, char *out, size_t n);
+void args_source_free(run_source *s);
+
+#endif

@@ -1,0 +1,751 @@
+/* sbx's command line (cli/args.c): every option in each form, bad values, repeatables, the
+ * options of later features, source resolution and loading; plus the libsbx helpers the CLI
+ * relies on for output (error names, UTF-8 repair). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "args.h"
+#include "common.h"
+#include "libsbx.h"
+#include "sbx_limits.h"
+
+#include <limits.h>
+#include <sys/stat.h>
+
+static char errbuf[512];
+
+/* Parse a NULL-terminated list of arguments (after "sbx"). */
+static int parse_v(args *a, const char *first, va_list ap)
+{
+    static char *argv[256];
+    int argc = 0;
+    argv[argc++] = "sbx";
+    for (const char *s = first; s; s = va_arg(ap, const char *))
+        argv[argc++] = (char *)s;
+    argv[argc] = NULL;
+    errbuf[0] = '\0';
+    return args_parse(argc, argv, a, errbuf, sizeof errbuf);
+}
+
+static int parse(args *a, const char *first, ...)
+{
+    va_list ap;
+    va_start(ap, first);
+    int rc = parse_v(a, first, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* Expect failure whose message contains `needle`. */
+static void expect_error(const char *needle, const char *first, ...)
+{
+    args a;
+    va_list ap;
+    va_start(ap, first);
+    int rc = parse_v(&a, first, ap);
+    va_end(ap);
+    if (rc != -1 || !strstr(errbuf, needle))
+        fail_msg("expected error containing \"%s\", got rc=%d \"%s\"", needle, rc, errbuf);
+    args_free(&a);
+}
+
+/* ---- commands and global options ---- */
+
+static void test_no_command(void **state)
+{
+    args a;
+    char *argv[] = {"sbx", NULL};
+    assert_int_equal(args_parse(1, argv, &a, errbuf, sizeof errbuf), -1);
+    assert_non_null(strstr(errbuf, "no command"));
+    assert_int_equal(a.cmd, ARGS_CMD_NONE);
+    args_free(&a);
+    expect_error("unknown command `frobnicate`", "frobnicate", NULL);
+    expect_error("unknown option `--frob`", "--frob", "run", "x", NULL);
+    expect_error("no command", "--socket", "/tmp/s", NULL);
+}
+
+static void test_help_version(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "--help", NULL), 0);
+    assert_int_equal(a.cmd, ARGS_CMD_HELP);
+    args_free(&a);
+    assert_int_equal(parse(&a, "-h", "run", NULL), 0);
+    assert_int_equal(a.cmd, ARGS_CMD_HELP);
+    args_free(&a);
+    assert_int_equal(parse(&a, "--version", NULL), 0);
+    assert_int_equal(a.cmd, ARGS_CMD_VERSION);
+    args_free(&a);
+    assert_int_equal(parse(&a, "-V", NULL), 0);
+    assert_int_equal(a.cmd, ARGS_CMD_VERSION);
+    args_free(&a);
+    /* Help after the command is that command's help, and wins over later junk. */
+    assert_int_equal(parse(&a, "run", "--help", "--bogus", NULL), 0);
+    assert_int_equal(a.cmd, ARGS_CMD_RUN);
+    assert_true(a.help);
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "-h", NULL), 0);
+    assert_true(a.help);
+    args_free(&a);
+    assert_int_equal(parse(&a, "status", "--help", NULL), 0);
+    assert_int_equal(a.cmd, ARGS_CMD_STATUS);
+    assert_true(a.help);
+    args_free(&a);
+    /* --version is global only. */
+    expect_error("unknown option `--version`", "run", "--version", NULL);
+}
+
+static void test_socket(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "--socket", "/tmp/a.sock", "status", NULL), 0);
+    assert_string_equal(a.socket_path, "/tmp/a.sock");
+    args_free(&a);
+    assert_int_equal(parse(&a, "--socket=/tmp/b.sock", "run", "x", NULL), 0);
+    assert_string_equal(a.socket_path, "/tmp/b.sock");
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "--socket", "/tmp/c.sock", "x", NULL), 0);
+    assert_string_equal(a.socket_path, "/tmp/c.sock");
+    args_free(&a);
+    assert_int_equal(parse(&a, "status", "--socket=/tmp/d.sock", NULL), 0);
+    assert_string_equal(a.socket_path, "/tmp/d.sock");
+    args_free(&a);
+    assert_int_equal(parse(&a, "status", NULL), 0);
+    assert_null(a.socket_path);
+    args_free(&a);
+    expect_error("--socket needs a value", "--socket", NULL);
+    expect_error("--socket needs a path", "--socket=", "status", NULL);
+    expect_error("--socket needs a value", "run", "x", "--socket", NULL);
+}
+
+static void test_status(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "status", "--json", NULL), 0);
+    assert_int_equal(a.cmd, ARGS_CMD_STATUS);
+    assert_true(a.json);
+    args_free(&a);
+    assert_int_equal(parse(&a, "status", NULL), 0);
+    assert_false(a.json);
+    args_free(&a);
+    expect_error("takes no arguments", "status", "extra", NULL);
+    expect_error("unknown option `-q`", "status", "-q", NULL);
+    expect_error("unknown option `--timeout`", "status", "--timeout", "5", NULL);
+    expect_error("--json takes no value", "status", "--json=yes", NULL);
+}
+
+/* ---- run ---- */
+
+static void test_run_defaults(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "run", "print(1)", NULL), 0);
+    assert_int_equal(a.cmd, ARGS_CMD_RUN);
+    assert_false(a.help);
+    assert_false(a.json);
+    assert_false(a.quiet);
+    assert_null(a.language);
+    assert_null(a.socket_path);
+    assert_int_equal(a.timeout_s, 0);
+    assert_int_equal(a.memory_mb, 0);
+    assert_int_equal(a.concurrency, ARGS_CONCURRENCY_DEFAULT);
+    assert_int_equal(a.n_env, 0);
+    assert_int_equal(a.n_sources, 1);
+    assert_string_equal(a.sources[0].text, "print(1)");
+    assert_false(a.sources[0].inline_only);
+    args_free(&a);
+}
+
+static void test_run_sources_order(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "run", "a.py", "-c", "print(2)", "--code", "print(3)",
+                           "--code=print(4)", "-", "-cprint(6)", "last", NULL),
+                     0);
+    assert_int_equal(a.n_sources, 7);
+    const char *want[] = {"a.py", "print(2)", "print(3)", "print(4)", "-", "print(6)", "last"};
+    const bool inl[] = {false, true, true, true, false, true, false};
+    for (size_t i = 0; i < 7; i++) {
+        assert_string_equal(a.sources[i].text, want[i]);
+        assert_int_equal(a.sources[i].inline_only, inl[i]);
+    }
+    args_free(&a);
+    /* -c takes the next argument even when it starts with a dash. */
+    assert_int_equal(parse(&a, "run", "-c", "-1", NULL), 0);
+    assert_string_equal(a.sources[0].text, "-1");
+    assert_true(a.sources[0].inline_only);
+    args_free(&a);
+    /* Options after sources are still options; `--` ends them. */
+    assert_int_equal(parse(&a, "run", "x", "-q", "--", "-q", "--json", NULL), 0);
+    assert_true(a.quiet);
+    assert_false(a.json);
+    assert_int_equal(a.n_sources, 3);
+    assert_string_equal(a.sources[1].text, "-q");
+    assert_string_equal(a.sources[2].text, "--json");
+    args_free(&a);
+    /* Only -c sources. */
+    assert_int_equal(parse(&a, "run", "-c", "print(1)", NULL), 0);
+    assert_int_equal(a.n_sources, 1);
+    args_free(&a);
+}
+
+static void test_run_source_errors(void **state)
+{
+    expect_error("no code to run", "run", NULL);
+    expect_error("no code to run", "run", "-q", "--json", NULL);
+    expect_error("only once", "run", "-", "-", NULL);
+    expect_error("--code needs a value", "run", "--code", NULL);
+    expect_error("-c/--code needs a value", "run", "-c", NULL);
+    /* `-` as -c code is not stdin, so it does not count. */
+    args a;
+    assert_int_equal(parse(&a, "run", "-", "-c", "-", NULL), 0);
+    args_free(&a);
+}
+
+static void test_language(void **state)
+{
+    const char *langs[] = {"python", "javascript", "raw"};
+    for (size_t i = 0; i < 3; i++) {
+        args a;
+        assert_int_equal(parse(&a, "run", "-l", langs[i], "x", NULL), 0);
+        assert_string_equal(a.language, langs[i]);
+        args_free(&a);
+        char eq[64], attached[64];
+        snprintf(eq, sizeof eq, "--language=%s", langs[i]);
+        snprintf(attached, sizeof attached, "-l%s", langs[i]);
+        assert_int_equal(parse(&a, "run", eq, "x", NULL), 0);
+        assert_string_equal(a.language, langs[i]);
+        args_free(&a);
+        assert_int_equal(parse(&a, "run", attached, "x", NULL), 0);
+        assert_string_equal(a.language, langs[i]);
+        args_free(&a);
+        assert_int_equal(parse(&a, "run", "--language", langs[i], "x", NULL), 0);
+        assert_string_equal(a.language, langs[i]);
+        args_free(&a);
+    }
+    args a;
+    assert_int_equal(parse(&a, "run", "-l", "raw", "-l", "javascript", "x", NULL), 0);
+    assert_string_equal(a.language, "javascript"); /* the last one wins */
+    args_free(&a);
+    expect_error("unknown language `ruby`", "run", "-l", "ruby", "x", NULL);
+    expect_error("unknown language `Python`", "run", "--language=Python", "x", NULL);
+    expect_error("unknown language ``", "run", "--language=", "x", NULL);
+    expect_error("--language needs a value", "run", "x", "--language", NULL);
+}
+
+static void test_timeout(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "run", "-t", "1", "x", NULL), 0);
+    assert_int_equal(a.timeout_s, 1);
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "--timeout", "300", "x", NULL), 0);
+    assert_int_equal(a.timeout_s, 300);
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "--timeout=60", "x", NULL), 0);
+    assert_int_equal(a.timeout_s, 60);
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "-t5", "x", NULL), 0);
+    assert_int_equal(a.timeout_s, 5);
+    args_free(&a);
+    expect_error("out of range (1-300 s)", "run", "-t", "0", "x", NULL);
+    expect_error("out of range (1-300 s)", "run", "-t", "301", "x", NULL);
+    expect_error("out of range", "run", "-t", "99999999999", "x", NULL);
+    expect_error("whole number, not `abc`", "run", "-t", "abc", "x", NULL);
+    expect_error("whole number, not `-5`", "run", "--timeout=-5", "x", NULL);
+    expect_error("whole number, not `+5`", "run", "-t", "+5", "x", NULL);
+    expect_error("whole number, not ` 5`", "run", "-t", " 5", "x", NULL);
+    expect_error("whole number, not `5s`", "run", "-t", "5s", "x", NULL);
+    expect_error("whole number, not `1.5`", "run", "-t", "1.5", "x", NULL);
+    expect_error("empty value", "run", "--timeout=", "x", NULL);
+    expect_error("-t/--timeout needs a value", "run", "x", "-t", NULL);
+}
+
+static void test_memory(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "run", "-m", "128", "x", NULL), 0);
+    assert_int_equal(a.memory_mb, 128);
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "--memory=2048", "x", NULL), 0);
+    assert_int_equal(a.memory_mb, 2048);
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "-m512", "--memory", "1024", "x", NULL), 0);
+    assert_int_equal(a.memory_mb, 1024);
+    args_free(&a);
+    expect_error("out of range (128-2048 MB)", "run", "-m", "127", "x", NULL);
+    expect_error("out of range (128-2048 MB)", "run", "-m", "2049", "x", NULL);
+    expect_error("whole number, not `1G`", "run", "-m", "1G", "x", NULL);
+    expect_error("--memory needs a value", "run", "x", "--memory", NULL);
+}
+
+static void test_concurrency(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "run", "-j", "1", "x", NULL), 0);
+    assert_int_equal(a.concurrency, 1);
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "--concurrency=100", "x", NULL), 0);
+    assert_int_equal(a.concurrency, 100);
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "-j4", "x", NULL), 0);
+    assert_int_equal(a.concurrency, 4);
+    args_free(&a);
+    expect_error("concurrency 0 is out of range (1-100)", "run", "-j", "0", "x", NULL);
+    expect_error("concurrency 101 is out of range (1-100)", "run", "-j", "101", "x", NULL);
+    expect_error("whole number", "run", "-j", "many", "x", NULL);
+}
+
+static void test_flags(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "run", "--json", "--quiet", "x", NULL), 0);
+    assert_true(a.json);
+    assert_true(a.quiet);
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "-q", "x", NULL), 0);
+    assert_true(a.quiet);
+    assert_false(a.json);
+    args_free(&a);
+    /* Grouped short options: flags, then one with its value attached or following. */
+    assert_int_equal(parse(&a, "run", "-qj4", "x", NULL), 0);
+    assert_true(a.quiet);
+    assert_int_equal(a.concurrency, 4);
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "-qt", "7", "x", NULL), 0);
+    assert_true(a.quiet);
+    assert_int_equal(a.timeout_s, 7);
+    args_free(&a);
+    expect_error("--json takes no value", "run", "--json=1", "x", NULL);
+    expect_error("--quiet takes no value", "run", "--quiet=", "x", NULL);
+    expect_error("unknown option `-z`", "run", "-qz", "x", NULL);
+    expect_error("unknown option `--jso`", "run", "--jso", "x", NULL);
+}
+
+static void test_env(void **state)
+{
+    args a;
+    assert_int_equal(
+        parse(&a, "run", "-e", "A=1", "--env", "B=two", "--env=C=x=y", "-eD=", "x", NULL), 0);
+    assert_int_equal(a.n_env, 4);
+    assert_string_equal(a.env[0].key, "A");
+    assert_string_equal(a.env[0].value, "1");
+    assert_string_equal(a.env[1].key, "B");
+    assert_string_equal(a.env[1].value, "two");
+    assert_string_equal(a.env[2].key, "C");
+    assert_string_equal(a.env[2].value, "x=y");
+    assert_string_equal(a.env[3].key, "D");
+    assert_string_equal(a.env[3].value, "");
+    args_free(&a);
+    /* The same key twice: one variable, the last value. */
+    assert_int_equal(parse(&a, "run", "-e", "K=1", "-e", "L=2", "-e", "K=3", "x", NULL), 0);
+    assert_int_equal(a.n_env, 2);
+    assert_string_equal(a.env[0].key, "K");
+    assert_string_equal(a.env[0].value, "3");
+    args_free(&a);
+    expect_error("KEY=VALUE, not `NOEQUALS`", "run", "-e", "NOEQUALS", "x", NULL);
+    expect_error("must be 1-", "run", "-e", "=v", "x", NULL);
+    expect_error("must start with a letter", "run", "-e", "1A=v", "x", NULL);
+    expect_error("only letters, digits and _", "run", "-e", "A-B=v", "x", NULL);
+    expect_error("`PATH` is not allowed", "run", "-e", "PATH=/x", "x", NULL);
+    expect_error("`LD_PRELOAD` is not allowed", "run", "-e", "LD_PRELOAD=/x.so", "x", NULL);
+    expect_error("contains a newline", "run", "-e", "A=1\n2", "x", NULL);
+    expect_error("--env needs a value", "run", "x", "--env", NULL);
+}
+
+static void test_env_count(void **state)
+{
+    static char kv[SBX_MAX_ENV + 1][16];
+    char *argv[2 + 2 * (SBX_MAX_ENV + 1) + 1];
+    int argc = 0;
+    argv[argc++] = "sbx";
+    argv[argc++] = "run";
+    for (unsigned i = 0; i < SBX_MAX_ENV + 1; i++) {
+        snprintf(kv[i], sizeof kv[i], "V%u=%u", i, i);
+        argv[argc++] = "-e";
+        argv[argc++] = kv[i];
+    }
+    argv[argc++] = "x";
+    args a;
+    /* Exactly the limit is fine (all but the last pair)... */
+    char *last_e = argv[argc - 3], *last_kv = argv[argc - 2];
+    argv[argc - 3] = "x";
+    assert_int_equal(args_parse(argc - 2, argv, &a, errbuf, sizeof errbuf), 0);
+    assert_int_equal(a.n_env, SBX_MAX_ENV);
+    args_free(&a);
+    /* ...one more is not. */
+    argv[argc - 3] = last_e;
+    argv[argc - 2] = last_kv;
+    assert_int_equal(args_parse(argc, argv, &a, errbuf, sizeof errbuf), -1);
+    assert_non_null(strstr(errbuf, "101 environment variables; the limit is 100"));
+    args_free(&a);
+}
+
+static void test_later_features(void **state)
+{
+    struct {
+        const char *arg, *next, *name;
+    } cases[] = {
+        {"-p", "requests", "--package"},
+        {"--package", "pandas", "--package"},
+        {"--package=pandas", NULL, "--package"},
+        {"-prequests", NULL, "--package"},
+        {"--network", NULL, "--network"},
+        {"--allow-domain", "a.com", "--allow-domain"},
+        {"--allow-domain=a.com", NULL, "--allow-domain"},
+        {"--expose", "8080", "--expose"},
+        {"--expose=8080:3000", NULL, "--expose"},
+        {"--no-validation", NULL, "--no-validation"},
+        {"--upload", "a:b", "--upload"},
+        {"--download", "out.csv", "--download"},
+        {"--network=1", NULL, "--network"},
+        {"-p", NULL, "--package"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        char want[96];
+        snprintf(want, sizeof want, "%s is not available yet in this version", cases[i].name);
+        args a;
+        int rc = cases[i].next ? parse(&a, "run", cases[i].arg, cases[i].next, "x", NULL)
+                               : parse(&a, "run", cases[i].arg, "x", NULL);
+        if (rc != -1 || strcmp(errbuf, want))
+            fail_msg("%s: rc=%d \"%s\"", cases[i].arg, rc, errbuf);
+        args_free(&a);
+    }
+    /* Grouped with a flag before it. */
+    expect_error("--package is not available yet", "run", "-qp", "x", "y", NULL);
+}
+
+/* ---- sources ---- */
+
+static void test_language_for_path(void **state)
+{
+    assert_string_equal(args_language_for_path("a.py"), "python");
+    assert_string_equal(args_language_for_path("dir/a.PY"), "python");
+    assert_string_equal(args_language_for_path("a.js"), "javascript");
+    assert_string_equal(args_language_for_path("/x/a.mjs"), "javascript");
+    assert_string_equal(args_language_for_path("run.sh"), "raw");
+    assert_null(args_language_for_path("a.rb"));
+    assert_null(args_language_for_path("Makefile"));
+    assert_null(args_language_for_path(".sh"));
+    assert_null(args_language_for_path("dir.py/file"));
+    assert_null(args_language_for_path("a.py.txt"));
+}
+
+static void test_looks_like_path(void **state)
+{
+    assert_true(args_looks_like_path("script.py"));
+    assert_true(args_looks_like_path("./dir/app.js"));
+    assert_true(args_looks_like_path("/abs/x.mjs"));
+    assert_true(args_looks_like_path("go.sh"));
+    assert_false(args_looks_like_path("print(1)"));
+    assert_false(args_looks_like_path("print('a.py')"));
+    assert_false(args_looks_like_path("import x.py"));
+    assert_false(args_looks_like_path("x = 1\ny.py"));
+    assert_false(args_looks_like_path("\"a.js\""));
+    assert_false(args_looks_like_path("echo hi"));
+    assert_false(args_looks_like_path("a.txt"));
+    assert_false(args_looks_like_path("1+1"));
+}
+
+typedef struct {
+    char dir[64];
+} tmp;
+
+static int tmp_setup(void **state)
+{
+    tmp *t = calloc(1, sizeof *t);
+    snprintf(t->dir, sizeof t->dir, "/tmp/test_cli_args.XXXXXX");
+    if (!mkdtemp(t->dir))
+        return -1;
+    *state = t;
+    return 0;
+}
+
+static int tmp_teardown(void **state)
+{
+    tmp *t = *state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", t->dir);
+    int rc = system(cmd);
+    free(t);
+    return rc == 0 ? 0 : -1;
+}
+
+static void write_file(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, n, f), n);
+    fclose(f);
+}
+
+static void test_resolve(void **state)
+{
+    tmp *t = *state;
+    char py[128], js[128], mjs[128], sh[128], noext[128], missing[128];
+    snprintf(py, sizeof py, "%s/a.py", t->dir);
+    snprintf(js, sizeof js, "%s/b.js", t->dir);
+    snprintf(mjs, sizeof mjs, "%s/c.mjs", t->dir);
+    snprintf(sh, sizeof sh, "%s/d.sh", t->dir);
+    snprintf(noext, sizeof noext, "%s/script", t->dir);
+    snprintf(missing, sizeof missing, "%s/missing.py", t->dir);
+    write_file(py, "print(1)\n", 9);
+    write_file(js, "console.log(1)\n", 15);
+    write_file(mjs, "console.log(1)\n", 15);
+    write_file(sh, "echo 1\n", 7);
+    write_file(noext, "print(1)\n", 9);
+
+    struct {
+        const char *text;
+        bool inl;
+        const char *lang_opt;
+        source_kind kind;
+        const char *lang;
+    } ok[] = {
+        {py, false, NULL, SOURCE_FILE, "python"},
+        {js, false, NULL, SOURCE_FILE, "javascript"},
+        {mjs, false, NULL, SOURCE_FILE, "javascript"},
+        {sh, false, NULL, SOURCE_FILE, "raw"},
+        {noext, false, NULL, SOURCE_FILE, "python"},
+        {py, false, "raw", SOURCE_FILE, "raw"}, /* -l beats the extension */
+        {"print(1)", false, NULL, SOURCE_INLINE, "python"},
+        {"console.log(1)", false, "javascript", SOURCE_INLINE, "javascript"},
+        {"-", false, NULL, SOURCE_STDIN, "python"},
+        {"-", false, "raw", SOURCE_STDIN, "raw"},
+        {missing, true, NULL, SOURCE_INLINE, "python"}, /* -c is always code */
+        {py, true, NULL, SOURCE_INLINE, "python"},
+        {"-", true, NULL, SOURCE_INLINE, "python"},
+        {t->dir, false, NULL, SOURCE_INLINE, "python"}, /* a directory not named like a file */
+    };
+    for (size_t i = 0; i < ARRAY_LEN(ok); i++) {
+        args_source in = {ok[i].text, ok[i].inl};
+        run_source s;
+        if (args_source_resolve(&in, ok[i].lang_opt, &s, errbuf, sizeof errbuf) < 0)
+            fail_msg("case %zu (%s): %s", i, ok[i].text, errbuf);
+        assert_int_equal(s.kind, ok[i].kind);
+        assert_string_equal(s.language, ok[i].lang);
+        assert_ptr_equal(s.arg, ok[i].text);
+        args_source_free(&s);
+    }
+
+    run_source s;
+    args_source in = {missing, false};
+    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), -1);
+    char want[256];
+    snprintf(want, sizeof want, "file not found: %s", missing);
+    assert_string_equal(errbuf, want);
+    in.text = "nope.js";
+    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), -1);
+    assert_string_equal(errbuf, "file not found: nope.js");
+
+    char dirpy[128];
+    snprintf(dirpy, sizeof dirpy, "%s/pkg.py", t->dir);
+    assert_int_equal(mkdir(dirpy, 0700), 0);
+    in.text = dirpy;
+    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), -1);
+    assert_non_null(strstr(errbuf, "is a directory"));
+}
+
+static void test_load(void **state)
+{
+    tmp *t = *state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/load.py", t->dir);
+    run_source s;
+    args_source in = {path, false};
+
+    write_file(path, "print('hi')\n", 12);
+    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), 0);
+    assert_int_equal(s.code_len, 12);
+    assert_string_equal(s.code, "print('hi')\n");
+    args_source_free(&s);
+
+    write_file(path, "", 0);
+    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), -1);
+    assert_non_null(strstr(errbuf, "code is empty"));
+    assert_non_null(strstr(errbuf, path));
+    args_source_free(&s);
+
+    write_file(path, "a\0b", 3);
+    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), -1);
+    assert_non_null(strstr(errbuf, "NUL"));
+    args_source_free(&s);
+
+    /* Exactly 1 MiB loads; one byte more does not. */
+    char *big = malloc(SBX_MAX_CODE + 1);
+    memset(big, '#', SBX_MAX_CODE + 1);
+    write_file(path, big, SBX_MAX_CODE);
+    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), 0);
+    assert_int_equal(s.code_len, SBX_MAX_CODE);
+    args_source_free(&s);
+    write_file(path, big, SBX_MAX_CODE + 1);
+    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), -1);
+    assert_non_null(strstr(errbuf, "over the limit"));
+    args_source_free(&s);
+    free(big);
+
+    /* Standard input. */
+    char text[] = "print(42)\n";
+    FILE *fp = fmemopen(text, strlen(text), "r");
+    in.text = "-";
+    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_load(&s, fp, errbuf, sizeof errbuf), 0);
+    assert_string_equal(s.code, "print(42)\n");
+    args_source_free(&s);
+    fclose(fp);
+    char empty[1] = "";
+    fp = fmemopen(empty, 0, "r");
+    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_load(&s, fp, errbuf, sizeof errbuf), -1);
+    assert_string_equal(errbuf, "standard input: code is empty");
+    args_source_free(&s);
+    fclose(fp);
+
+    /* Inline. */
+    in = (args_source){"print(1)", true};
+    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), 0);
+    assert_string_equal(s.code, "print(1)");
+    assert_int_equal(s.code_len, 8);
+    args_source_free(&s);
+    in = (args_source){"", true};
+    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), -1);
+    assert_string_equal(errbuf, "inline code: code is empty");
+    args_source_free(&s);
+
+    /* Unreadable file (skip when running as root, who reads anything). */
+    if (geteuid() != 0) {
+        write_file(path, "x", 1);
+        chmod(path, 0);
+        in = (args_source){path, false};
+        assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
+        assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), -1);
+        assert_non_null(strstr(errbuf, "Permission denied"));
+        args_source_free(&s);
+    }
+}
+
+static void test_label(void **state)
+{
+    char out[64];
+    run_source s = {.kind = SOURCE_FILE, .arg = "dir/script.py"};
+    args_source_label(&s, out, sizeof out);
+    assert_string_equal(out, "dir/script.py");
+    s = (run_source){.kind = SOURCE_STDIN, .arg = "-"};
+    args_source_label(&s, out, sizeof out);
+    assert_string_equal(out, "<stdin>");
+    s = (run_source){.kind = SOURCE_INLINE, .arg = "print(1)"};
+    args_source_label(&s, out, sizeof out);
+    assert_string_equal(out, "print(1)");
+    s.arg = "\n  x = 1\nprint(x)\n";
+    args_source_label(&s, out, sizeof out);
+    assert_string_equal(out, "x = 1\xe2\x80\xa6");
+    s.arg = "x = 1\n\n";
+    args_source_label(&s, out, sizeof out);
+    assert_string_equal(out, "x = 1");
+    s.arg = "print('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa')";
+    args_source_label(&s, out, sizeof out);
+    assert_int_equal(strlen(out), 40 + 3);
+    /* Never cut inside a character: 20 two-byte characters then one more. */
+    char wide[64] = "";
+    for (int i = 0; i < 21; i++)
+        strcat(wide, "\xc3\xa9");
+    s.arg = wide;
+    args_source_label(&s, out, sizeof out);
+    assert_int_equal(strlen(out), 40 + 3);
+    s.arg = "a\tb";
+    args_source_label(&s, out, sizeof out);
+    assert_string_equal(out, "a b");
+    char tiny[8];
+    s.arg = "print(123456789)";
+    args_source_label(&s, tiny, sizeof tiny);
+    assert_true(strlen(tiny) < sizeof tiny);
+}
+
+/* ---- libsbx helpers used for output ---- */
+
+static void test_error_names(void **state)
+{
+    assert_string_equal(sbx_error_kind_name(SBX_ERR_VM_CONFIG), "VmConfigError");
+    assert_string_equal(sbx_error_kind_name(SBX_ERR_VM_TIMEOUT), "VmTimeoutError");
+    assert_string_equal(sbx_error_kind_name(SBX_ERR_VM_CAPACITY), "VmCapacityError");
+    assert_string_equal(sbx_error_kind_name(SBX_ERR_COMMUNICATION), "CommunicationError");
+    assert_string_equal(sbx_error_kind_name(SBX_ERR_GUEST_AGENT), "GuestAgentError");
+    assert_string_equal(sbx_error_kind_name(SBX_ERR_PACKAGE_NOT_ALLOWED), "PackageNotAllowedError");
+    assert_string_equal(sbx_error_kind_name(SBX_ERR_SNAPSHOT), "SnapshotError");
+    assert_string_equal(sbx_error_kind_name(SBX_ERR_SESSION_CLOSED), "SessionClosedError");
+    assert_string_equal(sbx_error_kind_name(SBX_ERR_ASSET), "AssetError");
+    assert_string_equal(sbx_error_kind_name(SBX_ERR_CONNECT), "ConnectError");
+    assert_string_equal(sbx_error_kind_name(0), "SandboxError");
+    assert_string_equal(sbx_error_kind_name(77), "SandboxError");
+}
+
+static void expect_utf8(const char *in, size_t n, const char *want, size_t want_len)
+{
+    size_t len;
+    char *out = sbx_utf8_sanitize(in, n, &len);
+    assert_non_null(out);
+    assert_int_equal(len, want_len);
+    assert_memory_equal(out, want, want_len);
+    assert_int_equal(out[len], '\0');
+    free(out);
+}
+#define U8(in, want) expect_utf8(in, sizeof(in) - 1, want, sizeof(want) - 1)
+#define FFFD "\xef\xbf\xbd"
+
+static void test_utf8(void **state)
+{
+    U8("", "");
+    U8("hello\n", "hello\n");
+    U8("a\0b", "a\0b"); /* NUL kept */
+    U8("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80");
+    U8("a\x80z", "a" FFFD "z");                  /* lone continuation */
+    U8("\xff\xfe", FFFD FFFD);                   /* never valid */
+    U8("\xc0\x80", FFFD FFFD);                   /* overlong NUL */
+    U8("\xe0\x80\x80", FFFD FFFD FFFD);          /* overlong 3-byte */
+    U8("\xed\xa0\x80", FFFD FFFD FFFD);          /* surrogate */
+    U8("\xf4\x90\x80\x80", FFFD FFFD FFFD FFFD); /* above U+10FFFF */
+    U8("\xe2\x82", FFFD);                        /* truncated at the end */
+    U8("\xe2\x82z", FFFD "z");                   /* maximal subpart, then ASCII */
+    U8("\xf0\x9f\x98", FFFD);
+    U8("\xf4\x8f\xbf\xbf", "\xf4\x8f\xbf\xbf"); /* U+10FFFF itself */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_no_command),
+        cmocka_unit_test(test_help_version),
+        cmocka_unit_test(test_socket),
+        cmocka_unit_test(test_status),
+        cmocka_unit_test(test_run_defaults),
+        cmocka_unit_test(test_run_sources_order),
+        cmocka_unit_test(test_run_source_errors),
+        cmocka_unit_test(test_language),
+        cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_memory),
+        cmocka_unit_test(test_concurrency),
+        cmocka_unit_test(test_flags),
+        cmocka_unit_test(test_env),
+        cmocka_unit_test(test_env_count),
+        cmocka_unit_test(test_later_features),
+        cmocka_unit_test(test_language_for_path),
+        cmocka_unit_test(test_looks_like_path),
+        cmocka_unit_test_setup_teardown(test_resolve, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(test_load, tmp_setup, tmp_teardown),
+        cmocka_unit_test(test_label),
+        cmocka_unit_test(test_error_names),
+        cmocka_unit_test(test_utf8),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
