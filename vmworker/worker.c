@@ -154,9 +154,10 @@ static void send_hello(void)
 
 enum { EV_NONE, EV_CTL, EV_AGENT, EV_TIMEOUT };
 
-/* Wait for the next frame from sbxd or the agent, until deadline. Handles the console, signals
- * and QEMU's death on the way. *frame points into the reader's buffer. */
-static int next_event(uint64_t deadline, const uint8_t **frame, size_t *len)
+/* Wait for the next frame from sbxd (when want_ctl; otherwise sbxd's frames stay buffered for
+ * later) or the agent, until deadline. Handles the console, signals and QEMU's death on the way.
+ * *frame points into the reader's buffer. */
+static int next_event(uint64_t deadline, bool want_ctl, const uint8_t **frame, size_t *len)
 {
     for (;;) {
         int r;
@@ -166,7 +167,7 @@ static int next_event(uint64_t deadline, const uint8_t **frame, size_t *len)
                      "guest agent sent an oversized frame; VM stopped");
             return EV_AGENT;
         }
-        if ((r = frame_reader_next(&W.ctl_rd, frame, len)) != 0) {
+        if (want_ctl && (r = frame_reader_next(&W.ctl_rd, frame, len)) != 0) {
             if (r < 0)
                 fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false, "oversized frame from sbxd");
             return EV_CTL;
@@ -232,7 +233,7 @@ static void recv_ctl(Sbx__Worker__ToWorker **out, Sbx__Worker__ToWorker__BodyCas
     const uint8_t *f;
     size_t n;
     for (;;) {
-        int ev = next_event(now_ms() + 30000, &f, &n);
+        int ev = next_event(now_ms() + 30000, true, &f, &n);
         if (ev == EV_TIMEOUT)
             fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "sbxd sent nothing for 30 s");
         if (ev != EV_CTL)
@@ -288,7 +289,7 @@ static void boot(uint64_t *boot_ms)
         const uint8_t *f;
         size_t n;
         uint64_t until = next_hello < deadline ? next_hello : deadline;
-        int ev = next_event(until, &f, &n);
+        int ev = next_event(until, false, &f, &n);
         if (ev == EV_TIMEOUT) {
             if (now_ms() >= deadline) {
                 char why[512];
@@ -301,7 +302,7 @@ static void boot(uint64_t *boot_ms)
             continue;
         }
         if (ev != EV_AGENT)
-            continue; /* the exec request may already be queued; it is read later */
+            continue;
         Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, f);
         if (!g)
             fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
@@ -380,7 +381,7 @@ static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t s
     while (!done) {
         const uint8_t *f;
         size_t n;
-        int ev = next_event(deadline, &f, &n);
+        int ev = next_event(deadline, false, &f, &n);
         if (ev == EV_TIMEOUT) {
             /* The guest stopped answering: it loses the VM. */
             wlog("guest did not finish %d ms after its timeout; killing the VM", HOST_GRACE_MS);
