@@ -31,8 +31,8 @@ def test(fast=False):
 
 class Ctx:
     def __init__(self, args):
-        self.sbx = os.path.abspath(args.sbx)
-        self.sbxd = os.path.abspath(args.sbxd)
+        self.sbx_bin = os.path.abspath(args.sbx)
+        self.sbxd_bin = os.path.abspath(args.sbxd)
         self.tmp = tempfile.mkdtemp(prefix="sbx-e2e-")
         self.sock = os.path.join(self.tmp, "sbxd.sock")
         self.log = os.path.join(self.tmp, "sbxd.log")
@@ -48,7 +48,7 @@ class Ctx:
     def start_daemon(self, *flags, sock=None, log=None, env=None):
         sock = sock or self.sock
         log = log or self.log
-        p = subprocess.Popen([self.sbxd, "--socket", sock, *flags], stdin=subprocess.DEVNULL,
+        p = subprocess.Popen([self.sbxd_bin, "--socket", sock, *flags], stdin=subprocess.DEVNULL,
                              stdout=open(log, "a"), stderr=subprocess.STDOUT,
                              env=env or self.env())
         deadline = time.time() + 15
@@ -66,7 +66,7 @@ class Ctx:
         raise AssertionError("sbxd did not start listening")
 
     def sbx(self, *args, input=None, env=None, timeout=240, check_rc=None):
-        r = subprocess.run([self.sbx, *args], input=input, capture_output=True,
+        r = subprocess.run([self.sbx_bin, *args], input=input, capture_output=True,
                            env=env or self.env(), timeout=timeout, cwd=self.tmp)
         r.out = r.stdout.decode("utf-8", "replace")
         r.err = r.stderr.decode("utf-8", "replace")
@@ -394,7 +394,7 @@ def accel_auto_probe_falls_back_and_caches(c):
 
 def _kill_mid_run(c, victim):
     """Start a long run, SIGKILL its worker or QEMU once the code is running."""
-    proc = subprocess.Popen([c.sbx, "run", "-q", "-t", "60",
+    proc = subprocess.Popen([c.sbx_bin, "run", "-q", "-t", "60",
                              "import time\nprint('started', flush=True)\ntime.sleep(50)"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=c.env())
     ok(proc.stdout.readline() == b"started\n", "run started")
@@ -429,7 +429,7 @@ def capacity_queue_then_error(c):
     p = c.start_daemon("--max-concurrent-vms", "1", "--queue-timeout-seconds", "1", sock=sock,
                        log=os.path.join(c.tmp, "cap.log"), env=env)
     try:
-        slow = subprocess.Popen([c.sbx, "run", "-q", "import time; time.sleep(8)"],
+        slow = subprocess.Popen([c.sbx_bin, "run", "-q", "import time; time.sleep(8)"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         wait_for(lambda: json.loads(c.sbx("status", "--json", env=env).out)["running_vms"] == 1,
                  20, "first VM to run")
@@ -485,13 +485,13 @@ def embedded_daemon_autostart(c):
     env.pop("EXEC_SANDBOX_SOCKET", None)
     env["XDG_RUNTIME_DIR"] = rt
     env["EXEC_SANDBOX_IDLE_EXIT_SECONDS"] = "3"
-    env["EXEC_SANDBOX_SBXD"] = c.sbxd
-    r = subprocess.run([c.sbx, "run", "-q", "print('auto')"], capture_output=True, env=env,
+    env["EXEC_SANDBOX_SBXD"] = c.sbxd_bin
+    r = subprocess.run([c.sbx_bin, "run", "-q", "print('auto')"], capture_output=True, env=env,
                        timeout=120)
     eq(r.stdout, b"auto\n", "autostarted run: " + r.stderr.decode())
     sock = os.path.join(rt, "exec-sandbox", "sbxd.sock")
     ok(os.path.exists(sock), "per-user socket created")
-    r = subprocess.run([c.sbx, "status", "--json"], capture_output=True, env=env, timeout=30)
+    r = subprocess.run([c.sbx_bin, "status", "--json"], capture_output=True, env=env, timeout=30)
     pid = json.loads(r.stdout)["pid"]
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 30, "the embedded daemon to exit when idle")
 
