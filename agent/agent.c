@@ -31,6 +31,7 @@
 #define AGENT_PORT_NAME "sbx.agent"
 #define AGENT_ROOT_DEV "/dev/vda"
 #define AGENT_NEWROOT "/newroot"
+#define AGENT_PORTS_DIR AGENT_NEWROOT "/sys/class/virtio-ports"
 #define AGENT_CODE_DIR "/run/sbx"
 #define AGENT_HOME "/home/user"
 #define AGENT_UID 1000
@@ -51,7 +52,10 @@
 #define AGENT_TERM_GRACE_MS 1000
 #define AGENT_DRAIN_MS 200
 
-static int console_fd = 2;
+/* The kernel console (ttyS0), opened on first use from the initramfs /dev: opening the UART
+ * costs a couple of ms of boot under TCG and is rarely needed. */
+static int console_fd = -1;
+static int initrd_dev_fd = -1;
 
 __attribute__((format(printf, 1, 2))) static void agent_log(const char *fmt, ...)
 {
@@ -67,7 +71,9 @@ __attribute__((format(printf, 1, 2))) static void agent_log(const char *fmt, ...
     if ((size_t)n > sizeof buf - 2)
         n = (int)sizeof buf - 2;
     buf[n++] = '\n';
-    ssize_t w = write(console_fd, buf, (size_t)n);
+    if (console_fd < 0 && initrd_dev_fd >= 0)
+        console_fd = openat(initrd_dev_fd, "console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
+    ssize_t w = write(console_fd >= 0 ? console_fd : 2, buf, (size_t)n);
     (void)w;
 }
 
@@ -121,44 +127,44 @@ static int boot_mount_all(const struct boot_mount *m, size_t n, sbx_err *err)
     return 0;
 }
 
+/* The initramfs needs only devtmpfs: the root disk, the console and the port are opened from it.
+ * proc and sysfs are mounted once, in the new root (a mount there plus a detach here would cost
+ * milliseconds of boot under TCG and serve nothing). */
 static int boot_early(sbx_err *err)
 {
     /* EBUSY: the kernel mounted devtmpfs itself (CONFIG_DEVTMPFS_MOUNT with a disk root). */
     if (mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755") < 0 && errno != EBUSY)
         return sbx_fail(err, errno, "mount devtmpfs on `/dev`: %s", strerror(errno));
-    /* The initramfs has no /dev/console, so the kernel left fds 0-2 closed: give them the
-     * console now, so nothing opened later lands on 0-2 by accident. */
-    int fd = open("/dev/console", O_RDWR | O_NOCTTY);
+    /* The initramfs has no /dev/console, so the kernel left fds 0-2 closed: fill them, so that
+     * nothing opened later lands on 0-2 by accident. */
+    int fd = open("/dev/null", O_RDWR);
     if (fd < 0)
-        fd = open("/dev/null", O_RDWR);
-    if (fd >= 0) {
-        for (int i = 0; i < 3; i++)
-            if (fd != i)
-                dup2(fd, i);
-        if (fd > 2)
-            close(fd);
-    }
-    console_fd = 2;
-    static const struct boot_mount early[] = {
-        {"proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, true},
-        {"sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, true},
-    };
-    return boot_mount_all(early, ARRAY_LEN(early), err);
+        return sbx_fail(err, errno, "open `/dev/null`: %s", strerror(errno));
+    for (int i = 0; i < 3; i++)
+        if (fd != i)
+            dup2(fd, i);
+    if (fd > 2)
+        close(fd);
+    initrd_dev_fd = open("/dev", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    return 0;
 }
 
 static int boot_mount_root(sbx_err *err)
 {
+    /* Wait for the node before trying to mount: every failed mount attempt makes the kernel
+     * print to the (slow, serial) console. */
     uint64_t until = now_ms() + AGENT_ROOT_WAIT_MS;
-    for (;;) {
-        if (mount(AGENT_ROOT_DEV, AGENT_NEWROOT, "squashfs", MS_RDONLY | MS_NOSUID | MS_NODEV,
-                  NULL) == 0)
-            return 0;
-        int e = errno;
-        if ((e != ENOENT && e != ENXIO) || now_ms() >= until)
-            return sbx_fail(err, e, "mount `%s` (squashfs) on `%s`: %s", AGENT_ROOT_DEV,
-                            AGENT_NEWROOT, strerror(e));
+    struct stat st;
+    while (stat(AGENT_ROOT_DEV, &st) < 0) {
+        if (errno != ENOENT || now_ms() >= until)
+            return sbx_fail(err, errno, "root disk `%s`: %s", AGENT_ROOT_DEV, strerror(errno));
         sleep_ms(2);
     }
+    if (mount(AGENT_ROOT_DEV, AGENT_NEWROOT, "squashfs", MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) <
+        0)
+        return sbx_fail(err, errno, "mount `%s` (squashfs) on `%s`: %s", AGENT_ROOT_DEV,
+                        AGENT_NEWROOT, strerror(errno));
+    return 0;
 }
 
 /* The code's /dev is a fresh tmpfs holding only harmless nodes: no disks, no memory devices,
@@ -213,7 +219,7 @@ static int boot_mount_newroot(sbx_err *err)
         {"proc", AGENT_NEWROOT "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2",
          true},
         {"sysfs", AGENT_NEWROOT "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL,
-         false},
+         true},
         {"tmpfs", AGENT_NEWROOT "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=50%", true},
         {"tmpfs", AGENT_NEWROOT "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=10%", true},
         {"tmpfs", AGENT_NEWROOT "/var/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=25%",
@@ -224,45 +230,48 @@ static int boot_mount_newroot(sbx_err *err)
     return boot_mount_all(m, ARRAY_LEN(m), err);
 }
 
-/* Finds the port by name in sysfs and opens its node from the initramfs /dev, which the code
- * never sees. The port appears a little after the driver probes (control messages from QEMU),
- * so wait for it. */
+/* 1: `vport` is the agent's port, opened into *fd; 0: it is not (or not there yet); -1: error. */
+static int boot_try_port(const char *vport, int *fd, sbx_err *err)
+{
+    char path[160], name[64];
+    snprintf(path, sizeof path, AGENT_PORTS_DIR "/%s/name", vport);
+    cleanup_close int nfd = open(path, O_RDONLY | O_CLOEXEC);
+    if (nfd < 0)
+        return 0;
+    ssize_t n = read(nfd, name, sizeof name - 1);
+    if (n <= 0)
+        return 0;
+    name[n] = '\0';
+    name[strcspn(name, "\n")] = '\0';
+    if (strcmp(name, AGENT_PORT_NAME) != 0)
+        return 0;
+    snprintf(path, sizeof path, "/dev/%s", vport);
+    *fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (*fd >= 0)
+        return 1;
+    if (errno == ENOENT)
+        return 0;
+    return sbx_fail(err, errno, "open `%s`: %s", path, strerror(errno));
+}
+
+/* Finds the port by name in the new root's sysfs and opens its node from the initramfs /dev,
+ * which the code never sees. The port appears a little after the driver probes (control
+ * messages from QEMU), so wait for it. */
 static int boot_open_port(sbx_err *err)
 {
     uint64_t until = now_ms() + AGENT_PORT_WAIT_MS;
     for (;;) {
-        DIR *d = opendir("/sys/class/virtio-ports");
+        int fd = -1, rc = 0;
+        DIR *d = opendir(AGENT_PORTS_DIR);
         if (d) {
             struct dirent *de;
-            while ((de = readdir(d))) {
-                if (de->d_name[0] == '.' || strlen(de->d_name) > 64)
-                    continue;
-                char path[128], name[64];
-                snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", de->d_name);
-                cleanup_close int nfd = open(path, O_RDONLY | O_CLOEXEC);
-                if (nfd < 0)
-                    continue;
-                ssize_t n = read(nfd, name, sizeof name - 1);
-                if (n <= 0)
-                    continue;
-                name[n] = '\0';
-                name[strcspn(name, "\n")] = '\0';
-                if (strcmp(name, AGENT_PORT_NAME) != 0)
-                    continue;
-                snprintf(path, sizeof path, "/dev/%s", de->d_name);
-                int fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-                if (fd >= 0) {
-                    closedir(d);
-                    return fd;
-                }
-                if (errno != ENOENT) {
-                    int e = errno;
-                    closedir(d);
-                    return sbx_fail(err, e, "open `%s`: %s", path, strerror(e));
-                }
-            }
+            while (rc == 0 && (de = readdir(d)))
+                if (de->d_name[0] != '.' && strlen(de->d_name) <= 64)
+                    rc = boot_try_port(de->d_name, &fd, err);
             closedir(d);
         }
+        if (rc != 0)
+            return rc < 0 ? -1 : fd;
         if (now_ms() >= until)
             return sbx_fail(err, ENOENT, "no virtio port named `%s` after %d ms", AGENT_PORT_NAME,
                             AGENT_PORT_WAIT_MS);
@@ -270,6 +279,8 @@ static int boot_open_port(sbx_err *err)
     }
 }
 
+/* Costs ~10 ms under TCG (loopback up), so it runs right after the first Ready is on its way
+ * rather than before it; any exec is handled after it. */
 static void boot_net_and_name(void)
 {
     if (sethostname("sandbox", 7) < 0)
@@ -289,11 +300,8 @@ static void boot_net_and_name(void)
 
 static int boot_switch_root(sbx_err *err)
 {
-    /* The initramfs mounts are only the agent's; drop them so nothing below the new root stays
-     * reachable by name. Open fds (console, port) keep working. */
-    umount2("/proc", MNT_DETACH);
-    umount2("/sys", MNT_DETACH);
-    umount2("/dev", MNT_DETACH);
+    /* The initramfs (and its devtmpfs, with the disk and the port) ends up below the new root,
+     * out of reach of a process without CAP_SYS_CHROOT. */
     if (chdir(AGENT_NEWROOT) < 0)
         return sbx_fail(err, errno, "chdir `%s`: %s", AGENT_NEWROOT, strerror(errno));
     if (mount(".", "/", NULL, MS_MOVE, NULL) < 0)
@@ -315,6 +323,7 @@ struct chan {
     frame_writer wr;
     uint64_t retry_at; /* host side closed: do not poll the port before this time */
     uint64_t skip;     /* bytes of an oversized frame still to throw away */
+    bool connected;    /* bytes have come from the current host connection */
 };
 
 struct run {
@@ -332,6 +341,7 @@ struct agent {
     struct chan ch;
     struct run run;
     int sigfd;
+    bool net_done; /* hostname and loopback, deferred until the first Ready */
     char kernel[65];
 };
 
@@ -408,9 +418,15 @@ static void agent_handle(struct agent *a, const uint8_t *data, size_t len);
 static void chan_host_gone(struct chan *c)
 {
     c->retry_at = now_ms() + AGENT_PORT_RETRY_MS;
+    if (!c->connected)
+        return;
+    /* A host that comes back starts a new stream: a half-read frame, or a half-written one, of
+     * the old connection would only desynchronise it. */
+    agent_log("host closed the channel");
+    c->connected = false;
     c->skip = 0;
-    if (frame_reader_pending(&c->rd) > 0)
-        chan_reset_reader(c);
+    chan_reset_reader(c);
+    frame_writer_free(&c->wr);
 }
 
 static void chan_read(struct agent *a)
@@ -420,10 +436,10 @@ static void chan_read(struct agent *a)
         static uint8_t scratch[AGENT_CHUNK];
         size_t want = c->skip < sizeof scratch ? (size_t)c->skip : sizeof scratch;
         ssize_t n = read(c->fd, scratch, want);
-        if (n == 0)
-            chan_host_gone(c);
-        else if (n > 0)
+        if (n > 0)
             c->skip -= (uint64_t)n;
+        else if (n == 0 || (errno != EAGAIN && errno != EINTR))
+            chan_host_gone(c);
         return;
     }
     ssize_t n = frame_reader_fill(&c->rd, c->fd);
@@ -440,6 +456,7 @@ static void chan_read(struct agent *a)
         chan_host_gone(c);
         return;
     }
+    c->connected = true;
     for (;;) {
         const uint8_t *data;
         size_t len;
@@ -832,6 +849,10 @@ static void agent_handle(struct agent *a, const uint8_t *data, size_t len)
     switch (m->body_case) {
     case SBX__AGENT__HOST_MSG__BODY_HELLO:
         agent_ready(a, m->id);
+        if (!a->net_done) {
+            a->net_done = true;
+            boot_net_and_name();
+        }
         break;
     case SBX__AGENT__HOST_MSG__BODY_EXEC:
         if (a->run.pid)
@@ -933,7 +954,6 @@ int main(int argc, char **argv)
         snprintf(a.kernel, sizeof a.kernel, "%s", u.release);
     if (boot_mount_newroot(&err) < 0)
         agent_fatal("%s", err.msg);
-    boot_net_and_name();
     a.ch.fd = boot_open_port(&err);
     if (a.ch.fd < 0)
         agent_fatal("%s", err.msg);

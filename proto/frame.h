@@ -13,9 +13,9 @@
 #define FRAME_HDR 4u
 
 /* Caps per boundary (bytes of one message, header excluded). */
-#define FRAME_MAX_CONTROL (2u << 20) /* 1 MiB code + env + overhead */
+#define FRAME_MAX_CONTROL (3u << 20) /* 1 MiB code + 100 env vars of 8 KiB + overhead */
 #define FRAME_MAX_WORKER (4u << 20)  /* a result carries up to 1 MiB + 100 KiB of output */
-#define FRAME_MAX_AGENT (2u << 20)
+#define FRAME_MAX_AGENT (3u << 20)
 
 typedef struct {
     uint8_t *buf;

@@ -49,9 +49,9 @@ int limits_check_memory(uint32_t mb, char *err, size_t errlen)
 /* Names that would let the caller change how the interpreter or the dynamic loader starts,
  * rather than pass data to the code. */
 static const char *const denied_env[] = {
-    "PATH",          "HOME",         "USER",         "SHELL",        "IFS",        "BASH_ENV",
-    "ENV",           "PYTHONPATH",   "PYTHONHOME",   "PYTHONSTARTUP", "PYTHONINSPECT",
-    "NODE_OPTIONS",  "NODE_PATH",    "BUN_OPTIONS",  "PROMPT_COMMAND", "SHELLOPTS", "BASHOPTS",
+    "PATH",      "HOME",        "USER",           "SHELL",         "IFS",           "BASH_ENV",
+    "ENV",       "PYTHONPATH",  "PYTHONHOME",     "PYTHONSTARTUP", "PYTHONINSPECT", "NODE_OPTIONS",
+    "NODE_PATH", "BUN_OPTIONS", "PROMPT_COMMAND", "SHELLOPTS",     "BASHOPTS",
 };
 
 int limits_check_env(const char *key, const char *value, char *err, size_t errlen)
@@ -70,8 +70,8 @@ int limits_check_env(const char *key, const char *value, char *err, size_t errle
         char c = key[i];
         if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
               c == '_')) {
-            snprintf(err, errlen, "environment variable name `%.64s` may hold only letters, digits and _",
-                     key);
+            snprintf(err, errlen,
+                     "environment variable name `%.64s` may hold only letters, digits and _", key);
             return -1;
         }
     }
@@ -81,8 +81,9 @@ int limits_check_env(const char *key, const char *value, char *err, size_t errle
     }
     for (size_t i = 0; i < sizeof denied_env / sizeof denied_env[0]; i++)
         if (!strcmp(key, denied_env[i])) {
-            snprintf(err, errlen, "environment variable `%s` is not allowed (it changes how the "
-                                  "sandbox starts the code)",
+            snprintf(err, errlen,
+                     "environment variable `%s` is not allowed (it changes how the "
+                     "sandbox starts the code)",
                      key);
             return -1;
         }

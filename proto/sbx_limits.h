@@ -12,7 +12,7 @@
 #define SBX_MAX_STDERR (100u * 1024u)
 #define SBX_MAX_ENV 100u
 #define SBX_MAX_ENV_KEY 256u
-#define SBX_MAX_ENV_VALUE (32u * 1024u)
+#define SBX_MAX_ENV_VALUE (8u * 1024u)
 #define SBX_TIMEOUT_MIN 1u
 #define SBX_TIMEOUT_MAX 300u
 #define SBX_TIMEOUT_DEFAULT 30u

@@ -65,7 +65,7 @@ log "done in $(($(date +%s) - t0)) s. Images in $CACHE/images:"
 for name in vmlinux initramfs.cpio raw.sqfs python.sqfs javascript.sqfs; do
   link="$CACHE/images/$name"
   if [ -e "$link" ]; then
-    printf '[assets]   %-16s %6s  -> %s\n' "$name" "$(du -hL "$link" | cut -f1)" "$(readlink "$link")" >&2
+    printf '[assets]   %-16s %6s  -> %s\n' "$name" "$(du -hL --apparent-size "$link" | cut -f1)" "$(readlink "$link")" >&2
   else
     printf '[assets]   %-16s (missing)\n' "$name" >&2
   fi

@@ -96,5 +96,5 @@ cp "$WORK/vmlinux" "$ART.tmp.$$"
 mv -f "$ART.tmp.$$" "$ART"
 mv -f "$LOG" "$ART.build.log" 2>/dev/null || true
 rm -rf "$WORK"
-log "built in $(( $(date +%s) - t0 )) s: $ART ($(du -h "$ART" | cut -f1))"
+log "built in $(( $(date +%s) - t0 )) s: $ART ($(du -h --apparent-size "$ART" | cut -f1))"
 echo "$ART"

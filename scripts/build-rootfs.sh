@@ -88,8 +88,9 @@ build_base() {
   local dir=$1 logf=$2
   run_logged "$logf" "debootstrap $SUITE (minbase)" \
     debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$dir" "$MIRROR"
-  # Keep apt usable for the language layers; finalisation removes lists/caches.
+  # Keep apt usable for the language layers; finalisation removes lists. Drop the .debs.
   printf 'deb %s %s main\n' "$MIRROR" "$SUITE" >"$dir/etc/apt/sources.list"
+  rm -f "$dir"/var/cache/apt/archives/*.deb "$dir"/var/cache/apt/*.bin
 }
 base_hash=$({
   echo "$SUITE $MIRROR $BASE_PACKAGES"

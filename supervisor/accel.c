@@ -99,8 +99,8 @@ void accel_init(void)
         snprintf(kernel, sizeof kernel, "missing");
     struct utsname u;
     uname(&u);
-    snprintf(cache_key, sizeof cache_key, "qemu=%.400s kernel=%.400s host=%.64s kvm=%llx",
-             qemu, kernel, u.release, (unsigned long long)st.st_rdev);
+    snprintf(cache_key, sizeof cache_key, "qemu=%.400s kernel=%.400s host=%.64s kvm=%llx", qemu,
+             kernel, u.release, (unsigned long long)st.st_rdev);
     char path[600], line[1600];
     cache_path(path, sizeof path);
     cleanup_fclose FILE *f = fopen(path, "re");

@@ -21,9 +21,18 @@ struct key {
     const char *help;
 };
 
-#define U32(f, lo, hi, h) {#f, K_U32, offsetof(sbx_config, f), 0, lo, hi, h}
-#define BOOL(f, h) {#f, K_BOOL, offsetof(sbx_config, f), 0, 0, 1, h}
-#define STR(f, h) {#f, K_STR, offsetof(sbx_config, f), sizeof(((sbx_config *)0)->f), 0, 0, h}
+#define U32(f, lo, hi, h)                                                                          \
+    {                                                                                              \
+#f, K_U32, offsetof(sbx_config, f), 0, lo, hi, h                                           \
+    }
+#define BOOL(f, h)                                                                                 \
+    {                                                                                              \
+#f, K_BOOL, offsetof(sbx_config, f), 0, 0, 1, h                                            \
+    }
+#define STR(f, h)                                                                                  \
+    {                                                                                              \
+#f, K_STR, offsetof(sbx_config, f), sizeof(((sbx_config *)0)->f), 0, 0, h                  \
+    }
 
 static const struct key keys[] = {
     U32(max_concurrent_vms, SBX_MAX_CONCURRENT_MIN, SBX_MAX_CONCURRENT_MAX, "parallel VMs (1-100)"),
@@ -248,16 +257,17 @@ int config_load(sbx_config *c, int argc, char **argv, sbx_err *err)
     if (strcmp(c->accel, "auto") && strcmp(c->accel, "kvm") && strcmp(c->accel, "tcg"))
         return sbx_fail(err, EINVAL, "accel: `%s` is not auto, kvm or tcg", c->accel);
     if (c->warm_pool_size)
-        return sbx_fail(err, ENOTSUP, "warm_pool_size: the warm pool is not available in this "
-                                      "version; use 0");
+        return sbx_fail(err, ENOTSUP,
+                        "warm_pool_size: the warm pool is not available in this "
+                        "version; use 0");
     if (c->s3_bucket[0])
-        return sbx_fail(err, ENOTSUP, "s3_bucket: the S3 snapshot cache is not available in this "
-                                      "version");
+        return sbx_fail(err, ENOTSUP,
+                        "s3_bucket: the S3 snapshot cache is not available in this "
+                        "version");
     if (!c->cache_dir[0] && paths_cache_dir(c->cache_dir, sizeof c->cache_dir) < 0)
         return sbx_fail(err, ENAMETOOLONG, "cache directory path too long");
-    if (!c->images_dir[0] &&
-        snprintf(c->images_dir, sizeof c->images_dir, "%s/images", c->cache_dir) >=
-            (int)sizeof c->images_dir)
+    if (!c->images_dir[0] && snprintf(c->images_dir, sizeof c->images_dir, "%s/images",
+                                      c->cache_dir) >= (int)sizeof c->images_dir)
         return sbx_fail(err, ENAMETOOLONG, "images directory path too long");
     if (!c->socket[0] && paths_default_socket(c->socket, sizeof c->socket) < 0)
         return sbx_fail(err, ENAMETOOLONG, "socket path too long (max 107 characters)");

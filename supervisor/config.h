@@ -27,7 +27,7 @@ typedef struct {
     char accel[8];  /* auto | kvm | tcg */
     char qemu[512]; /* qemu-system-x86_64 binary */
     char cache_dir[512];
-    uint32_t idle_exit_seconds;   /* 0: serve forever */
+    uint32_t idle_exit_seconds;     /* 0: serve forever */
     uint32_t queue_timeout_seconds; /* how long a run may wait for a VM slot */
     uint32_t boot_timeout_seconds;
     char log[512];

@@ -92,8 +92,7 @@ int main(int argc, char **argv)
         ev_timer_init(&idle_timer, idle_cb, 1., 1.);
         ev_timer_start(loop, &idle_timer);
     }
-    slog("serving %s (max %u VMs, images %s)", cfg.socket, cfg.max_concurrent_vms,
-         cfg.images_dir);
+    slog("serving %s (max %u VMs, images %s)", cfg.socket, cfg.max_concurrent_vms, cfg.images_dir);
     ev_run(loop, 0);
 
     control_shutdown();

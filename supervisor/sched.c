@@ -372,8 +372,8 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     }
     snprintf(j->run_dir, sizeof j->run_dir, "%s/vm-%llu", run_base, (unsigned long long)j->seq);
     if (mkdir(j->run_dir, 0700) < 0) {
-        job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "create `%s`: %s",
-                  j->run_dir, strerror(errno));
+        job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "create `%s`: %s", j->run_dir,
+                  strerror(errno));
         j->run_dir[0] = '\0';
         return -1;
     }

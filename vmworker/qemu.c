@@ -63,7 +63,8 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
     snprintf(vm->log_path, sizeof vm->log_path, "%s/qemu.log", cfg->run_dir);
 
     struct argv_buf a = {0};
-    const char *cpu = cfg->cpu && *cfg->cpu ? cfg->cpu : (!strcmp(cfg->accel, "kvm") ? "host" : "max");
+    const char *cpu =
+        cfg->cpu && *cfg->cpu ? cfg->cpu : (!strcmp(cfg->accel, "kvm") ? "host" : "max");
     int bad = 0;
     bad |= arg(&a, "%s", cfg->qemu);
     bad |= arg(&a, "-M") | arg(&a, "microvm,acpi=off,x-option-roms=off,rtc=on");
@@ -80,11 +81,12 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
            arg(&a, "file=%s,if=none,id=root,format=raw,readonly=on,cache=unsafe", cfg->rootfs);
     bad |= arg(&a, "-device") | arg(&a, "virtio-blk-device,drive=root");
     bad |= arg(&a, "-device") | arg(&a, "virtio-serial-device,max_ports=2");
-    bad |= arg(&a, "-chardev") | arg(&a, "socket,id=agent,path=%s,server=on,wait=off", vm->agent_sock);
+    bad |=
+        arg(&a, "-chardev") | arg(&a, "socket,id=agent,path=%s,server=on,wait=off", vm->agent_sock);
     bad |= arg(&a, "-device") | arg(&a, "virtserialport,chardev=agent,name=sbx.agent");
     bad |= arg(&a, "-device") | arg(&a, "virtio-rng-device");
-    bad |= arg(&a, "-chardev") |
-           arg(&a, "socket,id=con,path=%s,server=on,wait=off", vm->console_sock);
+    bad |=
+        arg(&a, "-chardev") | arg(&a, "socket,id=con,path=%s,server=on,wait=off", vm->console_sock);
     bad |= arg(&a, "-serial") | arg(&a, "chardev:con");
     if (bad)
         return sbx_fail(err, E2BIG, "QEMU command line too long");

@@ -319,7 +319,7 @@ static void boot(uint64_t *boot_ms)
         }
         sbx__agent__guest_msg__free_unpacked(g, NULL);
     }
-qemu_failed: {
+qemu_failed : {
     char why[512];
     fail(err.code == ETIMEDOUT ? SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT
                                : SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION,
@@ -330,7 +330,8 @@ qemu_failed: {
 static void forward_chunk(uint32_t stream, const uint8_t *d, size_t n)
 {
     Sbx__Control__OutputChunk c = SBX__CONTROL__OUTPUT_CHUNK__INIT;
-    c.stream = stream == 2 ? SBX__CONTROL__STREAM__STREAM_STDERR : SBX__CONTROL__STREAM__STREAM_STDOUT;
+    c.stream =
+        stream == 2 ? SBX__CONTROL__STREAM__STREAM_STDERR : SBX__CONTROL__STREAM__STREAM_STDOUT;
     c.data.data = (uint8_t *)d;
     c.data.len = n;
     Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;

@@ -10,6 +10,9 @@
 #include "common.h"
 #include "control.pb-c.h"
 #include "frame.h"
+#include "sbx_limits.h"
+#include "worker.pb-c.h"
+#include "agent.pb-c.h"
 
 static Sbx__Control__Request *make_run(const char *code)
 {
@@ -160,6 +163,81 @@ static void test_large_frame_grows_buffer(void **state)
     free(code);
 }
 
+/* The largest request the limits allow must fit the frame cap on every hop it takes. */
+static void test_largest_valid_request_fits_all_caps(void **state)
+{
+    static char keys[SBX_MAX_ENV][SBX_MAX_ENV_KEY + 1];
+    char *value = malloc(SBX_MAX_ENV_VALUE + 1);
+    memset(value, 'v', SBX_MAX_ENV_VALUE);
+    value[SBX_MAX_ENV_VALUE] = '\0';
+    char *code = malloc(SBX_MAX_CODE + 1);
+    memset(code, 'c', SBX_MAX_CODE);
+    code[SBX_MAX_CODE] = '\0';
+    Sbx__Control__EnvVar env[SBX_MAX_ENV], *envp[SBX_MAX_ENV];
+    Sbx__Agent__EnvVar aenv[SBX_MAX_ENV], *aenvp[SBX_MAX_ENV];
+    for (unsigned i = 0; i < SBX_MAX_ENV; i++) {
+        memset(keys[i], 'K', SBX_MAX_ENV_KEY);
+        keys[i][0] = (char)('A' + i % 26);
+        sbx__control__env_var__init(&env[i]);
+        env[i].key = keys[i];
+        env[i].value = value;
+        envp[i] = &env[i];
+        sbx__agent__env_var__init(&aenv[i]);
+        aenv[i].key = keys[i];
+        aenv[i].value = value;
+        aenvp[i] = &aenv[i];
+    }
+    Sbx__Control__Request *req = make_run(code);
+    req->run->n_env = SBX_MAX_ENV;
+    req->run->env = envp;
+    req->run->language = "javascript";
+    req->run->timeout_seconds = SBX_TIMEOUT_MAX;
+    req->run->memory_mb = SBX_MEMORY_MAX;
+    assert_true(protobuf_c_message_get_packed_size(&req->base) <= FRAME_MAX_CONTROL);
+
+    Sbx__Worker__ExecRequest ex = SBX__WORKER__EXEC_REQUEST__INIT;
+    ex.language = "javascript";
+    ex.code = req->run->code;
+    ex.timeout_ms = SBX_TIMEOUT_MAX * 1000u;
+    ex.n_env = SBX_MAX_ENV;
+    ex.env = envp;
+    Sbx__Worker__ToWorker tw = SBX__WORKER__TO_WORKER__INIT;
+    tw.id = UINT64_MAX;
+    tw.body_case = SBX__WORKER__TO_WORKER__BODY_EXEC;
+    tw.exec = &ex;
+    assert_true(protobuf_c_message_get_packed_size(&tw.base) <= FRAME_MAX_WORKER);
+
+    Sbx__Agent__Exec ae = SBX__AGENT__EXEC__INIT;
+    ae.language = "javascript";
+    ae.code = req->run->code;
+    ae.timeout_ms = SBX_TIMEOUT_MAX * 1000u;
+    ae.n_env = SBX_MAX_ENV;
+    ae.env = aenvp;
+    ae.max_stdout = SBX_MAX_STDOUT;
+    ae.max_stderr = SBX_MAX_STDERR;
+    Sbx__Agent__HostMsg hm = SBX__AGENT__HOST_MSG__INIT;
+    hm.id = UINT64_MAX;
+    hm.body_case = SBX__AGENT__HOST_MSG__BODY_EXEC;
+    hm.exec = &ae;
+    assert_true(protobuf_c_message_get_packed_size(&hm.base) <= FRAME_MAX_AGENT);
+
+    /* And the largest result fits the worker->sbxd and sbxd->client hops. */
+    Sbx__Control__ExecResult res = SBX__CONTROL__EXEC_RESULT__INIT;
+    res.stdout.data = (uint8_t *)code;
+    res.stdout.len = SBX_MAX_STDOUT;
+    res.stderr.data = (uint8_t *)code;
+    res.stderr.len = SBX_MAX_STDERR;
+    res.accelerator = "tcg";
+    res.start_mode = "cold";
+    Sbx__Worker__FromWorker fw = SBX__WORKER__FROM_WORKER__INIT;
+    fw.id = UINT64_MAX;
+    fw.body_case = SBX__WORKER__FROM_WORKER__BODY_RESULT;
+    fw.result = &res;
+    assert_true(protobuf_c_message_get_packed_size(&fw.base) <= FRAME_MAX_WORKER);
+    free(value);
+    free(code);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -170,6 +248,7 @@ int main(void)
         cmocka_unit_test(test_truncated_stream_over_socket),
         cmocka_unit_test(test_send_recv_and_timeout),
         cmocka_unit_test(test_large_frame_grows_buffer),
+        cmocka_unit_test(test_largest_valid_request_fits_all_caps),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -52,8 +52,8 @@ static void test_env(void **state)
 {
     assert_int_equal(limits_check_env("API_KEY", "secret", msg, sizeof msg), 0);
     assert_int_equal(limits_check_env("_x1", "", msg, sizeof msg), 0);
-    const char *denied[] = {"LD_PRELOAD", "LD_LIBRARY_PATH", "PATH", "PYTHONPATH", "NODE_OPTIONS",
-                            "BASH_ENV", "PYTHONHOME", "HOME"};
+    const char *denied[] = {"LD_PRELOAD",   "LD_LIBRARY_PATH", "PATH",       "PYTHONPATH",
+                            "NODE_OPTIONS", "BASH_ENV",        "PYTHONHOME", "HOME"};
     for (size_t i = 0; i < ARRAY_LEN(denied); i++)
         assert_int_equal(limits_check_env(denied[i], "x", msg, sizeof msg), -1);
     assert_int_equal(limits_check_env("", "x", msg, sizeof msg), -1);
