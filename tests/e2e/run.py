@@ -423,6 +423,27 @@ def qemu_sigkill_is_contained(c):
 
 
 @test()
+def host_kills_vm_when_guest_stops_answering(c):
+    """A frozen guest (QEMU stopped) cannot hold a run past its timeout plus the host's grace."""
+    proc = subprocess.Popen([c.sbx_bin, "run", "--json", "-q", "-t", "2",
+                             "import time\nprint('started', flush=True)\ntime.sleep(50)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=c.env())
+    qemu = wait_for(lambda: [p for p, comm in descendants(c.daemon.pid)
+                             if comm.startswith("qemu-system")], 30, "QEMU to start")
+    wait_for(lambda: json.loads(c.sbx("status", "--json").out)["running_vms"] >= 1, 30, "run")
+    time.sleep(1.5)  # let the guest boot and start the code
+    t0 = time.time()
+    os.kill(qemu[0], signal.SIGSTOP)
+    out, err = proc.communicate(timeout=60)
+    took = time.time() - t0
+    j = json.loads(out)
+    eq(j["timed_out"], True, "timed out: " + err.decode())
+    eq(proc.returncode, 124, "exit status")
+    ok(took < 15, f"host gave up after {took:.1f}s")
+    ok(not os.path.exists(f"/proc/{qemu[0]}"), "frozen QEMU was killed")
+
+
+@test()
 def capacity_queue_then_error(c):
     sock = os.path.join(c.tmp, "cap.sock")
     env = c.env(EXEC_SANDBOX_SOCKET=sock)
@@ -496,11 +517,59 @@ def embedded_daemon_autostart(c):
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 30, "the embedded daemon to exit when idle")
 
 
+def project_processes():
+    """Every process on the host that belongs to this project's VMs, wherever it was reparented."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        exe = os.path.basename(cmd[0].decode(errors="replace"))
+        if exe == "sbx-vmworker" or (exe.startswith("qemu-system") and
+                                     any(b"/tmp/sbxd-" in a for a in cmd)):
+            found.append((int(d), exe))
+    return found
+
+
+@test()
+def valgrind_clean_daemon(c):
+    """sbxd and its workers under valgrind: no errors, no leaks, through a run, an error path,
+    a bad frame and shutdown."""
+    if not shutil.which("valgrind"):
+        raise AssertionError("valgrind not installed (scripts/setup-host.sh installs it)")
+    sock = os.path.join(c.tmp, "vg.sock")
+    log = os.path.join(c.tmp, "vg.log")
+    env = c.env(EXEC_SANDBOX_SOCKET=sock, EXEC_SANDBOX_VMWORKER=os.path.join(ROOT, "build/sbx-vmworker"))
+    p = subprocess.Popen(["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
+                          "--show-leak-kinds=definite,indirect,possible", "--errors-for-leak-kinds=definite,indirect,possible",
+                          "--trace-children=yes", "--trace-children-skip=*qemu*",
+                          os.path.join(ROOT, "build/sbxd"), "--socket", sock],
+                         stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: os.path.exists(sock), 60, "sbxd under valgrind")
+        eq(c.sbx("run", "-q", "print('vg')", env=env, check_rc=0).out, "vg\n", "run under valgrind")
+        eq(c.sbx("run", "-q", "-t", "1", "while True: pass", env=env).returncode, 124, "timeout")
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        s.sendall(struct.pack(">I", 3) + b"\xff\xff\xff")
+        s.recv(10)
+        s.close()
+    finally:
+        p.terminate()
+        rc = p.wait(60)
+    out = open(log).read()
+    ok(rc == 0 and "==" not in out, f"valgrind exit {rc}:\n{out[-3000:]}")
+
+
 @test()
 def no_leftovers(c):
     time.sleep(0.5)
     left = [p for p in descendants(c.daemon.pid)]
     eq(left, [], "processes left under sbxd")
+    eq(project_processes(), [], "workers or QEMUs left anywhere on the host")
     run_dirs = [d for d in os.listdir("/tmp") if d.startswith(f"sbxd-{c.daemon.pid}-")]
     for d in run_dirs:
         eq(os.listdir(os.path.join("/tmp", d)), [], "files left in run dir")
