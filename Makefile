@@ -5,17 +5,18 @@ BUILD ?= build
 CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation \
 	-iquote $(BUILD)/gen -iquote proto -iquote cli -g
 CFLAGS ?= -O2
-LIBS_HOST = -lev -lprotobuf-c -ljansson -pthread
+LIBS_HOST = -lev -lprotobuf-c -ljansson -lseccomp -lcap-ng -pthread
 PROTOS = control worker agent
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
 COMMON_SRC = proto/frame.c proto/sbx_limits.c proto/paths.c
 SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor/sched.c \
+	supervisor/cgroup.c \
 	supervisor/accel.c
-WORKER_SRC = vmworker/worker.c vmworker/qemu.c
+WORKER_SRC = vmworker/worker.c vmworker/qemu.c vmworker/jail.c
 LIBSBX_SRC = cli/libsbx.c
 SBX_SRC = cli/sbx.c cli/args.c
-AGENT_SRC = agent/agent.c
+AGENT_SRC = agent/agent.c agent/sandbox.c agent/repl.c agent/files.c
 
 .PHONY: all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan
 
@@ -50,7 +51,7 @@ $(eval $(call variant,rel,$(CFLAGS)))
 $(eval $(call variant,asan,$(ASAN_FLAGS)))
 
 $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/libsbx.a: $(BUILD)/%: $(BUILD)/rel/%
-	cp $< $@
+	cp $< $@.tmp && mv -f $@.tmp $@
 
 # The libsbx example program, built the way an outside user would: header plus archive.
 $(BUILD)/example: cli/example.c cli/libsbx.h $(BUILD)/libsbx.a
@@ -61,7 +62,7 @@ asan: $(BUILD)/asan/sbxd $(BUILD)/asan/sbx-vmworker $(BUILD)/asan/sbx
 # The guest agent is PID 1 in the VM: static, no sanitizer.
 $(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) proto/*.h
 	$(CC) $(CFLAGS_COMMON) -O2 -static -o $@ $(AGENT_SRC) $(COMMON_SRC) \
-		$(BUILD)/gen/agent.pb-c.c -l:libprotobuf-c.a
+		$(BUILD)/gen/agent.pb-c.c -l:libprotobuf-c.a -l:libzstd.a -l:libcrypto.a
 
 # Unit tests (cmocka), built with ASan/UBSan.
 UNIT_TESTS = test_frame test_limits test_config test_cli_args

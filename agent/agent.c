@@ -1,18 +1,18 @@
 /* sbx-agent: PID 1 of the guest. Boots the sandbox (mounts, root switch, /dev built from scratch),
  * answers the host over the virtio-serial port "sbx.agent", and runs untrusted code as uid 1000
- * with no_new_privs, streaming its output under caps and a deadline. Everything happens in one
- * poll loop, so the host channel keeps being served while code runs.
+ * with no_new_privs, streaming its output under caps and a deadline: one-shot in a fresh
+ * interpreter, or in a persistent REPL (repl.c). It also reseeds the RNG and sets the clock on
+ * each Hello, and moves files in and out of the home (files.c). Everything happens in one poll
+ * loop, so the host channel keeps being served while code runs.
  *
  * PID 1 must never return: a fatal error is logged to the kernel console and ends the VM with
  * reboot(2) (QEMU runs with -no-reboot, so that is a power-off). */
-#include "agent.pb-c.h"
-#include "common.h"
-#include "frame.h"
+#include "agent.h"
 #include "sbx_limits.h"
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <grp.h>
+#include <linux/random.h>
 #include <net/if.h>
 #include <poll.h>
 #include <signal.h>
@@ -32,10 +32,6 @@
 #define AGENT_ROOT_DEV "/dev/vda"
 #define AGENT_NEWROOT "/newroot"
 #define AGENT_PORTS_DIR AGENT_NEWROOT "/sys/class/virtio-ports"
-#define AGENT_CODE_DIR "/run/sbx"
-#define AGENT_HOME "/home/user"
-#define AGENT_UID 1000
-#define AGENT_GID 1000
 
 /* How long boot waits for devices the kernel may still be probing. */
 #define AGENT_ROOT_WAIT_MS 2000
@@ -51,13 +47,18 @@
 #define AGENT_QUEUE_PAUSE_PORT (8u << 20)
 #define AGENT_TERM_GRACE_MS 1000
 #define AGENT_DRAIN_MS 200
+/* While a FileRead is under way and less than this is queued, the loop does not sleep. */
+#define AGENT_FILES_QUEUE (1u << 20)
+/* Hello.seed: fewer bytes would be a weak reseed, more is pointless. */
+#define AGENT_SEED_MIN 16
+#define AGENT_SEED_MAX 512
 
 /* The kernel console (ttyS0), opened on first use from the initramfs /dev: opening the UART
  * costs a couple of ms of boot under TCG and is rarely needed. */
 static int console_fd = -1;
 static int initrd_dev_fd = -1;
 
-__attribute__((format(printf, 1, 2))) static void agent_log(const char *fmt, ...)
+void agent_log(const char *fmt, ...)
 {
     char buf[768];
     int n = snprintf(buf, sizeof buf, "sbx-agent: ");
@@ -317,23 +318,18 @@ static int boot_switch_root(sbx_err *err)
 
 /* ---- state -------------------------------------------------------------------------------- */
 
-struct chan {
-    int fd;
-    frame_reader rd;
-    frame_writer wr;
-    uint64_t retry_at; /* host side closed: do not poll the port before this time */
-    uint64_t skip;     /* bytes of an oversized frame still to throw away */
-    bool connected;    /* bytes have come from the current host connection */
-};
-
 struct run {
-    pid_t pid; /* 0: no exec in progress */
+    pid_t pid; /* 0: no exec in progress; keep_state: the REPL's */
     uint64_t id;
-    int fd[2]; /* read ends of stdout, stderr; -1 once at EOF */
+    struct repl *repl; /* keep_state: the REPL running it */
+    int fd[2];         /* one-shot: read ends of stdout, stderr; -1 once at EOF */
     size_t cap[2], sent[2];
     bool trunc[2];
     uint64_t start_ms, deadline_ms, kill_ms, exit_ms, drain_until_ms;
     bool term_sent, kill_sent, timed_out, exited;
+    bool reset;   /* keep_state: the REPL had ended since the last exec, its state with it */
+    bool have_rc; /* keep_state: the REPL reported the code's exit code */
+    int rc;
     int status;
 };
 
@@ -341,6 +337,7 @@ struct agent {
     struct chan ch;
     struct run run;
     int sigfd;
+    int rng_fd;
     bool net_done; /* hostname and loopback, deferred until the first Ready */
     char kernel[65];
 };
@@ -355,7 +352,7 @@ static void chan_flush(struct chan *c)
         agent_log("write to port: %s", strerror(errno));
 }
 
-static void chan_send(struct chan *c, Sbx__Agent__GuestMsg *m)
+void chan_send(struct chan *c, Sbx__Agent__GuestMsg *m)
 {
     if (frame_writer_put(&c->wr, &m->base) < 0) {
         agent_log("queue frame: %s (dropped)", strerror(errno));
@@ -364,8 +361,7 @@ static void chan_send(struct chan *c, Sbx__Agent__GuestMsg *m)
     chan_flush(c);
 }
 
-__attribute__((format(printf, 3, 4))) static void chan_failure(struct chan *c, uint64_t id,
-                                                               const char *fmt, ...)
+void chan_failure(struct chan *c, uint64_t id, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
@@ -427,6 +423,7 @@ static void chan_host_gone(struct chan *c)
     c->skip = 0;
     chan_reset_reader(c);
     frame_writer_free(&c->wr);
+    files_abort();
 }
 
 static void chan_read(struct agent *a)
@@ -475,82 +472,33 @@ static void chan_read(struct agent *a)
 
 /* ---- exec --------------------------------------------------------------------------------- */
 
-static void run_sweep_user(void)
+/* An exec runs either as a fresh interpreter process (one-shot), or in the language's REPL
+ * (keep_state, repl.c). Either way its output streams under the caps, and the deadline sends
+ * SIGTERM to its process group, then SIGKILL after the grace. A one-shot exec ends when its
+ * process has exited and its pipes are drained; a REPL exec when the REPL reports the result,
+ * or when the REPL itself ends (then the REPL's state is gone: interpreter_reset). */
+
+static void run_keep_pids(pid_t *keep, size_t *n)
 {
-    /* Code may have left processes outside its group (setsid, double fork). A helper with the
-     * sandbox uid sends SIGKILL to everything it may signal: exactly the user's processes. It is
-     * waited for here so it cannot outlive this exec and hit the next one. */
-    pid_t p = fork();
-    if (p == 0) {
-        if (setgroups(0, NULL) == 0 && setgid(AGENT_GID) == 0 && setuid(AGENT_UID) == 0)
-            kill(-1, SIGKILL);
-        _exit(0);
-    }
-    if (p < 0) {
-        agent_log("fork (sweep): %s", strerror(errno));
-        return;
-    }
-    while (waitpid(p, NULL, 0) < 0 && errno == EINTR)
-        ;
+    *n = repl_live_pids(keep, 0);
 }
 
 static void run_kill(struct run *r, int sig)
 {
+    if (r->repl) {
+        repl_kill(r->repl, sig);
+        return;
+    }
     if (kill(-r->pid, sig) < 0 && errno != ESRCH)
         agent_log("kill %d: %s", -r->pid, strerror(errno));
-    if (sig == SIGKILL)
-        run_sweep_user();
-}
-
-__attribute__((noreturn)) static void run_child_die(const char *what)
-{
-    char buf[256];
-    int n = snprintf(buf, sizeof buf, "sbx-agent: %s: %s\n", what, strerror(errno));
-    ssize_t w = write(2, buf, n > 0 && (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-    (void)w;
-    _exit(errno == ENOENT ? 127 : 126);
-}
-
-/* In the forked child: become the sandbox user and exec. Nothing of the agent survives: fds,
- * signal mask, dispositions and environment are all reset. */
-__attribute__((noreturn)) static void run_child(int out_w, int err_w, char *const argv[],
-                                                char *const envp[])
-{
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    signal(SIGPIPE, SIG_DFL);
-    /* Until the dups, errors go to the stderr pipe directly. */
-    if (dup2(err_w, 2) < 0)
-        _exit(126);
-    if (setsid() < 0)
-        run_child_die("setsid");
-    int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (nul < 0)
-        run_child_die("open /dev/null");
-    if (dup2(nul, 0) < 0 || dup2(out_w, 1) < 0)
-        run_child_die("dup2");
-    if (close_range(3, ~0u, 0) < 0)
-        for (int fd = 3; fd < 1024; fd++)
-            close(fd);
-    if (setgroups(0, NULL) < 0)
-        run_child_die("setgroups");
-    if (setgid(AGENT_GID) < 0)
-        run_child_die("setgid");
-    if (setuid(AGENT_UID) < 0)
-        run_child_die("setuid");
-    if (getuid() != AGENT_UID || geteuid() != AGENT_UID || getgid() != AGENT_GID ||
-        getegid() != AGENT_GID || setuid(0) == 0) {
-        errno = EPERM;
-        run_child_die("dropping root");
+    if (sig == SIGKILL) {
+        /* Code may have left processes outside its group (setsid, double fork): all of them
+         * are in the exec's cgroup. */
+        pid_t keep[REPL_N];
+        size_t n;
+        run_keep_pids(keep, &n);
+        sandbox_kill_cg(SANDBOX_CG_EXEC, keep, n);
     }
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        run_child_die("no_new_privs");
-    if (chdir(AGENT_HOME) < 0)
-        run_child_die("chdir " AGENT_HOME);
-    umask(022);
-    execve(argv[0], argv, envp);
-    run_child_die(argv[0]);
 }
 
 static int run_write_code(const char *path, const uint8_t *code, size_t len, sbx_err *err)
@@ -570,62 +518,6 @@ static int run_write_code(const char *path, const uint8_t *code, size_t len, sbx
         }
         off += (size_t)n;
     }
-    return 0;
-}
-
-struct env_list {
-    char **v;
-    size_t n;
-};
-
-static void env_list_free(struct env_list *e)
-{
-    for (size_t i = 0; i < e->n; i++)
-        free(e->v[i]);
-    free(e->v);
-    e->v = NULL;
-    e->n = 0;
-}
-#define cleanup_env __attribute__((cleanup(env_list_free)))
-
-/* Base environment, then the request's variables; a request variable with a base name (LANG,
- * TERM, TMPDIR: limits refuse the others) replaces the base one instead of shadowing it. */
-static int run_build_env(struct env_list *e, Sbx__Agent__EnvVar **vars, size_t nvars, sbx_err *err)
-{
-    static const char *const base[] = {
-        "PATH=/usr/local/bin:/usr/bin:/bin",
-        "HOME=" AGENT_HOME,
-        "USER=sandbox",
-        "LANG=C.UTF-8",
-        "TERM=dumb",
-        "TMPDIR=/tmp",
-    };
-    e->v = calloc(ARRAY_LEN(base) + nvars + 1, sizeof *e->v);
-    if (!e->v)
-        return sbx_fail(err, ENOMEM, "out of memory");
-    for (size_t i = 0; i < ARRAY_LEN(base); i++) {
-        if (!(e->v[e->n] = strdup(base[i])))
-            return sbx_fail(err, ENOMEM, "out of memory");
-        e->n++;
-    }
-    for (size_t i = 0; i < nvars; i++) {
-        size_t kl = strlen(vars[i]->key), vl = strlen(vars[i]->value);
-        char *kv = malloc(kl + vl + 2);
-        if (!kv)
-            return sbx_fail(err, ENOMEM, "out of memory");
-        memcpy(kv, vars[i]->key, kl);
-        kv[kl] = '=';
-        memcpy(kv + kl + 1, vars[i]->value, vl + 1);
-        size_t j = 0;
-        while (j < e->n && strncmp(e->v[j], kv, kl + 1) != 0)
-            j++;
-        if (j < e->n)
-            free(e->v[j]);
-        else
-            e->n++;
-        e->v[j] = kv;
-    }
-    e->v[e->n] = NULL;
     return 0;
 }
 
@@ -652,11 +544,9 @@ static int run_validate(const Sbx__Agent__Exec *x, sbx_err *err)
     return 0;
 }
 
-static int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *x, sbx_err *err)
+/* A one-shot exec: the code in a file, a fresh interpreter for it. */
+static pid_t run_spawn_oneshot(const Sbx__Agent__Exec *x, int fd[2], sbx_err *err)
 {
-    struct run *r = &a->run;
-    if (run_validate(x, err) < 0)
-        return -1;
     const char *interp, *path;
     if (!strcmp(x->language, "python")) {
         interp = "/usr/bin/python3";
@@ -671,7 +561,7 @@ static int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *x, sb
     if (run_write_code(path, x->code.data, x->code.len, err) < 0)
         return -1;
     cleanup_env struct env_list env = {0};
-    if (run_build_env(&env, x->env, x->n_env, err) < 0)
+    if (sandbox_env(&env, x->env, x->n_env, err) < 0)
         return -1;
     int out[2] = {-1, -1}, errp[2] = {-1, -1};
     if (pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
@@ -685,59 +575,88 @@ static int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *x, sb
         return sbx_fail(err, e, "pipe: %s", strerror(e));
     }
     char *argv[] = {(char *)interp, (char *)path, NULL};
-    uint64_t start = now_ms();
-    pid_t pid = fork();
-    if (pid == 0)
-        run_child(out[1], errp[1], argv, env.v);
-    int e = errno;
+    struct sandbox_spawn s = {
+        .argv = argv,
+        .envp = env.v,
+        .out = out[1],
+        .err = errp[1],
+        .cmd = -1,
+        .result = -1,
+        .cg = SANDBOX_CG_EXEC,
+    };
+    pid_t pid = sandbox_spawn(&s, err);
     close(out[1]);
     close(errp[1]);
     if (pid < 0) {
         close(out[0]);
         close(errp[0]);
-        return sbx_fail(err, e, "fork: %s", strerror(e));
+        return -1;
     }
     fcntl(out[0], F_SETFL, O_NONBLOCK);
     fcntl(errp[0], F_SETFL, O_NONBLOCK);
+    fd[0] = out[0];
+    fd[1] = errp[0];
+    return pid;
+}
+
+static void agent_reap(struct agent *a);
+
+static int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *x, sbx_err *err)
+{
+    struct run *r = &a->run;
+    if (run_validate(x, err) < 0)
+        return -1;
+    int fd[2] = {-1, -1};
+    struct repl *rp = NULL;
+    bool reset = false;
+    pid_t pid;
+    uint64_t start = now_ms();
+    if (x->keep_state) {
+        rp = &repls[repl_lang(x->language)];
+        /* A REPL that ended while idle is noticed now, so the code goes to a fresh one. */
+        agent_reap(a);
+        if (rp->lost) {
+            reset = true;
+            rp->lost = false;
+        }
+        if (repl_start(rp, err) < 0 || repl_send(rp, x, err) < 0)
+            return -1;
+        rp->used = true;
+        pid = rp->pid;
+    } else {
+        pid = run_spawn_oneshot(x, fd, err);
+        if (pid < 0)
+            return -1;
+    }
     uint32_t timeout = x->timeout_ms ? x->timeout_ms : SBX_TIMEOUT_DEFAULT * 1000u;
     *r = (struct run){
         .pid = pid,
         .id = id,
-        .fd = {out[0], errp[0]},
+        .repl = rp,
+        .fd = {fd[0], fd[1]},
         .cap = {x->max_stdout && x->max_stdout < SBX_MAX_STDOUT ? x->max_stdout : SBX_MAX_STDOUT,
                 x->max_stderr && x->max_stderr < SBX_MAX_STDERR ? x->max_stderr : SBX_MAX_STDERR},
         .start_ms = start,
         .deadline_ms = start + timeout,
+        .reset = reset,
     };
     return 0;
 }
 
-static void run_read(struct agent *a, int s)
+/* Output of the exec in progress, under its caps. */
+static void run_emit(struct agent *a, int s, const uint8_t *buf, size_t n)
 {
-    static uint8_t buf[AGENT_CHUNK];
     struct run *r = &a->run;
-    ssize_t n = read(r->fd[s], buf, sizeof buf);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR)
-            return;
-        agent_log("read pipe: %s", strerror(errno));
-        n = 0;
-    }
-    if (n == 0) {
-        close(r->fd[s]);
-        r->fd[s] = -1;
-        return;
-    }
     size_t room = r->cap[s] - r->sent[s];
-    size_t take = (size_t)n < room ? (size_t)n : room;
-    if (take < (size_t)n)
+    size_t take = n < room ? n : room;
+    if (take < n)
         r->trunc[s] = true;
     if (take == 0)
         return;
     r->sent[s] += take;
     Sbx__Agent__Output o = SBX__AGENT__OUTPUT__INIT;
     o.stream = (uint32_t)s + 1;
-    o.data.data = buf;
+    o.data.data = (uint8_t *)buf;
     o.data.len = take;
     Sbx__Agent__GuestMsg m = SBX__AGENT__GUEST_MSG__INIT;
     m.id = r->id;
@@ -746,14 +665,43 @@ static void run_read(struct agent *a, int s)
     chan_send(&a->ch, &m);
 }
 
+/* One read from an output pipe: 1 bytes went on, 0 nothing there, -1 EOF (the fd is closed). */
+static int run_pipe_read(struct agent *a, int *fd, int s, bool to_exec)
+{
+    static uint8_t buf[AGENT_CHUNK];
+    ssize_t n = read(*fd, buf, sizeof buf);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return 0;
+        agent_log("read pipe: %s", strerror(errno));
+        n = 0;
+    }
+    if (n == 0) {
+        close(*fd);
+        *fd = -1;
+        return -1;
+    }
+    /* A REPL's output between execs (a thread, a timer) belongs to no exec: dropped. */
+    if (to_exec)
+        run_emit(a, s, buf, (size_t)n);
+    return 1;
+}
+
 static void run_finish(struct agent *a)
 {
     struct run *r = &a->run;
-    for (int s = 0; s < 2; s++)
-        if (r->fd[s] >= 0)
-            close(r->fd[s]);
     Sbx__Agent__ExecDone d = SBX__AGENT__EXEC_DONE__INIT;
-    if (WIFEXITED(r->status))
+    if (r->repl && r->exited && !r->have_rc) {
+        /* It may have reported before ending. */
+        int rc;
+        if (repl_read_result(r->repl, &rc) == 1) {
+            r->have_rc = true;
+            r->rc = rc;
+        }
+    }
+    if (r->have_rc)
+        d.exit_code = r->rc;
+    else if (WIFEXITED(r->status))
         d.exit_code = WEXITSTATUS(r->status);
     else if (WIFSIGNALED(r->status))
         d.exit_code = 128 + WTERMSIG(r->status);
@@ -762,13 +710,43 @@ static void run_finish(struct agent *a)
     d.timed_out = r->timed_out;
     d.stdout_truncated = r->trunc[0];
     d.stderr_truncated = r->trunc[1];
-    d.execution_time_ms = r->exit_ms - r->start_ms;
+    d.execution_time_ms = (r->exit_ms ? r->exit_ms : now_ms()) - r->start_ms;
+    d.interpreter_reset = r->repl && (r->reset || r->exited);
     Sbx__Agent__GuestMsg m = SBX__AGENT__GUEST_MSG__INIT;
     m.id = r->id;
     m.body_case = SBX__AGENT__GUEST_MSG__BODY_DONE;
     m.done = &d;
     chan_send(&a->ch, &m);
+    for (int s = 0; s < 2; s++)
+        if (r->fd[s] >= 0)
+            close(r->fd[s]);
+    if (r->repl && r->exited)
+        repl_close(r->repl);
     *r = (struct run){.fd = {-1, -1}};
+}
+
+/* The REPL reported the exec's result: everything the code wrote before is already in the
+ * pipes (the wrapper flushed first), so take it, clean up after the code, and end the exec. */
+static void run_repl_result(struct agent *a, int rc)
+{
+    struct run *r = &a->run;
+    struct repl *rp = r->repl;
+    r->exit_ms = now_ms();
+    r->have_rc = true;
+    r->rc = rc;
+    /* Bounded: the pipe holds what was written before the result, at most its capacity; a
+     * thread still printing must not keep the exec open. */
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < 32 && rp->out[s] >= 0; i++)
+            if (run_pipe_read(a, &rp->out[s], s, true) <= 0)
+                break;
+    repl_sweep(rp);
+    run_finish(a);
+}
+
+static int *run_out_fd(struct run *r, int s)
+{
+    return r->repl ? &r->repl->out[s] : &r->fd[s];
 }
 
 /* Deadlines: SIGTERM at the timeout, SIGKILL after the grace, and an end to draining. */
@@ -788,8 +766,26 @@ static void run_timers(struct agent *a, uint64_t now)
         }
         return;
     }
-    if ((r->fd[0] < 0 && r->fd[1] < 0) || now >= r->drain_until_ms)
+    if ((*run_out_fd(r, 0) < 0 && *run_out_fd(r, 1) < 0) || now >= r->drain_until_ms)
         run_finish(a);
+}
+
+/* A REPL ended: during its exec, that exec ends with its status; while idle, its state is lost
+ * and the next exec will say so. */
+static void agent_repl_ended(struct agent *a, struct repl *rp, int status)
+{
+    struct run *r = &a->run;
+    if (r->pid && r->repl == rp && !r->exited) {
+        r->exited = true;
+        r->status = status;
+        if (!r->exit_ms)
+            r->exit_ms = now_ms();
+        r->drain_until_ms = now_ms() + AGENT_DRAIN_MS;
+        return;
+    }
+    if (rp->used)
+        rp->lost = true;
+    repl_close(rp);
 }
 
 static void agent_reap(struct agent *a)
@@ -798,9 +794,9 @@ static void agent_reap(struct agent *a)
     while (read(a->sigfd, &si, sizeof si) == (ssize_t)sizeof si)
         ;
     struct run *r = &a->run;
-    if (r->pid && !r->exited) {
-        /* Kill what the code left behind before reaping the leader, so its pid (the group's
-         * id) cannot be reused in between. */
+    /* Kill what a process left behind before reaping it, so its pid (its group's id) cannot be
+     * reused in between. */
+    if (r->pid && !r->repl && !r->exited) {
         siginfo_t ci = {0};
         if (waitid(P_PID, (id_t)r->pid, &ci, WEXITED | WNOHANG | WNOWAIT) == 0 &&
             ci.si_pid == r->pid) {
@@ -808,22 +804,65 @@ static void agent_reap(struct agent *a)
             run_kill(r, SIGKILL);
         }
     }
+    for (int i = 0; i < REPL_N; i++) {
+        struct repl *rp = &repls[i];
+        siginfo_t ci = {0};
+        if (rp->pid && waitid(P_PID, (id_t)rp->pid, &ci, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+            ci.si_pid == rp->pid) {
+            if (r->repl == rp && !r->exit_ms)
+                r->exit_ms = now_ms();
+            repl_kill(rp, SIGKILL);
+        }
+    }
     for (;;) {
         int st;
         pid_t p = waitpid(-1, &st, WNOHANG);
         if (p <= 0)
             break;
-        if (r->pid && p == r->pid && !r->exited) {
+        if (r->pid && p == r->pid && !r->repl && !r->exited) {
             r->exited = true;
             r->status = st;
             if (!r->exit_ms)
                 r->exit_ms = now_ms();
             r->drain_until_ms = now_ms() + AGENT_DRAIN_MS;
+            continue;
         }
+        for (int i = 0; i < REPL_N; i++)
+            if (repls[i].pid == p)
+                agent_repl_ended(a, &repls[i], st);
     }
 }
 
 /* ---- messages ----------------------------------------------------------------------------- */
+
+/* Seed and clock, on every Hello: after a memory snapshot is restored, VMs that share its
+ * memory must not share their RNG state, and the guest clock is as old as the snapshot. */
+static void agent_hello(struct agent *a, const Sbx__Agent__Hello *h)
+{
+    if (h->seed.len >= AGENT_SEED_MIN && h->seed.len <= AGENT_SEED_MAX) {
+        union {
+            struct rand_pool_info info;
+            uint8_t raw[sizeof(struct rand_pool_info) + AGENT_SEED_MAX];
+        } u;
+        u.info.entropy_count = (int)h->seed.len * 8;
+        u.info.buf_size = (int)h->seed.len;
+        memcpy(u.info.buf, h->seed.data, h->seed.len);
+        if (a->rng_fd < 0)
+            a->rng_fd = openat(initrd_dev_fd, "urandom", O_WRONLY | O_CLOEXEC);
+        if (a->rng_fd < 0 || ioctl(a->rng_fd, RNDADDENTROPY, &u.info) < 0)
+            agent_log("seeding the RNG: %s", strerror(errno));
+        explicit_bzero(&u, sizeof u);
+    } else if (h->seed.len) {
+        agent_log("seed of %zu bytes ignored (%d-%d expected)", h->seed.len, AGENT_SEED_MIN,
+                  AGENT_SEED_MAX);
+    }
+    if (h->host_time_ns) {
+        struct timespec ts = {.tv_sec = (time_t)(h->host_time_ns / 1000000000u),
+                              .tv_nsec = (long)(h->host_time_ns % 1000000000u)};
+        if (clock_settime(CLOCK_REALTIME, &ts) < 0)
+            agent_log("setting the clock: %s", strerror(errno));
+    }
+}
 
 static void agent_ready(struct agent *a, uint64_t id)
 {
@@ -838,6 +877,28 @@ static void agent_ready(struct agent *a, uint64_t id)
     chan_send(&a->ch, &m);
 }
 
+static void agent_warm(struct agent *a, uint64_t id, const Sbx__Agent__Warm *w)
+{
+    int l = repl_lang(w->language);
+    if (l < 0) {
+        chan_failure(&a->ch, id, "warm: unknown language `%.32s` (python, javascript or raw)",
+                     w->language);
+        return;
+    }
+    sbx_err err = {0};
+    agent_reap(a);
+    if (repl_start(&repls[l], &err) < 0)
+        chan_failure(&a->ch, id, "warm: %s", err.msg);
+}
+
+/* protobuf-c cuts a string at an embedded NUL without a word. For the messages that carry
+ * paths, a message that does not encode back to its own size held one (or was not in canonical
+ * form, which our host never sends): refused, so that "a\0/../x" can never become "a". */
+static bool agent_canonical(const Sbx__Agent__HostMsg *m, size_t len)
+{
+    return sbx__agent__host_msg__get_packed_size(m) == len;
+}
+
 static void agent_handle(struct agent *a, const uint8_t *data, size_t len)
 {
     Sbx__Agent__HostMsg *m = sbx__agent__host_msg__unpack(NULL, len, data);
@@ -848,6 +909,7 @@ static void agent_handle(struct agent *a, const uint8_t *data, size_t len)
     sbx_err err = {0};
     switch (m->body_case) {
     case SBX__AGENT__HOST_MSG__BODY_HELLO:
+        agent_hello(a, m->hello);
         agent_ready(a, m->id);
         if (!a->net_done) {
             a->net_done = true;
@@ -860,6 +922,24 @@ static void agent_handle(struct agent *a, const uint8_t *data, size_t len)
         else if (run_start(a, m->id, m->exec, &err) < 0)
             chan_failure(&a->ch, m->id, "exec: %s", err.msg);
         break;
+    case SBX__AGENT__HOST_MSG__BODY_WARM:
+        agent_warm(a, m->id, m->warm);
+        break;
+    case SBX__AGENT__HOST_MSG__BODY_FILE_WRITE:
+    case SBX__AGENT__HOST_MSG__BODY_FILE_READ:
+    case SBX__AGENT__HOST_MSG__BODY_FILE_LIST:
+        if (!agent_canonical(m, len))
+            chan_failure(&a->ch, m->id, "malformed file request (a NUL in the path?)");
+        else if (m->body_case == SBX__AGENT__HOST_MSG__BODY_FILE_WRITE)
+            files_write(&a->ch, m->id, m->file_write);
+        else if (m->body_case == SBX__AGENT__HOST_MSG__BODY_FILE_READ)
+            files_read(&a->ch, m->id, m->file_read);
+        else
+            files_list(&a->ch, m->id, m->file_list);
+        break;
+    case SBX__AGENT__HOST_MSG__BODY_FILE_CHUNK:
+        files_chunk(&a->ch, m->id, m->file_chunk);
+        break;
     default:
         chan_failure(&a->ch, m->id, "unexpected message (body %d)", (int)m->body_case);
         break;
@@ -869,7 +949,8 @@ static void agent_handle(struct agent *a, const uint8_t *data, size_t len)
 
 /* ---- loop --------------------------------------------------------------------------------- */
 
-enum { PFD_SIG, PFD_PORT, PFD_OUT, PFD_ERR, PFD_N };
+/* Per REPL: stdout, stderr, results. */
+enum { PFD_SIG, PFD_PORT, PFD_OUT, PFD_ERR, PFD_REPL, PFD_N = PFD_REPL + 3 * REPL_N };
 
 static void agent_loop(struct agent *a)
 {
@@ -878,13 +959,13 @@ static void agent_loop(struct agent *a)
     for (;;) {
         uint64_t now = now_ms();
         run_timers(a, now);
+        if (files_reading())
+            files_pump(c);
         size_t queued = frame_writer_queued(&c->wr);
-        struct pollfd p[PFD_N] = {
-            [PFD_SIG] = {.fd = a->sigfd, .events = POLLIN},
-            [PFD_PORT] = {.fd = -1},
-            [PFD_OUT] = {.fd = -1},
-            [PFD_ERR] = {.fd = -1},
-        };
+        struct pollfd p[PFD_N];
+        for (int i = 0; i < PFD_N; i++)
+            p[i] = (struct pollfd){.fd = -1};
+        p[PFD_SIG] = (struct pollfd){.fd = a->sigfd, .events = POLLIN};
         uint64_t next = UINT64_MAX;
         if (now >= c->retry_at) {
             p[PFD_PORT].fd = c->fd;
@@ -893,11 +974,11 @@ static void agent_loop(struct agent *a)
         } else {
             next = c->retry_at;
         }
+        bool pipes = queued < AGENT_QUEUE_PAUSE_PIPES;
         if (r->pid) {
-            if (queued < AGENT_QUEUE_PAUSE_PIPES)
-                for (int s = 0; s < 2; s++)
-                    if (r->fd[s] >= 0)
-                        p[PFD_OUT + s] = (struct pollfd){.fd = r->fd[s], .events = POLLIN};
+            for (int s = 0; s < 2 && pipes; s++)
+                if (r->fd[s] >= 0)
+                    p[PFD_OUT + s] = (struct pollfd){.fd = r->fd[s], .events = POLLIN};
             uint64_t t = r->exited      ? r->drain_until_ms
                          : r->kill_sent ? UINT64_MAX
                          : r->term_sent ? r->kill_ms
@@ -905,6 +986,18 @@ static void agent_loop(struct agent *a)
             if (t < next)
                 next = t;
         }
+        for (int i = 0; i < REPL_N; i++) {
+            struct repl *rp = &repls[i];
+            /* Output between execs is read (and dropped) whatever the queue holds. */
+            bool mine = r->pid && r->repl == rp;
+            for (int s = 0; s < 2; s++)
+                if (rp->out[s] >= 0 && (pipes || !mine))
+                    p[PFD_REPL + 3 * i + s] = (struct pollfd){.fd = rp->out[s], .events = POLLIN};
+            if (rp->result >= 0)
+                p[PFD_REPL + 3 * i + 2] = (struct pollfd){.fd = rp->result, .events = POLLIN};
+        }
+        if (files_reading() && queued < AGENT_FILES_QUEUE)
+            next = now;
         int timeout = -1;
         if (next != UINT64_MAX)
             timeout = next <= now ? 0 : next - now > 60000 ? 60000 : (int)(next - now);
@@ -922,8 +1015,21 @@ static void agent_loop(struct agent *a)
         if (pr & (POLLIN | POLLHUP | POLLERR))
             chan_read(a);
         for (int s = 0; s < 2; s++)
-            if (p[PFD_OUT + s].revents && r->pid && r->fd[s] >= 0)
-                run_read(a, s);
+            if (p[PFD_OUT + s].revents && r->pid && !r->repl && r->fd[s] >= 0)
+                run_pipe_read(a, &r->fd[s], s, true);
+        for (int i = 0; i < REPL_N; i++) {
+            struct repl *rp = &repls[i];
+            bool mine = r->pid && r->repl == rp;
+            for (int s = 0; s < 2; s++)
+                if (p[PFD_REPL + 3 * i + s].revents && rp->out[s] >= 0)
+                    run_pipe_read(a, &rp->out[s], s, mine);
+            if (p[PFD_REPL + 3 * i + 2].revents && rp->result >= 0) {
+                int rc;
+                int got = repl_read_result(rp, &rc);
+                if (got == 1 && mine && !r->exited)
+                    run_repl_result(a, rc);
+            }
+        }
     }
 }
 
@@ -946,6 +1052,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     static struct agent a;
     a.run.fd[0] = a.run.fd[1] = -1;
+    a.rng_fd = -1;
     a.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (a.sigfd < 0)
         agent_fatal("signalfd: %s", strerror(errno));
@@ -957,6 +1064,8 @@ int main(int argc, char **argv)
     a.ch.fd = boot_open_port(&err);
     if (a.ch.fd < 0)
         agent_fatal("%s", err.msg);
+    /* The REPL wrappers stay in the initramfs, which the root switch puts out of reach. */
+    repl_set_source(open("/repl", O_PATH | O_DIRECTORY | O_CLOEXEC));
     if (boot_switch_root(&err) < 0)
         agent_fatal("%s", err.msg);
     frame_reader_init(&a.ch.rd, FRAME_MAX_AGENT);

@@ -73,3 +73,23 @@ int paths_mkdir_p(const char *path, unsigned mode)
     }
     return 0;
 }
+
+int paths_which(const char *name, char *out, size_t n)
+{
+    if (strchr(name, '/')) {
+        char real[PATH_MAX];
+        if (!realpath(name, real) || access(real, X_OK) != 0)
+            return -1;
+        return fit(snprintf(out, n, "%s", real), n);
+    }
+    const char *p = getenv("PATH");
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", p && *p ? p : "/usr/local/bin:/usr/bin:/bin");
+    for (char *save, *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        char cand[PATH_MAX], real[PATH_MAX];
+        snprintf(cand, sizeof cand, "%s/%s", d, name);
+        if (access(cand, X_OK) == 0 && realpath(cand, real))
+            return fit(snprintf(out, n, "%s", real), n);
+    }
+    return -1;
+}

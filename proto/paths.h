@@ -11,6 +11,9 @@ int paths_default_socket(char *out, size_t n);
 int paths_cache_dir(char *out, size_t n);
 /* Directory holding the running executable (from /proc/self/exe). */
 int paths_exe_dir(char *out, size_t n);
+/* Resolve an executable name through $PATH (a name with a slash is taken as is) to an absolute
+ * path. Returns 0, or -1 when not found. */
+int paths_which(const char *name, char *out, size_t n);
 /* mkdir -p with the given mode for each created component. */
 int paths_mkdir_p(const char *path, unsigned mode);
 

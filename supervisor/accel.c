@@ -44,26 +44,12 @@ static void cache_path(char *out, size_t n)
     snprintf(out, n, "%s/accel-verdict", cfg.cache_dir);
 }
 
-/* Resolve the QEMU binary through PATH for the cache key. */
+/* What identifies the QEMU binary (resolved to an absolute path at start-up) for the cache key. */
 static void qemu_identity(char *out, size_t n)
 {
-    char path[1024] = "";
-    if (strchr(cfg.qemu, '/'))
-        snprintf(path, sizeof path, "%s", cfg.qemu);
-    else {
-        const char *p = getenv("PATH");
-        char buf[4096];
-        snprintf(buf, sizeof buf, "%s", p ? p : "/usr/bin:/bin");
-        for (char *save, *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-            snprintf(path, sizeof path, "%s/%s", d, cfg.qemu);
-            if (access(path, X_OK) == 0)
-                break;
-            path[0] = '\0';
-        }
-    }
     struct stat st;
-    if (path[0] && stat(path, &st) == 0)
-        snprintf(out, n, "%s:%lld:%lld", path, (long long)st.st_size, (long long)st.st_mtime);
+    if (stat(cfg.qemu, &st) == 0)
+        snprintf(out, n, "%s:%lld:%lld", cfg.qemu, (long long)st.st_size, (long long)st.st_mtime);
     else
         snprintf(out, n, "%s:missing", cfg.qemu);
 }

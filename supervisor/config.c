@@ -55,6 +55,9 @@ static const struct key keys[] = {
     U32(queue_timeout_seconds, 1, 3600, "how long a run waits for a free VM slot"),
     U32(boot_timeout_seconds, 1, 600, "how long a VM may take to boot"),
     STR(log, "log file (default: stderr)"),
+    U32(vm_uid_base, 100000, 4000000000u, "first uid of the range VMs run as (no qemu-vm user)"),
+    STR(allowed_uids, "uids allowed on the control socket, comma-separated (default: own + 0)"),
+    BOOL(test_hooks, "honour test-only triggers (tests only)"),
 };
 
 void config_defaults(sbx_config *c)
@@ -74,6 +77,7 @@ void config_defaults(sbx_config *c)
     snprintf(c->qemu, sizeof c->qemu, "qemu-system-x86_64");
     c->queue_timeout_seconds = 120;
     c->boot_timeout_seconds = 30;
+    c->vm_uid_base = 2100000000u;
 }
 
 static const struct key *find_key(const char *name)
@@ -256,6 +260,10 @@ int config_load(sbx_config *c, int argc, char **argv, sbx_err *err)
         return rc;
     if (strcmp(c->accel, "auto") && strcmp(c->accel, "kvm") && strcmp(c->accel, "tcg"))
         return sbx_fail(err, EINVAL, "accel: `%s` is not auto, kvm or tcg", c->accel);
+    for (const char *p = c->allowed_uids; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || *p == ',' || *p == ' '))
+            return sbx_fail(err, EINVAL, "allowed_uids: `%s` is not a comma-separated list of uids",
+                            c->allowed_uids);
     if (c->warm_pool_size)
         return sbx_fail(err, ENOTSUP,
                         "warm_pool_size: the warm pool is not available in this "

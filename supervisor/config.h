@@ -31,6 +31,9 @@ typedef struct {
     uint32_t queue_timeout_seconds; /* how long a run may wait for a VM slot */
     uint32_t boot_timeout_seconds;
     char log[512];
+    uint32_t vm_uid_base;   /* first of 65536 uids for VMs when no qemu-vm user exists */
+    char allowed_uids[256]; /* comma-separated uids allowed on the control socket */
+    bool test_hooks;        /* test-only triggers; never in production */
 } sbx_config;
 
 void config_defaults(sbx_config *c);

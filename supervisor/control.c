@@ -266,6 +266,21 @@ static void client_write_cb(EV_P_ ev_io *w, int revents)
     client_flush(w->data);
 }
 
+/* Our own user and root always; others only when listed in allowed_uids. */
+static bool uid_allowed(uid_t uid)
+{
+    if (uid == getuid() || uid == 0)
+        return true;
+    for (const char *p = cfg.allowed_uids; *p;) {
+        char *end;
+        unsigned long v = strtoul(p, &end, 10);
+        if (end != p && v == uid)
+            return true;
+        p = *end ? end + 1 : end;
+    }
+    return false;
+}
+
 static void accept_cb(EV_P_ ev_io *w, int revents)
 {
     int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -293,12 +308,12 @@ static void accept_cb(EV_P_ ev_io *w, int revents)
     clients = c;
     nclients++;
     sbxd_activity();
-    /* Only our own user and root may drive VMs. */
-    if (uc.uid != getuid() && uc.uid != 0) {
+    if (!uid_allowed(uc.uid)) {
         slog("refused client pid %d uid %u (not allowed)", (int)uc.pid, (unsigned)uc.uid);
         control_send_error(c, 0, SBX__CONTROL__ERROR_KIND__ERROR_PERMISSION, false,
-                           "uid %u may not use this sbxd (allowed: %u and 0)", (unsigned)uc.uid,
-                           (unsigned)getuid());
+                           "uid %u may not use this sbxd (allowed: %u, 0%s%s; see allowed_uids)",
+                           (unsigned)uc.uid, (unsigned)getuid(), cfg.allowed_uids[0] ? ", " : "",
+                           cfg.allowed_uids);
         c->closing = true;
         if (!frame_writer_queued(&c->wr))
             client_free(c);

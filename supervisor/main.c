@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cgroup.h"
+#include "paths.h"
 #include "sbxd.h"
 
 sbx_config cfg;
@@ -64,6 +66,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "sbxd: %s\n", err.msg);
         return 2;
     }
+    /* The worker's jail holds only this one binary, so it must be an absolute path. */
+    char qemu[sizeof cfg.qemu];
+    if (paths_which(cfg.qemu, qemu, sizeof qemu) < 0) {
+        fprintf(stderr, "sbxd: QEMU binary `%s` not found (install qemu-system-x86, or set qemu)\n",
+                cfg.qemu);
+        return 1;
+    }
+    memcpy(cfg.qemu, qemu, sizeof qemu);
     if (cfg.log[0] && !freopen(cfg.log, "ae", stderr)) {
         fprintf(stdout, "sbxd: open log `%s`: %s\n", cfg.log, strerror(errno));
         return 1;
@@ -84,6 +94,12 @@ int main(int argc, char **argv)
         return 1;
     }
     accel_init();
+    char why[256];
+    if (cgroup_init(why, sizeof why))
+        slog("%s", why);
+    else
+        slog("warning: VMs run without a cgroup (no memory/pids/cpu limits from the host): %s",
+             why);
     ev_signal_init(&sig_term, stop_cb, SIGTERM);
     ev_signal_init(&sig_int, stop_cb, SIGINT);
     ev_signal_start(loop, &sig_term);

@@ -7,18 +7,27 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <pwd.h>
 #include <unistd.h>
 
+#include "cgroup.h"
 #include "frame.h"
 #include "paths.h"
 #include "sbxd.h"
 #include "worker.pb-c.h"
 
 #define PROBE_BOOT_TIMEOUT_MS 6000
+/* Host memory a VM may use beyond its guest RAM: QEMU itself, the TCG translation cache
+ * (capped at 256 MiB in vmworker/qemu.c) and the worker. Measured: ~150 MiB at rest. */
+#define VM_OVERHEAD_MB 384
+#define VM_PIDS_MAX 256
+#define VM_MILLI_CPUS 1500 /* one vCPU plus QEMU's I/O threads */
 
 typedef enum { JOB_QUEUED, JOB_RUNNING } job_state;
 
@@ -39,6 +48,8 @@ typedef struct job {
     frame_reader rd;
     frame_writer wr;
     char run_dir[256];
+    cgroup_vm cg;
+    ev_timer cg_retry;
     char probe_why[512];
     struct job *next;
 } job;
@@ -66,11 +77,45 @@ static void rm_rf_dir(const char *dir)
     if (d) {
         struct dirent *e;
         while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-                unlinkat(dirfd(d), e->d_name, 0);
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+                unlinkat(dirfd(d), e->d_name, 0) < 0 && errno == EISDIR)
+                unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR); /* the jail's (empty) mount point */
         closedir(d);
     }
     rmdir(dir);
+}
+
+/* Removing a cgroup fails while its last tasks are still exiting: retry a few times from the
+ * loop rather than block it. */
+typedef struct {
+    cgroup_vm cg;
+    int tries;
+    ev_timer t;
+} cg_reaper;
+
+static void cg_retry_cb(EV_P_ ev_timer *w, int revents)
+{
+    cg_reaper *r = w->data;
+    int rc = cgroup_destroy(&r->cg);
+    if (rc == 1 && ++r->tries < 100)
+        return;
+    if (rc != 0)
+        slog("cgroup %s could not be removed", r->cg.name);
+    ev_timer_stop(EV_A_ w);
+    free(r);
+}
+
+static void cgroup_release(cgroup_vm *cg)
+{
+    if (cgroup_destroy(cg) != 1)
+        return;
+    cg_reaper *r = calloc(1, sizeof *r);
+    if (!r)
+        return;
+    r->cg = *cg;
+    ev_timer_init(&r->t, cg_retry_cb, 0.02, 0.05);
+    r->t.data = r;
+    ev_timer_start(EV_DEFAULT, &r->t);
 }
 
 static void job_unlink(job *j)
@@ -95,6 +140,7 @@ static void job_free(job *j)
             close(j->fd);
         if (j->run_dir[0])
             rm_rf_dir(j->run_dir);
+        cgroup_release(&j->cg);
         nrunning--;
     }
     job_unlink(j);
@@ -192,6 +238,12 @@ static void job_forward(job *j, Sbx__Worker__FromWorker *m)
             return;
         j->answered = true;
         runs_total++;
+        uint64_t peak, cpu_ns;
+        cgroup_usage(&j->cg, &peak, &cpu_ns);
+        if (peak)
+            m->result->external_memory_peak_mb = (peak + (1u << 20) - 1) >> 20;
+        if (cpu_ns)
+            m->result->external_cpu_time_ms = cpu_ns / 1000000u;
         if (m->result->timing) {
             /* Queue wait and worker start count as setup; total is from arrival to now. */
             m->result->timing->setup_ms += j->t_dispatch - j->t_accept;
@@ -305,7 +357,28 @@ static void worker_write_cb(EV_P_ ev_io *w, int revents)
         ev_io_stop(EV_DEFAULT, &j->wio);
 }
 
-static int spawn_worker(job *j, sbx_err *err)
+/* The debugging knobs of sanitizer builds survive the worker's cleared environment. */
+static char **worker_env(void)
+{
+    static char *env[4];
+    static const char *keep[] = {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"};
+    static char buf[3][512];
+    int n = 0;
+    for (int i = 0; i < 3; i++) {
+        const char *v = getenv(keep[i]);
+        if (v) {
+            snprintf(buf[i], sizeof buf[i], "%s=%s", keep[i], v);
+            env[n++] = buf[i];
+        }
+    }
+    env[n] = NULL;
+    return env;
+}
+
+/* fork+exec the worker in new namespaces (it becomes PID 1 of its own pid namespace, so when it
+ * dies the kernel kills QEMU too), inside the VM's cgroup before it runs a single instruction
+ * of its own, with exactly one inherited socket as fd 3 and an empty environment. */
+static int spawn_worker(job *j, bool userns, sbx_err *err)
 {
     char exe[512], dir[512];
     const char *env = getenv("EXEC_SANDBOX_VMWORKER");
@@ -315,38 +388,89 @@ static int spawn_worker(job *j, sbx_err *err)
         snprintf(exe, sizeof exe, "%s/sbx-vmworker", dir);
     else
         return sbx_fail(err, ENOENT, "cannot locate sbx-vmworker");
-    int sv[2];
+    int sv[2], sync[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         return sbx_fail(err, errno, "socketpair: %s", strerror(errno));
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
+    if (pipe2(sync, O_CLOEXEC) < 0) {
         close(sv[0]);
         close(sv[1]);
-        return sbx_fail(err, errno, "fork: %s", strerror(errno));
+        return sbx_fail(err, errno, "pipe: %s", strerror(errno));
+    }
+    char **envp = worker_env();
+    unsigned long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET;
+    if (userns)
+        flags |= CLONE_NEWUSER;
+    uid_t outer_uid = getuid();
+    gid_t outer_gid = getgid();
+    pid_t parent = getpid();
+    pid_t pid = (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, 0);
+    if (pid < 0) {
+        int e = errno;
+        close(sv[0]);
+        close(sv[1]);
+        close(sync[0]);
+        close(sync[1]);
+        return sbx_fail(err, e, "create the VM's namespaces (clone): %s", strerror(e));
     }
     if (pid == 0) {
-        /* The worker starts from a clean exec with exactly one inherited socket, as fd 3. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
+        if (getppid() != 0 && getppid() != parent)
+            _exit(127);
+        close(sync[1]);
+        char go;
+        /* Wait until sbxd has put us in the cgroup (and mapped our ids in a user namespace). */
+        if (read(sync[0], &go, 1) != 1)
             _exit(127);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         if (dup2(sv[1], 3) < 0)
             _exit(127);
-        close_range(4, ~0U, 0);
         int null = open("/dev/null", O_RDONLY);
         if (null >= 0 && null != 0) {
             dup2(null, 0);
             close(null);
         }
+        close_range(4, ~0U, 0);
         char *argv[] = {exe, "--fd", "3", NULL};
-        execv(exe, argv);
+        execve(exe, argv, envp);
         dprintf(2, "sbxd: exec `%s`: %s\n", exe, strerror(errno));
         _exit(127);
     }
     close(sv[1]);
+    close(sync[0]);
+    int rc = cgroup_attach(&j->cg, pid, err);
+    if (rc == 0 && userns) {
+        char path[64], map[64];
+        snprintf(map, sizeof map, "0 %u 1\n", (unsigned)outer_uid);
+        snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        rc = fd >= 0 && write(fd, map, strlen(map)) == (ssize_t)strlen(map) ? 0 : -1;
+        if (fd >= 0)
+            close(fd);
+        snprintf(path, sizeof path, "/proc/%d/setgroups", (int)pid);
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            rc |= write(fd, "deny", 4) == 4 ? 0 : -1;
+            close(fd);
+        }
+        snprintf(map, sizeof map, "0 %u 1\n", (unsigned)outer_gid);
+        snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        rc |= fd >= 0 && write(fd, map, strlen(map)) == (ssize_t)strlen(map) ? 0 : -1;
+        if (fd >= 0)
+            close(fd);
+        if (rc < 0)
+            sbx_fail(err, errno, "map ids into the worker's user namespace: %s", strerror(errno));
+    }
+    if (rc < 0 || write(sync[1], "g", 1) != 1) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        close(sync[1]);
+        close(sv[0]);
+        return -1;
+    }
+    close(sync[1]);
     fcntl(sv[0], F_SETFL, O_NONBLOCK);
     j->pid = pid;
     j->fd = sv[0];
@@ -357,6 +481,30 @@ static int queue_to_worker(job *j, Sbx__Worker__ToWorker *m)
 {
     m->id = j->req_id;
     return frame_writer_put(&j->wr, &m->base);
+}
+
+/* The unprivileged ids a VM's worker and QEMU run as when sbxd is root: the `qemu-vm` user if
+ * the host has one (the reference's convention), else one uid of a reserved range per VM, so
+ * no two VMs share a uid and none shares one with a host user. */
+static void vm_ids(uint64_t seq, uid_t *uid, gid_t *gid)
+{
+    static int looked;
+    static uid_t qu;
+    static gid_t qg;
+    if (!looked) {
+        looked = 1;
+        struct passwd *pw = getpwnam("qemu-vm");
+        if (pw) {
+            qu = pw->pw_uid;
+            qg = pw->pw_gid;
+        }
+    }
+    if (qu) {
+        *uid = qu;
+        *gid = qg;
+        return;
+    }
+    *uid = *gid = cfg.vm_uid_base + (uid_t)(seq % 65536u);
 }
 
 /* Start a worker for j (already counted as running). Returns -1 after answering j. */
@@ -370,14 +518,26 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
         job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_ASSET, false, "%s", err.msg);
         return -1;
     }
+    bool userns = getuid() != 0;
+    uid_t vm_uid = 0;
+    gid_t vm_gid = 0;
+    if (!userns)
+        vm_ids(j->seq, &vm_uid, &vm_gid);
     snprintf(j->run_dir, sizeof j->run_dir, "%s/vm-%llu", run_base, (unsigned long long)j->seq);
-    if (mkdir(j->run_dir, 0700) < 0) {
+    /* The VM's user owns its run directory: QEMU creates its sockets there. */
+    if (mkdir(j->run_dir, 0700) < 0 || (!userns && chown(j->run_dir, vm_uid, vm_gid) < 0)) {
         job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "create `%s`: %s", j->run_dir,
                   strerror(errno));
+        rmdir(j->run_dir);
         j->run_dir[0] = '\0';
         return -1;
     }
-    if (spawn_worker(j, &err) < 0) {
+    if (cgroup_create(&j->cg, j->seq, ((uint64_t)memory_mb + VM_OVERHEAD_MB) << 20, VM_PIDS_MAX,
+                      VM_MILLI_CPUS, &err) < 0) {
+        job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "%s", err.msg);
+        return -1;
+    }
+    if (spawn_worker(j, userns, &err) < 0) {
         job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "start VM worker: %s",
                   err.msg);
         return -1;
@@ -399,6 +559,11 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     vc.boot_timeout_ms = boot_timeout_ms;
     vc.run_dir = j->run_dir;
     vc.probe = j->probe;
+    vc.jail = true;
+    vc.vm_uid = vm_uid;
+    vc.vm_gid = vm_gid;
+    vc.userns = userns;
+    vc.test_hooks = cfg.test_hooks;
     Sbx__Worker__ToWorker m2 = SBX__WORKER__TO_WORKER__INIT;
     m2.body_case = SBX__WORKER__TO_WORKER__BODY_START;
     m2.start = &vc;

@@ -68,7 +68,13 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
     int bad = 0;
     bad |= arg(&a, "%s", cfg->qemu);
     bad |= arg(&a, "-M") | arg(&a, "microvm,acpi=off,x-option-roms=off,rtc=on");
-    bad |= arg(&a, "-accel") | arg(&a, "%s", cfg->accel);
+    /* TCG's translation cache would otherwise reserve up to 1 GiB: keep it within the cgroup
+     * overhead sbxd allows (VM_OVERHEAD_MB). */
+    bad |= arg(&a, "-accel") |
+           arg(&a, "%s", !strcmp(cfg->accel, "tcg") ? "tcg,tb-size=256" : cfg->accel);
+    /* QEMU's own seccomp filter, on top of the worker's jail. */
+    bad |= arg(&a, "-sandbox") |
+           arg(&a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
     bad |= arg(&a, "-cpu") | arg(&a, "%s", cpu);
     bad |= arg(&a, "-m") | arg(&a, "%u", cfg->memory_mb);
     bad |= arg(&a, "-smp") | arg(&a, "1");

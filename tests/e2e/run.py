@@ -528,16 +528,32 @@ def project_processes():
         except OSError:
             continue
         exe = os.path.basename(cmd[0].decode(errors="replace"))
-        if exe == "sbx-vmworker" or (exe.startswith("qemu-system") and
-                                     any(b"/tmp/sbxd-" in a for a in cmd)):
+        try:
+            cg = open(f"/proc/{d}/cgroup").read()
+        except OSError:
+            cg = ""
+        if exe == "sbx-vmworker" or "/exec-sandbox/vm-" in cg or (
+                exe.startswith("qemu-system") and any(b"/assets/" in a for a in cmd)):
             found.append((int(d), exe))
     return found
 
 
+def project_cgroups():
+    """VM cgroups left behind (v1 hierarchies or v2)."""
+    left = []
+    for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory",
+                 "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct"]:
+        d = os.path.join(base, "exec-sandbox")
+        if os.path.isdir(d):
+            left += [os.path.join(d, x) for x in os.listdir(d) if x.startswith("vm-")]
+    return left
+
+
 @test()
 def valgrind_clean_daemon(c):
-    """sbxd and its workers under valgrind: no errors, no leaks, through a run, an error path,
-    a bad frame and shutdown."""
+    """sbxd under valgrind: no errors, no leaks, through a run, a timeout, a bad frame and
+    shutdown. (Workers install a seccomp filter that valgrind's own syscalls would trip, so they
+    are checked by the ASan/LSan build instead.)"""
     if not shutil.which("valgrind"):
         raise AssertionError("valgrind not installed (scripts/setup-host.sh installs it)")
     sock = os.path.join(c.tmp, "vg.sock")
@@ -545,7 +561,7 @@ def valgrind_clean_daemon(c):
     env = c.env(EXEC_SANDBOX_SOCKET=sock, EXEC_SANDBOX_VMWORKER=os.path.join(ROOT, "build/sbx-vmworker"))
     p = subprocess.Popen(["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
                           "--show-leak-kinds=definite,indirect,possible", "--errors-for-leak-kinds=definite,indirect,possible",
-                          "--trace-children=yes", "--trace-children-skip=*qemu*",
+                          "--trace-children=no",
                           os.path.join(ROOT, "build/sbxd"), "--socket", sock],
                          stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
     try:
@@ -570,6 +586,7 @@ def no_leftovers(c):
     left = [p for p in descendants(c.daemon.pid)]
     eq(left, [], "processes left under sbxd")
     eq(project_processes(), [], "workers or QEMUs left anywhere on the host")
+    wait_for(lambda: not project_cgroups(), 10, "VM cgroups to be removed: " + str(project_cgroups()))
     run_dirs = [d for d in os.listdir("/tmp") if d.startswith(f"sbxd-{c.daemon.pid}-")]
     for d in run_dirs:
         eq(os.listdir(os.path.join("/tmp", d)), [], "files left in run dir")

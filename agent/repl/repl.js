@@ -1,0 +1,102 @@
+// Persistent JavaScript REPL of sbx-agent (keep_state execs), run by Bun as uid 1000 with
+//   argv: bun repl.js CODE_FILE ENV_FILE
+//   fd 100: commands, one line per exec: "SEQ HAS_ENV\n"
+//   fd 101: results, one line per exec: "SEQ EXIT_CODE\n", written after stdout/stderr drained
+// Each exec's code (CODE_FILE, rewritten by the agent before each command) goes through Bun's
+// REPL transform: top-level const/let/class/function/import become global var bindings inside an
+// async wrapper, so names persist, a later exec may declare them again, and top-level await
+// works. ENV_FILE holds KEY=VALUE\0 entries to set first. An exec is done when its code has run
+// and the promise of its top-level awaits has settled; timers it leaves run on in the
+// background. A thrown error is printed and reported as exit code 1 with the state kept;
+// process.exit() ends the process, and the agent reports the code and restarts the REPL.
+const fs = require("node:fs");
+const vm = require("node:vm");
+const { createRequire } = require("node:module");
+
+const CMD_FD = 100;
+const RESULT_FD = 101;
+const [codePath, envPath] = process.argv.slice(2);
+const transpiler = new Bun.Transpiler({ loader: "js", replMode: true });
+const loader = vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER;
+
+// Like a script in the home directory: require() and relative imports resolve from there.
+globalThis.require = createRequire(process.cwd() + "/");
+process.argv = [process.argv[0]];
+// An error nobody waits for (a rejected promise left floating, a throwing timer) is printed,
+// as Node's REPL does, instead of ending the session.
+process.on("uncaughtException", (e) => console.error(e));
+process.on("unhandledRejection", (e) => console.error(e));
+
+// Bun writes process.stdout/stderr to a pipe asynchronously, with no way to learn when the bytes
+// have left the process; a result line sent before them would cut them off from their exec.
+// Writes through these streams are made synchronous instead (console.log already is), waiting
+// out EAGAIN on the non-blocking pipe.
+const pause = new Int32Array(new SharedArrayBuffer(4));
+function syncWrite(fd) {
+  return function write(chunk, encoding, cb) {
+    if (typeof encoding === "function") {
+      cb = encoding;
+      encoding = undefined;
+    }
+    const buf = typeof chunk === "string" ? Buffer.from(chunk, encoding || "utf8") : chunk;
+    let off = 0;
+    while (off < buf.length) {
+      try {
+        off += fs.writeSync(fd, buf, off, buf.length - off);
+      } catch (e) {
+        if (e.code !== "EAGAIN") break;
+        Atomics.wait(pause, 0, 0, 1);
+      }
+    }
+    if (cb) process.nextTick(cb);
+    return true;
+  };
+}
+process.stdout.write = syncWrite(1);
+process.stderr.write = syncWrite(2);
+
+let n = 0;
+async function runOne(seq, hasEnv) {
+  let rc = 0;
+  try {
+    if (hasEnv) {
+      for (const kv of fs.readFileSync(envPath, "utf8").split("\0")) {
+        const eq = kv.indexOf("=");
+        if (eq > 0) process.env[kv.slice(0, eq)] = kv.slice(eq + 1);
+      }
+    }
+    const src = fs.readFileSync(codePath, "utf8");
+    n += 1;
+    const js = transpiler.transformSync(src);
+    const result = vm.runInThisContext(js, {
+      filename: `exec-${n}.js`,
+      importModuleDynamically: loader,
+    });
+    if (result && typeof result.then === "function") await result;
+  } catch (e) {
+    rc = 1;
+    console.error(e);
+  }
+  // Let rejections left unhandled by this exec be reported before it ends.
+  await new Promise((resolve) => setImmediate(resolve));
+  fs.writeSync(RESULT_FD, `${seq} ${rc}\n`);
+}
+
+async function main() {
+  let pending = "";
+  let queue = Promise.resolve();
+  const commands = fs.createReadStream(null, { fd: CMD_FD, encoding: "latin1" });
+  commands.on("data", (chunk) => {
+    pending += chunk;
+    let nl;
+    while ((nl = pending.indexOf("\n")) >= 0) {
+      const [seq, hasEnv] = pending.slice(0, nl).split(" ");
+      pending = pending.slice(nl + 1);
+      queue = queue.then(() => runOne(seq, hasEnv === "1"));
+    }
+  });
+  // The agent closed the channel: nothing more will come.
+  commands.on("end", () => process.exit(0));
+}
+
+main();

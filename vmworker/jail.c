@@ -1,0 +1,281 @@
+/* Mount namespace root, credentials and seccomp for the worker (and, inherited, its QEMU). */
+#include "jail.h"
+
+#include <cap-ng.h>
+#include <fcntl.h>
+#include <seccomp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <termios.h>
+#include <unistd.h>
+
+static int mkdir_in(const char *root, const char *rel, sbx_err *err)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/%s", root, rel);
+    if (mkdir(p, 0755) < 0 && errno != EEXIST)
+        return sbx_fail(err, errno, "mkdir `%s`: %s", p, strerror(errno));
+    return 0;
+}
+
+/* Bind src onto root/rel (a file or a directory), read-only unless rw. */
+static int bind_in(const char *root, const char *rel, const char *src, bool rw, bool dir,
+                   sbx_err *err)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/%s", root, rel);
+    if (dir) {
+        if (mkdir(p, 0755) < 0 && errno != EEXIST)
+            return sbx_fail(err, errno, "mkdir `%s`: %s", p, strerror(errno));
+    } else {
+        int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0)
+            return sbx_fail(err, errno, "create `%s`: %s", p, strerror(errno));
+        close(fd);
+    }
+    if (mount(src, p, NULL, MS_BIND | MS_REC, NULL) < 0)
+        return sbx_fail(err, errno, "bind `%s` on `%s`: %s", src, p, strerror(errno));
+    unsigned long fl = MS_REMOUNT | MS_BIND | MS_NOSUID | (rw ? MS_NOEXEC | MS_NODEV : MS_RDONLY);
+    if (!rw && !dir)
+        fl |= MS_NODEV; /* kernel, images: data only */
+    if (mount(NULL, p, NULL, fl, NULL) < 0)
+        return sbx_fail(err, errno, "remount `%s`: %s", p, strerror(errno));
+    return 0;
+}
+
+/* /lib, /bin... are symlinks into /usr on merged-/usr hosts and directories elsewhere. */
+static int top_dir(const char *root, const char *name, sbx_err *err)
+{
+    char host[64], link[PATH_MAX], p[PATH_MAX];
+    snprintf(host, sizeof host, "/%s", name);
+    struct stat st;
+    if (lstat(host, &st) < 0)
+        return 0;
+    if (S_ISLNK(st.st_mode)) {
+        ssize_t n = readlink(host, link, sizeof link - 1);
+        if (n < 0)
+            return sbx_fail(err, errno, "readlink `%s`: %s", host, strerror(errno));
+        link[n] = '\0';
+        snprintf(p, sizeof p, "%s/%s", root, name);
+        if (symlink(link, p) < 0)
+            return sbx_fail(err, errno, "symlink `%s`: %s", p, strerror(errno));
+        return 0;
+    }
+    return S_ISDIR(st.st_mode) ? bind_in(root, name, host, false, true, err) : 0;
+}
+
+static int dev_node(const char *root, const char *name, bool kvm_owner, const jail_spec *s,
+                    sbx_err *err)
+{
+    char host[64], rel[64];
+    snprintf(host, sizeof host, "/dev/%s", name);
+    snprintf(rel, sizeof rel, "dev/%s", name);
+    struct stat st;
+    if (stat(host, &st) < 0)
+        return sbx_fail(err, errno, "`%s`: %s", host, strerror(errno));
+    if (!s->userns && kvm_owner) {
+        /* Our own node, owned by the VM's uid: no host group membership needed. */
+        char p[PATH_MAX];
+        snprintf(p, sizeof p, "%s/%s", root, rel);
+        if (mknod(p, S_IFCHR | 0600, st.st_rdev) < 0 || chown(p, s->uid, s->gid) < 0)
+            return sbx_fail(err, errno, "mknod `%s`: %s", p, strerror(errno));
+        return 0;
+    }
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/%s", root, rel);
+    int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return sbx_fail(err, errno, "create `%s`: %s", p, strerror(errno));
+    close(fd);
+    if (mount(host, p, NULL, MS_BIND, NULL) < 0)
+        return sbx_fail(err, errno, "bind `%s`: %s", host, strerror(errno));
+    return 0;
+}
+
+static int build_root(const jail_spec *s, const char *root, sbx_err *err)
+{
+    if (mkdir(root, 0755) < 0 && errno != EEXIST)
+        return sbx_fail(err, errno, "mkdir `%s`: %s", root, strerror(errno));
+    if (mount("sbx-jail", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755") < 0)
+        return sbx_fail(err, errno, "mount tmpfs on `%s`: %s", root, strerror(errno));
+    static const char *const dirs[] = {"assets", "dev", "proc", "tmp", "etc", ".old"};
+    for (size_t i = 0; i < ARRAY_LEN(dirs); i++)
+        if (mkdir_in(root, dirs[i], err) < 0)
+            return -1;
+    if (bind_in(root, "usr", "/usr", false, true, err) < 0)
+        return -1;
+    static const char *const tops[] = {"lib", "lib64", "lib32", "libx32", "bin", "sbin"};
+    for (size_t i = 0; i < ARRAY_LEN(tops); i++)
+        if (top_dir(root, tops[i], err) < 0)
+            return -1;
+    /* The dynamic loader finds multiarch libraries through its cache. */
+    if (access("/etc/ld.so.cache", R_OK) == 0 &&
+        bind_in(root, "etc/ld.so.cache", "/etc/ld.so.cache", false, false, err) < 0)
+        return -1;
+    if (bind_in(root, "assets/vmlinux", s->kernel, false, false, err) < 0 ||
+        bind_in(root, "assets/initramfs.cpio", s->initrd, false, false, err) < 0 ||
+        bind_in(root, "assets/rootfs.sqfs", s->rootfs, false, false, err) < 0 ||
+        bind_in(root, "assets/qemu-system-x86_64", s->qemu, false, false, err) < 0)
+        return -1;
+    /* QEMU's executable needs exec rights on its bind mount. */
+    char q[PATH_MAX];
+    snprintf(q, sizeof q, "%s/assets/qemu-system-x86_64", root);
+    if (mount(NULL, q, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+        return sbx_fail(err, errno, "remount `%s`: %s", q, strerror(errno));
+    if (bind_in(root, "vm", s->run_dir, true, true, err) < 0)
+        return -1;
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/dev", root);
+    if (mount("sbx-dev", p, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755") < 0)
+        return sbx_fail(err, errno, "mount /dev: %s", strerror(errno));
+    static const char *const devs[] = {"null", "zero", "urandom", "random"};
+    for (size_t i = 0; i < ARRAY_LEN(devs); i++)
+        if (dev_node(root, devs[i], false, s, err) < 0)
+            return -1;
+    if (s->kvm && dev_node(root, "kvm", true, s, err) < 0)
+        return -1;
+    snprintf(p, sizeof p, "%s/proc", root);
+    if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        return sbx_fail(err, errno, "mount /proc: %s", strerror(errno));
+    snprintf(p, sizeof p, "%s/tmp", root);
+    if (mount("sbx-tmp", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=1777") < 0)
+        return sbx_fail(err, errno, "mount /tmp: %s", strerror(errno));
+    return 0;
+}
+
+int jail_enter(const jail_spec *s, sbx_err *err)
+{
+    /* Nothing we mount may propagate back to the host. */
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        return sbx_fail(err, errno, "make mounts private: %s", strerror(errno));
+    char root[PATH_MAX];
+    snprintf(root, sizeof root, "%s/root", s->run_dir);
+    if (build_root(s, root, err) < 0)
+        return sbx_wrap(err, "jail");
+    char old[PATH_MAX];
+    snprintf(old, sizeof old, "%s/.old", root);
+    if (syscall(SYS_pivot_root, root, old) < 0)
+        return sbx_fail(err, errno, "jail: pivot_root: %s", strerror(errno));
+    if (chdir("/") < 0 || umount2("/.old", MNT_DETACH) < 0 || rmdir("/.old") < 0)
+        return sbx_fail(err, errno, "jail: detach the host root: %s", strerror(errno));
+    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+        return sbx_fail(err, errno, "jail: remount / read-only: %s", strerror(errno));
+    sethostname("sbx-vm", 6);
+    struct rlimit core = {0, 0};
+    setrlimit(RLIMIT_CORE, &core);
+
+    /* Capabilities and ids first, then no_new_privs (seccomp comes later, once set up). */
+    capng_clear(CAPNG_SELECT_ALL);
+    if (!s->userns) {
+        if (capng_change_id((int)s->uid, (int)s->gid, CAPNG_DROP_SUPP_GRP | CAPNG_CLEAR_BOUNDING))
+            return sbx_fail(err, EPERM, "jail: change to uid %u: %s", (unsigned)s->uid,
+                            strerror(errno));
+    } else if (capng_apply(CAPNG_SELECT_ALL)) {
+        return sbx_fail(err, EPERM, "jail: drop capabilities");
+    }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        return sbx_fail(err, errno, "jail: no_new_privs: %s", strerror(errno));
+    capng_get_caps_process();
+    if (capng_have_capabilities(CAPNG_SELECT_CAPS) != CAPNG_NONE)
+        return sbx_fail(err, EPERM, "jail: capabilities remain after dropping them");
+    return 0;
+}
+
+int jail_seccomp(sbx_err *err)
+{
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
+    if (!ctx)
+        return sbx_fail(err, ENOMEM, "seccomp_init failed");
+    /* What the worker does once QEMU runs and its sockets are connected: relay frames, poll,
+     * read /proc and QEMU's log, kill and reap QEMU, unlink its sockets, allocate memory. */
+    static const int allow[] = {
+        SCMP_SYS(read),
+        SCMP_SYS(write),
+        SCMP_SYS(readv),
+        SCMP_SYS(writev),
+        SCMP_SYS(close),
+        SCMP_SYS(poll),
+        SCMP_SYS(ppoll),
+        SCMP_SYS(fstat),
+        SCMP_SYS(newfstatat),
+        SCMP_SYS(statx),
+        SCMP_SYS(lseek),
+        SCMP_SYS(pread64),
+        SCMP_SYS(kill),
+        SCMP_SYS(wait4),
+        SCMP_SYS(waitid),
+        SCMP_SYS(exit),
+        SCMP_SYS(exit_group),
+        SCMP_SYS(brk),
+        SCMP_SYS(mmap),
+        SCMP_SYS(munmap),
+        SCMP_SYS(mremap),
+        SCMP_SYS(madvise),
+        SCMP_SYS(futex),
+        SCMP_SYS(rt_sigprocmask),
+        SCMP_SYS(rt_sigaction),
+        SCMP_SYS(rt_sigreturn),
+        SCMP_SYS(clock_gettime),
+        SCMP_SYS(clock_nanosleep),
+        SCMP_SYS(nanosleep),
+        SCMP_SYS(getpid),
+        SCMP_SYS(gettid),
+        SCMP_SYS(tgkill),
+        SCMP_SYS(unlink),
+        SCMP_SYS(unlinkat),
+        SCMP_SYS(fcntl),
+        SCMP_SYS(sched_yield),
+        SCMP_SYS(restart_syscall),
+        SCMP_SYS(getrandom),
+#if defined(__SANITIZE_ADDRESS__)
+        /* The sanitizer runtime of test builds (leak check at exit stops the world). */
+        SCMP_SYS(mprotect),
+        SCMP_SYS(sigaltstack),
+        SCMP_SYS(prctl),
+        SCMP_SYS(prlimit64),
+        SCMP_SYS(readlink),
+        SCMP_SYS(readlinkat),
+        SCMP_SYS(getppid),
+        SCMP_SYS(clone),
+        SCMP_SYS(clone3),
+        SCMP_SYS(ptrace),
+        SCMP_SYS(sched_getaffinity),
+        SCMP_SYS(getdents64),
+        SCMP_SYS(set_robust_list),
+        SCMP_SYS(rseq),
+        SCMP_SYS(pipe2),
+        SCMP_SYS(dup),
+        SCMP_SYS(dup2),
+        SCMP_SYS(openat),
+        SCMP_SYS(getrusage),
+        SCMP_SYS(sched_getparam),
+        SCMP_SYS(ioctl),
+#endif
+    };
+    int rc = 0;
+    for (size_t i = 0; i < ARRAY_LEN(allow) && rc == 0; i++)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allow[i], 0);
+    /* Files are opened read-only (/proc/PID/stat, QEMU's log). */
+    if (rc == 0)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(openat), 1,
+                              SCMP_A2(SCMP_CMP_MASKED_EQ, O_ACCMODE, O_RDONLY));
+    /* stdio asks whether stderr is a terminal. */
+    if (rc == 0 || rc == -EEXIST)
+        rc =
+            seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_EQ, TCGETS));
+    if (rc == -EEXIST) /* already allowed outright in a sanitizer build */
+        rc = 0;
+    if (rc == 0)
+        rc = seccomp_load(ctx);
+    seccomp_release(ctx);
+    if (rc < 0)
+        return sbx_fail(err, -rc, "install seccomp filter: %s", strerror(-rc));
+    return 0;
+}

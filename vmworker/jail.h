@@ -1,0 +1,35 @@
+/* The worker's jail, narrowed at one call site: jail_enter() builds the VM's private root and
+ * drops to the VM's uid with no capabilities and no_new_privs; jail_seccomp() then confines the
+ * worker's remaining life to the syscalls it still needs. */
+#ifndef SBX_JAIL_H
+#define SBX_JAIL_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "common.h"
+
+typedef struct {
+    const char *run_dir;                         /* host path: becomes /vm (sockets, logs) */
+    const char *kernel, *initrd, *rootfs, *qemu; /* host paths: bound read-only under /assets */
+    bool kvm;                                    /* give QEMU /dev/kvm */
+    bool userns; /* already in a user namespace where uid 0 is sbxd's user */
+    uid_t uid;
+    gid_t gid;
+} jail_spec;
+
+/* Paths inside the jail. */
+#define JAIL_VM_DIR "/vm"
+#define JAIL_KERNEL "/assets/vmlinux"
+#define JAIL_INITRD "/assets/initramfs.cpio"
+#define JAIL_ROOTFS "/assets/rootfs.sqfs"
+#define JAIL_QEMU "/assets/qemu-system-x86_64"
+
+/* Called once, early, in the fresh namespaces sbxd created. After it returns 0 the process sees
+ * only: /usr (read-only), /assets, /vm, a minimal /dev, /proc of its own pid namespace, /tmp;
+ * it runs as spec->uid with CapEff/CapPrm/CapBnd empty and no_new_privs set. */
+int jail_enter(const jail_spec *spec, sbx_err *err);
+/* Install the worker's syscall allowlist (default: kill the process). */
+int jail_seccomp(sbx_err *err);
+
+#endif
