@@ -22,6 +22,7 @@ struct client {
     frame_writer wr;
     bool helloed;
     bool closing; /* close once the queue is flushed */
+    bool refused; /* peer uid not allowed: its first frame gets a permission error */
     uid_t uid;
     pid_t pid;
     client *next;
@@ -178,6 +179,14 @@ static bool handle_frame(client *c, const uint8_t *data, size_t len)
     }
     uint64_t id = req->id;
     bool keep = true;
+    if (c->refused) {
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_PERMISSION, false,
+                           "uid %u may not use this sbxd (allowed: %u, 0%s%s; see allowed_uids)",
+                           (unsigned)c->uid, (unsigned)getuid(), cfg.allowed_uids[0] ? ", " : "",
+                           cfg.allowed_uids);
+        c->closing = true;
+        goto out;
+    }
     if (!c->helloed && req->body_case != SBX__CONTROL__REQUEST__BODY_HELLO) {
         control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
                            "the first request on a connection must be Hello");
@@ -309,15 +318,10 @@ static void accept_cb(EV_P_ ev_io *w, int revents)
     nclients++;
     sbxd_activity();
     if (!uid_allowed(uc.uid)) {
+        /* Answer its Hello (with its id) rather than hang up while it is still writing. */
         slog("refused client pid %d uid %u (not allowed)", (int)uc.pid, (unsigned)uc.uid);
-        control_send_error(c, 0, SBX__CONTROL__ERROR_KIND__ERROR_PERMISSION, false,
-                           "uid %u may not use this sbxd (allowed: %u, 0%s%s; see allowed_uids)",
-                           (unsigned)uc.uid, (unsigned)getuid(), cfg.allowed_uids[0] ? ", " : "",
-                           cfg.allowed_uids);
-        c->closing = true;
-        if (!frame_writer_queued(&c->wr))
-            client_free(c);
-        return;
+        c->refused = true;
+        c->rd.max_frame = 4096;
     }
     ev_io_start(EV_DEFAULT, &c->rio);
 }
