@@ -5,7 +5,7 @@ BUILD ?= build
 CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation \
 	-iquote $(BUILD)/gen -iquote proto -iquote cli -g
 CFLAGS ?= -O2
-LIBS_HOST = -lev -lprotobuf-c -ljansson -lseccomp -lcap-ng -pthread
+LIBS_HOST = -lev -lprotobuf-c -ljansson -lseccomp -lcap-ng -lzstd -lcrypto -pthread
 PROTOS = control worker agent
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)

@@ -32,6 +32,8 @@ typedef enum {
     SBX_ERR_INTERNAL = 11,           /* transient: a daemon-side failure with no better kind */
     SBX_ERR_PERMISSION = 12,         /* permanent: this user may not use the daemon */
     SBX_ERR_CONNECT = 100,           /* no daemon could be reached (or started, with autostart) */
+    SBX_ERR_LOCAL_FILE = 101,        /* a local file could not be read or written (the message
+                                        names it); nothing is wrong with the sandbox */
 } sbx_error_kind;
 
 /* Why a call failed. */
@@ -143,6 +145,10 @@ typedef struct {
     char accelerator[16];             /* "kvm" or "tcg" */
     bool warm_pool_hit;               /* a pre-booted VM served the run */
     char start_mode[16];              /* how the VM was started, e.g. "cold" */
+    uint64_t exec_count;              /* sessions: execs so far, this one included; 0 for runs */
+    bool interpreter_reset;           /* sessions: the interpreter had to be restarted during
+                                         this exec (it died or was killed at the timeout), so
+                                         variables and imports of earlier execs are gone */
 } sbx_result;
 
 /* Run code in a fresh VM and wait for its result. The request is checked against the limits
@@ -171,6 +177,102 @@ typedef struct {
 
 /* Ask the daemon for its status. */
 int sbx_status(sbx_client *c, sbx_status_info *out, sbx_error *err);
+
+/* ---- sessions ---- */
+
+/* A session keeps one VM, and the interpreter state in it, across execs. sbxd holds it, not the
+ * connection: it outlives the client that opened it and can be used from any other connection
+ * by its id, until sbx_session_close or until it sits idle for its idle timeout. Execs on one
+ * session run one at a time, in the order they arrive. A session that is gone (closed, timed out
+ * idle, its VM died) answers every call with SBX_ERR_SESSION_CLOSED, whose message says why. */
+
+#define SBX_SESSION_ID_MAX 128 /* bytes of a session id, NUL included */
+
+/* A session request; zero-initialise and set what you need. */
+typedef struct {
+    const char *language;     /* "python", "javascript" or "raw"; NULL: "python" */
+    uint32_t memory_mb;       /* 0: the daemon's default (256); else 128..2048 */
+    uint32_t timeout_seconds; /* default limit of each exec; 0: the daemon's (30) */
+    const sbx_env *env;       /* n_env variables for every exec, at most 100 */
+    size_t n_env;
+    uint32_t idle_timeout_seconds; /* 10..3600; 0: the daemon's session_idle_timeout_seconds */
+} sbx_session_opts;
+
+/* What sbxd says about a session. Strings are NUL-terminated. */
+typedef struct {
+    char session_id[SBX_SESSION_ID_MAX];
+    char language[16];
+    uint32_t memory_mb;
+    uint32_t idle_timeout_seconds;
+    uint64_t exec_count;        /* execs so far */
+    uint64_t created_unix_ms;   /* wall-clock time of creation, ms since the epoch */
+    uint64_t last_used_unix_ms; /* wall-clock time of the last exec or file transfer */
+    bool busy;                  /* an exec or file transfer is in progress */
+    char accelerator[16];       /* "kvm" or "tcg" */
+    uint64_t boot_ms;           /* how long its VM took to boot */
+} sbx_session_info;
+
+/* Open a session: boots its VM and returns once it is ready. Checked against the limits first
+ * (SBX_ERR_VM_CONFIG without contacting the daemon). */
+int sbx_session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session_info *out,
+                     sbx_error *err);
+/* Run code in a session and wait for its result; state left by earlier execs is there. code_len
+ * 0: strlen(code). timeout_seconds 0: the session's default. on_output (optional) streams
+ * output exactly as in sbx_run_opts. The result's exec_count and interpreter_reset are set.
+ * A timed-out exec is a result (timed_out), not an error; the session stays open. On success
+ * *out must be released with sbx_result_free; on failure it is zeroed. */
+int sbx_session_exec(sbx_client *c, const char *session_id, const char *code, size_t code_len,
+                     uint32_t timeout_seconds, sbx_output_fn on_output, void *userdata,
+                     sbx_result *out, sbx_error *err);
+/* Close a session and destroy its VM. *exec_count (if not NULL) gets how many execs it ran.
+ * A session that is already gone is SBX_ERR_SESSION_CLOSED. */
+int sbx_session_close(sbx_client *c, const char *session_id, uint64_t *exec_count, sbx_error *err);
+/* The sessions sbxd holds (every user's that this daemon serves). *out is an array of *n
+ * entries (NULL when there are none) to release with sbx_session_list_free. */
+int sbx_session_list(sbx_client *c, sbx_session_info **out, size_t *n, sbx_error *err);
+void sbx_session_list_free(sbx_session_info *list);
+
+/* ---- files in a session ---- */
+
+/* Guest paths are relative to the sandbox home (where the code starts), 1..255 bytes, without
+ * a `..` component; files are at most SBX_FILE_MAX bytes. Transfers travel in chunks of
+ * 256 KiB, each zstd-compressed, and end with a size and SHA-256 check on the receiving side.
+ * A path the guest refuses, or a file it cannot read or write, is an error of the kind sbxd
+ * reports (the message says what); a local file that cannot be read or written is
+ * SBX_ERR_LOCAL_FILE. */
+
+#define SBX_FILE_MAX (50u << 20) /* 50 MiB */
+
+/* Write len bytes of data to guest_path in the session (created or replaced). */
+int sbx_file_write(sbx_client *c, const char *session_id, const char *guest_path, const void *data,
+                   size_t len, sbx_error *err);
+/* The same from a local file, streamed without holding it in memory. A file that changes while
+ * it is being sent is refused (SBX_ERR_LOCAL_FILE) and nothing is written in the guest. */
+int sbx_file_write_path(sbx_client *c, const char *session_id, const char *guest_path,
+                        const char *local_path, sbx_error *err);
+/* Read guest_path into memory: *data gets a malloc'd buffer of *len bytes plus a NUL after them
+ * (for convenience; the file may itself contain NULs); free() it. */
+int sbx_file_read(sbx_client *c, const char *session_id, const char *guest_path, char **data,
+                  size_t *len, sbx_error *err);
+/* Read guest_path into local_path. The bytes go to a temporary file beside local_path, which
+ * replaces local_path only after size and SHA-256 have checked out; on any failure local_path
+ * is left as it was and no partial file remains. The new file gets mode 0666 less the umask. */
+int sbx_file_read_path(sbx_client *c, const char *session_id, const char *guest_path,
+                       const char *local_path, sbx_error *err);
+
+/* One entry of a directory listing. */
+typedef struct {
+    const char *name; /* the name as the guest has it (any bytes but '/' and NUL) */
+    bool is_dir;
+    uint64_t size; /* bytes; 0 for directories */
+} sbx_file_entry;
+
+/* List the directory at path in the session; "" or NULL: the sandbox home. *out is an array of
+ * *n entries (NULL when empty), names included in the same allocation; release it with
+ * sbx_file_list_free. */
+int sbx_file_list(sbx_client *c, const char *session_id, const char *path, sbx_file_entry **out,
+                  size_t *n, sbx_error *err);
+void sbx_file_list_free(sbx_file_entry *entries);
 
 /* ---- helpers ---- */
 

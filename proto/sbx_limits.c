@@ -108,3 +108,44 @@ int limits_check_env_count(size_t n, char *err, size_t errlen)
     }
     return 0;
 }
+
+int limits_check_idle_timeout(uint32_t s, char *err, size_t errlen)
+{
+    if (s < SBX_IDLE_TIMEOUT_MIN || s > SBX_IDLE_TIMEOUT_MAX) {
+        snprintf(err, errlen, "idle timeout %u s is out of range (%u-%u s)", s,
+                 SBX_IDLE_TIMEOUT_MIN, SBX_IDLE_TIMEOUT_MAX);
+        return -1;
+    }
+    return 0;
+}
+
+int limits_check_guest_path(const char *path, char *err, size_t errlen)
+{
+    /* A C string cannot hold a NUL; callers that get paths as counted bytes (protobuf) must
+     * compare strlen with the byte count to catch an embedded one. */
+    size_t n = path ? strlen(path) : 0;
+    if (n == 0) {
+        snprintf(err, errlen, "the file path is empty");
+        return -1;
+    }
+    if (n > SBX_MAX_PATH) {
+        snprintf(err, errlen, "file path `%.64s...` is %zu bytes; the limit is %u", path, n,
+                 SBX_MAX_PATH);
+        return -1;
+    }
+    if (path[0] == '/') {
+        snprintf(err, errlen,
+                 "file path `%.255s` is absolute; give it relative to the sandbox home", path);
+        return -1;
+    }
+    for (const char *p = path; *p;) {
+        size_t len = strcspn(p, "/");
+        if (len == 2 && p[0] == '.' && p[1] == '.') {
+            snprintf(err, errlen, "file path `%.255s` may not contain a `..` component", path);
+            return -1;
+        }
+        p += len;
+        p += *p == '/';
+    }
+    return 0;
+}

@@ -21,6 +21,11 @@
 #define SBX_MEMORY_DEFAULT 256u
 #define SBX_MAX_CONCURRENT_MIN 1u
 #define SBX_MAX_CONCURRENT_MAX 100u
+#define SBX_IDLE_TIMEOUT_MIN 10u /* a session's idle timeout, s */
+#define SBX_IDLE_TIMEOUT_MAX 3600u
+#define SBX_MAX_FILE (50u << 20)    /* one file moved in or out of a session */
+#define SBX_MAX_PATH 255u           /* a guest path, bytes */
+#define SBX_FILE_CHUNK (256u << 10) /* content bytes in one FileChunk (before compression) */
 
 /* Returns true for python, javascript, raw. */
 bool limits_language_ok(const char *lang);
@@ -30,5 +35,9 @@ int limits_check_timeout(uint32_t seconds, char *err, size_t errlen);
 int limits_check_memory(uint32_t mb, char *err, size_t errlen);
 int limits_check_env(const char *key, const char *value, char *err, size_t errlen);
 int limits_check_env_count(size_t n, char *err, size_t errlen);
+int limits_check_idle_timeout(uint32_t seconds, char *err, size_t errlen);
+/* A path in a session's sandbox home: relative, 1..SBX_MAX_PATH bytes, no ".." component. The
+ * guest confines paths for itself as well; this is the early, same-for-everyone refusal. */
+int limits_check_guest_path(const char *path, char *err, size_t errlen);
 
 #endif

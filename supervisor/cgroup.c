@@ -77,7 +77,7 @@ static bool v2_usable(const char *root)
         return false;
     char parent[300];
     snprintf(parent, sizeof parent, "%s/" PARENT, root);
-    if (mkdir(parent, 0755) < 0 && errno != EEXIST)
+    if ((mkdir(parent, 0755) < 0 && errno != EEXIST) || access(parent, W_OK) < 0)
         return false;
     /* Children get the controllers only if every level down to us enables them. */
     write_file(root, "cgroup.subtree_control", "+memory +pids +cpu");
@@ -106,8 +106,8 @@ bool cgroup_init(char *why, size_t n)
         for (int j = 0; j < i; j++)
             if (!strcmp(v1_root[i], v1_root[j]))
                 v1_dup[i] = true;
-        if (mkdir(v1_root[i], 0755) < 0 && errno != EEXIST) {
-            snprintf(why, n, "cannot create %s: %s", v1_root[i], strerror(errno));
+        if ((mkdir(v1_root[i], 0755) < 0 && errno != EEXIST) || access(v1_root[i], W_OK) < 0) {
+            snprintf(why, n, "cannot create cgroups under %s: %s", v1_root[i], strerror(errno));
             return false;
         }
     }

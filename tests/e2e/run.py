@@ -744,6 +744,54 @@ print("mount", r != 0)
 
 
 @test()
+def unprivileged_daemon_uses_user_namespace(c):
+    """sbxd run by an ordinary user: the worker and QEMU run as that user inside a user
+    namespace, still jailed; without a writable cgroup the daemon says so and carries on."""
+    setpriv = shutil.which("setpriv")
+    ok(setpriv, "setpriv (util-linux) is needed")
+    if os.getuid() != 0:
+        raise Skip("needs root to switch to another user for the test")
+    d = tempfile.mkdtemp(prefix="sbx-unpriv-", dir="/tmp")
+    images = os.path.join(d, "cache", "images")
+    os.makedirs(images)
+    src = os.path.join(os.environ.get("EXEC_SANDBOX_CACHE_DIR") or
+                       os.path.expanduser("~/.cache/exec-sandbox"), "images")
+    for f in ["vmlinux", "initramfs.cpio", "raw.sqfs"]:
+        shutil.copy(os.path.join(src, f), images)
+    subprocess.run(["chown", "-R", "65534:65534", d], check=True)
+    sock = os.path.join(d, "s.sock")
+    env = c.env(EXEC_SANDBOX_SOCKET=sock, EXEC_SANDBOX_CACHE_DIR=os.path.join(d, "cache"),
+                HOME=d)
+    drop = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    log = os.path.join(d, "log")
+    p = subprocess.Popen(drop + [c.sbxd_bin, "--socket", sock], stdout=open(log, "w"),
+                         stderr=subprocess.STDOUT, env=env, cwd="/")
+    try:
+        wait_for(lambda: os.path.exists(sock), 15, "unprivileged sbxd")
+        run = subprocess.Popen(drop + [c.sbx_bin, "run", "-q", "-l", "raw", "-t", "30",
+                                       "echo started; sleep 20"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/")
+        ok(run.stdout.readline() == b"started\n", "runs under an unprivileged daemon")
+        procs = descendants(p.pid)
+        worker = [x for x, comm in procs if comm == "sbx-vmworker"]
+        qemu = [x for x, comm in procs if comm.startswith("qemu-system")]
+        ok(worker and qemu, f"worker and QEMU: {procs}")
+        for pid in worker + qemu:
+            st = _status(pid)
+            eq(st["Uid"].split()[0], "65534", "runs as the daemon's user (seen from the host)")
+            eq(st["CapEff"], "0000000000000000", "no capabilities")
+            ok(os.readlink(f"/proc/{pid}/ns/user") != os.readlink(f"/proc/{p.pid}/ns/user"),
+               "in its own user namespace")
+        run.kill()
+        run.wait()
+        ok("without a cgroup" in open(log).read(), "the missing cgroup layer is logged")
+    finally:
+        p.terminate()
+        p.wait(10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test()
 def apparmor_profile_confines_worker(c):
     flag = "/sys/module/apparmor/parameters/enabled"
     if not os.path.exists(flag) or open(flag).read().strip() != "Y":

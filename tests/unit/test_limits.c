@@ -64,13 +64,49 @@ static void test_env(void **state)
     assert_non_null(strstr(msg, "newline"));
 }
 
+static void test_idle_timeout(void **state)
+{
+    assert_int_equal(limits_check_idle_timeout(9, msg, sizeof msg), -1);
+    assert_non_null(strstr(msg, "10-3600"));
+    assert_int_equal(limits_check_idle_timeout(10, msg, sizeof msg), 0);
+    assert_int_equal(limits_check_idle_timeout(3600, msg, sizeof msg), 0);
+    assert_int_equal(limits_check_idle_timeout(3601, msg, sizeof msg), -1);
+}
+
+static void test_guest_path(void **state)
+{
+    const char *ok[] = {"a",   "input.csv", "dir/file.txt", "./x",  "a/./b", "...",
+                        "..a", "a..",       "a/..b/c",      "dir/", "a//b",  ".hidden"};
+    for (size_t i = 0; i < ARRAY_LEN(ok); i++)
+        if (limits_check_guest_path(ok[i], msg, sizeof msg) != 0)
+            fail_msg("`%s` refused: %s", ok[i], msg);
+    const char *bad[] = {"",     "/etc/passwd", "/",         "..",   "../x",
+                         "a/..", "a/../b",      "a/../../b", "./..", "a//../b"};
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++)
+        if (limits_check_guest_path(bad[i], msg, sizeof msg) != -1)
+            fail_msg("`%s` accepted", bad[i]);
+    assert_int_equal(limits_check_guest_path(NULL, msg, sizeof msg), -1);
+    assert_int_equal(limits_check_guest_path("/abs", msg, sizeof msg), -1);
+    assert_non_null(strstr(msg, "absolute"));
+    assert_int_equal(limits_check_guest_path("x/../y", msg, sizeof msg), -1);
+    assert_non_null(strstr(msg, ".."));
+    /* 255 bytes is the limit; 256 is over. */
+    char p[SBX_MAX_PATH + 2];
+    memset(p, 'a', sizeof p - 1);
+    p[SBX_MAX_PATH] = '\0';
+    assert_int_equal(limits_check_guest_path(p, msg, sizeof msg), 0);
+    p[SBX_MAX_PATH] = 'a';
+    p[SBX_MAX_PATH + 1] = '\0';
+    assert_int_equal(limits_check_guest_path(p, msg, sizeof msg), -1);
+    assert_non_null(strstr(msg, "256 bytes"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_language),
-        cmocka_unit_test(test_code),
-        cmocka_unit_test(test_ranges),
-        cmocka_unit_test(test_env),
+        cmocka_unit_test(test_language),     cmocka_unit_test(test_code),
+        cmocka_unit_test(test_ranges),       cmocka_unit_test(test_env),
+        cmocka_unit_test(test_idle_timeout), cmocka_unit_test(test_guest_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
