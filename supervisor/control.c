@@ -13,6 +13,7 @@
 #include "frame.h"
 #include "paths.h"
 #include "sbx_limits.h"
+#include "cgroup.h"
 #include "sbxd.h"
 
 struct client {
@@ -50,6 +51,7 @@ static void client_free(client *c)
         }
     nclients--;
     sched_client_gone(c);
+    session_client_gone(c);
     frame_reader_free(&c->rd);
     frame_writer_free(&c->wr);
     free(c);
@@ -149,6 +151,96 @@ static int check_run(client *c, uint64_t id, Sbx__Control__RunRequest *run)
     return 0;
 }
 
+/* Sessions and files: validate what sbxd can before the request reaches a VM. Returns 0, or -1
+ * after replying with a VmConfigError. */
+static int check_session(client *c, uint64_t id, Sbx__Control__Request *r)
+{
+    char msg[300];
+    const Sbx__Control__ErrorKind bad = SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG;
+    const char *path = NULL;
+    bool empty_ok = false;
+    switch (r->body_case) {
+    case SBX__CONTROL__REQUEST__BODY_SESSION_OPEN: {
+        Sbx__Control__SessionOpen *o = r->session_open;
+        if (!o->language || !*o->language) {
+            free(o->language);
+            o->language = strdup("python");
+            if (!o->language)
+                return -1;
+        }
+        if (!limits_language_ok(o->language)) {
+            control_send_error(c, id, bad, false,
+                               "unknown language `%.32s` (python, javascript, raw)", o->language);
+            return -1;
+        }
+        if (!o->memory_mb)
+            o->memory_mb = cfg.default_memory_mb;
+        if (!o->timeout_seconds)
+            o->timeout_seconds = cfg.default_timeout_seconds;
+        if (!o->idle_timeout_seconds)
+            o->idle_timeout_seconds = cfg.session_idle_timeout_seconds;
+        if (limits_check_memory(o->memory_mb, msg, sizeof msg) < 0 ||
+            limits_check_timeout(o->timeout_seconds, msg, sizeof msg) < 0 ||
+            limits_check_idle_timeout(o->idle_timeout_seconds, msg, sizeof msg) < 0 ||
+            limits_check_env_count(o->n_env, msg, sizeof msg) < 0) {
+            control_send_error(c, id, bad, false, "%s", msg);
+            return -1;
+        }
+        for (size_t i = 0; i < o->n_env; i++)
+            if (limits_check_env(o->env[i]->key, o->env[i]->value, msg, sizeof msg) < 0) {
+                control_send_error(c, id, bad, false, "%s", msg);
+                return -1;
+            }
+        return 0;
+    }
+    case SBX__CONTROL__REQUEST__BODY_SESSION_EXEC: {
+        Sbx__Control__SessionExec *e = r->session_exec;
+        if (limits_check_code(e->code.data, e->code.len, msg, sizeof msg) < 0 ||
+            (e->timeout_seconds && limits_check_timeout(e->timeout_seconds, msg, sizeof msg) < 0)) {
+            control_send_error(c, id, bad, false, "%s", msg);
+            return -1;
+        }
+        return 0;
+    }
+    case SBX__CONTROL__REQUEST__BODY_FILE_WRITE:
+        path = r->file_write->path;
+        if (r->file_write->size > SBX_MAX_FILE) {
+            control_send_error(c, id, bad, false, "file is %llu bytes; the limit is %u (50 MiB)",
+                               (unsigned long long)r->file_write->size, SBX_MAX_FILE);
+            return -1;
+        }
+        if (r->file_write->sha256.len != 32) {
+            control_send_error(c, id, bad, false, "FileWrite needs a 32-byte sha256");
+            return -1;
+        }
+        break;
+    case SBX__CONTROL__REQUEST__BODY_FILE_CHUNK:
+        /* A zstd frame of one chunk's content can only be this big. */
+        if (r->file_chunk->zdata.len > SBX_FILE_CHUNK + (64u << 10)) {
+            control_send_error(c, id, bad, false, "file chunk of %zu bytes is too large",
+                               r->file_chunk->zdata.len);
+            return -1;
+        }
+        return 0;
+    case SBX__CONTROL__REQUEST__BODY_FILE_READ:
+        path = r->file_read->path;
+        break;
+    case SBX__CONTROL__REQUEST__BODY_FILE_LIST:
+        path = r->file_list->path;
+        empty_ok = true;
+        break;
+    default:
+        return 0;
+    }
+    if (empty_ok && (!path || !*path))
+        return 0;
+    if (limits_check_guest_path(path, msg, sizeof msg) < 0) {
+        control_send_error(c, id, bad, false, "%s", msg);
+        return -1;
+    }
+    return 0;
+}
+
 static void send_status(client *c, uint64_t id)
 {
     Sbx__Control__StatusReply s = SBX__CONTROL__STATUS_REPLY__INIT;
@@ -162,6 +254,8 @@ static void send_status(client *c, uint64_t id)
     s.uptime_ms = now_ms() - started_ms;
     s.images_dir = cfg.images_dir;
     s.pid = (uint32_t)getpid();
+    s.sessions = session_count();
+    s.cgroup_mode = (char *)cgroup_mode();
     Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
     r.id = id;
     r.body_case = SBX__CONTROL__REPLY__BODY_STATUS;
@@ -223,6 +317,19 @@ static bool handle_frame(client *c, const uint8_t *data, size_t len)
         break;
     case SBX__CONTROL__REQUEST__BODY_STATUS:
         send_status(c, id);
+        break;
+    case SBX__CONTROL__REQUEST__BODY_SESSION_OPEN:
+    case SBX__CONTROL__REQUEST__BODY_SESSION_EXEC:
+    case SBX__CONTROL__REQUEST__BODY_SESSION_CLOSE:
+    case SBX__CONTROL__REQUEST__BODY_SESSION_LIST:
+    case SBX__CONTROL__REQUEST__BODY_FILE_WRITE:
+    case SBX__CONTROL__REQUEST__BODY_FILE_CHUNK:
+    case SBX__CONTROL__REQUEST__BODY_FILE_READ:
+    case SBX__CONTROL__REQUEST__BODY_FILE_LIST:
+        if (check_session(c, id, req) == 0) {
+            session_handle(c, req);
+            return keep; /* session_handle owns req now */
+        }
         break;
     default:
         control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,

@@ -112,6 +112,7 @@ int main(int argc, char **argv)
     ev_run(loop, 0);
 
     control_shutdown();
+    session_shutdown();
     sched_shutdown();
     rmdir(run_base);
     ev_loop_destroy(loop);

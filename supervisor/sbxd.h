@@ -10,6 +10,7 @@
 #include "common.h"
 #include "config.h"
 #include "control.pb-c.h"
+#include "worker.pb-c.h"
 
 extern sbx_config cfg;
 extern char run_base[]; /* per-daemon directory holding each VM's run directory */
@@ -31,6 +32,24 @@ void control_send_error(client *c, uint64_t id, Sbx__Control__ErrorKind kind, bo
 bool control_error_transient(Sbx__Control__ErrorKind kind);
 
 /* sched.c: admission, workers, their VMs. */
+typedef struct job job;
+/* Someone who holds a VM across requests (a session). */
+typedef struct {
+    void (*booted)(void *owner, const Sbx__Worker__Booted *b);
+    /* Any frame from the worker after Hello (results, chunks, errors); may modify it. */
+    void (*frame)(void *owner, Sbx__Worker__FromWorker *m);
+    /* The VM is gone (closed, failed to start, died). The job pointer is invalid from now. */
+    void (*gone)(void *owner, Sbx__Control__ErrorKind kind, bool transient, const char *why);
+} vm_owner_ops;
+/* Queue a VM for an owner; it counts against max_concurrent_vms like a run. */
+job *sched_open_vm(const char *language, uint32_t memory_mb, const vm_owner_ops *ops, void *owner);
+/* Send a request to the VM's worker, tagged with the id set by sched_vm_set_request. */
+int sched_vm_send(job *j, Sbx__Worker__ToWorker *m);
+void sched_vm_set_request(job *j, uint64_t req_id);
+/* Host-side CPU/memory figures and sbxd's share of the timing, into a result. */
+void sched_vm_fill_result(job *j, Sbx__Control__ExecResult *res);
+/* Stop the VM and detach its owner (no callbacks after this). */
+void sched_vm_close(job *j);
 /* Takes ownership of req (already validated, defaults applied). */
 void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req);
 void sched_client_gone(client *c);
@@ -42,6 +61,12 @@ void sched_pump(void);
 /* Start a probe VM on KVM; accel_probe_done is called with the outcome. */
 int sched_start_probe(sbx_err *err);
 void sched_shutdown(void);
+
+/* session.c: sessions, held across client connections until closed or idle. */
+void session_handle(client *c, Sbx__Control__Request *req); /* takes ownership of req */
+void session_client_gone(client *c);
+unsigned session_count(void);
+void session_shutdown(void);
 
 /* accel.c: which accelerator runs VMs. */
 void accel_init(void);

@@ -49,8 +49,15 @@ typedef struct job {
     frame_writer wr;
     char run_dir[256];
     cgroup_vm cg;
-    ev_timer cg_retry;
-    char probe_why[512];
+    char language[16];
+    uint32_t memory_mb;
+    /* A VM held by someone other than a one-shot run (a session): frames go to them. */
+    const vm_owner_ops *ops;
+    void *owner;
+    /* Why a probe or owned VM failed, for accel_probe_done / ops->gone. */
+    char why[512];
+    Sbx__Control__ErrorKind why_kind;
+    bool why_transient;
     struct job *next;
 } job;
 
@@ -163,8 +170,10 @@ __attribute__((format(printf, 4, 5))) static void job_error(job *j, Sbx__Control
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (j->probe) {
-        snprintf(j->probe_why, sizeof j->probe_why, "%s", msg);
+    if (j->probe || j->ops) {
+        snprintf(j->why, sizeof j->why, "%s", msg);
+        j->why_kind = kind;
+        j->why_transient = transient;
         return;
     }
     control_send_error(j->client, j->req_id, kind, transient, "%s", msg);
@@ -176,22 +185,18 @@ static void qtimer_cb(EV_P_ ev_timer *w, int revents)
     job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
               "all %u VM slots stayed busy for %u s; try again later", cfg.max_concurrent_vms,
               cfg.queue_timeout_seconds);
+    const vm_owner_ops *ops = j->ops;
+    void *owner = j->owner;
+    char why[sizeof j->why];
+    snprintf(why, sizeof why, "%s", j->why);
     job_free(j);
+    if (ops)
+        ops->gone(owner, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true, why);
 }
 
-void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
+static void job_enqueue(job *j)
 {
-    job *j = calloc(1, sizeof *j);
-    if (!j) {
-        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
-        sbx__control__run_request__free_unpacked(req, NULL);
-        return;
-    }
-    j->seq = ++seq;
     j->state = JOB_QUEUED;
-    j->client = c;
-    j->req_id = id;
-    j->req = req;
     j->fd = -1;
     j->t_accept = now_ms();
     ev_timer_init(&j->qtimer, qtimer_cb, cfg.queue_timeout_seconds, 0);
@@ -203,6 +208,71 @@ void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
     *p = j;
     nqueued++;
     sched_pump();
+}
+
+void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
+{
+    job *j = calloc(1, sizeof *j);
+    if (!j) {
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+        sbx__control__run_request__free_unpacked(req, NULL);
+        return;
+    }
+    j->seq = ++seq;
+    j->client = c;
+    j->req_id = id;
+    j->req = req;
+    snprintf(j->language, sizeof j->language, "%s", req->language);
+    j->memory_mb = req->memory_mb;
+    job_enqueue(j);
+}
+
+job *sched_open_vm(const char *language, uint32_t memory_mb, const vm_owner_ops *ops, void *owner)
+{
+    job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->seq = ++seq;
+    snprintf(j->language, sizeof j->language, "%s", language);
+    j->memory_mb = memory_mb;
+    j->ops = ops;
+    j->owner = owner;
+    job_enqueue(j);
+    return j;
+}
+
+int sched_vm_send(job *j, Sbx__Worker__ToWorker *m)
+{
+    if (j->state != JOB_RUNNING || j->fd < 0) {
+        errno = ENOTCONN;
+        return -1;
+    }
+    m->id = j->req_id;
+    if (frame_writer_put(&j->wr, &m->base) < 0)
+        return -1;
+    ev_io_start(EV_DEFAULT, &j->wio);
+    return 0;
+}
+
+void sched_vm_set_request(job *j, uint64_t req_id)
+{
+    j->req_id = req_id;
+    j->t_accept = now_ms();
+}
+
+void sched_vm_close(job *j)
+{
+    /* The owner is done with it: nothing is reported back from here on. */
+    j->answered = true;
+    j->ops = NULL;
+    j->owner = NULL;
+    j->client = NULL;
+    if (j->state == JOB_QUEUED) {
+        job_free(j);
+        sched_pump();
+    } else if (j->pid > 0) {
+        kill(j->pid, SIGTERM); /* the worker stops its VM; its exit frees the job */
+    }
 }
 
 void sched_client_gone(client *c)
@@ -220,9 +290,37 @@ void sched_client_gone(client *c)
     }
 }
 
+void sched_vm_fill_result(job *j, Sbx__Control__ExecResult *res)
+{
+    uint64_t peak, cpu_ns;
+    cgroup_usage(&j->cg, &peak, &cpu_ns);
+    if (peak)
+        res->external_memory_peak_mb = (peak + (1u << 20) - 1) >> 20;
+    if (cpu_ns)
+        res->external_cpu_time_ms = cpu_ns / 1000000u;
+    if (res->timing) {
+        /* Queue wait and worker start count as setup; total is from arrival to now. */
+        if (res->timing->boot_ms)
+            res->timing->setup_ms += j->t_dispatch - j->t_accept;
+        res->timing->total_ms = now_ms() - j->t_accept;
+    }
+}
+
 /* Reply to the client: forward a worker frame, adjusting the result's timing with sbxd's part. */
 static void job_forward(job *j, Sbx__Worker__FromWorker *m)
 {
+    if (j->ops) {
+        if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED)
+            j->ops->booted(j->owner, m->booted);
+        else if (m->body_case != SBX__WORKER__FROM_WORKER__BODY_HELLO)
+            j->ops->frame(j->owner, m);
+        if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_ERROR && !j->why[0]) {
+            snprintf(j->why, sizeof j->why, "%s", m->error->message ? m->error->message : "");
+            j->why_kind = m->error->kind;
+            j->why_transient = m->error->transient;
+        }
+        return;
+    }
     Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
     r.id = j->req_id;
     switch (m->body_case) {
@@ -238,17 +336,7 @@ static void job_forward(job *j, Sbx__Worker__FromWorker *m)
             return;
         j->answered = true;
         runs_total++;
-        uint64_t peak, cpu_ns;
-        cgroup_usage(&j->cg, &peak, &cpu_ns);
-        if (peak)
-            m->result->external_memory_peak_mb = (peak + (1u << 20) - 1) >> 20;
-        if (cpu_ns)
-            m->result->external_cpu_time_ms = cpu_ns / 1000000u;
-        if (m->result->timing) {
-            /* Queue wait and worker start count as setup; total is from arrival to now. */
-            m->result->timing->setup_ms += j->t_dispatch - j->t_accept;
-            m->result->timing->total_ms = now_ms() - j->t_accept;
-        }
+        sched_vm_fill_result(j, m->result);
         r.body_case = SBX__CONTROL__REPLY__BODY_RESULT;
         r.result = m->result;
         control_send(j->client, &r);
@@ -265,22 +353,33 @@ static void job_forward(job *j, Sbx__Worker__FromWorker *m)
 
 static void job_finish(job *j, int status)
 {
-    if (!j->answered) {
-        char how[64];
-        if (WIFSIGNALED(status))
-            snprintf(how, sizeof how, "was killed by signal %d", WTERMSIG(status));
-        else
-            snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
+    char how[64];
+    if (WIFSIGNALED(status))
+        snprintf(how, sizeof how, "was killed by signal %d", WTERMSIG(status));
+    else
+        snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
+    if (!j->answered)
         job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
                   "the VM worker %s before answering; the run was lost, retry it", how);
-    }
     if (j->probe) {
-        bool ok = !j->probe_why[0];
-        const char *why = j->probe_why;
-        char buf[sizeof j->probe_why];
-        snprintf(buf, sizeof buf, "%s", why);
+        bool ok = !j->why[0];
+        char buf[sizeof j->why];
+        snprintf(buf, sizeof buf, "%s", j->why);
         job_free(j);
         accel_probe_done(ok, buf);
+    } else if (j->ops) {
+        const vm_owner_ops *ops = j->ops;
+        void *owner = j->owner;
+        char buf[sizeof j->why];
+        if (j->why[0])
+            snprintf(buf, sizeof buf, "%s", j->why);
+        else
+            snprintf(buf, sizeof buf, "the VM worker %s", how);
+        Sbx__Control__ErrorKind kind =
+            j->why[0] ? j->why_kind : SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION;
+        bool transient = j->why[0] ? j->why_transient : true;
+        job_free(j);
+        ops->gone(owner, kind, transient, buf);
     } else {
         job_free(j);
     }
@@ -335,7 +434,10 @@ static void worker_read_cb(EV_P_ ev_io *w, int revents)
         }
         if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED) {
             slog("vm %llu: booted in %llu ms (%s)", (unsigned long long)j->seq,
-                 (unsigned long long)m->booted->boot_ms, j->probe ? "probe" : "run");
+                 (unsigned long long)m->booted->boot_ms,
+                 j->probe ? "probe"
+                 : j->ops ? "session"
+                          : "run");
             if (j->probe)
                 j->answered = true;
         }
@@ -564,11 +666,12 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     vc.vm_gid = vm_gid;
     vc.userns = userns;
     vc.test_hooks = cfg.test_hooks;
+    vc.session = j->ops != NULL;
     Sbx__Worker__ToWorker m2 = SBX__WORKER__TO_WORKER__INIT;
     m2.body_case = SBX__WORKER__TO_WORKER__BODY_START;
     m2.start = &vc;
     int bad = queue_to_worker(j, &m1) | queue_to_worker(j, &m2);
-    if (!j->probe) {
+    if (j->req) {
         Sbx__Worker__ExecRequest ex = SBX__WORKER__EXEC_REQUEST__INIT;
         ex.language = j->req->language;
         ex.code = j->req->code;
@@ -603,10 +706,18 @@ static void job_start(job *j)
     nqueued--;
     nrunning++;
     const char *accel = accel_verdict();
-    if (job_dispatch(j, j->req->language, accel, j->req->memory_mb,
-                     cfg.boot_timeout_seconds * 1000u) < 0 &&
-        j->pid <= 0)
+    if (job_dispatch(j, j->language, accel, j->memory_mb, cfg.boot_timeout_seconds * 1000u) < 0 &&
+        j->pid <= 0) {
+        const vm_owner_ops *ops = j->ops;
+        void *owner = j->owner;
+        char why[sizeof j->why];
+        snprintf(why, sizeof why, "%s", j->why);
+        Sbx__Control__ErrorKind kind = j->why_kind;
+        bool transient = j->why_transient;
         job_free(j);
+        if (ops)
+            ops->gone(owner, kind, transient, why);
+    }
 }
 
 void sched_pump(void)
@@ -639,7 +750,7 @@ int sched_start_probe(sbx_err *err)
     jobs = j;
     nrunning++;
     if (job_dispatch(j, "raw", "kvm", 256, PROBE_BOOT_TIMEOUT_MS) < 0 && j->pid <= 0) {
-        snprintf(err->msg, sizeof err->msg, "%s", j->probe_why);
+        snprintf(err->msg, sizeof err->msg, "%s", j->why);
         job_free(j);
         return -1;
     }

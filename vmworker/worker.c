@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -99,6 +100,25 @@ __attribute__((noreturn)) static void fail(Sbx__Control__ErrorKind kind, bool tr
     exit(1);
 }
 
+/* An error for the current request that leaves the VM usable (sessions carry on). */
+__attribute__((format(printf, 3, 4))) static void reply_error(Sbx__Control__ErrorKind kind,
+                                                              bool transient, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    Sbx__Control__Error e = SBX__CONTROL__ERROR__INIT;
+    e.kind = kind;
+    e.transient = transient;
+    e.message = msg;
+    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
+    m.body_case = SBX__WORKER__FROM_WORKER__BODY_ERROR;
+    m.error = &e;
+    send_ctl(&m);
+}
+
 /* Why the VM is gone, for messages: QEMU's own words, else the guest console's last line. */
 static const char *vm_gone_reason(char *buf, size_t n)
 {
@@ -147,8 +167,18 @@ static void send_agent(Sbx__Agent__HostMsg *m)
 
 static void send_hello(void)
 {
+    /* Fresh randomness and the host's clock with every Hello: a guest restored from a shared
+     * snapshot must not reuse another VM's RNG state or a stale time. */
+    uint8_t seed[32];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (getrandom(seed, sizeof seed, 0) != (ssize_t)sizeof seed)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "getrandom: %s", strerror(errno));
     Sbx__Agent__Hello h = SBX__AGENT__HELLO__INIT;
     h.protocol_version = SBX_PROTOCOL_VERSION;
+    h.seed.data = seed;
+    h.seed.len = sizeof seed;
+    h.host_time_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     Sbx__Agent__HostMsg m = SBX__AGENT__HOST_MSG__INIT;
     m.body_case = SBX__AGENT__HOST_MSG__BODY_HELLO;
     m.hello = &h;
@@ -231,22 +261,47 @@ static int next_event(uint64_t deadline, bool want_ctl, const uint8_t **frame, s
     }
 }
 
-static void recv_ctl(Sbx__Worker__ToWorker **out, Sbx__Worker__ToWorker__BodyCase want)
+/* The next request from sbxd. want: the one body expected, or 0 for any. */
+static Sbx__Worker__ToWorker *recv_ctl(Sbx__Worker__ToWorker__BodyCase want, uint64_t deadline)
 {
     const uint8_t *f;
     size_t n;
     for (;;) {
-        int ev = next_event(now_ms() + 30000, true, &f, &n);
+        int ev = next_event(deadline, true, &f, &n);
         if (ev == EV_TIMEOUT)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "sbxd sent nothing for 30 s");
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "sbxd sent nothing in time");
         if (ev != EV_CTL)
-            continue; /* a guest frame before we asked for one: ignore */
+            continue; /* a guest frame nobody asked for: ignore */
         Sbx__Worker__ToWorker *m = sbx__worker__to_worker__unpack(NULL, n, f);
-        if (!m || m->body_case != want)
+        if (!m || (want && m->body_case != want))
             fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false, "unexpected frame from sbxd");
         W.req_id = m->id;
-        *out = m;
-        return;
+        return m;
+    }
+}
+
+/* Each request to the agent gets its own id; replies with another id are stale (a late answer
+ * to an abandoned request) and are dropped. */
+static uint64_t agent_seq;
+
+/* The next reply from the agent to request `id`, until deadline; NULL on timeout. */
+static Sbx__Agent__GuestMsg *recv_agent(uint64_t id, uint64_t deadline)
+{
+    const uint8_t *f;
+    size_t n;
+    for (;;) {
+        int ev = next_event(deadline, false, &f, &n);
+        if (ev == EV_TIMEOUT)
+            return NULL;
+        if (ev != EV_AGENT)
+            continue;
+        Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, f);
+        if (!g)
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                 "undecodable frame from the guest agent");
+        if (g->id == id && g->body_case != SBX__AGENT__GUEST_MSG__BODY_READY)
+            return g;
+        sbx__agent__guest_msg__free_unpacked(g, NULL);
     }
 }
 
@@ -348,8 +403,10 @@ static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t s
     /* Re-check what sbxd already validated: the worker trusts nobody with lengths. */
     char msg[256];
     if (limits_check_code(req->code.data, req->code.len, msg, sizeof msg) < 0 ||
-        limits_check_env_count(req->n_env, msg, sizeof msg) < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "%s", msg);
+        limits_check_env_count(req->n_env, msg, sizeof msg) < 0) {
+        reply_error(SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "%s", msg);
+        return;
+    }
 
     static const char hook[] = "__sbx_test_hook__:seccomp";
     if (W.cfg->test_hooks && req->code.len == sizeof hook - 1 &&
@@ -376,8 +433,9 @@ static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t s
     ex.env = envp;
     ex.max_stdout = SBX_MAX_STDOUT;
     ex.max_stderr = SBX_MAX_STDERR;
+    ex.keep_state = req->keep_state;
     Sbx__Agent__HostMsg hm = SBX__AGENT__HOST_MSG__INIT;
-    hm.id = 1;
+    hm.id = ++agent_seq;
     hm.body_case = SBX__AGENT__HOST_MSG__BODY_EXEC;
     hm.exec = &ex;
     uint64_t t_exec = now_ms();
@@ -388,25 +446,18 @@ static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t s
     outbuf out = {.limit = SBX_MAX_STDOUT}, errb = {.limit = SBX_MAX_STDERR};
     Sbx__Control__ExecResult res = SBX__CONTROL__EXEC_RESULT__INIT;
     uint64_t deadline = t_exec + req->timeout_ms + HOST_GRACE_MS;
-    bool done = false;
+    bool done = false, vm_lost = false;
     while (!done) {
-        const uint8_t *f;
-        size_t n;
-        int ev = next_event(deadline, false, &f, &n);
-        if (ev == EV_TIMEOUT) {
-            /* The guest stopped answering: it loses the VM. */
+        Sbx__Agent__GuestMsg *g = recv_agent(hm.id, deadline);
+        if (!g) {
+            /* The guest stopped answering: it loses the VM (and a session with it). */
             wlog("guest did not finish %d ms after its timeout; killing the VM", HOST_GRACE_MS);
             res.timed_out = true;
             res.exit_code = 128 + SIGKILL;
             res.execution_time_ms = now_ms() - t_exec;
+            vm_lost = true;
             break;
         }
-        if (ev != EV_AGENT)
-            continue;
-        Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, f);
-        if (!g)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                 "undecodable frame from the guest agent");
         switch (g->body_case) {
         case SBX__AGENT__GUEST_MSG__BODY_OUTPUT: {
             outbuf *b = g->output->stream == 2 ? &errb : &out;
@@ -420,25 +471,29 @@ static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t s
         case SBX__AGENT__GUEST_MSG__BODY_DONE:
             res.exit_code = g->done->exit_code;
             res.timed_out = g->done->timed_out;
+            res.interpreter_reset = g->done->interpreter_reset;
             out.truncated |= g->done->stdout_truncated;
             errb.truncated |= g->done->stderr_truncated;
             res.execution_time_ms = g->done->execution_time_ms;
             done = true;
             break;
         case SBX__AGENT__GUEST_MSG__BODY_FAILURE: {
-            char m[512];
-            snprintf(m, sizeof m, "%.500s", g->failure->message ? g->failure->message : "");
+            reply_error(SBX__CONTROL__ERROR_KIND__ERROR_GUEST_AGENT, false, "guest agent: %.500s",
+                        g->failure->message ? g->failure->message : "");
             sbx__agent__guest_msg__free_unpacked(g, NULL);
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_GUEST_AGENT, false, "guest agent: %s", m);
+            free(out.data);
+            free(errb.data);
+            return;
         }
         default:
-            break; /* late Ready replies to a resent Hello */
+            break;
         }
         sbx__agent__guest_msg__free_unpacked(g, NULL);
     }
     uint64_t t_end = now_ms();
     qemu_usage(&W.vm, &res.external_cpu_time_ms, &res.external_memory_peak_mb);
-    cleanup_vm();
+    if (!W.cfg->session || vm_lost)
+        cleanup_vm();
 
     Sbx__Control__Timing tm = SBX__CONTROL__TIMING__INIT;
     tm.setup_ms = setup_ms;
@@ -460,6 +515,141 @@ static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t s
     send_ctl(&m);
     free(out.data);
     free(errb.data);
+    if (W.cfg->session && vm_lost)
+        exit(1); /* sbxd closes the session: its VM is gone */
+}
+
+/* How long the guest may take to answer a file request before the host gives up on the VM. */
+#define FILE_REPLY_MS 120000
+
+static void send_file_reply(Sbx__Agent__GuestMsg *g)
+{
+    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
+    Sbx__Control__FileChunk c = SBX__CONTROL__FILE_CHUNK__INIT;
+    Sbx__Control__FileDone d = SBX__CONTROL__FILE_DONE__INIT;
+    Sbx__Control__FileListing l = SBX__CONTROL__FILE_LISTING__INIT;
+    Sbx__Control__FileEntry *ents = NULL, **entp = NULL;
+    switch (g->body_case) {
+    case SBX__AGENT__GUEST_MSG__BODY_FILE_CHUNK:
+        c.zdata = g->file_chunk->zdata;
+        c.last = g->file_chunk->last;
+        m.body_case = SBX__WORKER__FROM_WORKER__BODY_FILE_CHUNK;
+        m.file_chunk = &c;
+        break;
+    case SBX__AGENT__GUEST_MSG__BODY_FILE_DONE:
+        d.size = g->file_done->size;
+        d.sha256 = g->file_done->sha256;
+        m.body_case = SBX__WORKER__FROM_WORKER__BODY_FILE_DONE;
+        m.file_done = &d;
+        break;
+    case SBX__AGENT__GUEST_MSG__BODY_LISTING: {
+        size_t n = g->listing->n_entries;
+        ents = calloc(n ? n : 1, sizeof *ents);
+        entp = calloc(n ? n : 1, sizeof *entp);
+        if (!ents || !entp)
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+        for (size_t i = 0; i < n; i++) {
+            sbx__control__file_entry__init(&ents[i]);
+            ents[i].name = g->listing->entries[i]->name;
+            ents[i].is_dir = g->listing->entries[i]->is_dir;
+            ents[i].size = g->listing->entries[i]->size;
+            entp[i] = &ents[i];
+        }
+        l.n_entries = n;
+        l.entries = entp;
+        m.body_case = SBX__WORKER__FROM_WORKER__BODY_FILE_LISTING;
+        m.file_listing = &l;
+        break;
+    }
+    default:
+        return;
+    }
+    send_ctl(&m);
+    free(ents);
+    free(entp);
+}
+
+/* Relay one file request and its replies. Uploads: the header, then sbxd's chunks as they
+ * come; downloads and listings: the guest's answers until the final one. */
+static void run_file_op(Sbx__Worker__ToWorker *m)
+{
+    Sbx__Agent__HostMsg hm = SBX__AGENT__HOST_MSG__INIT;
+    Sbx__Agent__FileWrite fw = SBX__AGENT__FILE_WRITE__INIT;
+    Sbx__Agent__FileRead fr = SBX__AGENT__FILE_READ__INIT;
+    Sbx__Agent__FileList fl = SBX__AGENT__FILE_LIST__INIT;
+    hm.id = ++agent_seq;
+    bool upload = m->body_case == SBX__WORKER__TO_WORKER__BODY_FILE_WRITE;
+    if (upload) {
+        fw.path = m->file_write->path;
+        fw.size = m->file_write->size;
+        fw.sha256 = m->file_write->sha256;
+        hm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_WRITE;
+        hm.file_write = &fw;
+    } else if (m->body_case == SBX__WORKER__TO_WORKER__BODY_FILE_READ) {
+        fr.path = m->file_read->path;
+        hm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_READ;
+        hm.file_read = &fr;
+    } else {
+        fl.path = m->file_list->path;
+        hm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_LIST;
+        hm.file_list = &fl;
+    }
+    send_agent(&hm);
+    uint64_t req = W.req_id;
+    bool chunks_done = !upload;
+    for (;;) {
+        const uint8_t *f;
+        size_t n;
+        int ev = next_event(now_ms() + FILE_REPLY_MS, !chunks_done, &f, &n);
+        if (ev == EV_TIMEOUT)
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                 "the guest did not answer a file request for %d s", FILE_REPLY_MS / 1000);
+        if (ev == EV_CTL) {
+            Sbx__Worker__ToWorker *c = sbx__worker__to_worker__unpack(NULL, n, f);
+            if (!c || c->body_case != SBX__WORKER__TO_WORKER__BODY_FILE_CHUNK || c->id != req)
+                fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                     "sbxd sent something other than the upload's chunks");
+            chunks_done = c->file_chunk->last;
+            {
+                Sbx__Agent__FileChunk ac = SBX__AGENT__FILE_CHUNK__INIT;
+                ac.zdata = c->file_chunk->zdata;
+                ac.last = c->file_chunk->last;
+                Sbx__Agent__HostMsg cm = SBX__AGENT__HOST_MSG__INIT;
+                cm.id = hm.id;
+                cm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_CHUNK;
+                cm.file_chunk = &ac;
+                send_agent(&cm);
+            }
+            sbx__worker__to_worker__free_unpacked(c, NULL);
+            continue;
+        }
+        const uint8_t *gf = f;
+        Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, gf);
+        if (!g)
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                 "undecodable frame from the guest agent");
+        if (g->id != hm.id) {
+            sbx__agent__guest_msg__free_unpacked(g, NULL);
+            continue;
+        }
+        bool final = g->body_case == SBX__AGENT__GUEST_MSG__BODY_FILE_DONE ||
+                     g->body_case == SBX__AGENT__GUEST_MSG__BODY_LISTING;
+        if (g->body_case == SBX__AGENT__GUEST_MSG__BODY_FAILURE) {
+            /* Refused: answer now. Chunks still on their way reach the main loop, which drops
+             * them, and the agent's late replies carry this request's id, which is dropped. */
+            W.req_id = req;
+            reply_error(SBX__CONTROL__ERROR_KIND__ERROR_GUEST_AGENT, false, "%.500s",
+                        g->failure->message ? g->failure->message : "file request refused");
+            sbx__agent__guest_msg__free_unpacked(g, NULL);
+            return;
+        } else {
+            W.req_id = req;
+            send_file_reply(g);
+        }
+        sbx__agent__guest_msg__free_unpacked(g, NULL);
+        if (final)
+            return;
+    }
 }
 
 static void noop_handler(int sig) {}
@@ -545,8 +735,7 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &ss, NULL);
     W.sigfd = signalfd(-1, &ss, SFD_CLOEXEC | SFD_NONBLOCK);
 
-    Sbx__Worker__ToWorker *hello;
-    recv_ctl(&hello, SBX__WORKER__TO_WORKER__BODY_HELLO);
+    Sbx__Worker__ToWorker *hello = recv_ctl(SBX__WORKER__TO_WORKER__BODY_HELLO, now_ms() + 30000);
     uint32_t v = hello->hello->protocol_version;
     sbx__worker__to_worker__free_unpacked(hello, NULL);
     if (v != SBX_PROTOCOL_VERSION)
@@ -560,8 +749,7 @@ int main(int argc, char **argv)
     m.hello = &ok;
     send_ctl(&m);
 
-    Sbx__Worker__ToWorker *start;
-    recv_ctl(&start, SBX__WORKER__TO_WORKER__BODY_START);
+    Sbx__Worker__ToWorker *start = recv_ctl(SBX__WORKER__TO_WORKER__BODY_START, now_ms() + 30000);
     W.cfg = start->start;
     enter_jail(W.cfg);
     uint64_t setup_ms = now_ms() - W.t_start, boot_ms = 0;
@@ -587,10 +775,33 @@ int main(int argc, char **argv)
         frame_reader_free(&W.ag_rd);
         return 0;
     }
-    Sbx__Worker__ToWorker *ex;
-    recv_ctl(&ex, SBX__WORKER__TO_WORKER__BODY_EXEC);
-    run_exec(ex->exec, boot_ms, setup_ms);
-    sbx__worker__to_worker__free_unpacked(ex, NULL);
+    /* One exec for a run; for a session, requests until sbxd closes it (it kills us when the
+     * session ends or idles out, so there is no deadline here). */
+    bool first = true;
+    do {
+        uint64_t deadline = W.cfg->session ? UINT64_MAX : now_ms() + 30000;
+        Sbx__Worker__ToWorker *rq = recv_ctl(0, deadline);
+        switch (rq->body_case) {
+        case SBX__WORKER__TO_WORKER__BODY_EXEC:
+            run_exec(rq->exec, first ? boot_ms : 0, first ? setup_ms : 0);
+            first = false;
+            break;
+        case SBX__WORKER__TO_WORKER__BODY_FILE_WRITE:
+        case SBX__WORKER__TO_WORKER__BODY_FILE_READ:
+        case SBX__WORKER__TO_WORKER__BODY_FILE_LIST:
+            if (W.cfg->session)
+                run_file_op(rq);
+            else
+                reply_error(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                            "file requests need a session");
+            break;
+        case SBX__WORKER__TO_WORKER__BODY_FILE_CHUNK:
+            break; /* the rest of an upload that was refused already */
+        default:
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false, "unexpected request from sbxd");
+        }
+        sbx__worker__to_worker__free_unpacked(rq, NULL);
+    } while (W.cfg->session);
     sbx__worker__to_worker__free_unpacked(start, NULL);
     frame_reader_free(&W.ctl_rd);
     frame_reader_free(&W.ag_rd);

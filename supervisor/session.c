@@ -1,0 +1,550 @@
+/* Sessions: one VM kept across execs and file transfers, held by sbxd (not by a connection)
+ * until closed, idle for too long, or its VM dies. Requests on a session run one at a time in
+ * arrival order; an upload's chunks follow its FileWrite with the same request id. */
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "sbx_limits.h"
+#include "sbxd.h"
+
+#define SESSION_TOMBSTONES 256        /* closed sessions remembered, to say why they closed */
+#define UPLOAD_BUFFER_MAX (64u << 20) /* chunks held while an upload waits its turn */
+
+typedef struct op {
+    client *c; /* NULL once its client is gone: the op still runs, its replies are dropped */
+    uint64_t id;
+    Sbx__Control__Request *req;
+    bool started;
+    /* Upload: chunks that arrived before the op started, and whether the last one came. */
+    Sbx__Control__Request **chunks;
+    size_t nchunks, cap, buffered;
+    bool last_seen;
+    struct op *next;
+} op;
+
+typedef struct session {
+    char id[33];
+    job *job; /* NULL once the VM is gone */
+    Sbx__Control__SessionOpen *open;
+    uint32_t timeout_s, idle_s;
+    uint64_t exec_count, created_unix_ms, last_used_unix_ms, boot_ms;
+    bool ready, closed;
+    char why[300]; /* why it closed */
+    client *opener;
+    uint64_t open_id;
+    op *ops; /* head is the one in flight once started */
+    ev_timer idle;
+    struct session *next;
+} session;
+
+static session *sessions;
+static unsigned nopen;
+
+static uint64_t unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+unsigned session_count(void)
+{
+    return nopen;
+}
+
+static session *find(const char *id)
+{
+    for (session *s = sessions; s; s = s->next)
+        if (id && !strcmp(s->id, id))
+            return s;
+    return NULL;
+}
+
+static void op_free(op *o)
+{
+    for (size_t i = 0; i < o->nchunks; i++)
+        sbx__control__request__free_unpacked(o->chunks[i], NULL);
+    free(o->chunks);
+    sbx__control__request__free_unpacked(o->req, NULL);
+    free(o);
+}
+
+static void closed_error(client *c, uint64_t id, const session *s, const char *sid)
+{
+    if (s)
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_SESSION_CLOSED, false,
+                           "session %s is closed: %s", s->id, s->why);
+    else
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_SESSION_CLOSED, false,
+                           "no session `%.64s` (never opened, or closed long ago)", sid);
+}
+
+static void fill_info(const session *s, Sbx__Control__SessionInfo *i)
+{
+    i->session_id = (char *)s->id;
+    i->language = s->open->language;
+    i->memory_mb = s->open->memory_mb;
+    i->idle_timeout_seconds = s->idle_s;
+    i->exec_count = s->exec_count;
+    i->created_unix_ms = s->created_unix_ms;
+    i->last_used_unix_ms = s->last_used_unix_ms;
+    i->busy = s->ops && s->ops->started;
+    i->accelerator = (char *)(accel_verdict() ? accel_verdict() : "");
+    i->boot_ms = s->boot_ms;
+}
+
+/* Forget the oldest closed sessions beyond the tombstone budget. */
+static void purge_tombstones(void)
+{
+    unsigned closed = 0;
+    for (session *s = sessions; s; s = s->next)
+        closed += s->closed;
+    while (closed > SESSION_TOMBSTONES) {
+        session **oldest = NULL;
+        for (session **p = &sessions; *p; p = &(*p)->next)
+            if ((*p)->closed && (!oldest || (*p)->last_used_unix_ms < (*oldest)->last_used_unix_ms))
+                oldest = p;
+        session *s = *oldest;
+        *oldest = s->next;
+        sbx__control__session_open__free_unpacked(s->open, NULL);
+        free(s);
+        closed--;
+    }
+}
+
+static void session_closed(session *s, const char *why)
+{
+    if (s->closed)
+        return;
+    s->closed = true;
+    nopen--;
+    snprintf(s->why, sizeof s->why, "%s", why);
+    ev_timer_stop(EV_DEFAULT, &s->idle);
+    slog("session %s closed: %s", s->id, why);
+    while (s->ops) {
+        op *o = s->ops;
+        s->ops = o->next;
+        if (!o->started)
+            closed_error(o->c, o->id, s, NULL);
+        op_free(o);
+    }
+    if (s->job) {
+        job *j = s->job;
+        s->job = NULL;
+        sched_vm_close(j);
+    }
+    s->last_used_unix_ms = unix_ms();
+    purge_tombstones();
+    sbxd_activity();
+}
+
+static void idle_cb(EV_P_ ev_timer *w, int revents)
+{
+    session *s = w->data;
+    char why[64];
+    snprintf(why, sizeof why, "idle for %u s", s->idle_s);
+    session_closed(s, why);
+}
+
+static void touch(session *s)
+{
+    s->last_used_unix_ms = unix_ms();
+    ev_timer_stop(EV_DEFAULT, &s->idle);
+    if (!s->ops && !s->closed && s->ready) {
+        ev_timer_set(&s->idle, s->idle_s, 0.);
+        ev_timer_start(EV_DEFAULT, &s->idle);
+    }
+}
+
+static void send_chunk_to_vm(session *s, Sbx__Control__FileChunk *ch)
+{
+    Sbx__Worker__ToWorker m = SBX__WORKER__TO_WORKER__INIT;
+    m.body_case = SBX__WORKER__TO_WORKER__BODY_FILE_CHUNK;
+    m.file_chunk = ch;
+    sched_vm_send(s->job, &m);
+}
+
+/* Start the op at the head of the queue, if any and if the VM is ready. */
+static void pump(session *s)
+{
+    op *o = s->ops;
+    if (!o || o->started || !s->ready || s->closed)
+        return;
+    o->started = true;
+    ev_timer_stop(EV_DEFAULT, &s->idle);
+    sched_vm_set_request(s->job, o->id);
+    Sbx__Worker__ToWorker m = SBX__WORKER__TO_WORKER__INIT;
+    Sbx__Worker__ExecRequest ex = SBX__WORKER__EXEC_REQUEST__INIT;
+    Sbx__Control__Request *r = o->req;
+    switch (r->body_case) {
+    case SBX__CONTROL__REQUEST__BODY_SESSION_EXEC:
+        ex.language = s->open->language;
+        ex.code = r->session_exec->code;
+        ex.timeout_ms =
+            (r->session_exec->timeout_seconds ? r->session_exec->timeout_seconds : s->timeout_s) *
+            1000u;
+        ex.n_env = s->open->n_env;
+        ex.env = s->open->env;
+        ex.stream = r->session_exec->stream;
+        ex.keep_state = true;
+        m.body_case = SBX__WORKER__TO_WORKER__BODY_EXEC;
+        m.exec = &ex;
+        break;
+    case SBX__CONTROL__REQUEST__BODY_FILE_WRITE:
+        m.body_case = SBX__WORKER__TO_WORKER__BODY_FILE_WRITE;
+        m.file_write = r->file_write;
+        break;
+    case SBX__CONTROL__REQUEST__BODY_FILE_READ:
+        m.body_case = SBX__WORKER__TO_WORKER__BODY_FILE_READ;
+        m.file_read = r->file_read;
+        break;
+    default:
+        m.body_case = SBX__WORKER__TO_WORKER__BODY_FILE_LIST;
+        m.file_list = r->file_list;
+        break;
+    }
+    if (sched_vm_send(s->job, &m) < 0) {
+        session_closed(s, "cannot reach its VM worker");
+        return;
+    }
+    for (size_t i = 0; i < o->nchunks; i++)
+        send_chunk_to_vm(s, o->chunks[i]->file_chunk);
+}
+
+static void op_done(session *s)
+{
+    op *o = s->ops;
+    s->ops = o->next;
+    op_free(o);
+    touch(s);
+    pump(s);
+}
+
+/* ---- the VM's side (vm_owner_ops) ---- */
+
+static void vm_booted(void *owner, const Sbx__Worker__Booted *b)
+{
+    session *s = owner;
+    s->ready = true;
+    s->boot_ms = b->boot_ms;
+    Sbx__Control__SessionInfo info = SBX__CONTROL__SESSION_INFO__INIT;
+    fill_info(s, &info);
+    Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
+    r.id = s->open_id;
+    r.body_case = SBX__CONTROL__REPLY__BODY_SESSION;
+    r.session = &info;
+    control_send(s->opener, &r);
+    slog("session %s opened (%s, %u MB)", s->id, s->open->language, s->open->memory_mb);
+    s->opener = NULL;
+    touch(s);
+    pump(s);
+}
+
+static void vm_frame(void *owner, Sbx__Worker__FromWorker *m)
+{
+    session *s = owner;
+    op *o = s->ops;
+    if (!s->ready || !o || !o->started)
+        return; /* a boot failure: vm_gone reports it */
+    Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
+    r.id = o->id;
+    bool final = true;
+    switch (m->body_case) {
+    case SBX__WORKER__FROM_WORKER__BODY_CHUNK:
+        r.body_case = SBX__CONTROL__REPLY__BODY_CHUNK;
+        r.chunk = m->chunk;
+        final = false;
+        break;
+    case SBX__WORKER__FROM_WORKER__BODY_RESULT:
+        s->exec_count++;
+        m->result->exec_count = s->exec_count;
+        sched_vm_fill_result(s->job, m->result);
+        r.body_case = SBX__CONTROL__REPLY__BODY_RESULT;
+        r.result = m->result;
+        break;
+    case SBX__WORKER__FROM_WORKER__BODY_ERROR:
+        r.body_case = SBX__CONTROL__REPLY__BODY_ERROR;
+        r.error = m->error;
+        break;
+    case SBX__WORKER__FROM_WORKER__BODY_FILE_CHUNK:
+        r.body_case = SBX__CONTROL__REPLY__BODY_FILE_CHUNK;
+        r.file_chunk = m->file_chunk;
+        final = false;
+        break;
+    case SBX__WORKER__FROM_WORKER__BODY_FILE_DONE:
+        r.body_case = SBX__CONTROL__REPLY__BODY_FILE_DONE;
+        r.file_done = m->file_done;
+        break;
+    case SBX__WORKER__FROM_WORKER__BODY_FILE_LISTING:
+        r.body_case = SBX__CONTROL__REPLY__BODY_FILE_LISTING;
+        r.file_listing = m->file_listing;
+        break;
+    default:
+        return;
+    }
+    control_send(o->c, &r);
+    if (final)
+        op_done(s);
+}
+
+static void vm_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, const char *why)
+{
+    session *s = owner;
+    s->job = NULL;
+    if (!s->ready && !s->closed) {
+        /* It never opened: the opener gets the boot failure itself; nothing to remember. */
+        control_send_error(s->opener, s->open_id, kind, transient, "%s", why);
+        s->closed = true;
+        nopen--;
+        for (session **p = &sessions; *p; p = &(*p)->next)
+            if (*p == s) {
+                *p = s->next;
+                break;
+            }
+        while (s->ops) {
+            op *o = s->ops;
+            s->ops = o->next;
+            op_free(o);
+        }
+        sbx__control__session_open__free_unpacked(s->open, NULL);
+        free(s);
+        return;
+    }
+    /* The op in flight learns what happened to its VM; later calls get SessionClosedError. */
+    if (s->ops && s->ops->started && !s->closed) {
+        op *o = s->ops;
+        control_send_error(o->c, o->id, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                           "the session's VM died: %s", why);
+        s->ops = o->next;
+        op_free(o);
+    }
+    char msg[300];
+    snprintf(msg, sizeof msg, "its VM died (%s)", why);
+    session_closed(s, msg);
+}
+
+static const vm_owner_ops session_vm = {vm_booted, vm_frame, vm_gone};
+
+/* ---- the client's side ---- */
+
+static void do_open(client *c, uint64_t id, Sbx__Control__SessionOpen *o)
+{
+    session *s = calloc(1, sizeof *s);
+    uint8_t rnd[16];
+    if (!s || getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+        free(s);
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true,
+                           "cannot create a session id");
+        sbx__control__session_open__free_unpacked(o, NULL);
+        return;
+    }
+    for (size_t i = 0; i < sizeof rnd; i++)
+        snprintf(s->id + 2 * i, 3, "%02x", rnd[i]);
+    s->open = o;
+    s->timeout_s = o->timeout_seconds;
+    s->idle_s = o->idle_timeout_seconds;
+    s->opener = c;
+    s->open_id = id;
+    s->created_unix_ms = s->last_used_unix_ms = unix_ms();
+    ev_timer_init(&s->idle, idle_cb, s->idle_s, 0.);
+    s->idle.data = s;
+    s->next = sessions;
+    sessions = s;
+    nopen++;
+    s->job = sched_open_vm(o->language, o->memory_mb, &session_vm, s);
+    if (!s->job)
+        vm_gone(s, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+}
+
+static void do_list(client *c, uint64_t id)
+{
+    unsigned n = 0;
+    for (session *s = sessions; s; s = s->next)
+        n += s->ready && !s->closed;
+    Sbx__Control__SessionInfo *infos = calloc(n ? n : 1, sizeof *infos);
+    Sbx__Control__SessionInfo **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+    if (!infos || !ptrs) {
+        free(infos);
+        free(ptrs);
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+        return;
+    }
+    unsigned i = 0;
+    for (session *s = sessions; s; s = s->next)
+        if (s->ready && !s->closed) {
+            sbx__control__session_info__init(&infos[i]);
+            fill_info(s, &infos[i]);
+            ptrs[i] = &infos[i];
+            i++;
+        }
+    Sbx__Control__SessionListing l = SBX__CONTROL__SESSION_LISTING__INIT;
+    l.n_sessions = n;
+    l.sessions = ptrs;
+    Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
+    r.id = id;
+    r.body_case = SBX__CONTROL__REPLY__BODY_SESSION_LISTING;
+    r.session_listing = &l;
+    control_send(c, &r);
+    free(infos);
+    free(ptrs);
+}
+
+/* An upload chunk: find its upload by (client, request id). */
+static void do_chunk(client *c, Sbx__Control__Request *req)
+{
+    for (session *s = sessions; s; s = s->next) {
+        for (op *o = s->ops; o; o = o->next) {
+            if (o->c != c || o->id != req->id ||
+                o->req->body_case != SBX__CONTROL__REQUEST__BODY_FILE_WRITE || o->last_seen)
+                continue;
+            o->last_seen = req->file_chunk->last;
+            if (o->started) {
+                send_chunk_to_vm(s, req->file_chunk);
+                sbx__control__request__free_unpacked(req, NULL);
+                return;
+            }
+            o->buffered += req->file_chunk->zdata.len;
+            if (o->buffered > UPLOAD_BUFFER_MAX) {
+                control_send_error(c, req->id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false,
+                                   "upload larger than the file limit");
+                sbx__control__request__free_unpacked(req, NULL);
+                /* drop the whole upload */
+                for (op **p = &s->ops; *p; p = &(*p)->next)
+                    if (*p == o) {
+                        *p = o->next;
+                        break;
+                    }
+                op_free(o);
+                return;
+            }
+            if (o->nchunks == o->cap) {
+                size_t nc = o->cap ? o->cap * 2 : 16;
+                Sbx__Control__Request **p = realloc(o->chunks, nc * sizeof *p);
+                if (!p) {
+                    sbx__control__request__free_unpacked(req, NULL);
+                    return;
+                }
+                o->chunks = p;
+                o->cap = nc;
+            }
+            o->chunks[o->nchunks++] = req;
+            return;
+        }
+    }
+    /* The rest of an upload that already failed or was closed: nothing to do. */
+    sbx__control__request__free_unpacked(req, NULL);
+}
+
+static const char *request_session_id(const Sbx__Control__Request *r)
+{
+    switch (r->body_case) {
+    case SBX__CONTROL__REQUEST__BODY_SESSION_EXEC:
+        return r->session_exec->session_id;
+    case SBX__CONTROL__REQUEST__BODY_SESSION_CLOSE:
+        return r->session_close->session_id;
+    case SBX__CONTROL__REQUEST__BODY_FILE_WRITE:
+        return r->file_write->session_id;
+    case SBX__CONTROL__REQUEST__BODY_FILE_READ:
+        return r->file_read->session_id;
+    case SBX__CONTROL__REQUEST__BODY_FILE_LIST:
+        return r->file_list->session_id;
+    default:
+        return NULL;
+    }
+}
+
+void session_handle(client *c, Sbx__Control__Request *req)
+{
+    switch (req->body_case) {
+    case SBX__CONTROL__REQUEST__BODY_SESSION_OPEN: {
+        Sbx__Control__SessionOpen *o = req->session_open;
+        req->session_open = NULL;
+        req->body_case = SBX__CONTROL__REQUEST__BODY__NOT_SET;
+        do_open(c, req->id, o);
+        sbx__control__request__free_unpacked(req, NULL);
+        return;
+    }
+    case SBX__CONTROL__REQUEST__BODY_SESSION_LIST:
+        do_list(c, req->id);
+        sbx__control__request__free_unpacked(req, NULL);
+        return;
+    case SBX__CONTROL__REQUEST__BODY_FILE_CHUNK:
+        do_chunk(c, req);
+        return;
+    default:
+        break;
+    }
+    const char *sid = request_session_id(req);
+    session *s = find(sid);
+    if (!s || s->closed || !s->ready) {
+        closed_error(c, req->id, s, sid ? sid : "");
+        sbx__control__request__free_unpacked(req, NULL);
+        return;
+    }
+    if (req->body_case == SBX__CONTROL__REQUEST__BODY_SESSION_CLOSE) {
+        Sbx__Control__SessionClosed sc = SBX__CONTROL__SESSION_CLOSED__INIT;
+        sc.session_id = s->id;
+        sc.exec_count = s->exec_count;
+        Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
+        r.id = req->id;
+        r.body_case = SBX__CONTROL__REPLY__BODY_SESSION_CLOSED;
+        r.session_closed = &sc;
+        control_send(c, &r);
+        session_closed(s, "closed by request");
+        sbx__control__request__free_unpacked(req, NULL);
+        return;
+    }
+    op *o = calloc(1, sizeof *o);
+    if (!o) {
+        control_send_error(c, req->id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true,
+                           "out of memory");
+        sbx__control__request__free_unpacked(req, NULL);
+        return;
+    }
+    o->c = c;
+    o->id = req->id;
+    o->req = req;
+    op **p = &s->ops;
+    while (*p)
+        p = &(*p)->next;
+    *p = o;
+    touch(s);
+    pump(s);
+}
+
+void session_client_gone(client *c)
+{
+    for (session *s = sessions; s; s = s->next) {
+        if (s->opener == c)
+            s->opener = NULL;
+        for (op **p = &s->ops; *p;) {
+            op *o = *p;
+            if (o->c != c) {
+                p = &o->next;
+                continue;
+            }
+            if (o->started) {
+                o->c = NULL; /* let it finish; its replies go nowhere */
+                p = &o->next;
+            } else {
+                *p = o->next;
+                op_free(o);
+            }
+        }
+    }
+}
+
+void session_shutdown(void)
+{
+    for (session *s = sessions; s; s = s->next)
+        if (!s->closed)
+            session_closed(s, "sbxd is shutting down");
+    while (sessions) {
+        session *s = sessions;
+        sessions = s->next;
+        sbx__control__session_open__free_unpacked(s->open, NULL);
+        free(s);
+    }
+}
