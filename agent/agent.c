@@ -47,8 +47,6 @@
 #define AGENT_QUEUE_PAUSE_PORT (8u << 20)
 #define AGENT_TERM_GRACE_MS 1000
 #define AGENT_DRAIN_MS 200
-/* While a FileRead is under way and less than this is queued, the loop does not sleep. */
-#define AGENT_FILES_QUEUE (1u << 20)
 /* Hello.seed: fewer bytes would be a weak reseed, more is pointless. */
 #define AGENT_SEED_MIN 16
 #define AGENT_SEED_MAX 512
@@ -478,11 +476,6 @@ static void chan_read(struct agent *a)
  * process has exited and its pipes are drained; a REPL exec when the REPL reports the result,
  * or when the REPL itself ends (then the REPL's state is gone: interpreter_reset). */
 
-static void run_keep_pids(pid_t *keep, size_t *n)
-{
-    *n = repl_live_pids(keep, 0);
-}
-
 static void run_kill(struct run *r, int sig)
 {
     if (r->repl) {
@@ -495,9 +488,7 @@ static void run_kill(struct run *r, int sig)
         /* Code may have left processes outside its group (setsid, double fork): all of them
          * are in the exec's cgroup. */
         pid_t keep[REPL_N];
-        size_t n;
-        run_keep_pids(keep, &n);
-        sandbox_kill_cg(SANDBOX_CG_EXEC, keep, n);
+        sandbox_kill_cg(SANDBOX_CG_EXEC, keep, repl_live_pids(keep, 0));
     }
 }
 
@@ -959,7 +950,7 @@ static void agent_loop(struct agent *a)
     for (;;) {
         uint64_t now = now_ms();
         run_timers(a, now);
-        if (files_reading())
+        if (files_ready(c))
             files_pump(c);
         size_t queued = frame_writer_queued(&c->wr);
         struct pollfd p[PFD_N];
@@ -996,7 +987,7 @@ static void agent_loop(struct agent *a)
             if (rp->result >= 0)
                 p[PFD_REPL + 3 * i + 2] = (struct pollfd){.fd = rp->result, .events = POLLIN};
         }
-        if (files_reading() && queued < AGENT_FILES_QUEUE)
+        if (files_ready(c))
             next = now;
         int timeout = -1;
         if (next != UINT64_MAX)

@@ -122,8 +122,9 @@ void files_write(struct chan *c, uint64_t id, const Sbx__Agent__FileWrite *w);
 void files_chunk(struct chan *c, uint64_t id, const Sbx__Agent__FileChunk *k);
 void files_read(struct chan *c, uint64_t id, const Sbx__Agent__FileRead *r);
 void files_list(struct chan *c, uint64_t id, const Sbx__Agent__FileList *l);
-/* A FileRead in progress: send its next chunk(s) while the channel's queue is short. */
-bool files_reading(void);
+/* A FileRead in progress has its next chunk due (the channel's queue is short): the loop then
+ * calls files_pump instead of sleeping. */
+bool files_ready(const struct chan *c);
 void files_pump(struct chan *c);
 /* The host went away: drop any transfer in progress (and its partial file). */
 void files_abort(void);

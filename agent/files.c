@@ -48,6 +48,11 @@ static struct {
     int carry; /* read: a byte read ahead to learn whether the chunk is the last, or -1 */
 } x = {.dir = -1, .fd = -1, .carry = -1};
 
+/* A FileWrite that failed (up front or midway): the rest of its chunks, which the host sends
+ * regardless, are dropped quietly until the last one (one Failure per transfer is enough). */
+static uint64_t refused_id;
+static bool refused;
+
 static int home_fd = -1;
 static uint8_t plain[FILES_CHUNK];
 static uint8_t packed[ZSTD_COMPRESSBOUND(FILES_CHUNK)];
@@ -219,6 +224,7 @@ static void send_done(struct chan *c, uint64_t id, uint64_t size, const uint8_t 
 void files_write(struct chan *c, uint64_t id, const Sbx__Agent__FileWrite *w)
 {
     abandon_previous(c);
+    refused = false;
     sbx_err err = {0};
     if (path_check(w->path, false, &err) < 0)
         goto fail;
@@ -258,6 +264,8 @@ void files_write(struct chan *c, uint64_t id, const Sbx__Agent__FileWrite *w)
     return;
 fail:
     x.id = id;
+    refused_id = id;
+    refused = true;
     xfer_fail(c, id, "file write", &err);
 }
 
@@ -298,7 +306,10 @@ static ssize_t unpack_chunk(const ProtobufCBinaryData *z, sbx_err *err)
 void files_chunk(struct chan *c, uint64_t id, const Sbx__Agent__FileChunk *k)
 {
     if (x.kind != XFER_WRITE || x.id != id) {
-        chan_failure(c, id, "file chunk without a file write of that id in progress");
+        if (refused && refused_id == id)
+            refused = !k->last;
+        else
+            chan_failure(c, id, "file chunk without a file write of that id in progress");
         return;
     }
     sbx_err err = {0};
@@ -343,6 +354,8 @@ void files_chunk(struct chan *c, uint64_t id, const Sbx__Agent__FileChunk *k)
     xfer_end();
     return;
 fail:
+    refused_id = id;
+    refused = !k->last;
     xfer_fail(c, id, "file write", &err);
 }
 
@@ -384,9 +397,9 @@ fail:
     xfer_fail(c, id, "file read", &err);
 }
 
-bool files_reading(void)
+bool files_ready(const struct chan *c)
 {
-    return x.kind == XFER_READ;
+    return x.kind == XFER_READ && frame_writer_queued(&c->wr) < FILES_READ_QUEUE;
 }
 
 static ssize_t read_some(int fd, uint8_t *p, size_t n)
@@ -432,9 +445,7 @@ static ssize_t read_chunk(bool *last, sbx_err *err)
 void files_pump(struct chan *c)
 {
     /* A few chunks per turn of the loop, so the exec and the host channel are served between. */
-    for (int turn = 0; turn < 4 && x.kind == XFER_READ; turn++) {
-        if (frame_writer_queued(&c->wr) >= FILES_READ_QUEUE)
-            return;
+    for (int turn = 0; turn < 4 && files_ready(c); turn++) {
         sbx_err err = {0};
         bool last;
         ssize_t n = read_chunk(&last, &err);

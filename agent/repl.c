@@ -259,11 +259,14 @@ int repl_send(struct repl *r, const Sbx__Agent__Exec *x, sbx_err *err)
     int n;
     if (r->lang == REPL_RAW)
         n = snprintf(line, sizeof line,
-                     "%s%s%sbuiltin source %s; builtin printf '%%s %%d\\n' %llu \"$?\" >&%d\n",
+                     "%s%s%sbuiltin source %s; builtin printf '%%s %%d\\n' %llu \"$?\" >&%d; "
+                     "builtin disown -a\n",
                      x->n_env ? "builtin source " : "", x->n_env ? env_file : "",
                      x->n_env ? "; " : "", code, seq, SANDBOX_RESULT_FD);
     else
         n = snprintf(line, sizeof line, "%llu %d\n", seq, x->n_env > 0);
+    if (n < 0 || (size_t)n >= sizeof line)
+        return sbx_fail(err, E2BIG, "command line too long");
     /* Under PIPE_BUF, and the pipe is empty between execs: it goes whole or not at all. */
     if (write(r->cmd, line, (size_t)n) != n)
         return sbx_fail(err, errno, "%s REPL does not take commands: %s", name, strerror(errno));

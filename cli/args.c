@@ -3,6 +3,7 @@
 #include "args.h"
 
 #include "common.h"
+#include "libsbx.h"
 #include "sbx_limits.h"
 
 #include <limits.h>
@@ -21,6 +22,9 @@ typedef enum {
     OPT_MEMORY,
     OPT_ENV,
     OPT_CONCURRENCY,
+    OPT_UPLOAD,
+    OPT_DOWNLOAD,
+    OPT_IDLE_TIMEOUT,
     OPT_LATER, /* an option of the reference that this version does not implement yet */
 } opt_id;
 
@@ -56,8 +60,8 @@ static const opt run_opts[] = {
     {"allow-domain", 0, true, OPT_LATER},
     {"expose", 0, true, OPT_LATER},
     {"no-validation", 0, false, OPT_LATER},
-    {"upload", 0, true, OPT_LATER},
-    {"download", 0, true, OPT_LATER},
+    {"upload", 0, true, OPT_UPLOAD},
+    {"download", 0, true, OPT_DOWNLOAD},
     {NULL, 0, false, 0},
 };
 
@@ -67,6 +71,60 @@ static const opt status_opts[] = {
     {"json", 0, false, OPT_JSON},
     {NULL, 0, false, 0},
 };
+
+static const opt session_new_opts[] = {
+    {"help", 'h', false, OPT_HELP},
+    {"socket", 0, true, OPT_SOCKET},
+    {"json", 0, false, OPT_JSON},
+    {"quiet", 'q', false, OPT_QUIET},
+    {"language", 'l', true, OPT_LANGUAGE},
+    {"timeout", 't', true, OPT_TIMEOUT},
+    {"memory", 'm', true, OPT_MEMORY},
+    {"env", 'e', true, OPT_ENV},
+    {"idle-timeout", 0, true, OPT_IDLE_TIMEOUT},
+    {NULL, 0, false, 0},
+};
+
+static const opt session_exec_opts[] = {
+    {"help", 'h', false, OPT_HELP},
+    {"socket", 0, true, OPT_SOCKET},
+    {"json", 0, false, OPT_JSON},
+    {"quiet", 'q', false, OPT_QUIET},
+    {"code", 'c', true, OPT_CODE},
+    {"timeout", 't', true, OPT_TIMEOUT},
+    {NULL, 0, false, 0},
+};
+
+/* ls, files */
+static const opt session_json_opts[] = {
+    {"help", 'h', false, OPT_HELP},
+    {"socket", 0, true, OPT_SOCKET},
+    {"json", 0, false, OPT_JSON},
+    {NULL, 0, false, 0},
+};
+
+/* close, upload, download */
+static const opt session_quiet_opts[] = {
+    {"help", 'h', false, OPT_HELP},
+    {"socket", 0, true, OPT_SOCKET},
+    {"quiet", 'q', false, OPT_QUIET},
+    {NULL, 0, false, 0},
+};
+
+static const struct {
+    const char *name;
+    args_session_cmd cmd;
+    const opt *tab;
+} session_cmds[] = {
+    {"new", ARGS_SESSION_NEW, session_new_opts},
+    {"exec", ARGS_SESSION_EXEC, session_exec_opts},
+    {"ls", ARGS_SESSION_LS, session_json_opts},
+    {"close", ARGS_SESSION_CLOSE, session_quiet_opts},
+    {"upload", ARGS_SESSION_UPLOAD, session_quiet_opts},
+    {"download", ARGS_SESSION_DOWNLOAD, session_quiet_opts},
+    {"files", ARGS_SESSION_FILES, session_json_opts},
+};
+#define SESSION_CMD_LIST "new, exec, ls, close, upload, download, files"
 
 __attribute__((format(printf, 3, 4))) static int bad(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -152,6 +210,84 @@ static void add_source(args *a, const char *text, bool inline_only)
     a->n_sources++;
 }
 
+static int check_guest(const char *what, const char *arg, const char *guest, char *err,
+                       size_t errlen)
+{
+    char why[320];
+    if (limits_check_guest_path(guest, why, sizeof why) < 0)
+        return bad(err, errlen, "%s `%.200s`: %s", what, arg, why);
+    return 0;
+}
+
+/* The name a downloaded file gets here when no local path is given: the guest path's last
+ * component, which must be a plain name. */
+static int default_local(const char *what, const char *guest, char **out, char *err, size_t errlen)
+{
+    const char *slash = strrchr(guest, '/');
+    const char *base = slash ? slash + 1 : guest;
+    if (!*base || !strcmp(base, "."))
+        return bad(err, errlen, "%s `%.200s`: no file name to save it under; give a local path",
+                   what, guest);
+    *out = strdup(base);
+    return *out ? 0 : bad(err, errlen, "out of memory");
+}
+
+static int add_transfer(args_transfer *list, size_t *n, const char *local, size_t local_len,
+                        const char *guest, size_t guest_len, char *err, size_t errlen)
+{
+    args_transfer *t = &list[*n];
+    t->local = strndup(local, local_len);
+    t->guest = strndup(guest, guest_len);
+    if (!t->local || !t->guest) {
+        free(t->local);
+        free(t->guest);
+        t->local = t->guest = NULL;
+        return bad(err, errlen, "out of memory");
+    }
+    (*n)++;
+    return 0;
+}
+
+/* --upload LOCAL:GUEST. Split at the last ':', so a local path may hold colons; a guest path
+ * given this way may not (`sbx session upload` takes any). */
+static int add_upload(args *a, const char *val, char *err, size_t errlen)
+{
+    const char *colon = strrchr(val, ':');
+    if (!colon || colon == val || !colon[1])
+        return bad(err, errlen, "--upload wants LOCAL:GUEST, not `%.200s`", val);
+    if (check_guest("--upload", val, colon + 1, err, errlen) < 0)
+        return -1;
+    return add_transfer(a->uploads, &a->n_uploads, val, (size_t)(colon - val), colon + 1,
+                        strlen(colon + 1), err, errlen);
+}
+
+/* --download GUEST[:LOCAL]. Split at the first ':', for the same reason. */
+static int add_download(args *a, const char *val, char *err, size_t errlen)
+{
+    const char *colon = strchr(val, ':');
+    size_t glen = colon ? (size_t)(colon - val) : strlen(val);
+    if (glen == 0 || (colon && !colon[1]))
+        return bad(err, errlen, "--download wants GUEST or GUEST:LOCAL, not `%.200s`", val);
+    cleanup_free char *guest = strndup(val, glen);
+    if (!guest)
+        return bad(err, errlen, "out of memory");
+    if (check_guest("--download", val, guest, err, errlen) < 0)
+        return -1;
+    cleanup_free char *local = NULL;
+    if (colon)
+        local = strdup(colon + 1);
+    else if (default_local("--download", guest, &local, err, errlen) < 0)
+        return -1;
+    if (!local)
+        return bad(err, errlen, "out of memory");
+    /* Two downloads to one place: the second would silently replace the first. */
+    for (size_t i = 0; i < a->n_downloads; i++)
+        if (!strcmp(a->downloads[i].local, local))
+            return bad(err, errlen, "two --download options save to `%.200s`", local);
+    return add_transfer(a->downloads, &a->n_downloads, local, strlen(local), guest, glen, err,
+                        errlen);
+}
+
 /* Apply one option. Returns 0, 1 when parsing should stop here (help, version), or -1. */
 static int apply(args *a, const opt *o, const char *val, char *err, size_t errlen)
 {
@@ -209,6 +345,16 @@ static int apply(args *a, const opt *o, const char *val, char *err, size_t errle
         a->concurrency = j;
         return 0;
     }
+    case OPT_UPLOAD:
+        return add_upload(a, val, err, errlen);
+    case OPT_DOWNLOAD:
+        return add_download(a, val, err, errlen);
+    case OPT_IDLE_TIMEOUT:
+        if (parse_u32(o->name, val, &a->idle_timeout_s, err, errlen) < 0)
+            return -1;
+        if (limits_check_idle_timeout(a->idle_timeout_s, why, sizeof why) < 0)
+            return bad(err, errlen, "%s", why);
+        return 0;
     case OPT_LATER:
         break;
     }
@@ -261,16 +407,124 @@ static int parse_option(args *a, const opt *tab, int argc, char *const argv[], i
     return 0;
 }
 
+/* A session id argument: the daemon decides which exist; this only refuses what cannot be one
+ * (an empty $(sbx session new) that failed, most often). */
+static int check_session_id(const char *id, char *err, size_t errlen)
+{
+    if (!*id)
+        return bad(err, errlen, "the session id is empty");
+    if (strlen(id) >= SBX_SESSION_ID_MAX)
+        return bad(err, errlen, "`%.64s...` is too long for a session id", id);
+    for (const char *p = id; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f)
+            return bad(err, errlen,
+                       "`%.64s` is not a session id (it holds a space or control "
+                       "character)",
+                       id);
+    return 0;
+}
+
+/* The positional arguments of a session subcommand, after the options were taken out. */
+static int session_positionals(args *a, const char *const *pos, size_t n, char *err, size_t errlen)
+{
+    static const char *const usage[] = {
+        [ARGS_SESSION_NEW] = "new takes no arguments",
+        [ARGS_SESSION_EXEC] = "exec wants ID and one CODE, FILE or -",
+        [ARGS_SESSION_LS] = "ls takes no arguments",
+        [ARGS_SESSION_CLOSE] = "close wants ID",
+        [ARGS_SESSION_UPLOAD] = "upload wants ID LOCAL GUEST",
+        [ARGS_SESSION_DOWNLOAD] = "download wants ID GUEST [LOCAL]",
+        [ARGS_SESSION_FILES] = "files wants ID [PATH]",
+    };
+    size_t min = 1, max = 1;
+    switch (a->session_cmd) {
+    case ARGS_SESSION_NEW:
+    case ARGS_SESSION_LS:
+        min = max = 0;
+        break;
+    case ARGS_SESSION_EXEC:
+        /* The code may come from -c instead of an argument. */
+        min = a->n_sources ? 1 : 2;
+        max = a->n_sources ? 1 : 2;
+        break;
+    case ARGS_SESSION_CLOSE:
+        break;
+    case ARGS_SESSION_UPLOAD:
+        min = max = 3;
+        break;
+    case ARGS_SESSION_DOWNLOAD:
+    case ARGS_SESSION_FILES:
+        max = a->session_cmd == ARGS_SESSION_DOWNLOAD ? 3 : 2;
+        min = a->session_cmd == ARGS_SESSION_DOWNLOAD ? 2 : 1;
+        break;
+    case ARGS_SESSION_NONE:
+        return 0;
+    }
+    if (a->session_cmd == ARGS_SESSION_EXEC && a->n_sources > 1)
+        return bad(err, errlen, "exec runs one piece of code; -c was given %zu times",
+                   a->n_sources);
+    if (n > max)
+        return bad(err, errlen, "session %s (got an extra `%.64s`)", usage[a->session_cmd],
+                   pos[max]);
+    if (n < min)
+        return bad(err, errlen, "session %s", usage[a->session_cmd]);
+    if (max == 0)
+        return 0;
+    a->session_id = pos[0];
+    if (check_session_id(pos[0], err, errlen) < 0)
+        return -1;
+    switch (a->session_cmd) {
+    case ARGS_SESSION_EXEC:
+        if (n == 2)
+            add_source(a, pos[1], false);
+        return 0;
+    case ARGS_SESSION_UPLOAD:
+        if (!*pos[1])
+            return bad(err, errlen, "upload: the local path is empty");
+        if (check_guest("upload to", pos[2], pos[2], err, errlen) < 0)
+            return -1;
+        return add_transfer(a->uploads, &a->n_uploads, pos[1], strlen(pos[1]), pos[2],
+                            strlen(pos[2]), err, errlen);
+    case ARGS_SESSION_DOWNLOAD: {
+        if (check_guest("download", pos[1], pos[1], err, errlen) < 0)
+            return -1;
+        cleanup_free char *local = NULL;
+        if (n == 3 && !*pos[2])
+            return bad(err, errlen, "download: the local path is empty");
+        if (n == 3)
+            local = strdup(pos[2]);
+        else if (default_local("download", pos[1], &local, err, errlen) < 0)
+            return -1;
+        if (!local)
+            return bad(err, errlen, "out of memory");
+        return add_transfer(a->downloads, &a->n_downloads, local, strlen(local), pos[1],
+                            strlen(pos[1]), err, errlen);
+    }
+    case ARGS_SESSION_FILES:
+        /* "" and "." both mean the sandbox home. */
+        if (n == 2 && *pos[1] && check_guest("files", pos[1], pos[1], err, errlen) < 0)
+            return -1;
+        a->guest_dir = n == 2 && *pos[1] ? pos[1] : NULL;
+        return 0;
+    default:
+        return 0;
+    }
+}
+
 int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen)
 {
     memset(a, 0, sizeof *a);
     a->concurrency = ARGS_CONCURRENCY_DEFAULT;
     err[0] = '\0';
-    /* No option adds more than one source or variable, so argc bounds both arrays. */
+    /* No option adds more than one source, variable or transfer, so argc bounds every array. */
     a->sources = calloc((size_t)argc + 1, sizeof *a->sources);
     a->env = calloc((size_t)argc + 1, sizeof *a->env);
-    if (!a->sources || !a->env)
+    a->uploads = calloc((size_t)argc + 1, sizeof *a->uploads);
+    a->downloads = calloc((size_t)argc + 1, sizeof *a->downloads);
+    cleanup_free const char **pos = calloc((size_t)argc + 1, sizeof *pos);
+    if (!a->sources || !a->env || !a->uploads || !a->downloads || !pos)
         return bad(err, errlen, "out of memory");
+    size_t n_pos = 0;
 
     int i = 1;
     for (; i < argc; i++) {
@@ -282,16 +536,34 @@ int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen)
             return rc < 0 ? -1 : 0;
     }
     if (i >= argc)
-        return bad(err, errlen, "no command given (commands: run, status)");
-    const opt *tab;
+        return bad(err, errlen, "no command given (commands: run, session, status)");
+    const opt *tab = NULL;
     if (!strcmp(argv[i], "run")) {
         a->cmd = ARGS_CMD_RUN;
         tab = run_opts;
     } else if (!strcmp(argv[i], "status")) {
         a->cmd = ARGS_CMD_STATUS;
         tab = status_opts;
+    } else if (!strcmp(argv[i], "session")) {
+        a->cmd = ARGS_CMD_SESSION;
+        i++;
+        if (i < argc && (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))) {
+            a->help = true;
+            return 0;
+        }
+        if (i >= argc)
+            return bad(err, errlen, "no session command given (" SESSION_CMD_LIST ")");
+        for (size_t k = 0; k < ARRAY_LEN(session_cmds); k++)
+            if (!strcmp(argv[i], session_cmds[k].name)) {
+                a->session_cmd = session_cmds[k].cmd;
+                tab = session_cmds[k].tab;
+            }
+        if (!tab)
+            return bad(err, errlen, "unknown session command `%.64s` (" SESSION_CMD_LIST ")",
+                       argv[i]);
     } else {
-        return bad(err, errlen, "unknown command `%.64s` (commands: run, status)", argv[i]);
+        return bad(err, errlen, "unknown command `%.64s` (commands: run, session, status)",
+                   argv[i]);
     }
 
     bool options_done = false, stdin_seen = false;
@@ -307,15 +579,25 @@ int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen)
                 return rc < 0 ? -1 : 0;
             continue;
         }
-        if (a->cmd != ARGS_CMD_RUN)
+        if (a->cmd == ARGS_CMD_STATUS)
             return bad(err, errlen, "`sbx status` takes no arguments (got `%.64s`)", s);
-        add_source(a, s, false);
+        if (a->cmd == ARGS_CMD_SESSION)
+            pos[n_pos++] = s;
+        else
+            add_source(a, s, false);
     }
+    if (a->cmd == ARGS_CMD_SESSION)
+        return session_positionals(a, pos, n_pos, err, errlen);
     if (a->cmd == ARGS_CMD_RUN) {
         if (a->n_sources == 0)
             return bad(err, errlen,
                        "no code to run: give SOURCE arguments, -c CODE, or - to read "
                        "standard input");
+        if ((a->n_uploads || a->n_downloads) && a->n_sources != 1)
+            return bad(err, errlen,
+                       "--upload and --download work with one source (got %zu); use a "
+                       "session for more",
+                       a->n_sources);
         for (size_t k = 0; k < a->n_sources; k++) {
             if (a->sources[k].inline_only || strcmp(a->sources[k].text, "-"))
                 continue;
@@ -327,13 +609,48 @@ int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen)
     return 0;
 }
 
+static void transfers_free(args_transfer *t, size_t n)
+{
+    for (size_t i = 0; t && i < n; i++) {
+        free(t[i].local);
+        free(t[i].guest);
+    }
+    free(t);
+}
+
 void args_free(args *a)
 {
     for (size_t i = 0; a->env && i < a->n_env; i++)
         free(a->env[i].key);
     free(a->env);
     free(a->sources);
+    transfers_free(a->uploads, a->n_uploads);
+    transfers_free(a->downloads, a->n_downloads);
     memset(a, 0, sizeof *a);
+}
+
+const char *args_command_name(const args *a)
+{
+    static const char *const session_names[] = {
+        [ARGS_SESSION_NONE] = "sbx session",
+        [ARGS_SESSION_NEW] = "sbx session new",
+        [ARGS_SESSION_EXEC] = "sbx session exec",
+        [ARGS_SESSION_LS] = "sbx session ls",
+        [ARGS_SESSION_CLOSE] = "sbx session close",
+        [ARGS_SESSION_UPLOAD] = "sbx session upload",
+        [ARGS_SESSION_DOWNLOAD] = "sbx session download",
+        [ARGS_SESSION_FILES] = "sbx session files",
+    };
+    switch (a->cmd) {
+    case ARGS_CMD_RUN:
+        return "sbx run";
+    case ARGS_CMD_STATUS:
+        return "sbx status";
+    case ARGS_CMD_SESSION:
+        return session_names[a->session_cmd];
+    default:
+        return "sbx";
+    }
 }
 
 /* ---- sources ---- */

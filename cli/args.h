@@ -18,7 +18,27 @@ typedef enum {
     ARGS_CMD_VERSION,  /* sbx --version */
     ARGS_CMD_RUN,      /* sbx run ... */
     ARGS_CMD_STATUS,   /* sbx status ... */
+    ARGS_CMD_SESSION,  /* sbx session SUBCOMMAND ... */
 } args_cmd;
+
+typedef enum {
+    ARGS_SESSION_NONE = 0, /* `sbx session --help`, or not recognised yet */
+    ARGS_SESSION_NEW,      /* new [-l] [-m] [-t] [-e]... [--idle-timeout] */
+    ARGS_SESSION_EXEC,     /* exec ID SOURCE */
+    ARGS_SESSION_LS,       /* ls */
+    ARGS_SESSION_CLOSE,    /* close ID */
+    ARGS_SESSION_UPLOAD,   /* upload ID LOCAL GUEST: uploads[0] */
+    ARGS_SESSION_DOWNLOAD, /* download ID GUEST [LOCAL]: downloads[0] */
+    ARGS_SESSION_FILES,    /* files ID [PATH] */
+} args_session_cmd;
+
+/* One file to move between here and a session. Both paths are owned copies. For a download
+ * without a local path, local is the guest path's last component (saved in the current
+ * directory). */
+typedef struct {
+    char *local;
+    char *guest;
+} args_transfer;
 
 /* A code argument as given, in command-line order. */
 typedef struct {
@@ -47,13 +67,25 @@ typedef struct {
     size_t n_sources;
     args_env *env;
     size_t n_env;
+    /* run --upload/--download (in the order given), session upload/download (one) */
+    args_transfer *uploads;
+    size_t n_uploads;
+    args_transfer *downloads;
+    size_t n_downloads;
+    /* session */
+    args_session_cmd session_cmd;
+    const char *session_id;  /* points into argv */
+    uint32_t idle_timeout_s; /* --idle-timeout; 0: the daemon's default */
+    const char *guest_dir;   /* session files [PATH]; NULL: the sandbox home */
 } args;
 
 /* Parse argv (argv[0] is the program). Returns 0, or -1 with a message (no "sbx: " prefix) in
- * err. a->cmd is set as far as it was recognised even on error, so the caller can point at the
- * right --help. Release with args_free in both cases. */
+ * err. a->cmd (and a->session_cmd) is set as far as it was recognised even on error, so the
+ * caller can point at the right --help. Release with args_free in both cases. */
 int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen);
 void args_free(args *a);
+/* The command's name for messages: "sbx run", "sbx session exec", ... or "sbx". */
+const char *args_command_name(const args *a);
 
 /* ---- sources ---- */
 

@@ -173,6 +173,8 @@ typedef struct {
     uint64_t uptime_ms;          /* time since start */
     char images_dir[1024];       /* where the daemon looks for kernel and images */
     uint32_t pid;                /* the daemon's process id */
+    uint32_t sessions;           /* sessions open now */
+    char cgroup_mode[8];         /* how VMs are confined: "v2", "v1" or "none" */
 } sbx_status_info;
 
 /* Ask the daemon for its status. */

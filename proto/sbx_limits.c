@@ -138,14 +138,25 @@ int limits_check_guest_path(const char *path, char *err, size_t errlen)
                  "file path `%.255s` is absolute; give it relative to the sandbox home", path);
         return -1;
     }
-    for (const char *p = path; *p;) {
+    /* One spelling per file: no `..`, and no empty or `.` components (the guest agent refuses
+     * them too, so refusing here gives the same error before any VM is touched). */
+    for (const char *p = path;;) {
         size_t len = strcspn(p, "/");
         if (len == 2 && p[0] == '.' && p[1] == '.') {
             snprintf(err, errlen, "file path `%.255s` may not contain a `..` component", path);
             return -1;
         }
+        if (len == 0 || (len == 1 && p[0] == '.')) {
+            snprintf(err, errlen,
+                     "file path `%.255s` has an empty or `.` component; write it as a plain "
+                     "relative path (dir/file)",
+                     path);
+            return -1;
+        }
         p += len;
-        p += *p == '/';
+        if (!*p)
+            break;
+        p++;
     }
     return 0;
 }

@@ -82,21 +82,27 @@ async function runOne(seq, hasEnv) {
   fs.writeSync(RESULT_FD, `${seq} ${rc}\n`);
 }
 
+// Commands are read through Bun's own non-blocking pipe reader, which wakes the event loop
+// directly (fs.createReadStream goes through a thread and costs milliseconds per exec under
+// emulation). One exec at a time: the agent sends the next command after the result.
 async function main() {
   let pending = "";
-  let queue = Promise.resolve();
-  const commands = fs.createReadStream(null, { fd: CMD_FD, encoding: "latin1" });
-  commands.on("data", (chunk) => {
-    pending += chunk;
-    let nl;
-    while ((nl = pending.indexOf("\n")) >= 0) {
-      const [seq, hasEnv] = pending.slice(0, nl).split(" ");
-      pending = pending.slice(nl + 1);
-      queue = queue.then(() => runOne(seq, hasEnv === "1"));
+  const decoder = new TextDecoder("latin1");
+  try {
+    for await (const chunk of Bun.file(CMD_FD).stream()) {
+      pending += decoder.decode(chunk);
+      let nl;
+      while ((nl = pending.indexOf("\n")) >= 0) {
+        const [seq, hasEnv] = pending.slice(0, nl).split(" ");
+        pending = pending.slice(nl + 1);
+        await runOne(seq, hasEnv === "1");
+      }
     }
-  });
-  // The agent closed the channel: nothing more will come.
-  commands.on("end", () => process.exit(0));
+  } catch (e) {
+    console.error("sbx repl:", e);
+  }
+  // The agent closed the channel (or it broke): nothing more will come.
+  process.exit(0);
 }
 
 main();

@@ -351,6 +351,234 @@ def root_is_read_only(c):
     ok("rc=1" in r.out and "tmp-ok" in r.out, r.out)
 
 
+# --- sessions, files, streaming (issue 4) -------------------------------------------------------
+
+def _session(c, *args, env=None):
+    r = c.sbx("session", "new", *args, env=env, check_rc=0)
+    sid = r.out.strip()
+    ok(len(sid) >= 16 and "\n" not in sid, "session id alone on stdout: " + repr(r.out))
+    return sid
+
+
+def _sx(c, sid, code, *args, rc=None, env=None):
+    """Exec in a session; returns (json result, CompletedProcess)."""
+    r = c.sbx("session", "exec", "--json", "-q", *args, sid, code, env=env)
+    try:
+        j = json.loads(r.stdout)
+    except ValueError:
+        raise AssertionError(f"session exec: not JSON (exit {r.returncode}): {r.out} {r.err}")
+    if rc is not None:
+        eq(r.returncode, rc, f"exit of {code!r}: {r.err}")
+    return j, r
+
+
+@test(fast=True)
+def session_python_state_persists(c):
+    sid = _session(c)
+    try:
+        _sx(c, sid, "import math\nx = math.pi * 2\ndef f(n): return n + 1", rc=0)
+        j, _ = _sx(c, sid, "print(f'{x:.4f}', f(41))", rc=0)
+        eq(j["stdout"], "6.2832 42\n", "state across execs")
+        eq(j["exec_count"], 2, "exec_count")
+        j, _ = _sx(c, sid, "x +* 2")
+        ok(j["exit_code"] != 0 and "SyntaxError" in j["stderr"], "syntax error reported")
+        eq(j["interpreter_reset"], False, "a syntax error keeps the interpreter")
+        j, _ = _sx(c, sid, "raise ValueError('boom')")
+        ok(j["exit_code"] == 1 and "ValueError: boom" in j["stderr"], "exception reported")
+        j, _ = _sx(c, sid, "print(x > 6)", rc=0)
+        eq(j["stdout"], "True\n", "state kept after errors")
+        eq(j["exec_count"], 5, "exec_count counts every exec")
+    finally:
+        c.sbx("session", "close", sid)
+
+
+@test()
+def session_javascript_and_shell_state(c):
+    sid = _session(c, "-l", "javascript")
+    try:
+        _sx(c, sid, "const greet = (n) => `Hello, ${n}!`; let count = 1; function twice(v) { return 2 * v }", rc=0)
+        j, _ = _sx(c, sid, "count += 1; console.log(greet('World'), twice(count))", rc=0)
+        eq(j["stdout"], "Hello, World! 4\n", "js state")
+        _sx(c, sid, "const limit = 1", rc=0)
+        j, _ = _sx(c, sid, "const limit = 2; console.log(limit)", rc=0)
+        eq(j["stdout"], "2\n", "const redeclared in a later exec")
+        j, _ = _sx(c, sid, "console.log(greet('again'))", rc=0)
+        eq(j["stdout"], "Hello, again!\n", "session still usable")
+    finally:
+        c.sbx("session", "close", sid)
+    sid = _session(c, "-l", "raw")
+    try:
+        _sx(c, sid, "cd /tmp && export MY_VAR=hello; say() { echo \"said $1\"; }", rc=0)
+        j, _ = _sx(c, sid, "echo $MY_VAR from $(pwd); say it", rc=0)
+        eq(j["stdout"], "hello from /tmp\nsaid it\n", "shell env, cwd and functions")
+    finally:
+        c.sbx("session", "close", sid)
+
+
+@test()
+def session_resets_and_timeouts(c):
+    sid = _session(c)
+    try:
+        _sx(c, sid, "keep = 1", rc=0)
+        j, r = _sx(c, sid, "while True: pass", "-t", "2")
+        eq(j["timed_out"], True, "timed out")
+        eq(j["interpreter_reset"], True, "a timeout restarts the interpreter")
+        eq(r.returncode, 124, "exit status on timeout")
+        j, _ = _sx(c, sid, "print('keep' in globals())", rc=0)
+        eq(j["stdout"], "False\n", "state is gone after the reset, the VM is not")
+        _sx(c, sid, "keep = 2", rc=0)
+        j, _ = _sx(c, sid, "import os; os._exit(7)")
+        eq((j["exit_code"], j["interpreter_reset"]), (7, True), "os._exit resets")
+        j, _ = _sx(c, sid, "print('alive')", rc=0)
+        eq(j["stdout"], "alive\n", "same session carries on")
+    finally:
+        c.sbx("session", "close", sid)
+
+
+@test()
+def sessions_side_by_side_and_serialised(c):
+    a, b = _session(c), _session(c)
+    try:
+        _sx(c, a, "v = 'A'", rc=0)
+        _sx(c, b, "v = 'B'", rc=0)
+        eq(_sx(c, a, "print(v)")[0]["stdout"], "A\n", "session A")
+        eq(_sx(c, b, "print(v)")[0]["stdout"], "B\n", "session B")
+        # Two execs at once on one session: the second waits for the first.
+        t0 = time.time()
+        p1 = subprocess.Popen([c.sbx_bin, "session", "exec", "-q", a,
+                               "import time; time.sleep(3); order = ['first']"],
+                              env=c.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        j, _ = _sx(c, a, "order.append('second'); print(order)", rc=0)
+        p1.communicate(timeout=60)
+        eq(p1.returncode, 0, "first exec")
+        eq(j["stdout"], "['first', 'second']\n", "execs ran one at a time, in order")
+        ok(time.time() - t0 >= 3, "second waited")
+        ls = json.loads(c.sbx("session", "ls", "--json", check_rc=0).out)
+        ids = [x["session_id"] for x in (ls if isinstance(ls, list) else ls.get("sessions", []))]
+        ok(a in ids and b in ids, f"both sessions listed: {ls}")
+    finally:
+        c.sbx("session", "close", a)
+        c.sbx("session", "close", b)
+    r = c.sbx("session", "exec", a, "print(1)")
+    eq(r.returncode, 125, "exec on a closed session")
+    ok("SessionClosedError" in r.err and "closed by request" in r.err, r.err)
+
+
+@test()
+def session_idle_timeout_closes(c):
+    sid = _session(c, "--idle-timeout", "10")
+    _sx(c, sid, "x = 1", rc=0)
+    time.sleep(12)
+    r = c.sbx("session", "exec", sid, "print(x)")
+    eq(r.returncode, 125, "after idle timeout: " + r.err)
+    ok("SessionClosedError" in r.err and "idle" in r.err, r.err)
+    r = c.sbx("session", "new", "--idle-timeout", "5")
+    eq(r.returncode, 2, "idle timeout below 10 s refused")
+
+
+@test()
+def session_vm_killed_reports_closed(c):
+    sid = _session(c)
+    _sx(c, sid, "x = 1", rc=0)
+    qemu = [p for p, comm in descendants(c.daemon.pid) if comm.startswith("qemu-system")]
+    ok(len(qemu) == 1, f"one QEMU for the session: {qemu}")
+    os.kill(qemu[0], signal.SIGKILL)
+    time.sleep(1)
+    r = c.sbx("session", "exec", sid, "print(x)")
+    eq(r.returncode, 125, "exec after the VM died")
+    ok("SessionClosedError" in r.err and "died" in r.err, r.err)
+    eq(c.sbx("run", "-q", "print('ok')", check_rc=0).out, "ok\n", "daemon still serves")
+
+
+def _sha(b):
+    import hashlib
+    return hashlib.sha256(b).hexdigest()
+
+
+@test()
+def session_files_round_trip(c):
+    sid = _session(c)
+    d = os.path.join(c.tmp, "files")
+    os.makedirs(d, exist_ok=True)
+    try:
+        for name, data in [("empty.bin", b""), ("one.bin", b"x"),
+                           ("big.bin", os.urandom(50 * 1024 * 1024))]:
+            local = os.path.join(d, name)
+            open(local, "wb").write(data)
+            c.sbx("session", "upload", sid, local, "in/" + name, check_rc=0)
+            back = os.path.join(d, "back-" + name)
+            c.sbx("session", "download", sid, "in/" + name, back, check_rc=0)
+            eq(_sha(open(back, "rb").read()), _sha(data), f"{name} round trip")
+        j, _ = _sx(c, sid, "import os, hashlib\n"
+                             "p='in/big.bin'; st=os.stat(p)\n"
+                             "print(st.st_uid, st.st_size, hashlib.sha256(open(p,'rb').read()).hexdigest())\n"
+                             "open('made.txt','w').write('from code')", rc=0)
+        uid, size, sha = j["stdout"].split()
+        eq((uid, int(size)), ("1000", 50 * 1024 * 1024), "uploaded file owned by the sandbox user")
+        c.sbx("session", "download", sid, "made.txt", os.path.join(d, "made.txt"), check_rc=0)
+        eq(open(os.path.join(d, "made.txt")).read(), "from code", "file made by code")
+        ls = json.loads(c.sbx("session", "files", "--json", sid, check_rc=0).out)
+        entries = ls if isinstance(ls, list) else ls.get("entries", [])
+        names = {e["name"]: e for e in entries}
+        ok(names.get("in", {}).get("is_dir") and names.get("made.txt", {}).get("size") == 9,
+           f"listing: {entries}")
+        big = os.path.join(d, "too-big.bin")
+        with open(big, "wb") as f:
+            f.truncate(51 * 1024 * 1024)
+        r = c.sbx("session", "upload", sid, big, "too-big.bin")
+        ok(r.returncode != 0 and "50" in r.err, "51 MB refused: " + r.err)
+        _sx(c, sid, "import os; os.symlink('/etc/passwd', 'link'); os.symlink('/', 'rootlink')", rc=0)
+        for bad in ["../../etc/passwd", "/etc/passwd", "link", "rootlink/etc/passwd"]:
+            r = c.sbx("session", "download", sid, bad, os.path.join(d, "escaped"))
+            ok(r.returncode != 0 and not os.path.exists(os.path.join(d, "escaped")),
+               f"{bad} must be refused: {r.returncode} {r.err}")
+        r = c.sbx("session", "upload", sid, os.path.join(d, "one.bin"), "rootlink/tmp/evil")
+        ok(r.returncode != 0, "upload through a symlink refused: " + r.err)
+    finally:
+        c.sbx("session", "close", sid)
+
+
+@test()
+def run_with_upload_and_download(c):
+    d = os.path.join(c.tmp, "updown")
+    os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, "local.csv"), "w").write("name,score\nalice,95\n")
+    r = c.sbx("run", "-q", "--upload", os.path.join(d, "local.csv") + ":input.csv",
+              "--download", "output.csv:" + os.path.join(d, "result.csv"),
+              "-c", "open('output.csv','w').write(open('input.csv').read().upper())", check_rc=0)
+    eq(open(os.path.join(d, "result.csv")).read(), "NAME,SCORE\nALICE,95\n", "downloaded result")
+    r = subprocess.run([c.sbx_bin, "run", "-q", "--download", "out.txt", "-c",
+                        "open('out.txt','w').write('data')"], capture_output=True, env=c.env(),
+                       cwd=d, timeout=120)
+    eq(r.returncode, 0, r.stderr.decode())
+    eq(open(os.path.join(d, "out.txt")).read(), "data", "download without a local path")
+
+
+@test(fast=True)
+def output_streams_while_code_runs(c):
+    code = ("import sys, time\nprint('first', flush=True)\ntime.sleep(5)\nprint('second')")
+    p = subprocess.Popen([c.sbx_bin, "run", "-q", code], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=c.env())
+    first = p.stdout.readline()
+    t_first = time.time()
+    rest, _ = p.communicate(timeout=60)
+    t_end = time.time()
+    eq(first, b"first\n", "first line")
+    eq(rest, b"second\n", "second line")
+    ok(t_end - t_first >= 3, f"first line came {t_end - t_first:.1f}s before the end")
+
+
+@test()
+def libsbx_example_program(c):
+    ex = os.path.join(os.path.dirname(c.sbx_bin), "example")
+    if not os.path.exists(ex):
+        ex = os.path.join(ROOT, "build", "example")
+    r = subprocess.run([ex], capture_output=True, env=c.env(), timeout=120)
+    eq(r.returncode, 0, r.stderr.decode())
+    ok(b"2" in r.stdout, "example printed the result: " + r.stdout.decode())
+
+
 # --- daemon behaviour --------------------------------------------------------------------------
 
 @test(fast=True)

@@ -63,7 +63,8 @@ static void test_no_command(void **state)
     assert_non_null(strstr(errbuf, "no command"));
     assert_int_equal(a.cmd, ARGS_CMD_NONE);
     args_free(&a);
-    expect_error("unknown command `frobnicate`", "frobnicate", NULL);
+    expect_error("unknown command `frobnicate` (commands: run, session, status)", "frobnicate",
+                 NULL);
     expect_error("unknown option `--frob`", "--frob", "run", "x", NULL);
     expect_error("no command", "--socket", "/tmp/s", NULL);
 }
@@ -400,8 +401,6 @@ static void test_later_features(void **state)
         {"--expose", "8080", "--expose"},
         {"--expose=8080:3000", NULL, "--expose"},
         {"--no-validation", NULL, "--no-validation"},
-        {"--upload", "a:b", "--upload"},
-        {"--download", "out.csv", "--download"},
         {"--network=1", NULL, "--network"},
         {"-p", NULL, "--package"},
     };
@@ -417,6 +416,306 @@ static void test_later_features(void **state)
     }
     /* Grouped with a flag before it. */
     expect_error("--package is not available yet", "run", "-qp", "x", "y", NULL);
+}
+
+/* ---- run --upload / --download ---- */
+
+static void test_run_transfers(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "run", "--upload", "./local.csv:input.csv", "--upload=b:dir/b",
+                           "--download", "output.csv:./result.csv", "--download=out/x.bin", "-c",
+                           "print(1)", NULL),
+                     0);
+    assert_int_equal(a.n_uploads, 2);
+    assert_string_equal(a.uploads[0].local, "./local.csv");
+    assert_string_equal(a.uploads[0].guest, "input.csv");
+    assert_string_equal(a.uploads[1].local, "b");
+    assert_string_equal(a.uploads[1].guest, "dir/b");
+    assert_int_equal(a.n_downloads, 2);
+    assert_string_equal(a.downloads[0].guest, "output.csv");
+    assert_string_equal(a.downloads[0].local, "./result.csv");
+    /* No local path: the guest file's name, here. */
+    assert_string_equal(a.downloads[1].guest, "out/x.bin");
+    assert_string_equal(a.downloads[1].local, "x.bin");
+    assert_int_equal(a.n_sources, 1);
+    args_free(&a);
+
+    /* Upload splits at the last colon (local paths may hold colons), download at the first. */
+    assert_int_equal(
+        parse(&a, "run", "--upload", "a:b:c.txt", "--download", "g.txt:l:x", "x", NULL), 0);
+    assert_string_equal(a.uploads[0].local, "a:b");
+    assert_string_equal(a.uploads[0].guest, "c.txt");
+    assert_string_equal(a.downloads[0].guest, "g.txt");
+    assert_string_equal(a.downloads[0].local, "l:x");
+    args_free(&a);
+
+    /* Only one of each is fine too, and the order of options does not matter. */
+    assert_int_equal(parse(&a, "run", "x", "--download", "o", NULL), 0);
+    assert_int_equal(a.n_uploads, 0);
+    assert_int_equal(a.n_downloads, 1);
+    assert_string_equal(a.downloads[0].local, "o");
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "--upload", "/abs/local:in", "-", NULL), 0);
+    assert_string_equal(a.uploads[0].local, "/abs/local");
+    args_free(&a);
+
+    expect_error("--upload wants LOCAL:GUEST, not `nocolon`", "run", "--upload", "nocolon", "x",
+                 NULL);
+    expect_error("--upload wants LOCAL:GUEST, not `:guest`", "run", "--upload", ":guest", "x",
+                 NULL);
+    expect_error("--upload wants LOCAL:GUEST, not `local:`", "run", "--upload", "local:", "x",
+                 NULL);
+    expect_error("is absolute", "run", "--upload", "l:/etc/passwd", "x", NULL);
+    expect_error("`..` component", "run", "--upload", "l:../x", "x", NULL);
+    expect_error("`..` component", "run", "--upload", "l:a/../../x", "x", NULL);
+    expect_error("--upload needs a value", "run", "x", "--upload", NULL);
+    expect_error("--download wants GUEST or GUEST:LOCAL, not `:x`", "run", "--download", ":x", "x",
+                 NULL);
+    expect_error("--download wants GUEST or GUEST:LOCAL, not `g:`", "run", "--download", "g:", "x",
+                 NULL);
+    expect_error("--download wants GUEST or GUEST:LOCAL, not ``", "run", "--download=", "x", NULL);
+    expect_error("is absolute", "run", "--download", "/etc/shadow", "x", NULL);
+    expect_error("`..` component", "run", "--download", "..", "x", NULL);
+    expect_error("no file name to save it under", "run", "--download", "dir/", "x", NULL);
+    expect_error("no file name to save it under", "run", "--download", "a/.", "x", NULL);
+    expect_error("two --download options save to `out.csv`", "run", "--download", "out.csv",
+                 "--download", "sub/out.csv", "x", NULL);
+    expect_error("two --download options save to `l`", "run", "--download", "a:l", "--download",
+                 "b:l", "x", NULL);
+    /* 255 bytes of guest path is the limit. */
+    char longp[300];
+    memset(longp, 'p', sizeof longp);
+    memcpy(longp, "l:", 2);
+    longp[2 + SBX_MAX_PATH] = '\0';
+    assert_int_equal(parse(&a, "run", "--upload", longp, "x", NULL), 0);
+    args_free(&a);
+    longp[2 + SBX_MAX_PATH] = 'p';
+    longp[3 + SBX_MAX_PATH] = '\0';
+    expect_error("the limit is 255", "run", "--upload", longp, "x", NULL);
+
+    /* Files go with one source only. */
+    expect_error("--upload and --download work with one source (got 2)", "run", "--upload", "l:g",
+                 "a", "b", NULL);
+    expect_error("work with one source (got 3)", "run", "--download", "g", "-c", "1", "-c", "2",
+                 "x", NULL);
+    expect_error("no code to run", "run", "--download", "g", NULL);
+}
+
+/* ---- session ---- */
+
+static void test_session_commands(void **state)
+{
+    args a;
+    expect_error("no session command given (new, exec, ls, close, upload, download, files)",
+                 "session", NULL);
+    expect_error("unknown session command `open`", "session", "open", NULL);
+    expect_error("unknown session command `-q`", "session", "-q", "new", NULL);
+    /* help, for the whole and for each subcommand */
+    assert_int_equal(parse(&a, "session", "--help", NULL), 0);
+    assert_int_equal(a.cmd, ARGS_CMD_SESSION);
+    assert_int_equal(a.session_cmd, ARGS_SESSION_NONE);
+    assert_true(a.help);
+    assert_string_equal(args_command_name(&a), "sbx session");
+    args_free(&a);
+    assert_int_equal(parse(&a, "session", "-h", NULL), 0);
+    assert_true(a.help);
+    args_free(&a);
+    const char *names[] = {"new", "exec", "ls", "close", "upload", "download", "files"};
+    const args_session_cmd cmds[] = {ARGS_SESSION_NEW,   ARGS_SESSION_EXEC,   ARGS_SESSION_LS,
+                                     ARGS_SESSION_CLOSE, ARGS_SESSION_UPLOAD, ARGS_SESSION_DOWNLOAD,
+                                     ARGS_SESSION_FILES};
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        assert_int_equal(parse(&a, "session", names[i], "--help", NULL), 0);
+        assert_int_equal(a.session_cmd, cmds[i]);
+        assert_true(a.help);
+        char want[64];
+        snprintf(want, sizeof want, "sbx session %s", names[i]);
+        assert_string_equal(args_command_name(&a), want);
+        args_free(&a);
+        /* The command is known even when the rest is wrong, for the right --help. */
+        assert_int_equal(parse(&a, "session", names[i], "--bogus", NULL), -1);
+        assert_int_equal(a.session_cmd, cmds[i]);
+        args_free(&a);
+    }
+    /* --socket before the command or after the subcommand */
+    assert_int_equal(parse(&a, "--socket", "/tmp/s", "session", "ls", NULL), 0);
+    assert_string_equal(a.socket_path, "/tmp/s");
+    args_free(&a);
+    assert_int_equal(parse(&a, "session", "ls", "--socket=/tmp/t", NULL), 0);
+    assert_string_equal(a.socket_path, "/tmp/t");
+    args_free(&a);
+}
+
+static void test_session_new(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "session", "new", NULL), 0);
+    assert_int_equal(a.session_cmd, ARGS_SESSION_NEW);
+    assert_null(a.language);
+    assert_int_equal(a.idle_timeout_s, 0);
+    assert_int_equal(a.timeout_s, 0);
+    assert_int_equal(a.memory_mb, 0);
+    assert_false(a.json);
+    assert_null(a.session_id);
+    args_free(&a);
+    assert_int_equal(parse(&a, "session", "new", "-l", "javascript", "-m", "512", "-t", "60", "-e",
+                           "A=1", "--env=B=2", "--idle-timeout", "10", "--json", "-q", NULL),
+                     0);
+    assert_string_equal(a.language, "javascript");
+    assert_int_equal(a.memory_mb, 512);
+    assert_int_equal(a.timeout_s, 60);
+    assert_int_equal(a.n_env, 2);
+    assert_string_equal(a.env[1].key, "B");
+    assert_int_equal(a.idle_timeout_s, 10);
+    assert_true(a.json);
+    assert_true(a.quiet);
+    args_free(&a);
+    assert_int_equal(parse(&a, "session", "new", "--idle-timeout=3600", "-lraw", NULL), 0);
+    assert_int_equal(a.idle_timeout_s, 3600);
+    assert_string_equal(a.language, "raw");
+    args_free(&a);
+    expect_error("idle timeout 9 s is out of range (10-3600 s)", "session", "new", "--idle-timeout",
+                 "9", NULL);
+    expect_error("idle timeout 3601 s is out of range", "session", "new", "--idle-timeout=3601",
+                 NULL);
+    expect_error("--idle-timeout needs a whole number, not `5m`", "session", "new",
+                 "--idle-timeout", "5m", NULL);
+    expect_error("--idle-timeout needs a value", "session", "new", "--idle-timeout", NULL);
+    expect_error("unknown language `ruby`", "session", "new", "-l", "ruby", NULL);
+    expect_error("out of range (1-300 s)", "session", "new", "-t", "0", NULL);
+    expect_error("out of range (128-2048 MB)", "session", "new", "-m", "64", NULL);
+    expect_error("`PATH` is not allowed", "session", "new", "-e", "PATH=/x", NULL);
+    expect_error("session new takes no arguments (got an extra `x`)", "session", "new", "x", NULL);
+    /* Options of other commands are not taken. */
+    expect_error("unknown option `-j`", "session", "new", "-j", "2", NULL);
+    expect_error("unknown option `--upload`", "session", "new", "--upload", "a:b", NULL);
+    expect_error("unknown option `-c`", "session", "new", "-c", "x", NULL);
+    /* --idle-timeout belongs to sessions only. */
+    expect_error("unknown option `--idle-timeout`", "run", "--idle-timeout", "60", "x", NULL);
+}
+
+static void test_session_exec(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "session", "exec", "abc123", "print(x)", NULL), 0);
+    assert_int_equal(a.session_cmd, ARGS_SESSION_EXEC);
+    assert_string_equal(a.session_id, "abc123");
+    assert_int_equal(a.n_sources, 1);
+    assert_string_equal(a.sources[0].text, "print(x)");
+    assert_false(a.sources[0].inline_only);
+    assert_false(a.json);
+    assert_false(a.quiet);
+    args_free(&a);
+    assert_int_equal(
+        parse(&a, "session", "exec", "-t", "5", "--json", "-q", "id1", "script.py", NULL), 0);
+    assert_string_equal(a.session_id, "id1");
+    assert_string_equal(a.sources[0].text, "script.py");
+    assert_int_equal(a.timeout_s, 5);
+    assert_true(a.json);
+    assert_true(a.quiet);
+    args_free(&a);
+    assert_int_equal(parse(&a, "session", "exec", "id1", "-", NULL), 0);
+    assert_string_equal(a.sources[0].text, "-");
+    args_free(&a);
+    assert_int_equal(parse(&a, "session", "exec", "id1", "-c", "-1", NULL), 0);
+    assert_string_equal(a.sources[0].text, "-1");
+    assert_true(a.sources[0].inline_only);
+    args_free(&a);
+    assert_int_equal(parse(&a, "session", "exec", "id1", "--", "-x", NULL), 0);
+    assert_string_equal(a.sources[0].text, "-x");
+    args_free(&a);
+    expect_error("session exec wants ID and one CODE, FILE or -", "session", "exec", NULL);
+    expect_error("session exec wants ID and one CODE, FILE or -", "session", "exec", "id", NULL);
+    expect_error("(got an extra `b`)", "session", "exec", "id", "a", "b", NULL);
+    expect_error("(got an extra `a`)", "session", "exec", "id", "-c", "x", "a", NULL);
+    expect_error("-c was given 2 times", "session", "exec", "id", "-c", "x", "-c", "y", NULL);
+    expect_error("the session id is empty", "session", "exec", "", "x", NULL);
+    expect_error("is not a session id", "session", "exec", "a b", "x", NULL);
+    expect_error("is not a session id", "session", "exec", "a\nb", "x", NULL);
+    expect_error("out of range (1-300 s)", "session", "exec", "id", "x", "-t", "301", NULL);
+    expect_error("unknown option `-l`", "session", "exec", "id", "x", "-l", "raw", NULL);
+    expect_error("unknown option `-m`", "session", "exec", "id", "x", "-m", "256", NULL);
+    char longid[SBX_SESSION_ID_MAX + 1];
+    memset(longid, 'a', sizeof longid - 1);
+    longid[sizeof longid - 1] = '\0';
+    expect_error("too long for a session id", "session", "exec", longid, "x", NULL);
+    longid[SBX_SESSION_ID_MAX - 1] = '\0';
+    assert_int_equal(parse(&a, "session", "exec", longid, "x", NULL), 0);
+    args_free(&a);
+}
+
+static void test_session_others(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "session", "ls", NULL), 0);
+    assert_int_equal(a.session_cmd, ARGS_SESSION_LS);
+    assert_false(a.json);
+    args_free(&a);
+    assert_int_equal(parse(&a, "session", "ls", "--json", NULL), 0);
+    assert_true(a.json);
+    args_free(&a);
+    expect_error("session ls takes no arguments (got an extra `id`)", "session", "ls", "id", NULL);
+    expect_error("unknown option `-q`", "session", "ls", "-q", NULL);
+
+    assert_int_equal(parse(&a, "session", "close", "s1", NULL), 0);
+    assert_int_equal(a.session_cmd, ARGS_SESSION_CLOSE);
+    assert_string_equal(a.session_id, "s1");
+    args_free(&a);
+    expect_error("session close wants ID", "session", "close", NULL);
+    expect_error("(got an extra `s2`)", "session", "close", "s1", "s2", NULL);
+    expect_error("unknown option `--json`", "session", "close", "s1", "--json", NULL);
+
+    assert_int_equal(parse(&a, "session", "upload", "s1", "./data.csv", "in/data.csv", NULL), 0);
+    assert_int_equal(a.session_cmd, ARGS_SESSION_UPLOAD);
+    assert_string_equal(a.session_id, "s1");
+    assert_int_equal(a.n_uploads, 1);
+    assert_string_equal(a.uploads[0].local, "./data.csv");
+    assert_string_equal(a.uploads[0].guest, "in/data.csv");
+    args_free(&a);
+    /* Colons are fine here: nothing is split. */
+    assert_int_equal(parse(&a, "session", "upload", "s1", "a:b", "c:d", NULL), 0);
+    assert_string_equal(a.uploads[0].local, "a:b");
+    assert_string_equal(a.uploads[0].guest, "c:d");
+    args_free(&a);
+    expect_error("session upload wants ID LOCAL GUEST", "session", "upload", "s1", "l", NULL);
+    expect_error("(got an extra `x`)", "session", "upload", "s1", "l", "g", "x", NULL);
+    expect_error("is absolute", "session", "upload", "s1", "l", "/g", NULL);
+    expect_error("`..` component", "session", "upload", "s1", "l", "a/../../g", NULL);
+    expect_error("the file path is empty", "session", "upload", "s1", "l", "", NULL);
+    expect_error("the local path is empty", "session", "upload", "s1", "", "g", NULL);
+
+    assert_int_equal(parse(&a, "session", "download", "s1", "out/r.csv", NULL), 0);
+    assert_int_equal(a.session_cmd, ARGS_SESSION_DOWNLOAD);
+    assert_int_equal(a.n_downloads, 1);
+    assert_string_equal(a.downloads[0].guest, "out/r.csv");
+    assert_string_equal(a.downloads[0].local, "r.csv");
+    args_free(&a);
+    assert_int_equal(parse(&a, "session", "download", "s1", "r.csv", "/tmp/x:y", "-q", NULL), 0);
+    assert_string_equal(a.downloads[0].local, "/tmp/x:y");
+    assert_true(a.quiet);
+    args_free(&a);
+    expect_error("session download wants ID GUEST [LOCAL]", "session", "download", "s1", NULL);
+    expect_error("(got an extra `z`)", "session", "download", "s1", "g", "l", "z", NULL);
+    expect_error("no file name to save it under", "session", "download", "s1", "dir/", NULL);
+    expect_error("is absolute", "session", "download", "s1", "/etc/passwd", NULL);
+    expect_error("the local path is empty", "session", "download", "s1", "g", "", NULL);
+
+    assert_int_equal(parse(&a, "session", "files", "s1", NULL), 0);
+    assert_int_equal(a.session_cmd, ARGS_SESSION_FILES);
+    assert_null(a.guest_dir);
+    args_free(&a);
+    assert_int_equal(parse(&a, "session", "files", "s1", "sub/dir", "--json", NULL), 0);
+    assert_string_equal(a.guest_dir, "sub/dir");
+    assert_true(a.json);
+    args_free(&a);
+    assert_int_equal(parse(&a, "session", "files", "s1", "", NULL), 0);
+    assert_null(a.guest_dir);
+    args_free(&a);
+    expect_error("session files wants ID [PATH]", "session", "files", NULL);
+    expect_error("`..` component", "session", "files", "s1", "..", NULL);
+    expect_error("is absolute", "session", "files", "s1", "/", NULL);
+    expect_error("(got an extra `b`)", "session", "files", "s1", "a", "b", NULL);
 }
 
 /* ---- sources ---- */
@@ -686,6 +985,8 @@ static void test_error_names(void **state)
     assert_string_equal(sbx_error_kind_name(SBX_ERR_SESSION_CLOSED), "SessionClosedError");
     assert_string_equal(sbx_error_kind_name(SBX_ERR_ASSET), "AssetError");
     assert_string_equal(sbx_error_kind_name(SBX_ERR_CONNECT), "ConnectError");
+    assert_string_equal(sbx_error_kind_name(SBX_ERR_LOCAL_FILE), "LocalFileError");
+    assert_string_equal(sbx_error_kind_name(SBX_ERR_PROTOCOL), "ProtocolError");
     assert_string_equal(sbx_error_kind_name(0), "SandboxError");
     assert_string_equal(sbx_error_kind_name(77), "SandboxError");
 }
@@ -739,6 +1040,11 @@ int main(void)
         cmocka_unit_test(test_env),
         cmocka_unit_test(test_env_count),
         cmocka_unit_test(test_later_features),
+        cmocka_unit_test(test_run_transfers),
+        cmocka_unit_test(test_session_commands),
+        cmocka_unit_test(test_session_new),
+        cmocka_unit_test(test_session_exec),
+        cmocka_unit_test(test_session_others),
         cmocka_unit_test(test_language_for_path),
         cmocka_unit_test(test_looks_like_path),
         cmocka_unit_test_setup_teardown(test_resolve, tmp_setup, tmp_teardown),

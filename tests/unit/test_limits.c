@@ -75,13 +75,14 @@ static void test_idle_timeout(void **state)
 
 static void test_guest_path(void **state)
 {
-    const char *ok[] = {"a",   "input.csv", "dir/file.txt", "./x",  "a/./b", "...",
-                        "..a", "a..",       "a/..b/c",      "dir/", "a//b",  ".hidden"};
+    const char *ok[] = {"a",   "input.csv", "dir/file.txt", "...",
+                        "..a", "a..",       "a/..b/c",      ".hidden"};
     for (size_t i = 0; i < ARRAY_LEN(ok); i++)
         if (limits_check_guest_path(ok[i], msg, sizeof msg) != 0)
             fail_msg("`%s` refused: %s", ok[i], msg);
     const char *bad[] = {"",     "/etc/passwd", "/",         "..",   "../x",
-                         "a/..", "a/../b",      "a/../../b", "./..", "a//../b"};
+                         "a/..", "a/../b",      "a/../../b", "./..", "a//../b",
+                         "./x",  "a/./b",       "dir/",      "a//b", "."};
     for (size_t i = 0; i < ARRAY_LEN(bad); i++)
         if (limits_check_guest_path(bad[i], msg, sizeof msg) != -1)
             fail_msg("`%s` accepted", bad[i]);
