@@ -11,7 +11,7 @@ GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
 COMMON_SRC = proto/frame.c proto/sbx_limits.c proto/paths.c
 SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor/sched.c \
-	supervisor/cgroup.c supervisor/session.c \
+	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
 	supervisor/accel.c
 WORKER_SRC = vmworker/worker.c vmworker/qemu.c vmworker/jail.c
 LIBSBX_SRC = cli/libsbx.c

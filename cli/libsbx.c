@@ -1652,6 +1652,10 @@ int sbx_status(sbx_client *c, sbx_status_info *out, sbx_error *err)
     out->pid = s->pid;
     out->sessions = s->sessions;
     copy_text(out->cgroup_mode, sizeof out->cgroup_mode, s->cgroup_mode);
+    out->warm_pool_size = s->warm_pool_size;
+    out->pool_ready = s->pool_ready;
+    out->pool_booting = s->pool_booting;
+    out->pool_memory_mb = s->pool_memory_mb;
     return 0;
 }
 

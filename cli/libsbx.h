@@ -175,6 +175,10 @@ typedef struct {
     uint32_t pid;                /* the daemon's process id */
     uint32_t sessions;           /* sessions open now */
     char cgroup_mode[8];         /* how VMs are confined: "v2", "v1" or "none" */
+    uint32_t warm_pool_size;     /* configured pool VMs per pooled language (0: no pool) */
+    uint32_t pool_ready;         /* pool VMs ready to take a run */
+    uint32_t pool_booting;       /* pool VMs still booting or starting their REPL */
+    uint64_t pool_memory_mb;     /* guest RAM the pool holds */
 } sbx_status_info;
 
 /* Ask the daemon for its status. */

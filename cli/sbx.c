@@ -1166,14 +1166,17 @@ static int cmd_status(const args *a)
     }
     if (a->json) {
         return json_print(json_pack(
-                   "{s:b, s:o, s:o, s:i, s:o, s:o, s:i, s:i, s:i, s:I, s:I, s:o, s:i, s:o}",
+                   "{s:b, s:o, s:o, s:i, s:o, s:o, s:i, s:i, s:i, s:I, s:I, s:o, s:i, s:o, s:i, "
+                   "s:i, s:i, s:I}",
                    "running", 1, "socket", json_text(path), "version", json_text(s.version), "pid",
                    (int)s.pid, "accelerator", json_text(s.accelerator), "accel_reason",
                    json_text(s.accel_reason), "running_vms", (int)s.running_vms, "queued",
                    (int)s.queued, "max_concurrent_vms", (int)s.max_concurrent_vms, "runs_total",
                    (json_int_t)s.runs_total, "uptime_ms", (json_int_t)s.uptime_ms, "images_dir",
                    json_text(s.images_dir), "sessions", (int)s.sessions, "cgroup_mode",
-                   json_text(s.cgroup_mode))) < 0
+                   json_text(s.cgroup_mode), "warm_pool_size", (int)s.warm_pool_size, "pool_ready",
+                   (int)s.pool_ready, "pool_booting", (int)s.pool_booting, "pool_memory_mb",
+                   (json_int_t)s.pool_memory_mb)) < 0
                    ? EXIT_SANDBOX
                    : 0;
     }
@@ -1186,6 +1189,9 @@ static int cmd_status(const args *a)
     printf("vms          %u running of %u, %u queued\n", s.running_vms, s.max_concurrent_vms,
            s.queued);
     printf("sessions     %u open\n", s.sessions);
+    if (s.warm_pool_size)
+        printf("warm pool    %u per language: %u ready, %u starting, %" PRIu64 " MB of guest RAM\n",
+               s.warm_pool_size, s.pool_ready, s.pool_booting, s.pool_memory_mb);
     printf("runs         %" PRIu64 "\n", s.runs_total);
     if (s.cgroup_mode[0])
         printf("cgroups      %s\n", s.cgroup_mode);

@@ -36,7 +36,7 @@ struct key {
 
 static const struct key keys[] = {
     U32(max_concurrent_vms, SBX_MAX_CONCURRENT_MIN, SBX_MAX_CONCURRENT_MAX, "parallel VMs (1-100)"),
-    U32(warm_pool_size, 0, 100, "pre-started VMs per language (only 0 in this version)"),
+    U32(warm_pool_size, 0, 100, "pre-started VMs per language, python and javascript (0: off)"),
     U32(default_memory_mb, SBX_MEMORY_MIN, SBX_MEMORY_MAX, "VM memory, MB (128-2048)"),
     U32(default_timeout_seconds, SBX_TIMEOUT_MIN, SBX_TIMEOUT_MAX, "run timeout, s (1-300)"),
     U32(session_idle_timeout_seconds, 10, 3600, "session idle timeout, s (10-3600)"),
@@ -264,10 +264,6 @@ int config_load(sbx_config *c, int argc, char **argv, sbx_err *err)
         if (!((*p >= '0' && *p <= '9') || *p == ',' || *p == ' '))
             return sbx_fail(err, EINVAL, "allowed_uids: `%s` is not a comma-separated list of uids",
                             c->allowed_uids);
-    if (c->warm_pool_size)
-        return sbx_fail(err, ENOTSUP,
-                        "warm_pool_size: the warm pool is not available in this "
-                        "version; use 0");
     if (c->s3_bucket[0])
         return sbx_fail(err, ENOTSUP,
                         "s3_bucket: the S3 snapshot cache is not available in this "

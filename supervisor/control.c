@@ -52,6 +52,7 @@ static void client_free(client *c)
     nclients--;
     sched_client_gone(c);
     session_client_gone(c);
+    pool_client_gone(c);
     frame_reader_free(&c->rd);
     frame_writer_free(&c->wr);
     free(c);
@@ -256,6 +257,10 @@ static void send_status(client *c, uint64_t id)
     s.pid = (uint32_t)getpid();
     s.sessions = session_count();
     s.cgroup_mode = (char *)cgroup_mode();
+    uint64_t pool_mb;
+    pool_stats(&s.pool_ready, &s.pool_booting, &pool_mb);
+    s.pool_memory_mb = pool_mb;
+    s.warm_pool_size = cfg.warm_pool_size;
     Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
     r.id = id;
     r.body_case = SBX__CONTROL__REPLY__BODY_STATUS;

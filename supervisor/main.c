@@ -108,10 +108,12 @@ int main(int argc, char **argv)
         ev_timer_init(&idle_timer, idle_cb, 1., 1.);
         ev_timer_start(loop, &idle_timer);
     }
+    pool_start();
     slog("serving %s (max %u VMs, images %s)", cfg.socket, cfg.max_concurrent_vms, cfg.images_dir);
     ev_run(loop, 0);
 
     control_shutdown();
+    pool_shutdown();
     session_shutdown();
     sched_shutdown();
     rmdir(run_base);

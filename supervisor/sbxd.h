@@ -46,13 +46,19 @@ job *sched_open_vm(const char *language, uint32_t memory_mb, const vm_owner_ops 
 /* Send a request to the VM's worker, tagged with the id set by sched_vm_set_request. */
 int sched_vm_send(job *j, Sbx__Worker__ToWorker *m);
 void sched_vm_set_request(job *j, uint64_t req_id);
+/* Whether it holds a VM slot (dispatched), as opposed to waiting in the queue. */
+bool sched_vm_started(const job *j);
 /* Host-side CPU/memory figures and sbxd's share of the timing, into a result. */
 void sched_vm_fill_result(job *j, Sbx__Control__ExecResult *res);
+/* Count a finished run in runs_total (for runs not carried by a job of their own). */
+void sched_count_run(void);
 /* Stop the VM and detach its owner (no callbacks after this). */
 void sched_vm_close(job *j);
 /* Takes ownership of req (already validated, defaults applied). */
 void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req);
 void sched_client_gone(client *c);
+/* The same, never through the warm pool. */
+void sched_submit_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req);
 unsigned sched_running(void);
 unsigned sched_queued(void);
 uint64_t sched_runs_total(void);
@@ -67,6 +73,18 @@ void session_handle(client *c, Sbx__Control__Request *req); /* takes ownership o
 void session_client_gone(client *c);
 unsigned session_count(void);
 void session_shutdown(void);
+
+/* pool.c: pre-booted VMs with their REPL started, one use each. */
+void pool_start(void);
+void pool_refill(void);
+/* Hand the run to a ready pool VM (which then owns req); false when none fits (the run then
+ * boots its own). */
+bool pool_take(client *c, uint64_t id, Sbx__Control__RunRequest *req);
+/* Give up one idle pool VM's slot to a waiting run. */
+bool pool_evict_one(void);
+void pool_client_gone(client *c);
+void pool_stats(unsigned *ready, unsigned *booting, uint64_t *memory_mb);
+void pool_shutdown(void);
 
 /* accel.c: which accelerator runs VMs. */
 void accel_init(void);

@@ -49,6 +49,7 @@ typedef struct job {
     frame_writer wr;
     char run_dir[256];
     cgroup_vm cg;
+    bool closing;
     char language[16];
     uint32_t memory_mb;
     /* A VM held by someone other than a one-shot run (a session): frames go to them. */
@@ -63,6 +64,7 @@ typedef struct job {
 
 static job *jobs; /* queued and running, in arrival order */
 static unsigned nrunning, nqueued;
+static unsigned nclosing; /* running jobs told to stop whose workers have not exited yet */
 static uint64_t seq, runs_total;
 
 unsigned sched_running(void)
@@ -76,6 +78,10 @@ unsigned sched_queued(void)
 uint64_t sched_runs_total(void)
 {
     return runs_total;
+}
+void sched_count_run(void)
+{
+    runs_total++;
 }
 
 static void rm_rf_dir(const char *dir)
@@ -149,6 +155,8 @@ static void job_free(job *j)
             rm_rf_dir(j->run_dir);
         cgroup_release(&j->cg);
         nrunning--;
+        if (j->closing)
+            nclosing--;
     }
     job_unlink(j);
     frame_reader_free(&j->rd);
@@ -212,6 +220,12 @@ static void job_enqueue(job *j)
 
 void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
 {
+    if (!pool_take(c, id, req))
+        sched_submit_cold(c, id, req);
+}
+
+void sched_submit_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req)
+{
     job *j = calloc(1, sizeof *j);
     if (!j) {
         control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
@@ -254,6 +268,11 @@ int sched_vm_send(job *j, Sbx__Worker__ToWorker *m)
     return 0;
 }
 
+bool sched_vm_started(const job *j)
+{
+    return j->state == JOB_RUNNING;
+}
+
 void sched_vm_set_request(job *j, uint64_t req_id)
 {
     j->req_id = req_id;
@@ -268,9 +287,12 @@ void sched_vm_close(job *j)
     j->owner = NULL;
     j->client = NULL;
     if (j->state == JOB_QUEUED) {
-        job_free(j);
-        sched_pump();
+        job_free(j); /* it held no slot: nothing for the scheduler to do */
     } else if (j->pid > 0) {
+        if (!j->closing) {
+            j->closing = true;
+            nclosing++;
+        }
         kill(j->pid, SIGTERM); /* the worker stops its VM; its exit frees the job */
     }
 }
@@ -436,7 +458,7 @@ static void worker_read_cb(EV_P_ ev_io *w, int revents)
             slog("vm %llu: booted in %llu ms (%s)", (unsigned long long)j->seq,
                  (unsigned long long)m->booted->boot_ms,
                  j->probe ? "probe"
-                 : j->ops ? "session"
+                 : j->ops ? "kept"
                           : "run");
             if (j->probe)
                 j->answered = true;
@@ -726,14 +748,20 @@ void sched_pump(void)
         next = j->next;
         if (j->state != JOB_QUEUED)
             continue;
-        if (nrunning >= cfg.max_concurrent_vms)
+        if (nrunning >= cfg.max_concurrent_vms) {
+            /* A waiting run may take the slot of an idle pool VM (once its worker exits). */
+            if (j->req && !nclosing)
+                pool_evict_one();
             return;
+        }
         if (!accel_verdict()) {
             accel_need();
             return;
         }
         job_start(j);
     }
+    /* Every run has a slot: spare capacity goes to the warm pool. */
+    pool_refill();
 }
 
 int sched_start_probe(sbx_err *err)

@@ -477,8 +477,8 @@ static void test_run_transfers(void **state)
     expect_error("--download wants GUEST or GUEST:LOCAL, not ``", "run", "--download=", "x", NULL);
     expect_error("is absolute", "run", "--download", "/etc/shadow", "x", NULL);
     expect_error("`..` component", "run", "--download", "..", "x", NULL);
-    expect_error("no file name to save it under", "run", "--download", "dir/", "x", NULL);
-    expect_error("no file name to save it under", "run", "--download", "a/.", "x", NULL);
+    expect_error("empty or `.` component", "run", "--download", "dir/", "x", NULL);
+    expect_error("empty or `.` component", "run", "--download", "a/.", "x", NULL);
     expect_error("two --download options save to `out.csv`", "run", "--download", "out.csv",
                  "--download", "sub/out.csv", "x", NULL);
     expect_error("two --download options save to `l`", "run", "--download", "a:l", "--download",
@@ -697,7 +697,7 @@ static void test_session_others(void **state)
     args_free(&a);
     expect_error("session download wants ID GUEST [LOCAL]", "session", "download", "s1", NULL);
     expect_error("(got an extra `z`)", "session", "download", "s1", "g", "l", "z", NULL);
-    expect_error("no file name to save it under", "session", "download", "s1", "dir/", NULL);
+    expect_error("empty or `.` component", "session", "download", "s1", "dir/", NULL);
     expect_error("is absolute", "session", "download", "s1", "/etc/passwd", NULL);
     expect_error("the local path is empty", "session", "download", "s1", "g", "", NULL);
 

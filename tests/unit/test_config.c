@@ -71,8 +71,11 @@ static void test_errors(void **state)
     assert_int_equal(config_load(&c, 1, a7, &e), -1);
     assert_non_null(strstr(e.msg, "EXEC_SANDBOX_DEFAULT_MEMORY_MB"));
     unsetenv("EXEC_SANDBOX_DEFAULT_MEMORY_MB");
-    char *a8[] = {"sbxd", "--warm-pool-size", "2", NULL};
+    char *a8[] = {"sbxd", "--warm-pool-size", "101", NULL};
     assert_int_equal(config_load(&c, 3, a8, &e), -1);
+    assert_non_null(strstr(e.msg, "warm_pool_size"));
+    char *a9[] = {"sbxd", "--s3-bucket", "b", NULL};
+    assert_int_equal(config_load(&c, 3, a9, &e), -1);
     assert_non_null(strstr(e.msg, "not available"));
 }
 

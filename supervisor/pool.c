@@ -1,0 +1,335 @@
+/* The warm pool: warm_pool_size VMs per language (python, javascript) booted ahead with their
+ * REPL started. A run that fits a pool VM (default memory, a pooled language) takes one with a
+ * single exec frame; the VM is destroyed after that one use and the pool refills in the
+ * background. Idle pool VMs are health-checked and replaced when they fail; they yield their
+ * slot when runs are waiting for capacity. */
+#include <stdio.h>
+#include <string.h>
+
+#include "sbx_limits.h"
+#include "sbxd.h"
+
+#define HEALTH_PERIOD_S 30.
+#define HEALTH_TIMEOUT_MS 5000
+
+typedef enum { P_BOOTING, P_WARMING, P_READY, P_CHECKING, P_TAKEN } pool_state;
+
+typedef struct pvm {
+    job *job;
+    const char *language;
+    pool_state state;
+    uint64_t boot_ms;
+    /* The run that took it (owned), and whether any of its output went out yet. */
+    client *c;
+    uint64_t req_id;
+    Sbx__Control__RunRequest *req;
+    bool forwarded;
+    uint64_t t_check;
+    struct pvm *next;
+} pvm;
+
+static const char *const pooled[] = {"python", "javascript"};
+/* A statement that does nothing, to start (and later to check) each language's REPL. */
+static const char *noop_code(const char *lang)
+{
+    return !strcmp(lang, "javascript") ? "void 0" : "pass";
+}
+
+static pvm *vms;
+static ev_timer health;
+static bool started;
+
+static unsigned count(const char *lang, bool only_ready)
+{
+    unsigned n = 0;
+    for (pvm *v = vms; v; v = v->next)
+        if (!strcmp(v->language, lang) && v->state != P_TAKEN &&
+            (!only_ready || v->state == P_READY))
+            n++;
+    return n;
+}
+
+void pool_stats(unsigned *ready, unsigned *booting, uint64_t *memory_mb)
+{
+    *ready = *booting = 0;
+    *memory_mb = 0;
+    for (pvm *v = vms; v; v = v->next) {
+        if (v->state == P_TAKEN)
+            continue;
+        if (v->state == P_READY || v->state == P_CHECKING)
+            (*ready)++;
+        else
+            (*booting)++;
+        *memory_mb += cfg.default_memory_mb;
+    }
+}
+
+static void pvm_free(pvm *v)
+{
+    if (v->req)
+        sbx__control__run_request__free_unpacked(v->req, NULL);
+    free(v);
+}
+
+/* The VM failed under a run before any output went out: the run never really started, so it
+ * gets a VM of its own instead of an error (a dead pool VM is never what a run ends on). */
+static bool retry_cold(pvm *v)
+{
+    if (v->state != P_TAKEN || v->forwarded || !v->req || !v->c)
+        return false;
+    slog("pool: a %s VM failed as a run took it; booting one for the run", v->language);
+    Sbx__Control__RunRequest *req = v->req;
+    v->req = NULL;
+    sched_submit_cold(v->c, v->req_id, req);
+    return true;
+}
+
+static void unlink_vm(pvm *v)
+{
+    for (pvm **p = &vms; *p; p = &(*p)->next)
+        if (*p == v) {
+            *p = v->next;
+            return;
+        }
+}
+
+static void send_noop(pvm *v, uint32_t timeout_ms)
+{
+    Sbx__Worker__ExecRequest ex = SBX__WORKER__EXEC_REQUEST__INIT;
+    ex.language = (char *)v->language;
+    ex.code.data = (uint8_t *)noop_code(v->language);
+    ex.code.len = strlen(noop_code(v->language));
+    ex.timeout_ms = timeout_ms;
+    ex.keep_state = true;
+    Sbx__Worker__ToWorker m = SBX__WORKER__TO_WORKER__INIT;
+    m.body_case = SBX__WORKER__TO_WORKER__BODY_EXEC;
+    m.exec = &ex;
+    sched_vm_set_request(v->job, 0);
+    if (sched_vm_send(v->job, &m) < 0) {
+        job *j = v->job;
+        unlink_vm(v);
+        free(v);
+        sched_vm_close(j);
+    }
+}
+
+static void vm_booted(void *owner, const Sbx__Worker__Booted *b)
+{
+    pvm *v = owner;
+    v->boot_ms = b->boot_ms;
+    v->state = P_WARMING;
+    send_noop(v, SBX_TIMEOUT_DEFAULT * 1000u);
+}
+
+static void vm_frame(void *owner, Sbx__Worker__FromWorker *m)
+{
+    pvm *v = owner;
+    if (v->state == P_WARMING || v->state == P_CHECKING) {
+        bool good = m->body_case == SBX__WORKER__FROM_WORKER__BODY_RESULT &&
+                    m->result->exit_code == 0 && !m->result->interpreter_reset;
+        if (m->body_case != SBX__WORKER__FROM_WORKER__BODY_RESULT &&
+            m->body_case != SBX__WORKER__FROM_WORKER__BODY_ERROR)
+            return;
+        if (!good) {
+            slog("pool: a %s VM failed its %s; replacing it", v->language,
+                 v->state == P_WARMING ? "warm-up" : "health check");
+            job *j = v->job;
+            unlink_vm(v);
+            free(v);
+            sched_vm_close(j);
+            pool_refill();
+            return;
+        }
+        v->state = P_READY;
+        sched_pump(); /* a run may be waiting for exactly this */
+        return;
+    }
+    if (v->state != P_TAKEN)
+        return;
+    Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
+    r.id = v->req_id;
+    switch (m->body_case) {
+    case SBX__WORKER__FROM_WORKER__BODY_CHUNK:
+        if (!v->req->stream)
+            return;
+        v->forwarded = true;
+        r.body_case = SBX__CONTROL__REPLY__BODY_CHUNK;
+        r.chunk = m->chunk;
+        control_send(v->c, &r);
+        return;
+    case SBX__WORKER__FROM_WORKER__BODY_RESULT:
+        sched_vm_fill_result(v->job, m->result);
+        m->result->warm_pool_hit = true;
+        /* The message came from protobuf-c's unpacker, which frees its strings. */
+        free(m->result->start_mode);
+        m->result->start_mode = strdup("warm");
+        /* The REPL was already running: this run's exec is all it took. */
+        m->result->interpreter_reset = false;
+        r.body_case = SBX__CONTROL__REPLY__BODY_RESULT;
+        r.result = m->result;
+        break;
+    case SBX__WORKER__FROM_WORKER__BODY_ERROR:
+        if (m->error->transient && retry_cold(v))
+            break;
+        r.body_case = SBX__CONTROL__REPLY__BODY_ERROR;
+        r.error = m->error;
+        control_send(v->c, &r);
+        break;
+    default:
+        return;
+    }
+    if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_RESULT) {
+        control_send(v->c, &r);
+        sched_count_run();
+    }
+    /* One use only. */
+    job *j = v->job;
+    unlink_vm(v);
+    pvm_free(v);
+    sched_vm_close(j);
+    pool_refill();
+}
+
+static void vm_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, const char *why)
+{
+    pvm *v = owner;
+    if (v->state == P_TAKEN && !retry_cold(v))
+        control_send_error(v->c, v->req_id, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                           "the VM died during the run: %s", why);
+    else if (v->state != P_TAKEN)
+        slog("pool: a %s VM went away: %s", v->language, why);
+    unlink_vm(v);
+    pvm_free(v);
+    pool_refill();
+}
+
+static const vm_owner_ops pool_ops = {vm_booted, vm_frame, vm_gone};
+
+void pool_refill(void)
+{
+    static bool busy; /* opening a VM pumps the scheduler, which calls us again */
+    if (!cfg.warm_pool_size || !started || busy)
+        return;
+    busy = true;
+    for (size_t i = 0; i < ARRAY_LEN(pooled); i++) {
+        while (count(pooled[i], false) < cfg.warm_pool_size) {
+            /* Runs come first: never take the last free slot from one that is waiting. */
+            if (sched_queued() || sched_running() >= cfg.max_concurrent_vms)
+                goto out;
+            pvm *v = calloc(1, sizeof *v);
+            if (!v)
+                goto out;
+            v->language = pooled[i];
+            v->state = P_BOOTING;
+            v->next = vms;
+            vms = v;
+            job *j = sched_open_vm(v->language, cfg.default_memory_mb, &pool_ops, v);
+            if (!j) {
+                unlink_vm(v);
+                free(v);
+                goto out;
+            }
+            /* It may already be gone (a failed start reports synchronously). */
+            for (pvm *x = vms; x; x = x->next)
+                if (x == v)
+                    v->job = j;
+        }
+    }
+out:
+    busy = false;
+}
+
+bool pool_take(client *c, uint64_t id, Sbx__Control__RunRequest *req)
+{
+    if (!cfg.warm_pool_size || req->memory_mb != cfg.default_memory_mb)
+        return false;
+    pvm *v = NULL;
+    for (pvm *x = vms; x; x = x->next)
+        if (x->state == P_READY && !strcmp(x->language, req->language))
+            v = x;
+    if (!v)
+        return false;
+    v->state = P_TAKEN;
+    v->c = c;
+    v->req_id = id;
+    v->req = req;
+    Sbx__Worker__ExecRequest ex = SBX__WORKER__EXEC_REQUEST__INIT;
+    ex.language = req->language;
+    ex.code = req->code;
+    ex.timeout_ms = req->timeout_seconds * 1000u;
+    ex.n_env = req->n_env;
+    ex.env = req->env;
+    ex.stream = req->stream;
+    ex.keep_state = true;
+    Sbx__Worker__ToWorker m = SBX__WORKER__TO_WORKER__INIT;
+    m.body_case = SBX__WORKER__TO_WORKER__BODY_EXEC;
+    m.exec = &ex;
+    sched_vm_set_request(v->job, id);
+    if (sched_vm_send(v->job, &m) < 0) {
+        v->req = NULL; /* still the caller's */
+        job *j = v->job;
+        unlink_vm(v);
+        pvm_free(v);
+        sched_vm_close(j);
+        return false;
+    }
+    pool_refill();
+    return true;
+}
+
+bool pool_evict_one(void)
+{
+    /* Only a VM that holds a slot frees one; prefer one that is ready (not mid-boot). */
+    pvm *pick = NULL;
+    for (pvm *v = vms; v; v = v->next)
+        if (v->state != P_TAKEN && sched_vm_started(v->job) && (!pick || v->state == P_READY))
+            pick = v;
+    if (!pick)
+        return false;
+    job *j = pick->job;
+    unlink_vm(pick);
+    pvm_free(pick);
+    sched_vm_close(j);
+    return true;
+}
+
+void pool_client_gone(client *c)
+{
+    for (pvm *v = vms; v; v = v->next)
+        if (v->state == P_TAKEN && v->c == c)
+            v->c = NULL;
+}
+
+static void health_cb(EV_P_ ev_timer *w, int revents)
+{
+    for (pvm *v = vms, *next; v; v = next) {
+        next = v->next;
+        if (v->state == P_READY) {
+            v->state = P_CHECKING;
+            send_noop(v, HEALTH_TIMEOUT_MS);
+        }
+    }
+    pool_refill();
+}
+
+void pool_start(void)
+{
+    if (!cfg.warm_pool_size)
+        return;
+    started = true;
+    ev_timer_init(&health, health_cb, HEALTH_PERIOD_S, HEALTH_PERIOD_S);
+    ev_timer_start(EV_DEFAULT, &health);
+    pool_refill();
+}
+
+void pool_shutdown(void)
+{
+    started = false;
+    ev_timer_stop(EV_DEFAULT, &health);
+    while (vms) {
+        pvm *v = vms;
+        vms = v->next;
+        sched_vm_close(v->job);
+        pvm_free(v);
+    }
+}
