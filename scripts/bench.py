@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
-"""Cold-start benchmark: `sbx run` of print(1) per language, beside its floor measured in the same
-run (a bare QEMU boot of the same kernel and image whose init is the interpreter printing 1,
-scripts/floor-boot.sh). Prints a table; it is a measurement, not a test.
+"""Start-up benchmark: each way of starting a VM beside its floor, measured in the same run.
 
-usage: scripts/bench.py [--runs N] [--langs python,javascript,raw] [--sbx PATH] [--sbxd PATH]
+- cold `sbx run` of print(1) per language, beside a bare QEMU boot of the same kernel and image
+  whose init is the interpreter printing 1 (scripts/floor-boot.sh);
+- warm pool `sbx run`, beside one exec round trip to the REPL of an already-running VM (a
+  session exec through the same client, daemon and worker, in a fresh session whose REPL has
+  been started with the same warm-up code as a pool VM's: the same state a pool VM is in);
+- throughput: 40 runs at -j 4;
+- memory: host PSS of an idle pool VM's QEMU, and the RSS of sbxd and a worker.
+Restore-from-snapshot rows come from scripts/floor-restore.sh when snapshots are available.
+It prints a table; it is a measurement, not a test.
+
+usage: scripts/bench.py [--runs N] [--langs python,javascript,raw] [--skip cold,warm,tput,mem]
 """
 import argparse
+import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -17,9 +25,57 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = {"python": "print(1)", "javascript": "console.log(1)", "raw": "echo 1"}
+# What supervisor/pool.c runs to start a pool VM's REPL (pool_warmup_code).
+WARMUP = {"python": "print(end='')", "javascript": "process.stdout.write('')"}
 
 
-def floor(lang, runs):
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def row(lang, what, xs, floor=None):
+    med = statistics.median(xs)
+    ratio = f"  {med / statistics.median(floor):.2f}x floor" if floor else ""
+    print(f"{lang:<11} {what:<30} {min(xs):>7.0f} {med:>7.0f} {pct(xs, 95):>7.0f}{ratio}",
+          flush=True)
+
+
+class Daemon:
+    def __init__(self, a, *flags):
+        self.tmp = tempfile.mkdtemp(prefix="sbx-bench-")
+        self.sock = os.path.join(self.tmp, "sbxd.sock")
+        self.env = dict(os.environ, EXEC_SANDBOX_SOCKET=self.sock)
+        self.a = a
+        self.p = subprocess.Popen([a.sbxd, "--socket", self.sock, *flags],
+                                  stdout=open(os.path.join(self.tmp, "log"), "w"),
+                                  stderr=subprocess.STDOUT, env=self.env)
+        while not os.path.exists(self.sock):
+            time.sleep(0.05)
+
+    def sbx(self, *args, check=True):
+        r = subprocess.run([self.a.sbx, *args], env=self.env, capture_output=True)
+        if check and r.returncode != 0:
+            sys.exit(f"sbx {' '.join(args)[:80]}: exit {r.returncode}: {r.stderr[-500:]!r}")
+        return r
+
+    def timed(self, *args, expect=b"1\n"):
+        t0 = time.monotonic()
+        r = self.sbx(*args)
+        ms = (time.monotonic() - t0) * 1000
+        if expect is not None and r.stdout != expect:
+            sys.exit(f"sbx {' '.join(args)[:80]} printed {r.stdout!r}: {r.stderr[-300:]!r}")
+        return ms
+
+    def status(self):
+        return json.loads(self.sbx("status", "--json").stdout)
+
+    def close(self):
+        self.p.terminate()
+        self.p.wait()
+
+
+def floor_boot(lang, runs):
     r = subprocess.run([os.path.join(ROOT, "scripts/floor-boot.sh"), lang, str(runs)],
                        capture_output=True, text=True)
     ms = [int(m) for m in re.findall(r"print at (\d+) ms", r.stderr)]
@@ -28,51 +84,121 @@ def floor(lang, runs):
     return ms
 
 
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+def rss_kb(pid, field="VmRSS"):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def pss_kb(pid):
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                st = open(f"/proc/{d}/stat").read()
+                if int(st[st.rindex(")") + 2:].split()[1]) == pid:
+                    out.append((int(d), st[st.index("(") + 1:st.rindex(")")]))
+            except (OSError, ValueError):
+                pass
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--langs", default="python,javascript,raw")
+    ap.add_argument("--skip", default="")
     ap.add_argument("--sbx", default=os.path.join(ROOT, "build/sbx"))
     ap.add_argument("--sbxd", default=os.path.join(ROOT, "build/sbxd"))
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="sbx-bench-")
-    sock = os.path.join(tmp, "sbxd.sock")
-    env = dict(os.environ, EXEC_SANDBOX_SOCKET=sock)
-    d = subprocess.Popen([a.sbxd, "--socket", sock], stdout=open(os.path.join(tmp, "log"), "w"),
-                         stderr=subprocess.STDOUT, env=env)
-    while not os.path.exists(sock):
-        time.sleep(0.05)
-    try:
-        # One warm-up run settles the accelerator verdict and the page cache.
-        subprocess.run([a.sbx, "run", "-q", "print(1)"], env=env, capture_output=True, check=True)
-        qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
-                              text=True).stdout.split("\n")[0]
-        st = subprocess.run([a.sbx, "status"], env=env, capture_output=True, text=True).stdout
-        print(f"# {qemu}; {os.cpu_count()} cores; runs per cell: {a.runs}")
-        print("# " + " ".join(st.split()))
-        print(f"{'language':<11} {'what':<22} {'min ms':>7} {'median':>7} {'p95':>7}  ratio")
-        for lang in a.langs.split(","):
-            f = floor(lang, a.runs)
-            s = []
-            for _ in range(a.runs):
-                t0 = time.monotonic()
-                r = subprocess.run([a.sbx, "run", "-q", "-l", lang, CODE[lang]], env=env,
-                                   capture_output=True)
-                s.append(int((time.monotonic() - t0) * 1000))
-                if r.stdout != b"1\n":
-                    sys.exit(f"sbx run {lang} printed {r.stdout!r}: {r.stderr[-500:]!r}")
-            fm, sm = statistics.median(f), statistics.median(s)
-            print(f"{lang:<11} {'floor (bare qemu)':<22} {min(f):>7} {fm:>7.0f} {pct(f, 95):>7}")
-            print(f"{lang:<11} {'sbx run (cold)':<22} {min(s):>7} {sm:>7.0f} {pct(s, 95):>7}"
-                  f"  {sm / fm:.2f}x floor")
-    finally:
-        d.terminate()
-        d.wait()
+    skip = set(a.skip.split(","))
+    langs = a.langs.split(",")
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                          text=True).stdout.split("\n")[0]
+    print(f"# {qemu}; {os.cpu_count()} cores; {a.runs} runs per row; times in ms")
+    print(f"{'language':<11} {'what':<30} {'min':>7} {'median':>7} {'p95':>7}")
+
+    if "cold" not in skip:
+        d = Daemon(a, "--snapshots", "false") if "--snapshots" in subprocess.run(
+            [a.sbxd, "--help"], capture_output=True, text=True).stdout else Daemon(a)
+        try:
+            d.timed("run", "-q", "print(1)")  # settles the accelerator verdict, page cache
+            st = d.status()
+            print(f"# accelerator {st['accelerator']} ({st['accel_reason']})")
+            for lang in langs:
+                f = floor_boot(lang, a.runs)
+                s = [d.timed("run", "-q", "-l", lang, CODE[lang]) for _ in range(a.runs)]
+                row(lang, "floor: bare qemu boot", f)
+                row(lang, "sbx run, cold boot", s, f)
+        finally:
+            d.close()
+
+    if "warm" not in skip:
+        d = Daemon(a, "--warm-pool-size", "1")
+        try:
+            for lang in [l for l in langs if l in ("python", "javascript")]:
+                f = []
+                for _ in range(a.runs):
+                    sid = d.sbx("session", "new", "-l", lang).stdout.decode().strip()
+                    d.timed("session", "exec", "-q", sid, WARMUP[lang], expect=b"")
+                    f.append(d.timed("session", "exec", "-q", sid, CODE[lang]))
+                    d.sbx("session", "close", sid)
+                w = []
+                for _ in range(a.runs):
+                    deadline = time.time() + 60
+                    while d.status()["pool_ready"] < 2 and time.time() < deadline:
+                        time.sleep(0.1)
+                    t0 = time.monotonic()
+                    r = d.sbx("run", "--json", "-q", "-l", lang, CODE[lang])
+                    w.append((time.monotonic() - t0) * 1000)
+                    j = json.loads(r.stdout)
+                    if not j["warm_pool_hit"] or j["stdout"] != "1\n":
+                        sys.exit(f"not a warm hit: {j}")
+                row(lang, "floor: exec in a running REPL", f)
+                row(lang, "sbx run, warm pool", w, f)
+        finally:
+            d.close()
+
+    if "tput" not in skip:
+        d = Daemon(a)
+        try:
+            d.timed("run", "-q", "print(1)")
+            codes = [f"print({i})" for i in range(40)]
+            t0 = time.monotonic()
+            r = d.sbx("run", "-q", "-j", "4", *codes)
+            took = time.monotonic() - t0
+            ok = all(f"\n{i}\n" in "\n" + r.stdout.decode() for i in range(40))
+            print(f"{'python':<11} {'throughput, 40 runs at -j 4':<30} {40 / took:>7.2f} runs/s"
+                  f" ({took:.1f} s{'' if ok else ', OUTPUT MISSING'})")
+        finally:
+            d.close()
+
+    if "mem" not in skip:
+        d = Daemon(a, "--warm-pool-size", "1")
+        try:
+            deadline = time.time() + 60
+            while d.status()["pool_ready"] < 2 and time.time() < deadline:
+                time.sleep(0.2)
+            time.sleep(2)
+            workers = [p for p, comm in children(d.p.pid) if comm == "sbx-vmworker"]
+            qemus = [q for w in workers for q, comm in children(w) if comm.startswith("qemu")]
+            pss = [pss_kb(q) / 1024 for q in qemus]
+            print(f"{'pool':<11} {'idle pool VM, QEMU PSS':<30} {min(pss):>7.0f} "
+                  f"{statistics.median(pss):>7.0f} MB of 256 MB guest RAM "
+                  f"({statistics.median(pss) / 256:.0%})")
+            print(f"{'daemon':<11} {'sbxd RSS':<30} {rss_kb(d.p.pid) / 1024:>7.1f} MB")
+            wr = [rss_kb(w) / 1024 for w in workers]
+            print(f"{'daemon':<11} {'sbx-vmworker RSS (each)':<30} {statistics.median(wr):>7.1f} MB")
+        finally:
+            d.close()
 
 
 if __name__ == "__main__":

@@ -29,10 +29,11 @@ typedef struct pvm {
 } pvm;
 
 static const char *const pooled[] = {"python", "javascript"};
-/* A statement that does nothing, to start (and later to check) each language's REPL. */
-static const char *noop_code(const char *lang)
+/* Code that prints nothing, to start (and later to check) each language's REPL. It goes
+ * through the output path once, so a run's first print does not pay for warming it up. */
+const char *pool_warmup_code(const char *lang)
 {
-    return !strcmp(lang, "javascript") ? "void 0" : "pass";
+    return !strcmp(lang, "javascript") ? "process.stdout.write('')" : "print(end='')";
 }
 
 static pvm *vms;
@@ -97,8 +98,8 @@ static void send_noop(pvm *v, uint32_t timeout_ms)
 {
     Sbx__Worker__ExecRequest ex = SBX__WORKER__EXEC_REQUEST__INIT;
     ex.language = (char *)v->language;
-    ex.code.data = (uint8_t *)noop_code(v->language);
-    ex.code.len = strlen(noop_code(v->language));
+    ex.code.data = (uint8_t *)pool_warmup_code(v->language);
+    ex.code.len = strlen(pool_warmup_code(v->language));
     ex.timeout_ms = timeout_ms;
     ex.keep_state = true;
     Sbx__Worker__ToWorker m = SBX__WORKER__TO_WORKER__INIT;
@@ -273,7 +274,8 @@ bool pool_take(client *c, uint64_t id, Sbx__Control__RunRequest *req)
         sched_vm_close(j);
         return false;
     }
-    pool_refill();
+    /* No refill here: a VM booting beside the run would slow it down on a small host. The
+     * refill starts once the run is answered. */
     return true;
 }
 

@@ -84,6 +84,7 @@ bool pool_take(client *c, uint64_t id, Sbx__Control__RunRequest *req);
 bool pool_evict_one(void);
 void pool_client_gone(client *c);
 void pool_stats(unsigned *ready, unsigned *booting, uint64_t *memory_mb);
+const char *pool_warmup_code(const char *lang);
 void pool_shutdown(void);
 
 /* accel.c: which accelerator runs VMs. */

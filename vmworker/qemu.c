@@ -91,6 +91,9 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
         arg(&a, "-chardev") | arg(&a, "socket,id=agent,path=%s,server=on,wait=off", vm->agent_sock);
     bad |= arg(&a, "-device") | arg(&a, "virtserialport,chardev=agent,name=sbx.agent");
     bad |= arg(&a, "-device") | arg(&a, "virtio-rng-device");
+    /* The guest reports pages it frees and QEMU returns them to the host: idle VMs (the warm
+     * pool, idle sessions) give back what their boot touched and no longer uses. */
+    bad |= arg(&a, "-device") | arg(&a, "virtio-balloon-device,free-page-reporting=on");
     bad |=
         arg(&a, "-chardev") | arg(&a, "socket,id=con,path=%s,server=on,wait=off", vm->console_sock);
     bad |= arg(&a, "-serial") | arg(&a, "chardev:con");
