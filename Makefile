@@ -18,7 +18,7 @@ LIBSBX_SRC = cli/libsbx.c
 SBX_SRC = cli/sbx.c cli/args.c
 AGENT_SRC = agent/agent.c agent/sandbox.c agent/repl.c agent/files.c
 
-.PHONY: all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan
+.PHONY: fuzz all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan
 
 all: $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/sbx-agent $(BUILD)/libsbx.a \
 	$(BUILD)/example
@@ -77,6 +77,25 @@ $(UNIT_TESTS:%=$(BUILD)/tests/%):
 test-unit: $(UNIT_TESTS:%=$(BUILD)/tests/%)
 	@set -e; for t in $^; do echo "== $$t"; $$t; done
 
+# libFuzzer targets for every decoder of untrusted bytes (clang). `make fuzz` runs each for
+# FUZZ_SECONDS; crashes are saved under build/fuzz/.
+FUZZ_TARGETS = control worker agent
+FUZZ_SECONDS ?= 15
+FUZZ_SRC = tests/fuzz/fuzz_frames.c proto/frame.c proto/sbx_limits.c $(GEN_C)
+$(BUILD)/fuzz/fuzz_%: $(FUZZ_SRC) $(GEN_H) proto/*.h
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+		-DFUZZ_$(shell echo $* | tr a-z A-Z) -iquote $(BUILD)/gen -iquote proto -o $@ $(FUZZ_SRC) \
+		-lprotobuf-c
+fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
+	@set -e; for t in $(FUZZ_TARGETS); do mkdir -p $(BUILD)/fuzz/corpus-$$t; \
+		echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
+		rc=0; $(BUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
+			-artifact_prefix=$(BUILD)/fuzz/crash-$$t- $(BUILD)/fuzz/corpus-$$t \
+			> $(BUILD)/fuzz/fuzz_$$t.log 2>&1 || rc=$$?; tail -2 $(BUILD)/fuzz/fuzz_$$t.log; \
+		[ $$rc -eq 0 ] || { echo "fuzz_$$t FAILED (exit $$rc, log $(BUILD)/fuzz/fuzz_$$t.log)"; \
+			grep -m5 -A20 "ERROR" $(BUILD)/fuzz/fuzz_$$t.log; exit 1; }; done
+
 setup:
 	scripts/setup-host.sh
 
@@ -93,6 +112,7 @@ test: setup
 	$(MAKE) assets
 	$(MAKE) format-check
 	$(MAKE) test-unit
+	$(MAKE) fuzz FUZZ_SECONDS=10
 	python3 tests/e2e/run.py --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
 
 test-fast: all asan test-unit

@@ -12,7 +12,7 @@ PKGS_MAIN=(
   libssl-dev zstd
   bc bison flex libelf-dev dwarves
   debootstrap squashfs-tools
-  clang-format valgrind python3
+  clang clang-format libclang-rt-14-dev valgrind python3 util-linux
 )
 PKGS_BPO=(qemu-system-x86 qemu-utils)
 KERNEL_SRC=linux-source-6.1
