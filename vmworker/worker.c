@@ -79,8 +79,22 @@ static void cleanup_vm(void)
     }
 }
 
-__attribute__((noreturn)) static void fail(Sbx__Control__ErrorKind kind, bool transient,
-                                           const char *fmt, ...)
+static void send_error(Sbx__Control__ErrorKind kind, bool transient, const char *msg)
+{
+    Sbx__Control__Error e = SBX__CONTROL__ERROR__INIT;
+    e.kind = kind;
+    e.transient = transient;
+    e.message = (char *)msg;
+    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
+    m.body_case = SBX__WORKER__FROM_WORKER__BODY_ERROR;
+    m.error = &e;
+    send_ctl(&m);
+}
+
+/* The VM cannot go on: report, remove it, exit. */
+__attribute__((noreturn, format(printf, 3, 4))) static void fail(Sbx__Control__ErrorKind kind,
+                                                                 bool transient, const char *fmt,
+                                                                 ...)
 {
     char msg[1024];
     va_list ap;
@@ -88,14 +102,7 @@ __attribute__((noreturn)) static void fail(Sbx__Control__ErrorKind kind, bool tr
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     wlog("%s", msg);
-    Sbx__Control__Error e = SBX__CONTROL__ERROR__INIT;
-    e.kind = kind;
-    e.transient = transient;
-    e.message = msg;
-    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
-    m.body_case = SBX__WORKER__FROM_WORKER__BODY_ERROR;
-    m.error = &e;
-    send_ctl(&m);
+    send_error(kind, transient, msg);
     cleanup_vm();
     exit(1);
 }
@@ -109,14 +116,7 @@ __attribute__((format(printf, 3, 4))) static void reply_error(Sbx__Control__Erro
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    Sbx__Control__Error e = SBX__CONTROL__ERROR__INIT;
-    e.kind = kind;
-    e.transient = transient;
-    e.message = msg;
-    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
-    m.body_case = SBX__WORKER__FROM_WORKER__BODY_ERROR;
-    m.error = &e;
-    send_ctl(&m);
+    send_error(kind, transient, msg);
 }
 
 /* Why the VM is gone, for messages: QEMU's own words, else the guest console's last line. */
