@@ -87,10 +87,35 @@ static bool v2_usable(const char *root)
     return true;
 }
 
+static int kill_all(const char *dir);
+
+/* VM cgroups of daemons that died without removing them: kill what is left and remove them. */
+static void remove_stale(const char *parent)
+{
+    DIR *d = opendir(parent);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int pid;
+        unsigned long long seq;
+        if (sscanf(e->d_name, "vm-%d-%llu", &pid, &seq) != 2 || pid == getpid())
+            continue;
+        if (kill(pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s/%s", parent, e->d_name);
+        kill_all(dir);
+        rmdir(dir);
+    }
+    closedir(d);
+}
+
 bool cgroup_init(char *why, size_t n)
 {
     if (v2_usable("/sys/fs/cgroup") || v2_usable("/sys/fs/cgroup/unified")) {
         mode = CG_V2;
+        remove_stale(v2_root);
         snprintf(why, n, "cgroup v2 at %s", v2_root);
         return true;
     }
@@ -112,6 +137,9 @@ bool cgroup_init(char *why, size_t n)
         }
     }
     mode = CG_V1;
+    for (int i = 0; i < NCTRL; i++)
+        if (!v1_dup[i])
+            remove_stale(v1_root[i]);
     snprintf(why, n, "cgroup v1 (memory, pids, cpu) under /sys/fs/cgroup/*/" PARENT);
     return true;
 }

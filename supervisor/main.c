@@ -1,5 +1,7 @@
 /* sbxd: the supervisor. One libev loop owns the control socket, the queue of runs, and one
  * sbx-vmworker per VM; it never runs QEMU itself and survives any worker's death. */
+#include <dirent.h>
+#include <ftw.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -56,6 +58,38 @@ static void stop_cb(EV_P_ ev_signal *w, int revents)
     ev_break(EV_A_ EVBREAK_ALL);
 }
 
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (flag == FTW_DP ? rmdir : unlink)(path);
+    return 0;
+}
+
+/* A daemon that died (SIGKILL, a crash) could not remove its run directory: the next one does,
+ * for every one whose pid is gone. */
+static void remove_stale_run_dirs(void)
+{
+    DIR *d = opendir("/tmp");
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int pid;
+        char rest[32];
+        if (sscanf(e->d_name, "sbxd-%d-%31s", &pid, rest) != 2 || pid <= 0 || pid == getpid())
+            continue;
+        if (kill(pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char path[300];
+        struct stat st;
+        snprintf(path, sizeof path, "/tmp/%s", e->d_name);
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == getuid()) {
+            nftw(path, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+            slog("removed %s, left by sbxd %d that is gone", path, pid);
+        }
+    }
+    closedir(d);
+}
+
 int main(int argc, char **argv)
 {
     sbx_err err = {0};
@@ -82,6 +116,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     started_ms = last_activity = now_ms();
 
+    remove_stale_run_dirs();
     snprintf(run_base, sizeof run_base, "/tmp/sbxd-%d-XXXXXX", (int)getpid());
     if (!mkdtemp(run_base)) {
         fprintf(stderr, "sbxd: create run directory: %s\n", strerror(errno));

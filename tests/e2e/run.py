@@ -805,6 +805,34 @@ def bad_frames_close_only_that_connection(c):
 
 
 @test()
+def killed_daemon_leaves_nothing_behind(c):
+    """SIGKILL of sbxd mid-run: its workers and QEMUs die with it (parent-death signal, pid
+    namespace), and the next daemon removes the run directory and cgroups it could not."""
+    sock = os.path.join(c.tmp, "victim.sock")
+    env = c.env(EXEC_SANDBOX_SOCKET=sock)
+    p = c.start_daemon(sock=sock, log=os.path.join(c.tmp, "victim.log"), env=env)
+    proc = _long_run(c, env=env)
+    mine = [x for x, _ in descendants(p.pid)]
+    ok(mine, "a VM under the daemon")
+    run_dirs = [d for d in os.listdir("/tmp") if d.startswith(f"sbxd-{p.pid}-")]
+    eq(len(run_dirs), 1, "the daemon's run directory")
+    p.kill()
+    p.wait()
+    proc.communicate(timeout=60)
+    ok(proc.returncode != 0, "the client was told")
+    wait_for(lambda: not any(os.path.exists(f"/proc/{x}") for x in mine), 15,
+             "the dead daemon's workers and QEMUs to die")
+    ok(os.path.exists("/tmp/" + run_dirs[0]), "its run directory is still there")
+    p2 = c.start_daemon(sock=sock, log=os.path.join(c.tmp, "victim.log"), env=env)
+    try:
+        ok(not os.path.exists("/tmp/" + run_dirs[0]), "the next daemon removed it")
+        ok(not [g for g in project_cgroups() if f"vm-{p.pid}-" in g], "and its cgroups")
+    finally:
+        p2.terminate()
+        p2.wait(10)
+
+
+@test()
 def embedded_daemon_autostart(c):
     rt = tempfile.mkdtemp(prefix="sbx-rt-", dir=c.tmp)
     env = dict(c.env())
