@@ -905,6 +905,7 @@ static void agent_handle(struct agent *a, const uint8_t *data, size_t len)
         if (!a->net_done) {
             a->net_done = true;
             boot_net_and_name();
+            zram_swap_on(initrd_dev_fd);
         }
         break;
     case SBX__AGENT__HOST_MSG__BODY_EXEC:

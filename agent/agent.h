@@ -129,4 +129,7 @@ void files_pump(struct chan *c);
 /* The host went away: drop any transfer in progress (and its partial file). */
 void files_abort(void);
 
+/* zram.c: compressed swap in guest RAM, set up once after the first Ready. */
+void zram_swap_on(int dev_dir_fd);
+
 #endif

@@ -1021,6 +1021,17 @@ def guest_memory_exhaustion(c):
 
 
 @test()
+def guest_has_compressed_swap(c):
+    """zram: compressible memory beyond the guest's RAM size fits; /sys stays read-only."""
+    j, _ = c.run_json("-t", "60", "-l", "raw", "cat /proc/swaps; touch /sys/x 2>&1")
+    ok("/dev/zram0" in j["stdout"], "zram swap active: " + j["stdout"])
+    ok("Read-only file system" in j["stdout"], "/sys read-only for the code: " + j["stdout"])
+    j, _ = c.run_json("-t", "60", "b = []\nfor i in range(30):\n    b.append(bytearray(10 << 20))\n"
+                      "    b[-1][::4096] = b'x' * len(b[-1][::4096])\nprint(len(b) * 10, 'MB')")
+    eq((j["exit_code"], j["stdout"]), (0, "300 MB\n"), "300 MB of compressible data in 256 MB")
+
+
+@test()
 def fill_disk_and_tmp(c):
     code = ("dd if=/dev/zero of=/tmp/fill bs=1M 2>&1 | grep -m1 -o 'No space left'; rm /tmp/fill; "
             "dd if=/dev/zero of=$HOME/fill bs=1M 2>&1 | grep -m1 -o 'No space left'; "
