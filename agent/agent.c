@@ -591,6 +591,7 @@ static pid_t run_spawn_oneshot(const Sbx__Agent__Exec *x, int fd[2], sbx_err *er
 }
 
 static void agent_reap(struct agent *a);
+static void agent_warm_done(struct agent *a, struct repl *rp, bool ok);
 
 static int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *x, sbx_err *err)
 {
@@ -610,6 +611,8 @@ static int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *x, sb
             reset = true;
             rp->lost = false;
         }
+        /* The exec's command supersedes the warm's: answer the warm now. */
+        agent_warm_done(a, rp, true);
         if (repl_start(rp, err) < 0 || repl_send(rp, x, err) < 0)
             return -1;
         rp->used = true;
@@ -776,6 +779,7 @@ static void agent_repl_ended(struct agent *a, struct repl *rp, int status)
     }
     if (rp->used)
         rp->lost = true;
+    agent_warm_done(a, rp, false);
     repl_close(rp);
 }
 
@@ -842,6 +846,11 @@ static void agent_hello(struct agent *a, const Sbx__Agent__Hello *h)
             a->rng_fd = openat(initrd_dev_fd, "urandom", O_WRONLY | O_CLOEXEC);
         if (a->rng_fd < 0 || ioctl(a->rng_fd, RNDADDENTROPY, &u.info) < 0)
             agent_log("seeding the RNG: %s", strerror(errno));
+        /* Adding entropy alone leaves the crng's key as it was until its next scheduled reseed
+         * (up to a minute away), so every VM restored from one snapshot would draw the same
+         * bytes: reseed it from the pool, which now holds this VM's seed, at once. */
+        else if (ioctl(a->rng_fd, RNDRESEEDCRNG) < 0)
+            agent_log("reseeding the RNG: %s", strerror(errno));
         explicit_bzero(&u, sizeof u);
     } else if (h->seed.len) {
         agent_log("seed of %zu bytes ignored (%d-%d expected)", h->seed.len, AGENT_SEED_MIN,
@@ -868,6 +877,9 @@ static void agent_ready(struct agent *a, uint64_t id)
     chan_send(&a->ch, &m);
 }
 
+/* Warm answers Ready (with the Warm's id) only once the REPL has run an empty command: its
+ * interpreter has started, loaded its wrapper and waits for the next command. A memory snapshot
+ * taken after that answer never holds a half-started REPL. */
 static void agent_warm(struct agent *a, uint64_t id, const Sbx__Agent__Warm *w)
 {
     int l = repl_lang(w->language);
@@ -877,9 +889,38 @@ static void agent_warm(struct agent *a, uint64_t id, const Sbx__Agent__Warm *w)
         return;
     }
     sbx_err err = {0};
+    struct repl *rp = &repls[l];
     agent_reap(a);
-    if (repl_start(&repls[l], &err) < 0)
+    if (a->run.pid && a->run.repl == rp) {
+        agent_ready(a, id); /* busy with an exec: it is as warm as it gets */
+        return;
+    }
+    if (rp->warming) {
+        chan_failure(&a->ch, rp->warm_id, "warm: superseded by another warm");
+        rp->warming = false;
+    }
+    Sbx__Agent__Exec empty = SBX__AGENT__EXEC__INIT;
+    if (repl_start(rp, &err) < 0 || repl_send(rp, &empty, &err) < 0) {
         chan_failure(&a->ch, id, "warm: %s", err.msg);
+        return;
+    }
+    rp->warming = true;
+    rp->warm_id = id;
+}
+
+/* The REPL answered the warm's empty command (ok), or ended before it could (!ok). */
+static void agent_warm_done(struct agent *a, struct repl *rp, bool ok)
+{
+    if (!rp->warming)
+        return;
+    rp->warming = false;
+    if (ok)
+        agent_ready(a, rp->warm_id);
+    else
+        chan_failure(&a->ch, rp->warm_id, "warm: the %s REPL ended while starting",
+                     rp->lang == REPL_PYTHON       ? "python"
+                     : rp->lang == REPL_JAVASCRIPT ? "javascript"
+                                                   : "raw");
 }
 
 /* protobuf-c cuts a string at an embedded NUL without a word. For the messages that carry
@@ -1020,6 +1061,8 @@ static void agent_loop(struct agent *a)
                 int got = repl_read_result(rp, &rc);
                 if (got == 1 && mine && !r->exited)
                     run_repl_result(a, rc);
+                else if (got == 1 && rp->warming)
+                    agent_warm_done(a, rp, true);
             }
         }
     }

@@ -92,6 +92,8 @@ struct repl {
     unsigned slot; /* which of its language's two cgroups it is in */
     bool used;     /* code has run in it: it holds state */
     bool lost;     /* it ended while idle, holding state: the next exec reports a reset */
+    bool warming;  /* a Warm waits for the REPL's answer to an empty command */
+    uint64_t warm_id;
 };
 
 extern struct repl repls[REPL_N];

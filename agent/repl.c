@@ -20,6 +20,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #define REPL_DIR AGENT_CODE_DIR "/repl"
@@ -257,11 +258,16 @@ int repl_send(struct repl *r, const Sbx__Agent__Exec *x, sbx_err *err)
     }
     unsigned long long seq = ++r->seq;
     int n;
+    /* bash seeds $RANDOM once, at start: a shell restored from a memory snapshot would repeat
+     * every other restored shell's numbers. Reseed it from the kernel with each exec. */
+    unsigned rnd = 0;
+    if (r->lang == REPL_RAW && getrandom(&rnd, sizeof rnd, GRND_NONBLOCK) != (ssize_t)sizeof rnd)
+        rnd = (unsigned)now_ms() ^ (unsigned)r->seq;
     if (r->lang == REPL_RAW)
         n = snprintf(line, sizeof line,
-                     "%s%s%sbuiltin source %s; builtin printf '%%s %%d\\n' %llu \"$?\" >&%d; "
-                     "builtin disown -a\n",
-                     x->n_env ? "builtin source " : "", x->n_env ? env_file : "",
+                     "RANDOM=%u; %s%s%sbuiltin source %s; builtin printf '%%s %%d\\n' %llu \"$?\" "
+                     ">&%d; builtin disown -a\n",
+                     rnd & 0x7fffffffu, x->n_env ? "builtin source " : "", x->n_env ? env_file : "",
                      x->n_env ? "; " : "", code, seq, SANDBOX_RESULT_FD);
     else
         n = snprintf(line, sizeof line, "%llu %d\n", seq, x->n_env > 0);

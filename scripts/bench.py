@@ -8,7 +8,8 @@
   been started with the same warm-up code as a pool VM's: the same state a pool VM is in);
 - throughput: 40 runs at -j 4;
 - memory: host PSS of an idle pool VM's QEMU, and the RSS of sbxd and a worker.
-Restore-from-snapshot rows come from scripts/floor-restore.sh when snapshots are available.
+Restore-from-snapshot rows come from scripts/bench-restore.py (its daemons here run with snapshots
+off, so that cold means cold).
 It prints a table; it is a measurement, not a test.
 
 usage: scripts/bench.py [--runs N] [--langs python,javascript,raw] [--skip cold,warm,tput,mem]
@@ -45,7 +46,7 @@ class Daemon:
     def __init__(self, a, *flags):
         self.tmp = tempfile.mkdtemp(prefix="sbx-bench-")
         self.sock = os.path.join(self.tmp, "sbxd.sock")
-        self.env = dict(os.environ, EXEC_SANDBOX_SOCKET=self.sock)
+        self.env = dict(os.environ, EXEC_SANDBOX_SOCKET=self.sock, EXEC_SANDBOX_SNAPSHOTS="0")
         self.a = a
         self.p = subprocess.Popen([a.sbxd, "--socket", self.sock, *flags],
                                   stdout=open(os.path.join(self.tmp, "log"), "w"),

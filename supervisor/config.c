@@ -58,6 +58,7 @@ static const struct key keys[] = {
     U32(vm_uid_base, 100000, 4000000000u, "first uid of the range VMs run as (no qemu-vm user)"),
     STR(allowed_uids, "uids allowed on the control socket, comma-separated (default: own + 0)"),
     BOOL(test_hooks, "honour test-only triggers (tests only)"),
+    BOOL(snapshots, "start VMs from memory snapshots, built in the background (default: on)"),
 };
 
 void config_defaults(sbx_config *c)
@@ -78,6 +79,7 @@ void config_defaults(sbx_config *c)
     c->queue_timeout_seconds = 120;
     c->boot_timeout_seconds = 30;
     c->vm_uid_base = 2100000000u;
+    c->snapshots = true;
 }
 
 static const struct key *find_key(const char *name)

@@ -34,6 +34,7 @@ typedef struct {
     uint32_t vm_uid_base;   /* first of 65536 uids for VMs when no qemu-vm user exists */
     char allowed_uids[256]; /* comma-separated uids allowed on the control socket */
     bool test_hooks;        /* test-only triggers; never in production */
+    bool snapshots;         /* start VMs from memory snapshots (supervisor/snapshot.c) */
 } sbx_config;
 
 void config_defaults(sbx_config *c);

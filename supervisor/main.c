@@ -14,6 +14,7 @@
 #include "cgroup.h"
 #include "paths.h"
 #include "sbxd.h"
+#include "snapshot.h"
 
 sbx_config cfg;
 char run_base[256];
@@ -129,6 +130,7 @@ int main(int argc, char **argv)
         return 1;
     }
     accel_init();
+    snapshot_init();
     char why[256];
     if (cgroup_init(why, sizeof why))
         slog("%s", why);
@@ -151,6 +153,7 @@ int main(int argc, char **argv)
     pool_shutdown();
     session_shutdown();
     sched_shutdown();
+    snapshot_shutdown();
     rmdir(run_base);
     ev_loop_destroy(loop);
     return 0;

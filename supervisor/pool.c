@@ -204,7 +204,7 @@ static void vm_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, c
     pool_refill();
 }
 
-static const vm_owner_ops pool_ops = {vm_booted, vm_frame, vm_gone};
+static const vm_owner_ops pool_ops = {vm_booted, vm_frame, vm_gone, true};
 
 void pool_refill(void)
 {

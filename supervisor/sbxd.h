@@ -40,6 +40,9 @@ typedef struct {
     void (*frame)(void *owner, Sbx__Worker__FromWorker *m);
     /* The VM is gone (closed, failed to start, died). The job pointer is invalid from now. */
     void (*gone)(void *owner, Sbx__Control__ErrorKind kind, bool transient, const char *why);
+    /* Work nobody waits for (pool VMs, snapshot templates): never ahead of runs and sessions
+     * in the queue. */
+    bool background;
 } vm_owner_ops;
 /* Queue a VM for an owner; it counts against max_concurrent_vms like a run. */
 job *sched_open_vm(const char *language, uint32_t memory_mb, const vm_owner_ops *ops, void *owner);

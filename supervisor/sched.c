@@ -20,6 +20,7 @@
 #include "frame.h"
 #include "paths.h"
 #include "sbxd.h"
+#include "snapshot.h"
 #include "worker.pb-c.h"
 
 #define PROBE_BOOT_TIMEOUT_MS 6000
@@ -59,6 +60,7 @@ typedef struct job {
     char why[512];
     Sbx__Control__ErrorKind why_kind;
     bool why_transient;
+    char snapshot[600]; /* the memory snapshot this VM was told to restore from, or "" */
     struct job *next;
 } job;
 
@@ -321,8 +323,9 @@ void sched_vm_fill_result(job *j, Sbx__Control__ExecResult *res)
     if (cpu_ns)
         res->external_cpu_time_ms = cpu_ns / 1000000u;
     if (res->timing) {
-        /* Queue wait and worker start count as setup; total is from arrival to now. */
-        if (res->timing->boot_ms)
+        /* Queue wait and worker start count as setup (for the request that booted the VM); total
+         * is from arrival to now. */
+        if (res->timing->boot_ms && j->t_dispatch >= j->t_accept)
             res->timing->setup_ms += j->t_dispatch - j->t_accept;
         res->timing->total_ms = now_ms() - j->t_accept;
     }
@@ -331,6 +334,8 @@ void sched_vm_fill_result(job *j, Sbx__Control__ExecResult *res)
 /* Reply to the client: forward a worker frame, adjusting the result's timing with sbxd's part. */
 static void job_forward(job *j, Sbx__Worker__FromWorker *m)
 {
+    if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED && j->snapshot[0])
+        snapshot_booted(j->snapshot, m->booted);
     if (j->ops) {
         if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED)
             j->ops->booted(j->owner, m->booted);
@@ -689,6 +694,7 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     vc.userns = userns;
     vc.test_hooks = cfg.test_hooks;
     vc.session = j->ops != NULL;
+    snapshot_prepare(&vc, language, j->probe, j->ops, j->owner, j->snapshot, sizeof j->snapshot);
     Sbx__Worker__ToWorker m2 = SBX__WORKER__TO_WORKER__INIT;
     m2.body_case = SBX__WORKER__TO_WORKER__BODY_START;
     m2.start = &vc;
@@ -742,23 +748,32 @@ static void job_start(job *j)
     }
 }
 
+static bool background(const job *j)
+{
+    return j->ops && j->ops->background;
+}
+
 void sched_pump(void)
 {
-    for (job *j = jobs, *next; j; j = next) {
-        next = j->next;
-        if (j->state != JOB_QUEUED)
-            continue;
-        if (nrunning >= cfg.max_concurrent_vms) {
-            /* A waiting run may take the slot of an idle pool VM (once its worker exits). */
-            if (j->req && !nclosing)
-                pool_evict_one();
-            return;
+    /* Runs and sessions first, in arrival order; background VMs (pool, templates) after them,
+     * so none of those ever holds a run up. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (job *j = jobs, *next; j; j = next) {
+            next = j->next;
+            if (j->state != JOB_QUEUED || background(j) != (pass == 1))
+                continue;
+            if (nrunning >= cfg.max_concurrent_vms) {
+                /* A waiting run may take the slot of an idle pool VM (once its worker exits). */
+                if (pass == 0 && !nclosing)
+                    pool_evict_one();
+                return;
+            }
+            if (!accel_verdict()) {
+                accel_need();
+                return;
+            }
+            job_start(j);
         }
-        if (!accel_verdict()) {
-            accel_need();
-            return;
-        }
-        job_start(j);
     }
     /* Every run has a slot: spare capacity goes to the warm pool. */
     pool_refill();

@@ -131,6 +131,16 @@ static int build_root(const jail_spec *s, const char *root, sbx_err *err)
         return sbx_fail(err, errno, "remount `%s`: %s", q, strerror(errno));
     if (bind_in(root, "vm", s->run_dir, true, true, err) < 0)
         return -1;
+    /* A memory snapshot's directory (mem, state): read-only for a restore, so the RAM file every
+     * restored VM maps stays byte-identical; data only either way. */
+    if (s->snapshot_dir) {
+        if (bind_in(root, "assets/snapshot", s->snapshot_dir, s->snapshot_rw, true, err) < 0)
+            return -1;
+        snprintf(q, sizeof q, "%s/assets/snapshot", root);
+        unsigned long fl = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+        if (mount(NULL, q, NULL, fl | (s->snapshot_rw ? 0 : MS_RDONLY), NULL) < 0)
+            return sbx_fail(err, errno, "remount `%s`: %s", q, strerror(errno));
+    }
     char p[PATH_MAX];
     snprintf(p, sizeof p, "%s/dev", root);
     if (mount("sbx-dev", p, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755") < 0)

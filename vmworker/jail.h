@@ -12,8 +12,10 @@
 typedef struct {
     const char *run_dir;                         /* host path: becomes /vm (sockets, logs) */
     const char *kernel, *initrd, *rootfs, *qemu; /* host paths: bound read-only under /assets */
-    bool kvm;                                    /* give QEMU /dev/kvm */
-    bool userns; /* already in a user namespace where uid 0 is sbxd's user */
+    const char *snapshot_dir;                    /* host path or NULL: bound on JAIL_SNAPSHOT */
+    bool snapshot_rw; /* a template writes its snapshot there; restores only read */
+    bool kvm;         /* give QEMU /dev/kvm */
+    bool userns;      /* already in a user namespace where uid 0 is sbxd's user */
     uid_t uid;
     gid_t gid;
 } jail_spec;
@@ -24,6 +26,7 @@ typedef struct {
 #define JAIL_INITRD "/assets/initramfs.cpio"
 #define JAIL_ROOTFS "/assets/rootfs.sqfs"
 #define JAIL_QEMU "/assets/qemu-system-x86_64"
+#define JAIL_SNAPSHOT "/assets/snapshot"
 
 /* Called once, early, in the fresh namespaces sbxd created. After it returns 0 the process sees
  * only: /usr (read-only), /assets, /vm, a minimal /dev, /proc of its own pid namespace, /tmp;

@@ -18,7 +18,7 @@ static const char base_cmdline[] = "console=ttyS0 panic=-1 reboot=t quiet loglev
                                    "tsc=reliable no_timer_check i8042.noaux nolapic_timer "
                                    "random.trust_cpu=on";
 
-#define MAX_ARGS 64
+#define MAX_ARGS 80
 
 struct argv_buf {
     char *v[MAX_ARGS];
@@ -61,13 +61,19 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
     snprintf(vm->agent_sock, sizeof vm->agent_sock, "%s/agent.sock", cfg->run_dir);
     snprintf(vm->console_sock, sizeof vm->console_sock, "%s/console.sock", cfg->run_dir);
     snprintf(vm->log_path, sizeof vm->log_path, "%s/qemu.log", cfg->run_dir);
+    snprintf(vm->qmp_sock, sizeof vm->qmp_sock, "%s/qmp.sock", cfg->run_dir);
+    bool restore = cfg->start_mode && !strcmp(cfg->start_mode, "restore");
+    bool template = cfg->start_mode && !strcmp(cfg->start_mode, "template");
+    if ((restore || template) && !safe_path(cfg->snapshot_dir))
+        return sbx_fail(err, EINVAL, "VM config: snapshot path must be absolute, without commas");
 
     struct argv_buf a = {0};
     const char *cpu =
         cfg->cpu && *cfg->cpu ? cfg->cpu : (!strcmp(cfg->accel, "kvm") ? "host" : "max");
     int bad = 0;
     bad |= arg(&a, "%s", cfg->qemu);
-    bad |= arg(&a, "-M") | arg(&a, "microvm,acpi=off,x-option-roms=off,rtc=on");
+    bad |= arg(&a, "-M") | arg(&a, "microvm,acpi=off,x-option-roms=off,rtc=on%s",
+                               restore || template ? ",memory-backend=mem" : "");
     /* TCG's translation cache would otherwise reserve up to 1 GiB: keep it within the cgroup
      * overhead sbxd allows (VM_OVERHEAD_MB). */
     bad |= arg(&a, "-accel") |
@@ -77,6 +83,12 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
            arg(&a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
     bad |= arg(&a, "-cpu") | arg(&a, "%s", cpu);
     bad |= arg(&a, "-m") | arg(&a, "%u", cfg->memory_mb);
+    /* Snapshots: guest RAM in a file, so that the device state alone goes through migration
+     * (x-ignore-shared) and every restored VM maps the same pages copy-on-write. */
+    if (restore || template)
+        bad |= arg(&a, "-object") |
+               arg(&a, "memory-backend-file,id=mem,size=%uM,mem-path=%s/mem,%s", cfg->memory_mb,
+                   cfg->snapshot_dir, restore ? "share=off,readonly=on,rom=off" : "share=on");
     bad |= arg(&a, "-smp") | arg(&a, "1");
     bad |= arg(&a, "-nodefaults") | arg(&a, "-no-user-config") | arg(&a, "-no-reboot");
     bad |= arg(&a, "-display") | arg(&a, "none");
@@ -92,11 +104,19 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
     bad |= arg(&a, "-device") | arg(&a, "virtserialport,chardev=agent,name=sbx.agent");
     bad |= arg(&a, "-device") | arg(&a, "virtio-rng-device");
     /* The guest reports pages it frees and QEMU returns them to the host: idle VMs (the warm
-     * pool, idle sessions) give back what their boot touched and no longer uses. */
-    bad |= arg(&a, "-device") | arg(&a, "virtio-balloon-device,free-page-reporting=on");
+     * pool, idle sessions) give back what their boot touched and no longer uses. Not with
+     * snapshots: QEMU cannot discard pages of a read-only RAM file (it would punch holes in the
+     * file every restored VM shares), so reporting would only fill the log with refusals; the
+     * template has it off too, as its device state must match. */
+    bad |= arg(&a, "-device") | arg(&a, "virtio-balloon-device,free-page-reporting=%s",
+                                    restore || template ? "off" : "on");
     bad |=
         arg(&a, "-chardev") | arg(&a, "socket,id=con,path=%s,server=on,wait=off", vm->console_sock);
     bad |= arg(&a, "-serial") | arg(&a, "chardev:con");
+    if (restore || template)
+        bad |= arg(&a, "-qmp") | arg(&a, "unix:%s,server=on,wait=off", vm->qmp_sock);
+    if (restore)
+        bad |= arg(&a, "-incoming") | arg(&a, "defer");
     if (bad)
         return sbx_fail(err, E2BIG, "QEMU command line too long");
 

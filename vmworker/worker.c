@@ -21,6 +21,7 @@
 #include "jail.h"
 #include "sbx_limits.h"
 #include "qemu.h"
+#include "qmp.h"
 #include "worker.pb-c.h"
 
 /* Time the guest gets past its own timeout to SIGTERM, SIGKILL, drain and report before the
@@ -51,6 +52,10 @@ typedef struct {
 } worker;
 
 static worker W = {.ctl = -1, .sigfd = -1, .agent = -1, .con = -1, .vm = {.pid = -1}};
+/* How this VM started ("cold" or "restore"), and why a restore asked for was given up. */
+static const char *start_mode = "cold";
+static char restore_error[512];
+static bool restore_timed_out;
 
 static void wlog(const char *fmt, ...)
 {
@@ -92,9 +97,8 @@ static void send_error(Sbx__Control__ErrorKind kind, bool transient, const char 
 }
 
 /* The VM cannot go on: report, remove it, exit. */
-__attribute__((noreturn, format(printf, 3, 4))) static void fail(Sbx__Control__ErrorKind kind,
-                                                                 bool transient, const char *fmt,
-                                                                 ...)
+__attribute__((noreturn, format(printf, 3, 4))) static void
+fail(Sbx__Control__ErrorKind kind, bool transient, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
@@ -165,7 +169,7 @@ static void send_agent(Sbx__Agent__HostMsg *m)
              strerror(errno));
 }
 
-static void send_hello(void)
+static int try_send_hello(void)
 {
     /* Fresh randomness and the host's clock with every Hello: a guest restored from a shared
      * snapshot must not reuse another VM's RNG state or a stale time. */
@@ -182,7 +186,16 @@ static void send_hello(void)
     Sbx__Agent__HostMsg m = SBX__AGENT__HOST_MSG__INIT;
     m.body_case = SBX__AGENT__HOST_MSG__BODY_HELLO;
     m.hello = &h;
-    send_agent(&m);
+    int rc = frame_send(W.agent, &m.base);
+    explicit_bzero(seed, sizeof seed);
+    return rc;
+}
+
+static void send_hello(void)
+{
+    if (try_send_hello() < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true, "write to guest agent: %s",
+             strerror(errno));
 }
 
 enum { EV_NONE, EV_CTL, EV_AGENT, EV_TIMEOUT };
@@ -433,7 +446,9 @@ static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t s
     ex.env = envp;
     ex.max_stdout = SBX_MAX_STDOUT;
     ex.max_stderr = SBX_MAX_STDERR;
-    ex.keep_state = req->keep_state;
+    /* A restored VM's REPL is warm already (that is what the snapshot holds): a one-shot run
+     * goes to it instead of a fresh interpreter. The VM is still this run's alone. */
+    ex.keep_state = req->keep_state || !strcmp(start_mode, "restore");
     Sbx__Agent__HostMsg hm = SBX__AGENT__HOST_MSG__INIT;
     hm.id = ++agent_seq;
     hm.body_case = SBX__AGENT__HOST_MSG__BODY_EXEC;
@@ -471,7 +486,7 @@ static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t s
         case SBX__AGENT__GUEST_MSG__BODY_DONE:
             res.exit_code = g->done->exit_code;
             res.timed_out = g->done->timed_out;
-            res.interpreter_reset = g->done->interpreter_reset;
+            res.interpreter_reset = g->done->interpreter_reset && req->keep_state;
             out.truncated |= g->done->stdout_truncated;
             errb.truncated |= g->done->stderr_truncated;
             res.execution_time_ms = g->done->execution_time_ms;
@@ -508,7 +523,7 @@ static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t s
     res.stdout_truncated = out.truncated;
     res.stderr_truncated = errb.truncated;
     res.accelerator = W.cfg->accel;
-    res.start_mode = "cold";
+    res.start_mode = (char *)start_mode;
     Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
     m.body_case = SBX__WORKER__FROM_WORKER__BODY_RESULT;
     m.result = &res;
@@ -681,7 +696,12 @@ static void enter_jail(Sbx__Worker__VmConfig *c)
 {
     if (!c->jail)
         return;
+    bool snap =
+        c->start_mode && (!strcmp(c->start_mode, "restore") || !strcmp(c->start_mode, "template"));
     jail_spec js = {.run_dir = c->run_dir,
+                    .snapshot_dir =
+                        snap && c->snapshot_dir && *c->snapshot_dir ? c->snapshot_dir : NULL,
+                    .snapshot_rw = snap && !strcmp(c->start_mode, "template"),
                     .kernel = c->kernel,
                     .initrd = c->initrd,
                     .rootfs = c->rootfs,
@@ -702,6 +722,247 @@ static void enter_jail(Sbx__Worker__VmConfig *c)
     set_str(&c->initrd, JAIL_INITRD);
     set_str(&c->rootfs, JAIL_ROOTFS);
     set_str(&c->qemu, JAIL_QEMU);
+    if (js.snapshot_dir)
+        set_str(&c->snapshot_dir, JAIL_SNAPSHOT);
+}
+
+/* ---- memory snapshots -------------------------------------------------------------------- */
+
+/* A restore that takes longer than this is given up for a cold boot (sbxd usually says). */
+#define RESTORE_TIMEOUT_MS 5000
+#define RESTORE_HELLO_MS 250
+/* Template steps: the REPL's warm-up, and saving the device state. */
+#define TEMPLATE_STEP_MS 60000
+
+static qmp_conn qmp = {.fd = -1};
+
+/* The guest agent's Ready to a fresh Hello on a restored VM, until deadline. Nothing here is
+ * fatal: every failure becomes a cold boot. */
+static int restore_wait_ready(uint64_t deadline, sbx_err *err)
+{
+    uint64_t next_hello = 0;
+    for (;;) {
+        const uint8_t *f;
+        size_t n;
+        int r = frame_reader_next(&W.ag_rd, &f, &n);
+        if (r < 0)
+            return sbx_fail(err, EMSGSIZE, "the guest agent sent an oversized frame");
+        if (r == 1) {
+            Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, f);
+            if (!g)
+                return sbx_fail(err, EPROTO, "undecodable frame from the guest agent");
+            bool ready = g->body_case == SBX__AGENT__GUEST_MSG__BODY_READY;
+            uint32_t v = ready ? g->ready->protocol_version : 0;
+            sbx__agent__guest_msg__free_unpacked(g, NULL);
+            if (ready && v != SBX_PROTOCOL_VERSION)
+                return sbx_fail(err, EPROTO, "the snapshot's agent speaks protocol %u, host %d", v,
+                                SBX_PROTOCOL_VERSION);
+            if (ready)
+                return 0;
+            continue;
+        }
+        uint64_t now = now_ms();
+        if (now >= deadline)
+            return sbx_fail(err, ETIMEDOUT, "the guest agent did not answer within %u ms",
+                            W.cfg->restore_timeout_ms ? W.cfg->restore_timeout_ms
+                                                      : RESTORE_TIMEOUT_MS);
+        /* Hello again now and then: it is idempotent, and a guest resuming may see the channel
+         * close and reopen around the first one. */
+        if (now >= next_hello) {
+            if (try_send_hello() < 0)
+                return sbx_fail(err, errno, "write to the guest agent: %s", strerror(errno));
+            next_hello = now + RESTORE_HELLO_MS;
+        }
+        uint64_t until = next_hello < deadline ? next_hello : deadline;
+        struct pollfd p[3] = {{.fd = W.sigfd, .events = POLLIN},
+                              {.fd = W.agent, .events = POLLIN},
+                              {.fd = W.con, .events = POLLIN}};
+        if (poll(p, 3, (int)(until - now)) < 0) {
+            if (errno == EINTR)
+                continue;
+            return sbx_fail(err, errno, "poll: %s", strerror(errno));
+        }
+        if (p[2].revents)
+            console_read();
+        if (p[0].revents) {
+            struct signalfd_siginfo si;
+            while (read(W.sigfd, &si, sizeof si) == sizeof si) {
+                if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+                    cleanup_vm();
+                    exit(1);
+                }
+            }
+            int st;
+            if (W.vm.pid > 0 && waitpid(W.vm.pid, &st, WNOHANG) == W.vm.pid) {
+                W.vm.pid = -1;
+                return sbx_fail(err, ECHILD, "QEMU %s %d",
+                                WIFSIGNALED(st) ? "was killed by signal" : "exited with status",
+                                WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+            }
+        }
+        if (p[1].revents) {
+            ssize_t got = frame_reader_fill(&W.ag_rd, W.agent);
+            if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR))
+                return sbx_fail(err, EPIPE, "the guest agent channel closed");
+        }
+    }
+}
+
+/* Start from the snapshot: QEMU maps its RAM file copy-on-write and waits (-incoming defer),
+ * QMP loads the device state (x-ignore-shared: the RAM is in the file, not the stream), the
+ * guest resumes where the template stood, and answers a Hello that gives it its own seed and
+ * the host's clock. On failure QEMU is gone, the run directory is as before, restore_error
+ * says why, and the caller boots cold. */
+static bool boot_restore(uint64_t *boot_ms)
+{
+    sbx_err err = {0};
+    uint32_t limit = W.cfg->restore_timeout_ms ? W.cfg->restore_timeout_ms : RESTORE_TIMEOUT_MS;
+    char uri[PATH_MAX + 8];
+    snprintf(uri, sizeof uri, "file:%s/state", W.cfg->snapshot_dir);
+    if (qemu_spawn(W.cfg, &W.vm, &err) < 0)
+        goto failed;
+    uint64_t deadline = W.vm.t_spawn + limit;
+    if (qmp_open(&qmp, &W.vm, deadline, &err) < 0)
+        goto failed;
+    int rc = qmp_exec(
+        &qmp, "migrate-set-capabilities",
+        json_pack("{s:[{s:s, s:b}]}", "capabilities", "capability", "x-ignore-shared", "state", 1),
+        NULL, deadline, &err);
+    if (rc == 0)
+        rc = qmp_exec(&qmp, "migrate-incoming", json_pack("{s:s}", "uri", uri), NULL, deadline,
+                      &err);
+    /* The load goes on inside QEMU; a broken state file makes it exit with the reason. */
+    qmp_close(&qmp);
+    unlink(W.vm.qmp_sock);
+    if (rc < 0)
+        goto failed;
+    W.con = qemu_connect(&W.vm, W.vm.console_sock, deadline, &err);
+    if (W.con < 0)
+        goto failed;
+    W.agent = qemu_connect(&W.vm, W.vm.agent_sock, deadline, &err);
+    if (W.agent < 0)
+        goto failed;
+    frame_reader_init(&W.ag_rd, FRAME_MAX_AGENT);
+    if (restore_wait_ready(deadline, &err) < 0)
+        goto failed;
+    *boot_ms = now_ms() - W.vm.t_spawn;
+    start_mode = "restore";
+    return true;
+failed : {
+    char why[512];
+    restore_timed_out = err.code == ETIMEDOUT;
+    snprintf(restore_error, sizeof restore_error, "%s (%s)", err.msg,
+             vm_gone_reason(why, sizeof why));
+    qmp_close(&qmp);
+    qemu_kill(&W.vm);
+    if (W.agent >= 0)
+        close(W.agent);
+    if (W.con >= 0)
+        close(W.con);
+    W.agent = W.con = -1;
+    W.con_len = 0;
+    frame_reader_free(&W.ag_rd);
+    unlink(W.vm.agent_sock);
+    unlink(W.vm.console_sock);
+    unlink(W.vm.qmp_sock);
+    return false;
+}
+}
+
+/* A template VM, booted cold with its RAM in snapshot_dir/mem: warm the language's REPL (the
+ * agent answers the Warm once the REPL has run an empty command), save the device state with
+ * the VM running (stopping it first would leave restored VMs paused), report, and stop. */
+__attribute__((noreturn)) static void make_template(uint64_t boot_ms)
+{
+    sbx_err err = {0};
+    uint64_t t_warm = now_ms(), deadline = t_warm + TEMPLATE_STEP_MS;
+    if (qmp_open(&qmp, &W.vm, deadline, &err) < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_SNAPSHOT, true, "template: %s", err.msg);
+    Sbx__Agent__Warm w = SBX__AGENT__WARM__INIT;
+    w.language = W.cfg->language;
+    Sbx__Agent__HostMsg hm = SBX__AGENT__HOST_MSG__INIT;
+    hm.id = ++agent_seq;
+    hm.body_case = SBX__AGENT__HOST_MSG__BODY_WARM;
+    hm.warm = &w;
+    send_agent(&hm);
+    for (bool warm = false; !warm;) {
+        const uint8_t *f;
+        size_t n;
+        if (next_event(deadline, false, &f, &n) == EV_TIMEOUT)
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_SNAPSHOT, true,
+                 "template: the %s REPL did not start within %d s", W.cfg->language,
+                 TEMPLATE_STEP_MS / 1000);
+        Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, f);
+        if (!g)
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                 "undecodable frame from the guest agent");
+        if (g->id == hm.id && g->body_case == SBX__AGENT__GUEST_MSG__BODY_FAILURE)
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_SNAPSHOT, true, "template: %.400s",
+                 g->failure->message ? g->failure->message : "warm failed");
+        warm = g->id == hm.id && g->body_case == SBX__AGENT__GUEST_MSG__BODY_READY;
+        sbx__agent__guest_msg__free_unpacked(g, NULL);
+    }
+    uint64_t t_save = now_ms();
+    char uri[PATH_MAX + 8];
+    snprintf(uri, sizeof uri, "file:%s/state", W.cfg->snapshot_dir);
+    int rc = qmp_exec(
+        &qmp, "migrate-set-capabilities",
+        json_pack("{s:[{s:s, s:b}]}", "capabilities", "capability", "x-ignore-shared", "state", 1),
+        NULL, deadline, &err);
+    if (rc == 0)
+        rc = qmp_exec(&qmp, "migrate", json_pack("{s:s}", "uri", uri), NULL, deadline, &err);
+    /* Poll: the MIGRATION event needs a capability of its own, and this takes milliseconds. */
+    for (bool done = false; rc == 0 && !done;) {
+        json_t *r = NULL;
+        rc = qmp_exec(&qmp, "query-migrate", NULL, &r, deadline, &err);
+        const char *st = json_string_value(json_object_get(r, "status"));
+        const char *desc = json_string_value(json_object_get(r, "error-desc"));
+        if (rc == 0 && st && (!strcmp(st, "failed") || !strcmp(st, "cancelled")))
+            rc = sbx_fail(&err, EIO, "migration %s: %.300s", st, desc ? desc : "no reason given");
+        done = rc == 0 && st && !strcmp(st, "completed");
+        json_decref(r);
+        if (rc == 0 && !done) {
+            struct timespec ts = {0, 2 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (rc < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_SNAPSHOT, true, "template: save: %s", err.msg);
+    uint64_t t_done = now_ms();
+    Sbx__Worker__SnapshotSaved sv = SBX__WORKER__SNAPSHOT_SAVED__INIT;
+    sv.qemu_version = qmp.version;
+    sv.boot_ms = boot_ms;
+    sv.warm_ms = t_save - t_warm;
+    sv.save_ms = t_done - t_save;
+    qmp_close(&qmp);
+    /* The VM stays paused after the save: its RAM file is final. */
+    cleanup_vm();
+    unlink(W.vm.qmp_sock);
+    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
+    m.body_case = SBX__WORKER__FROM_WORKER__BODY_SNAPSHOT_SAVED;
+    m.snapshot_saved = &sv;
+    send_ctl(&m);
+    exit(0);
+}
+
+/* Boot, restore, or make a template, as sbxd asked. A failed restore is a cold boot in the same
+ * slot: the run never sees it, beyond start_mode "cold" and the warning sbxd logs. */
+static void start_vm(uint64_t *boot_ms)
+{
+    const char *mode = W.cfg->start_mode ? W.cfg->start_mode : "";
+    if (!strcmp(mode, "restore")) {
+        uint64_t t0 = now_ms();
+        if (boot_restore(boot_ms))
+            return;
+        wlog("warning: restore from the memory snapshot failed; booting cold: %s", restore_error);
+        set_str(&W.cfg->start_mode, "cold");
+        boot(boot_ms);
+        *boot_ms += W.vm.t_spawn - t0; /* the attempt counts */
+        return;
+    }
+    boot(boot_ms);
+    if (!strcmp(mode, "template"))
+        make_template(*boot_ms);
 }
 
 int main(int argc, char **argv)
@@ -753,7 +1014,7 @@ int main(int argc, char **argv)
     W.cfg = start->start;
     enter_jail(W.cfg);
     uint64_t setup_ms = now_ms() - W.t_start, boot_ms = 0;
-    boot(&boot_ms);
+    start_vm(&boot_ms);
     if (W.cfg->jail) {
         sbx_err err = {0};
         if (jail_seccomp(&err) < 0)
@@ -764,6 +1025,9 @@ int main(int argc, char **argv)
     b.boot_ms = boot_ms;
     b.setup_ms = setup_ms;
     b.qemu_pid = (uint32_t)W.vm.pid;
+    b.start_mode = (char *)start_mode;
+    b.restore_error = restore_error;
+    b.restore_timed_out = restore_timed_out;
     Sbx__Worker__FromWorker bm = SBX__WORKER__FROM_WORKER__INIT;
     bm.body_case = SBX__WORKER__FROM_WORKER__BODY_BOOTED;
     bm.booted = &b;

@@ -55,6 +55,42 @@ function syncWrite(fd) {
 process.stdout.write = syncWrite(1);
 process.stderr.write = syncWrite(2);
 
+// Math.random keeps its state in this process from its start: in VMs restored from one memory
+// snapshot every REPL would draw the same numbers. It is replaced by xoshiro128** (the quality
+// of the engines' own generators), reseeded from the kernel before each exec; the agent has the
+// kernel's generator reseeded by the host on every restore.
+const rng = new Uint32Array(4);
+function reseedMathRandom() {
+  const fd = fs.openSync("/dev/urandom", "r");
+  try {
+    do fs.readSync(fd, rng, 0, 16, null);
+    while ((rng[0] | rng[1] | rng[2] | rng[3]) === 0);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+function next32() {
+  const s = rng;
+  const x = Math.imul(s[1], 5);
+  const r = Math.imul((x << 7) | (x >>> 25), 9) >>> 0;
+  const t = s[1] << 9;
+  s[2] ^= s[0];
+  s[3] ^= s[1];
+  s[1] ^= s[2];
+  s[0] ^= s[3];
+  s[2] ^= t;
+  s[3] = (s[3] << 11) | (s[3] >>> 21);
+  return r;
+}
+reseedMathRandom();
+Object.defineProperty(Math, "random", {
+  value: function random() {
+    return ((next32() >>> 5) * 67108864 + (next32() >>> 6)) / 9007199254740992;
+  },
+  writable: true,
+  configurable: true,
+});
+
 let n = 0;
 async function runOne(seq, hasEnv) {
   let rc = 0;
@@ -66,7 +102,9 @@ async function runOne(seq, hasEnv) {
       }
     }
     const src = fs.readFileSync(codePath, "utf8");
-    n += 1;
+    reseedMathRandom();
+    // The agent's warm-up (an empty command) takes no exec number.
+    if (src) n += 1;
     const js = transpiler.transformSync(src);
     const result = vm.runInThisContext(js, {
       filename: `exec-${n}.js`,

@@ -51,10 +51,13 @@ def main():
                             os.environb[k] = v
             with open(code_path, "rb") as f:
                 src = f.read()
-            name = "<exec-%d>" % n
-            sources[name] = src
-            code = compile(src, name, "exec")
-            exec(code, ns)
+            if src:
+                name = "<exec-%d>" % n
+                sources[name] = src
+                code = compile(src, name, "exec")
+                exec(code, ns)
+            else:
+                n -= 1  # the agent's warm-up (an empty command) takes no exec number
         except SystemExit:
             raise
         except BaseException as e:
