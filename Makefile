@@ -118,8 +118,11 @@ test: setup
 test-fast: all asan test-unit
 	python3 tests/e2e/run.py --fast --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
 
+# Start-up benchmarks, each way beside its floor (a table, not a test): cold, warm pool,
+# throughput and memory; then snapshot restore.
 bench: all
 	scripts/bench.py
+	scripts/bench-restore.py
 
 FORMAT_SRC = $(wildcard proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] tests/unit/*.c)
 format:
