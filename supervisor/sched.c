@@ -192,6 +192,8 @@ __attribute__((format(printf, 4, 5))) static void job_error(job *j, Sbx__Control
 static void qtimer_cb(EV_P_ ev_timer *w, int revents)
 {
     job *j = w->data;
+    slog("vm %llu: no slot in %u s (%u running, %u closing, %u queued)", (unsigned long long)j->seq,
+         cfg.queue_timeout_seconds, nrunning, nclosing, nqueued);
     job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
               "all %u VM slots stayed busy for %u s; try again later", cfg.max_concurrent_vms,
               cfg.queue_timeout_seconds);
@@ -206,6 +208,9 @@ static void qtimer_cb(EV_P_ ev_timer *w, int revents)
 
 static void job_enqueue(job *j)
 {
+    if (nrunning >= cfg.max_concurrent_vms)
+        slog("vm %llu: waiting for a slot (%s)", (unsigned long long)j->seq,
+             j->ops ? (j->ops->background ? "background" : "kept") : "run");
     j->state = JOB_QUEUED;
     j->fd = -1;
     j->t_accept = now_ms();
@@ -295,7 +300,11 @@ void sched_vm_close(job *j)
             j->closing = true;
             nclosing++;
         }
-        kill(j->pid, SIGTERM); /* the worker stops its VM; its exit frees the job */
+        /* SIGKILL, not SIGTERM: the worker is PID 1 of its pid namespace, and until it has
+         * installed its handlers (right after the clone) the kernel drops any other signal
+         * from us, which left a booting VM holding its slot forever. Its namespace dies with
+         * it (QEMU too); sbxd removes its run directory and cgroup when it is reaped. */
+        kill(j->pid, SIGKILL);
     }
 }
 
@@ -310,7 +319,7 @@ void sched_client_gone(client *c)
         if (j->state == JOB_QUEUED)
             job_free(j);
         else if (j->pid > 0)
-            kill(j->pid, SIGTERM); /* the worker removes its VM; its exit frees the job */
+            kill(j->pid, SIGKILL); /* see sched_vm_close; its exit frees the job */
     }
 }
 
@@ -730,6 +739,11 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
 static void job_start(job *j)
 {
     ev_timer_stop(EV_DEFAULT, &j->qtimer);
+    slog("vm %llu: starting (%s, %s; %u running)", (unsigned long long)j->seq, j->language,
+         j->probe ? "probe"
+         : j->ops ? (j->ops->background ? "background" : "kept")
+                  : "run",
+         nrunning);
     j->state = JOB_RUNNING;
     nqueued--;
     nrunning++;
