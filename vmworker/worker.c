@@ -198,6 +198,23 @@ static void send_hello(void)
              strerror(errno));
 }
 
+/* The signalfd is readable: SIGTERM/SIGINT end the worker and its VM; returns true, with QEMU's
+ * wait status in *st, when QEMU has exited. */
+static bool reap_signals(int *st)
+{
+    struct signalfd_siginfo si;
+    while (read(W.sigfd, &si, sizeof si) == sizeof si)
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+            cleanup_vm();
+            exit(1);
+        }
+    if (W.vm.pid > 0 && waitpid(W.vm.pid, st, WNOHANG) == W.vm.pid) {
+        W.vm.pid = -1;
+        return true;
+    }
+    return false;
+}
+
 enum { EV_NONE, EV_CTL, EV_AGENT, EV_TIMEOUT };
 
 /* Wait for the next frame from sbxd (when want_ctl; otherwise sbxd's frames stay buffered for
@@ -233,27 +250,16 @@ static int next_event(uint64_t deadline, bool want_ctl, const uint8_t **frame, s
         }
         if (p[3].revents)
             console_read();
-        if (p[1].revents) {
-            struct signalfd_siginfo si;
-            while (read(W.sigfd, &si, sizeof si) == sizeof si) {
-                if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-                    cleanup_vm();
-                    exit(1);
-                }
-            }
-            int st;
-            if (W.vm.pid > 0 && waitpid(W.vm.pid, &st, WNOHANG) == W.vm.pid) {
-                W.vm.pid = -1;
-                /* Drain what the console and agent still hold before reporting. */
-                if (W.con >= 0)
-                    console_read();
-                char why[512];
-                fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                     "the VM stopped unexpectedly (QEMU %s %d): %s",
-                     WIFSIGNALED(st) ? "killed by signal" : "exited with status",
-                     WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
-                     vm_gone_reason(why, sizeof why));
-            }
+        int st;
+        if (p[1].revents && reap_signals(&st)) {
+            /* Drain what the console still holds before reporting. */
+            if (W.con >= 0)
+                console_read();
+            char why[512];
+            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                 "the VM stopped unexpectedly (QEMU %s %d): %s",
+                 WIFSIGNALED(st) ? "killed by signal" : "exited with status",
+                 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), vm_gone_reason(why, sizeof why));
         }
         if (p[0].revents) {
             ssize_t n = frame_reader_fill(&W.ctl_rd, W.ctl);
@@ -784,22 +790,11 @@ static int restore_wait_ready(uint64_t deadline, sbx_err *err)
         }
         if (p[2].revents)
             console_read();
-        if (p[0].revents) {
-            struct signalfd_siginfo si;
-            while (read(W.sigfd, &si, sizeof si) == sizeof si) {
-                if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-                    cleanup_vm();
-                    exit(1);
-                }
-            }
-            int st;
-            if (W.vm.pid > 0 && waitpid(W.vm.pid, &st, WNOHANG) == W.vm.pid) {
-                W.vm.pid = -1;
-                return sbx_fail(err, ECHILD, "QEMU %s %d",
-                                WIFSIGNALED(st) ? "was killed by signal" : "exited with status",
-                                WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
-            }
-        }
+        int st;
+        if (p[0].revents && reap_signals(&st))
+            return sbx_fail(err, ECHILD, "QEMU %s %d",
+                            WIFSIGNALED(st) ? "was killed by signal" : "exited with status",
+                            WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
         if (p[1].revents) {
             ssize_t got = frame_reader_fill(&W.ag_rd, W.agent);
             if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR))
