@@ -53,6 +53,8 @@ void sched_vm_set_request(job *j, uint64_t req_id);
 bool sched_vm_started(const job *j);
 /* Host-side CPU/memory figures and sbxd's share of the timing, into a result. */
 void sched_vm_fill_result(job *j, Sbx__Control__ExecResult *res);
+/* The sbx-vmworker binary: $EXEC_SANDBOX_VMWORKER, else beside sbxd. -1 if unknown. */
+int sched_worker_path(char *out, size_t n);
 /* Count a finished run in runs_total (for runs not carried by a job of their own). */
 void sched_count_run(void);
 /* Stop the VM and detach its owner (no callbacks after this). */

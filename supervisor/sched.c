@@ -495,6 +495,17 @@ static void worker_write_cb(EV_P_ ev_io *w, int revents)
         ev_io_stop(EV_DEFAULT, &j->wio);
 }
 
+int sched_worker_path(char *out, size_t n)
+{
+    char dir[512];
+    const char *env = getenv("EXEC_SANDBOX_VMWORKER");
+    if (env && *env)
+        return snprintf(out, n, "%s", env) < (int)n ? 0 : -1;
+    if (paths_exe_dir(dir, sizeof dir) < 0)
+        return -1;
+    return snprintf(out, n, "%s/sbx-vmworker", dir) < (int)n ? 0 : -1;
+}
+
 /* The debugging knobs of sanitizer builds survive the worker's cleared environment. */
 static char **worker_env(void)
 {
@@ -518,13 +529,8 @@ static char **worker_env(void)
  * of its own, with exactly one inherited socket as fd 3 and an empty environment. */
 static int spawn_worker(job *j, bool userns, sbx_err *err)
 {
-    char exe[512], dir[512];
-    const char *env = getenv("EXEC_SANDBOX_VMWORKER");
-    if (env && *env)
-        snprintf(exe, sizeof exe, "%s", env);
-    else if (paths_exe_dir(dir, sizeof dir) == 0)
-        snprintf(exe, sizeof exe, "%s/sbx-vmworker", dir);
-    else
+    char exe[512];
+    if (sched_worker_path(exe, sizeof exe) < 0)
         return sbx_fail(err, ENOENT, "cannot locate sbx-vmworker");
     int sv[2], sync[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)

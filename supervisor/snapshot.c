@@ -113,13 +113,8 @@ static void file_id(const char *path, char *out, size_t n)
 /* The worker binary sched.c starts (it writes the QEMU command line a snapshot depends on). */
 static void worker_id(char *out, size_t n)
 {
-    char exe[600], dir[512];
-    const char *env = getenv("EXEC_SANDBOX_VMWORKER");
-    if (env && *env)
-        snprintf(exe, sizeof exe, "%s", env);
-    else if (paths_exe_dir(dir, sizeof dir) == 0)
-        snprintf(exe, sizeof exe, "%s/sbx-vmworker", dir);
-    else
+    char exe[600];
+    if (sched_worker_path(exe, sizeof exe) < 0)
         snprintf(exe, sizeof exe, "sbx-vmworker");
     file_id(exe, out, n);
 }
