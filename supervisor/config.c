@@ -40,6 +40,8 @@ static const struct key keys[] = {
     U32(default_memory_mb, SBX_MEMORY_MIN, SBX_MEMORY_MAX, "VM memory, MB (128-2048)"),
     U32(default_timeout_seconds, SBX_TIMEOUT_MIN, SBX_TIMEOUT_MAX, "run timeout, s (1-300)"),
     U32(session_idle_timeout_seconds, 10, 3600, "session idle timeout, s (10-3600)"),
+    U32(balloon_idle_seconds, 0, 3600,
+        "idle time after which a cold-booted session or pool VM gives back free memory (0: never)"),
     STR(images_dir, "kernel and guest images (default: CACHE/images)"),
     STR(snapshot_cache_dir, "local snapshot cache"),
     STR(s3_bucket, "S3 bucket for the snapshot cache (not in this version)"),
@@ -69,6 +71,7 @@ void config_defaults(sbx_config *c)
     c->default_memory_mb = SBX_MEMORY_DEFAULT;
     c->default_timeout_seconds = SBX_TIMEOUT_DEFAULT;
     c->session_idle_timeout_seconds = 300;
+    c->balloon_idle_seconds = 10;
     snprintf(c->snapshot_cache_dir, sizeof c->snapshot_cache_dir, "/tmp/exec-sandbox-cache");
     snprintf(c->s3_region, sizeof c->s3_region, "us-east-1");
     c->max_concurrent_s3_uploads = 4;

@@ -28,6 +28,7 @@ typedef struct {
     char qemu[512]; /* qemu-system-x86_64 binary */
     char cache_dir[512];
     uint32_t idle_exit_seconds;     /* 0: serve forever */
+    uint32_t balloon_idle_seconds;  /* idle cold VMs inflate their balloon after this (0: never) */
     uint32_t queue_timeout_seconds; /* how long a run may wait for a VM slot */
     uint32_t boot_timeout_seconds;
     char log[512];

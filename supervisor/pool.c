@@ -102,6 +102,7 @@ static void send_noop(pvm *v, uint32_t timeout_ms)
     ex.code.len = strlen(pool_warmup_code(v->language));
     ex.timeout_ms = timeout_ms;
     ex.keep_state = true;
+    ex.keep_reclaimed = true; /* an idle pool VM stays idle, memory included */
     Sbx__Worker__ToWorker m = SBX__WORKER__TO_WORKER__INIT;
     m.body_case = SBX__WORKER__TO_WORKER__BODY_EXEC;
     m.exec = &ex;

@@ -103,18 +103,19 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
         arg(&a, "-chardev") | arg(&a, "socket,id=agent,path=%s,server=on,wait=off", vm->agent_sock);
     bad |= arg(&a, "-device") | arg(&a, "virtserialport,chardev=agent,name=sbx.agent");
     bad |= arg(&a, "-device") | arg(&a, "virtio-rng-device");
-    /* The guest reports pages it frees and QEMU returns them to the host: idle VMs (the warm
-     * pool, idle sessions) give back what their boot touched and no longer uses. Not with
-     * snapshots: QEMU cannot discard pages of a read-only RAM file (it would punch holes in the
-     * file every restored VM shares), so reporting would only fill the log with refusals; the
-     * template has it off too, as its device state must match. */
-    bad |= arg(&a, "-device") | arg(&a, "virtio-balloon-device,free-page-reporting=%s",
-                                    restore || template ? "off" : "on");
+    /* The balloon: the guest reports pages it frees and QEMU returns them to the host, and the
+     * worker inflates it over QMP while the VM is idle (vmworker/balloon.c); deflate-on-oom lets
+     * the guest take pages back by itself should it need them first. Cold VMs only: QEMU cannot
+     * discard pages of a restored VM's read-only RAM file (it would punch holes in the file
+     * every restored VM shares), so there it would only fill the log with refusals; the
+     * template has the same device (its state must match) with reporting off. */
+    bad |= arg(&a, "-device") |
+           arg(&a, "virtio-balloon-device,id=balloon,deflate-on-oom=on,free-page-reporting=%s",
+               restore || template ? "off" : "on");
     bad |=
         arg(&a, "-chardev") | arg(&a, "socket,id=con,path=%s,server=on,wait=off", vm->console_sock);
     bad |= arg(&a, "-serial") | arg(&a, "chardev:con");
-    if (restore || template)
-        bad |= arg(&a, "-qmp") | arg(&a, "unix:%s,server=on,wait=off", vm->qmp_sock);
+    bad |= arg(&a, "-qmp") | arg(&a, "unix:%s,server=on,wait=off", vm->qmp_sock);
     if (restore)
         bad |= arg(&a, "-incoming") | arg(&a, "defer");
     if (bad)

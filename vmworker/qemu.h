@@ -13,15 +13,15 @@ typedef struct {
     pid_t pid;
     char agent_sock[PATH_MAX];
     char console_sock[PATH_MAX];
-    char qmp_sock[PATH_MAX]; /* template and restore VMs only */
+    char qmp_sock[PATH_MAX];
     char log_path[PATH_MAX]; /* QEMU's own stderr */
     uint64_t t_spawn;        /* now_ms() just before fork */
 } qemu_vm;
 
-/* Build the command line from cfg and start QEMU (child dies with the worker). A template
- * (cfg->start_mode "template") keeps guest RAM in the file snapshot_dir/mem, shared, and serves
- * QMP; a restore maps that file privately (copy-on-write, the file stays as it is), serves QMP
- * and waits for its device state (-incoming defer). */
+/* Build the command line from cfg and start QEMU (child dies with the worker); every VM serves
+ * QMP on qmp_sock. A template (cfg->start_mode "template") keeps guest RAM in the file
+ * snapshot_dir/mem, shared; a restore maps that file privately (copy-on-write, the file stays
+ * as it is) and waits for its device state (-incoming defer). */
 int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err);
 /* Connect to a Unix socket QEMU serves, retrying until deadline (now_ms clock) while the
  * QEMU process is alive. Returns the fd or -1 with err. */

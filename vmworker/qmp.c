@@ -52,13 +52,17 @@ static json_t *read_msg(qmp_conn *q, bool skip_events, uint64_t deadline, sbx_er
         if (line_next(q, &n, deadline, err) < 0)
             return NULL;
         json_error_t je;
-        json_t *m = json_loadb(q->buf, n, 0, &je);
-        line_consume(q, n);
+        /* Numbers as doubles: QEMU prints an unsupported statistic as 2^64-1, which jansson's
+         * integers cannot hold (every number we read is exact as a double). */
+        json_t *m = json_loadb(q->buf, n, JSON_DECODE_INT_AS_REAL, &je);
         if (!m || !json_is_object(m)) {
             json_decref(m);
-            sbx_fail(err, EPROTO, "QMP: not a JSON object from QEMU");
+            sbx_fail(err, EPROTO, "QMP: not a JSON object from QEMU (%s): %.80s",
+                     m ? "another value" : je.text, q->buf);
+            line_consume(q, n);
             return NULL;
         }
+        line_consume(q, n);
         if (skip_events && json_object_get(m, "event")) {
             json_decref(m);
             continue;
@@ -102,9 +106,9 @@ int qmp_open(qmp_conn *q, qemu_vm *vm, uint64_t deadline, sbx_err *err)
         goto fail;
     }
     snprintf(q->version, sizeof q->version, "%lld.%lld.%lld",
-             (long long)json_integer_value(json_object_get(qv, "major")),
-             (long long)json_integer_value(json_object_get(qv, "minor")),
-             (long long)json_integer_value(json_object_get(qv, "micro")));
+             (long long)json_number_value(json_object_get(qv, "major")),
+             (long long)json_number_value(json_object_get(qv, "minor")),
+             (long long)json_number_value(json_object_get(qv, "micro")));
     json_decref(g);
     if (qmp_exec(q, "qmp_capabilities", NULL, NULL, deadline, err) < 0)
         goto fail;
@@ -140,7 +144,7 @@ int qmp_exec(qmp_conn *q, const char *cmd, json_t *args, json_t **ret, uint64_t 
         if (!r)
             return sbx_wrap(err, "%s", cmd);
         json_t *rid = json_object_get(r, "id");
-        if (!json_is_integer(rid) || json_integer_value(rid) != (json_int_t)id) {
+        if (!json_is_number(rid) || json_number_value(rid) != (double)id) {
             json_decref(r); /* a reply to something else: not ours */
             continue;
         }
@@ -161,6 +165,34 @@ int qmp_exec(qmp_conn *q, const char *cmd, json_t *args, json_t **ret, uint64_t 
         json_decref(r);
         return 0;
     }
+}
+
+int qmp_drain(qmp_conn *q)
+{
+    /* poll and read only: the worker's seccomp filter has no recv. */
+    struct pollfd p = {.fd = q->fd, .events = POLLIN};
+    for (;;) {
+        int r = poll(&p, 1, 0);
+        if (r == 0)
+            return 0; /* all read */
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            break;
+        ssize_t got = read(q->fd, q->buf + q->len, QMP_LINE_MAX - q->len);
+        if (got < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (got <= 0)
+            break; /* closed, or broken */
+        q->len += (size_t)got;
+        char *nl;
+        while ((nl = memchr(q->buf, '\n', q->len)))
+            line_consume(q, (size_t)(nl - q->buf));
+        if (q->len >= QMP_LINE_MAX)
+            break; /* a line longer than any event */
+    }
+    qmp_close(q);
+    return -1;
 }
 
 void qmp_close(qmp_conn *q)

@@ -28,6 +28,9 @@ int qmp_open(qmp_conn *q, qemu_vm *vm, uint64_t deadline, sbx_err *err);
  * A QMP error reply is -1 with its description in err. */
 int qmp_exec(qmp_conn *q, const char *cmd, json_t *args, json_t **ret, uint64_t deadline,
              sbx_err *err);
+/* Read what QEMU sent unasked (events, between commands) and drop it; -1 when the connection
+ * closed or broke (then q is closed). */
+int qmp_drain(qmp_conn *q);
 void qmp_close(qmp_conn *q);
 
 #endif

@@ -22,6 +22,8 @@
 #include "sbx_limits.h"
 #include "qemu.h"
 #include "qmp.h"
+#include "worker.h"
+#include "balloon.h"
 #include "worker.pb-c.h"
 
 /* Time the guest gets past its own timeout to SIGTERM, SIGKILL, drain and report before the
@@ -49,15 +51,18 @@ typedef struct {
     Sbx__Worker__VmConfig *cfg;
     uint64_t req_id;
     uint64_t t_start;
+    bool idle; /* waiting for sbxd's next request: time for the balloon (balloon.h) */
 } worker;
 
 static worker W = {.ctl = -1, .sigfd = -1, .agent = -1, .con = -1, .vm = {.pid = -1}};
+/* QEMU's control socket, open from boot to exit (connected before the seccomp filter). */
+static qmp_conn qmp = {.fd = -1};
 /* How this VM started ("cold" or "restore"), and why a restore asked for was given up. */
 static const char *start_mode = "cold";
 static char restore_error[512];
 static bool restore_timed_out;
 
-static void wlog(const char *fmt, ...)
+void wlog(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -80,6 +85,7 @@ static void cleanup_vm(void)
     if (W.cfg && W.cfg->run_dir && *W.cfg->run_dir) {
         unlink(W.vm.agent_sock);
         unlink(W.vm.console_sock);
+        unlink(W.vm.qmp_sock);
         unlink(W.vm.log_path);
     }
 }
@@ -238,18 +244,29 @@ static int next_event(uint64_t deadline, bool want_ctl, const uint8_t **frame, s
         uint64_t now = now_ms();
         if (now >= deadline)
             return EV_TIMEOUT;
-        struct pollfd p[4] = {{.fd = W.ctl, .events = POLLIN},
+        uint64_t until = deadline;
+        if (W.idle) {
+            if (balloon_due() <= now)
+                balloon_tick();
+            uint64_t due = balloon_due();
+            until = due < until ? due : until;
+            now = now_ms();
+        }
+        struct pollfd p[5] = {{.fd = W.ctl, .events = POLLIN},
                               {.fd = W.sigfd, .events = POLLIN},
                               {.fd = W.agent, .events = POLLIN},
-                              {.fd = W.con, .events = POLLIN}};
-        int wait = deadline - now > 1000000 ? 1000000 : (int)(deadline - now);
-        if (poll(p, 4, wait) < 0) {
+                              {.fd = W.con, .events = POLLIN},
+                              {.fd = qmp.fd, .events = POLLIN}};
+        int wait = until <= now ? 0 : until - now > 1000000 ? 1000000 : (int)(until - now);
+        if (poll(p, 5, wait) < 0) {
             if (errno == EINTR)
                 continue;
             fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "poll: %s", strerror(errno));
         }
         if (p[3].revents)
             console_read();
+        if (p[4].revents)
+            qmp_drain(&qmp); /* events nobody waits for; a closed QMP only ends the balloon */
         int st;
         if (p[1].revents && reap_signals(&st)) {
             /* Drain what the console still holds before reporting. */
@@ -359,6 +376,9 @@ static void boot(uint64_t *boot_ms)
     W.agent = qemu_connect(&W.vm, W.vm.agent_sock, deadline, &err);
     if (W.agent < 0)
         goto qemu_failed;
+    if (qmp_open(&qmp, &W.vm, deadline, &err) < 0)
+        goto qemu_failed;
+    unlink(W.vm.qmp_sock); /* ours alone from now on */
     frame_reader_init(&W.ag_rd, FRAME_MAX_AGENT);
     send_hello();
     uint64_t next_hello = now_ms() + HELLO_RESEND_MS;
@@ -740,8 +760,6 @@ static void enter_jail(Sbx__Worker__VmConfig *c)
 /* Template steps: the REPL's warm-up, and saving the device state. */
 #define TEMPLATE_STEP_MS 60000
 
-static qmp_conn qmp = {.fd = -1};
-
 /* The guest agent's Ready to a fresh Hello on a restored VM, until deadline. Nothing here is
  * fatal: every failure becomes a cold boot. */
 static int restore_wait_ready(uint64_t deadline, sbx_err *err)
@@ -827,7 +845,6 @@ static bool boot_restore(uint64_t *boot_ms)
         rc = qmp_exec(&qmp, "migrate-incoming", json_pack("{s:s}", "uri", uri), NULL, deadline,
                       &err);
     /* The load goes on inside QEMU; a broken state file makes it exit with the reason. */
-    qmp_close(&qmp);
     unlink(W.vm.qmp_sock);
     if (rc < 0)
         goto failed;
@@ -871,8 +888,6 @@ __attribute__((noreturn)) static void make_template(uint64_t boot_ms)
 {
     sbx_err err = {0};
     uint64_t t_warm = now_ms(), deadline = t_warm + TEMPLATE_STEP_MS;
-    if (qmp_open(&qmp, &W.vm, deadline, &err) < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_SNAPSHOT, true, "template: %s", err.msg);
     Sbx__Agent__Warm w = SBX__AGENT__WARM__INIT;
     w.language = W.cfg->language;
     Sbx__Agent__HostMsg hm = SBX__AGENT__HOST_MSG__INIT;
@@ -932,7 +947,6 @@ __attribute__((noreturn)) static void make_template(uint64_t boot_ms)
     qmp_close(&qmp);
     /* The VM stays paused after the save: its RAM file is final. */
     cleanup_vm();
-    unlink(W.vm.qmp_sock);
     Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
     m.body_case = SBX__WORKER__FROM_WORKER__BODY_SNAPSHOT_SAVED;
     m.snapshot_saved = &sv;
@@ -1037,9 +1051,18 @@ int main(int argc, char **argv)
     /* One exec for a run; for a session, requests until sbxd closes it (it kills us when the
      * session ends or idles out, so there is no deadline here). */
     bool first = true;
+    /* Idle reclaim: session and pool VMs that booted cold (see qemu.c for restored ones). */
+    balloon_init(&qmp, W.cfg->memory_mb,
+                 W.cfg->session && !strcmp(start_mode, "cold") ? W.cfg->reclaim_idle_ms : 0);
     do {
         uint64_t deadline = W.cfg->session ? UINT64_MAX : now_ms() + 30000;
+        balloon_idle_start();
+        W.idle = W.cfg->session;
         Sbx__Worker__ToWorker *rq = recv_ctl(0, deadline);
+        W.idle = false;
+        /* A health check's no-op leaves an idle VM's memory where it is. */
+        if (rq->body_case != SBX__WORKER__TO_WORKER__BODY_EXEC || !rq->exec->keep_reclaimed)
+            balloon_wake();
         switch (rq->body_case) {
         case SBX__WORKER__TO_WORKER__BODY_EXEC:
             run_exec(rq->exec, first ? boot_ms : 0, first ? setup_ms : 0);

@@ -658,6 +658,64 @@ def warm_pool_replaces_dead_vms_and_yields_slots(c):
 
 # --- daemon behaviour --------------------------------------------------------------------------
 
+def _qemu_pss_mb(daemon_pid):
+    """Host PSS of the one QEMU below a daemon, in MiB."""
+    qemus = [q for q, comm in descendants(daemon_pid) if comm.startswith("qemu")]
+    eq(len(qemus), 1, "one QEMU below the daemon")
+    for line in open(f"/proc/{qemus[0]}/smaps_rollup"):
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError("no Pss in smaps_rollup")
+
+
+# Fills the guest's page cache (the image is read through virtio-blk), then goes idle.
+_FILL_CACHE = """import os
+n = 0
+for root, dirs, files in os.walk('/usr/lib'):
+    for f in files:
+        try:
+            n += len(open(os.path.join(root, f), 'rb').read())
+        except OSError:
+            pass
+print(n >> 20 > 150)"""
+
+# Waits (up to 10 s) for the guest to have most of its memory available again.
+_MEM_BACK = """import time
+t0 = time.time()
+while True:
+    kb = int([l for l in open('/proc/meminfo') if l.startswith('MemAvailable:')][0].split()[1])
+    if kb > 180 * 1024 or time.time() - t0 > 10:
+        break
+    time.sleep(0.05)
+print(kb > 180 * 1024)"""
+
+
+@test()
+def idle_vm_gives_memory_back(c):
+    """The balloon: an idle (cold-booted) session VM gives its free memory and page cache back to
+    the host, and has it again for its next exec."""
+    sock, log = os.path.join(c.tmp, "balloon.sock"), os.path.join(c.tmp, "balloon.log")
+    env = c.env(EXEC_SANDBOX_SOCKET=sock)
+    p = c.start_daemon("--balloon-idle-seconds", "2", sock=sock, log=log, env=env)
+    try:
+        sid = _session(c, env=env)
+        j, _ = _sx(c, sid, _FILL_CACHE, "-t", "120", rc=0, env=env)
+        eq(j["stdout"], "True\n", "the guest read its image into its page cache")
+        busy = _qemu_pss_mb(p.pid)
+        wait_for(lambda: "the idle VM gave back" in open(log).read(), 30, "the balloon to inflate")
+        idle = _qemu_pss_mb(p.pid)
+        ok(busy - idle >= 50, f"QEMU PSS {busy} MiB after the exec, {idle} MiB once idle")
+        j, _ = _sx(c, sid, _MEM_BACK, rc=0, env=env)
+        eq(j["stdout"], "True\n", "the next exec has the guest's memory back")
+        j, _ = _sx(c, sid, "x = bytearray(160 << 20); print(len(x) >> 20)", rc=0, env=env)
+        eq(j["stdout"], "160\n", "and can use it")
+        ok("reclaim off" not in open(log).read(), "no QMP failure: " + open(log).read()[-800:])
+        c.sbx("session", "close", sid, env=env)
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
 @test(fast=True)
 def status_reports_accelerator(c):
     r = c.sbx("status", "--json", check_rc=0)

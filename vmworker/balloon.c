@@ -1,0 +1,193 @@
+/* Idle-VM memory reclaim through the virtio-balloon (see balloon.h). A small state machine run
+ * from the worker's idle wait, one short QMP command per step, so that a request arriving
+ * meanwhile waits at most one QMP round trip. */
+#include "balloon.h"
+
+#include <string.h>
+
+#include "worker.h"
+
+#define BALLOON_PATH "/machine/peripheral/balloon"
+#define QMP_STEP_MS 2000    /* one QMP command, before the balloon is given up */
+#define STATS_POLL_MS 100   /* asking the guest for fresh statistics */
+#define STATS_WAIT_MS 3000  /* ...for at most this long */
+#define INFLATE_POLL_MS 250 /* watching the balloon fill */
+#define INFLATE_WAIT_MS 5000
+#define MIN_RECLAIM_MB 16 /* less is not worth the guest's work */
+#define MIN_HEADROOM_MB 32
+
+typedef enum { B_OFF, B_FULL, B_STATS, B_INFLATING, B_HELD } bstate;
+
+static struct {
+    qmp_conn *q;
+    bstate state;
+    uint32_t full_mb, idle_ms, target_mb, held_mb;
+    uint64_t idle_since, next, t0;
+    double last_update;
+} B = {.state = B_OFF};
+
+void balloon_init(qmp_conn *q, uint32_t memory_mb, uint32_t idle_ms)
+{
+    B.q = q;
+    B.full_mb = memory_mb;
+    B.idle_ms = idle_ms;
+    B.state = q && q->fd >= 0 && idle_ms ? B_FULL : B_OFF;
+    B.idle_since = now_ms();
+}
+
+/* One QMP command; a failure turns reclaim off for this VM (it keeps running). */
+static int cmd(const char *name, json_t *args, json_t **ret)
+{
+    sbx_err err = {0};
+    if (qmp_exec(B.q, name, args, ret, now_ms() + QMP_STEP_MS, &err) == 0)
+        return 0;
+    wlog("balloon: %s; idle memory reclaim off for this VM", err.msg);
+    B.state = B_OFF;
+    return -1;
+}
+
+static int set_polling(int seconds)
+{
+    return cmd("qom-set",
+               json_pack("{s:s, s:s, s:i}", "path", BALLOON_PATH, "property",
+                         "guest-stats-polling-interval", "value", seconds),
+               NULL);
+}
+
+static int set_target(uint32_t mb)
+{
+    return cmd("balloon", json_pack("{s:I}", "value", (json_int_t)mb << 20), NULL);
+}
+
+/* The VM's logical size now, in MiB (QEMU's view of what the guest gave up so far). */
+static int actual_mb(uint32_t *mb)
+{
+    json_t *r = NULL;
+    if (cmd("query-balloon", NULL, &r) < 0)
+        return -1;
+    double a = json_number_value(json_object_get(r, "actual"));
+    json_decref(r);
+    *mb = a > 0 && a < (double)B.full_mb * 1048576. ? (uint32_t)(a / 1048576.) : B.full_mb;
+    return 0;
+}
+
+void balloon_idle_start(void)
+{
+    if (B.state == B_FULL)
+        B.idle_since = now_ms();
+}
+
+uint64_t balloon_due(void)
+{
+    switch (B.state) {
+    case B_FULL:
+        return B.idle_since + B.idle_ms;
+    case B_STATS:
+    case B_INFLATING:
+        return B.next;
+    default:
+        return UINT64_MAX;
+    }
+}
+
+/* One statistic in MiB; -1 when the guest does not report it (QEMU says 2^64-1) or it is
+ * missing. */
+static double stat_mb(json_t *st, const char *name)
+{
+    json_t *v = json_object_get(st, name);
+    double b = json_is_number(v) ? json_number_value(v) : -1;
+    return b >= 0 && b < 0x1p62 ? b / 1048576. : -1;
+}
+
+/* The guest's statistics arrived (or not yet: 0). Sets the target from them. */
+static int read_stats(void)
+{
+    json_t *r = NULL;
+    if (cmd("qom-get", json_pack("{s:s, s:s}", "path", BALLOON_PATH, "property", "guest-stats"),
+            &r) < 0)
+        return -1;
+    double upd = json_number_value(json_object_get(r, "last-update"));
+    json_t *st = json_object_get(r, "stats");
+    double avail = stat_mb(st, "stat-available-memory");
+    if (avail < 0) /* an older guest kernel: free memory and caches instead */
+        avail = stat_mb(st, "stat-free-memory") + stat_mb(st, "stat-disk-caches");
+    json_decref(r);
+    if (upd == B.last_update)
+        return 0;
+    B.last_update = upd;
+    /* The guest's figures only size its own balloon: a lying guest gains nothing. */
+    uint32_t avail_mb = avail > 0 ? (avail < B.full_mb ? (uint32_t)avail : B.full_mb) : 0;
+    uint32_t headroom = B.full_mb / 8 > MIN_HEADROOM_MB ? B.full_mb / 8 : MIN_HEADROOM_MB;
+    uint32_t give = avail_mb > headroom ? (uint32_t)avail_mb - headroom : 0;
+    B.target_mb = give >= MIN_RECLAIM_MB ? B.full_mb - give : B.full_mb;
+    return 1;
+}
+
+void balloon_tick(void)
+{
+    uint64_t now = now_ms();
+    switch (B.state) {
+    case B_FULL:
+        if (set_polling(1) < 0)
+            return;
+        B.state = B_STATS;
+        B.t0 = now;
+        B.next = now + STATS_POLL_MS;
+        return;
+    case B_STATS: {
+        int r = read_stats();
+        if (r < 0)
+            return;
+        if (r == 0 && now < B.t0 + STATS_WAIT_MS) {
+            B.next = now + STATS_POLL_MS;
+            return;
+        }
+        if (set_polling(0) < 0)
+            return;
+        if (r == 0 || B.target_mb >= B.full_mb) {
+            B.state = B_HELD; /* nothing worth taking (or no statistics): wait for a request */
+            B.held_mb = 0;
+            return;
+        }
+        if (set_target(B.target_mb) < 0)
+            return;
+        B.state = B_INFLATING;
+        B.t0 = now;
+        B.next = now + INFLATE_POLL_MS;
+        return;
+    }
+    case B_INFLATING: {
+        uint32_t a;
+        if (actual_mb(&a) < 0)
+            return;
+        if (a > B.target_mb && now < B.t0 + INFLATE_WAIT_MS) {
+            B.next = now + INFLATE_POLL_MS;
+            return;
+        }
+        /* Short of the target in time: the guest could not find the pages; stop asking, or its
+         * balloon driver would keep trying (and burning CPU) while the VM is idle. */
+        if (a > B.target_mb && set_target(a) < 0)
+            return;
+        B.held_mb = B.full_mb - a;
+        B.state = B_HELD;
+        wlog("balloon: the idle VM gave back %u MiB of %u in %llu ms", B.held_mb, B.full_mb,
+             (unsigned long long)(now - B.t0));
+        return;
+    }
+    default:
+        return;
+    }
+}
+
+void balloon_wake(void)
+{
+    bstate was = B.state;
+    if (was == B_OFF || was == B_FULL)
+        return;
+    B.state = B_FULL; /* before the commands: a failure in them turns it off */
+    if (was == B_STATS && set_polling(0) < 0)
+        return;
+    if ((was == B_INFLATING || (was == B_HELD && B.held_mb)) && set_target(B.full_mb) < 0)
+        return;
+    B.held_mb = 0;
+}
