@@ -7,7 +7,8 @@
   session exec through the same client, daemon and worker, in a fresh session whose REPL has
   been started with the same warm-up code as a pool VM's: the same state a pool VM is in);
 - throughput: 40 runs at -j 4;
-- memory: host PSS of an idle pool VM's QEMU, and the RSS of sbxd and a worker.
+- memory: host PSS of an idle pool VM's QEMU (booted cold, before and after its balloon
+  inflated; and restored from a snapshot, the default), and the RSS of sbxd and a worker.
 Restore-from-snapshot rows come from scripts/bench-restore.py (its daemons here run with snapshots
 off, so that cold means cold).
 It prints a table; it is a measurement, not a test.
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,6 +28,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = {"python": "print(1)", "javascript": "console.log(1)", "raw": "echo 1"}
+# Reads the guest's image (about 200 MB of page cache), as a session that has worked would.
+FILL_CACHE = """import os
+for root, dirs, files in os.walk('/usr/lib'):
+    for f in files:
+        try:
+            open(os.path.join(root, f), 'rb').read()
+        except OSError:
+            pass"""
 # What supervisor/pool.c runs to start a pool VM's REPL (pool_warmup_code).
 WARMUP = {"python": "print(end='')", "javascript": "process.stdout.write('')"}
 
@@ -183,24 +193,94 @@ def main():
             d.close()
 
     if "mem" not in skip:
-        d = Daemon(a, "--warm-pool-size", "1")
+        memory(a)
+
+
+def qemu_language(pid):
+    """The language of a VM, from the image its jail binds as the root filesystem."""
+    for line in open(f"/proc/{pid}/mountinfo"):
+        f = line.split()
+        if f[4].endswith("/rootfs.sqfs"):
+            return os.path.basename(f[3]).split("-")[0]
+    return "?"
+
+
+def pool_qemus(d, restored):
+    """{language: QEMU pid} of the daemon's pool once both VMs are ready (and, when restored,
+    both started from a snapshot)."""
+    deadline = time.time() + 180
+    while time.time() < deadline:
         try:
-            deadline = time.time() + 60
-            while d.status()["pool_ready"] < 2 and time.time() < deadline:
-                time.sleep(0.2)
-            time.sleep(2)
             workers = [p for p, comm in children(d.p.pid) if comm == "sbx-vmworker"]
             qemus = [q for w in workers for q, comm in children(w) if comm.startswith("qemu")]
-            pss = [pss_kb(q) / 1024 for q in qemus]
-            print(f"{'pool':<11} {'idle pool VM, QEMU PSS':<30} {min(pss):>7.0f} "
-                  f"{statistics.median(pss):>7.0f} MB of 256 MB guest RAM "
-                  f"({statistics.median(pss) / 256:.0%})")
-            print(f"{'daemon':<11} {'sbxd RSS':<30} {rss_kb(d.p.pid) / 1024:>7.1f} MB")
-            wr = [rss_kb(w) / 1024 for w in workers]
-            print(f"{'daemon':<11} {'sbx-vmworker RSS (each)':<30} {statistics.median(wr):>7.1f} MB")
-        finally:
-            d.close()
+            cmds = [open(f"/proc/{q}/cmdline").read() for q in qemus]
+            if (len(qemus) == 2 and d.status()["pool_ready"] == 2 and
+                    all(("-incoming" in c) == restored for c in cmds)):
+                return {qemu_language(q): q for q in qemus}
+        except OSError:
+            pass
+        time.sleep(0.2)
+    sys.exit("the pool did not fill in time: " + open(os.path.join(d.tmp, "log")).read()[-1500:])
 
+
+def memory(a):
+    """Host PSS of idle pool VMs: restored from a snapshot (the default), and booted cold before
+    and after their balloon took back what the guest does not use; sbxd and worker RSS."""
+    balloon_s = 8
+    d = Daemon(a, "--warm-pool-size", "1", "--balloon-idle-seconds", str(balloon_s))
+    try:
+        q = pool_qemus(d, restored=False)
+        time.sleep(1)
+        log = os.path.join(d.tmp, "log")
+        before = {lang: pss_kb(pid) / 1024 for lang, pid in q.items()}
+        early = open(log).read().count("the idle VM gave back")
+        deadline = time.time() + 60
+        while open(log).read().count("the idle VM gave back") < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        after = {lang: pss_kb(pid) / 1024 for lang, pid in q.items()}
+        for lang in sorted(q):
+            print(f"{lang:<11} {'idle pool VM, cold, QEMU PSS':<30} {before[lang]:>7.0f} MB "
+                  f"({before[lang] / 256:.0%} of 256 MB)"
+                  f"{' (one balloon was early)' if early else ''}")
+            print(f"{lang:<11} {f'  ...after its balloon ({balloon_s} s)':<30} {after[lang]:>7.0f} MB "
+                  f"({after[lang] / 256:.0%})")
+        # A session VM that has worked: its guest read its image (page cache), then idles.
+        sid = d.sbx("session", "new").stdout.decode().strip()
+        d.sbx("session", "exec", "-q", "-t", "120", sid, FILL_CACHE)
+        pids = set(q.values())
+        sq = [x for w, comm in children(d.p.pid) if comm == "sbx-vmworker"
+              for x, c in children(w) if c.startswith("qemu") and x not in pids]
+        busy = pss_kb(sq[0]) / 1024
+        deadline = time.time() + 60
+        while open(log).read().count("the idle VM gave back") < 3 and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        idle = pss_kb(sq[0]) / 1024
+        print(f"{'python':<11} {'session after reading files':<30} {busy:>7.0f} MB ({busy / 256:.0%})")
+        print(f"{'python':<11} {f'  ...after its balloon ({balloon_s} s)':<30} {idle:>7.0f} MB "
+              f"({idle / 256:.0%})")
+        d.sbx("session", "close", sid)
+        print(f"{'daemon':<11} {'sbxd RSS':<30} {rss_kb(d.p.pid) / 1024:>7.1f} MB")
+        workers = [p for p, comm in children(d.p.pid) if comm == "sbx-vmworker"]
+        wr = [rss_kb(w) / 1024 for w in workers]
+        print(f"{'daemon':<11} {'sbx-vmworker RSS (each)':<30} {statistics.median(wr):>7.1f} MB")
+    finally:
+        d.close()
+    # The default: pool VMs restored from the language's snapshot (built first, in a cache of
+    # this run's own).
+    snapdir = tempfile.mkdtemp(prefix="sbx-bench-snap-")
+    d = Daemon(a, "--warm-pool-size", "1", "--snapshots", "true", "--snapshot-cache-dir", snapdir)
+    try:
+        q = pool_qemus(d, restored=True)
+        time.sleep(2)
+        for lang in sorted(q):
+            pss = pss_kb(q[lang]) / 1024
+            print(f"{lang:<11} {'idle pool VM, restored, PSS':<30} {pss:>7.0f} MB "
+                  f"({pss / 256:.0%} of 256 MB)")
+    finally:
+        d.close()
+        shutil.rmtree(snapdir, ignore_errors=True)
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ typedef struct pvm {
     uint64_t req_id;
     Sbx__Control__RunRequest *req;
     bool forwarded;
+    bool stale; /* booted cold before its language's snapshot was ready: replace when idle */
     uint64_t t_check;
     struct pvm *next;
 } pvm;
@@ -115,10 +116,22 @@ static void send_noop(pvm *v, uint32_t timeout_ms)
     }
 }
 
+/* Close a pool VM that is done (used, failed, or making way for a restored one) and refill. */
+static void drop(pvm *v)
+{
+    job *j = v->job;
+    unlink_vm(v);
+    pvm_free(v);
+    sched_vm_close(j);
+    pool_refill();
+}
+
 static void vm_booted(void *owner, const Sbx__Worker__Booted *b)
 {
     pvm *v = owner;
     v->boot_ms = b->boot_ms;
+    if (b->start_mode && !strcmp(b->start_mode, "restore"))
+        v->stale = false;
     v->state = P_WARMING;
     send_noop(v, SBX_TIMEOUT_DEFAULT * 1000u);
 }
@@ -135,11 +148,11 @@ static void vm_frame(void *owner, Sbx__Worker__FromWorker *m)
         if (!good) {
             slog("pool: a %s VM failed its %s; replacing it", v->language,
                  v->state == P_WARMING ? "warm-up" : "health check");
-            job *j = v->job;
-            unlink_vm(v);
-            free(v);
-            sched_vm_close(j);
-            pool_refill();
+            drop(v);
+            return;
+        }
+        if (v->stale) {
+            drop(v);
             return;
         }
         v->state = P_READY;
@@ -184,12 +197,7 @@ static void vm_frame(void *owner, Sbx__Worker__FromWorker *m)
         control_send(v->c, &r);
         sched_count_run();
     }
-    /* One use only. */
-    job *j = v->job;
-    unlink_vm(v);
-    pvm_free(v);
-    sched_vm_close(j);
-    pool_refill();
+    drop(v); /* one use only */
 }
 
 static void vm_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, const char *why)
@@ -278,6 +286,24 @@ bool pool_take(client *c, uint64_t id, Sbx__Control__RunRequest *req)
     /* No refill here: a VM booting beside the run would slow it down on a small host. The
      * refill starts once the run is answered. */
     return true;
+}
+
+void pool_snapshot_ready(const char *language, uint32_t memory_mb)
+{
+    if (memory_mb != cfg.default_memory_mb)
+        return;
+    /* A restored VM takes about half the host memory of a cold one (README): swap them. VMs
+     * still booting are judged by how they started (vm_booted). */
+    for (pvm *v = vms, *next; v; v = next) {
+        next = v->next;
+        if (strcmp(v->language, language) || v->state == P_TAKEN)
+            continue;
+        v->stale = true;
+        if (v->state == P_READY) {
+            slog("pool: replacing a cold-booted %s VM with one from the new snapshot", language);
+            drop(v);
+        }
+    }
 }
 
 bool pool_evict_one(void)

@@ -87,6 +87,9 @@ void pool_refill(void);
 bool pool_take(client *c, uint64_t id, Sbx__Control__RunRequest *req);
 /* Give up one idle pool VM's slot to a waiting run. */
 bool pool_evict_one(void);
+/* language's snapshot for memory_mb was just published: idle cold-booted pool VMs of it are
+ * replaced by restored ones. */
+void pool_snapshot_ready(const char *language, uint32_t memory_mb);
 void pool_client_gone(client *c);
 void pool_stats(unsigned *ready, unsigned *booting, uint64_t *memory_mb);
 const char *pool_warmup_code(const char *lang);

@@ -425,6 +425,7 @@ static void publish(snap *s, const Sbx__Worker__SnapshotSaved *sv)
     s->failures = 0;
     s->slow = 0;
     prune(s->language, s->memory_mb, s->built_name);
+    pool_snapshot_ready(s->language, s->memory_mb);
     struct stat st;
     snprintf(p, sizeof p, "%s/%s/mem", base, s->built_name);
     unsigned long long disk = stat(p, &st) == 0 ? (unsigned long long)st.st_blocks * 512u : 0;

@@ -1088,6 +1088,29 @@ def snapshot_broken_files_fall_back_to_cold(c):
 
 
 @test()
+def warm_pool_moves_to_snapshots(c):
+    """With snapshots on, the pool's first VMs boot cold while the templates are built; once a
+    language's snapshot is ready they make way for VMs restored from it (less host memory)."""
+    p, env, log, sdir = _snap_daemon(c, "pool", EXEC_SANDBOX_WARM_POOL_SIZE="1")
+
+    def restored_pool():
+        try:
+            qemus = [q for q, comm in descendants(p.pid) if comm.startswith("qemu")]
+            cmds = [open(f"/proc/{q}/cmdline").read() for q in qemus]
+        except OSError:
+            return False
+        return (len(qemus) == 2 and all("-incoming" in x for x in cmds) and
+                _status_json(c, env)["pool_ready"] == 2)
+    try:
+        wait_for(restored_pool, 120, "two pool VMs restored from snapshots, nothing else")
+        ok("replacing a cold-booted" in open(log).read(), "the cold pool VMs were replaced")
+        j, _ = c.run_json("print(1)", env=env)
+        eq((j["stdout"], j["start_mode"], j["warm_pool_hit"]), ("1\n", "warm", True), "a hit")
+    finally:
+        _snap_stop(p, sdir)
+
+
+@test()
 def snapshots_off_by_config(c):
     p, env, log, sdir = _snap_daemon(c, "off", EXEC_SANDBOX_SNAPSHOTS="false")
     try:
