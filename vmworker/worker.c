@@ -954,6 +954,14 @@ __attribute__((noreturn)) static void make_template(uint64_t boot_ms)
     exit(0);
 }
 
+/* The worker's own seccomp filter, once QEMU runs and every socket to it is connected. */
+static void lock_down(void)
+{
+    sbx_err err = {0};
+    if (W.cfg->jail && jail_seccomp(&err) < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "%s", err.msg);
+}
+
 /* Boot, restore, or make a template, as sbxd asked. A failed restore is a cold boot in the same
  * slot: the run never sees it, beyond start_mode "cold" and the warning sbxd logs. */
 static void start_vm(uint64_t *boot_ms)
@@ -970,8 +978,10 @@ static void start_vm(uint64_t *boot_ms)
         return;
     }
     boot(boot_ms);
-    if (!strcmp(mode, "template"))
+    if (!strcmp(mode, "template")) {
+        lock_down();
         make_template(*boot_ms);
+    }
 }
 
 int main(int argc, char **argv)
@@ -1024,11 +1034,7 @@ int main(int argc, char **argv)
     enter_jail(W.cfg);
     uint64_t setup_ms = now_ms() - W.t_start, boot_ms = 0;
     start_vm(&boot_ms);
-    if (W.cfg->jail) {
-        sbx_err err = {0};
-        if (jail_seccomp(&err) < 0)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "%s", err.msg);
-    }
+    lock_down();
 
     Sbx__Worker__Booted b = SBX__WORKER__BOOTED__INIT;
     b.boot_ms = boot_ms;
