@@ -1656,6 +1656,19 @@ int sbx_status(sbx_client *c, sbx_status_info *out, sbx_error *err)
     out->pool_ready = s->pool_ready;
     out->pool_booting = s->pool_booting;
     out->pool_memory_mb = s->pool_memory_mb;
+    out->snapshots_enabled = s->snapshots_enabled;
+    copy_text(out->snapshot_dir, sizeof out->snapshot_dir, s->snapshot_dir);
+    out->n_snapshots = 0;
+    for (size_t i = 0; i < s->n_snapshots && i < SBX_STATUS_SNAPSHOTS_MAX; i++) {
+        const Sbx__Control__SnapshotInfo *x = s->snapshots[i];
+        copy_text(out->snapshots[i].name, sizeof out->snapshots[i].name, x->name);
+        copy_text(out->snapshots[i].language, sizeof out->snapshots[i].language, x->language);
+        copy_text(out->snapshots[i].state, sizeof out->snapshots[i].state, x->state);
+        out->snapshots[i].memory_mb = x->memory_mb;
+        out->snapshots[i].disk_mb = x->disk_mb;
+        out->snapshots[i].retry_in_s = x->retry_in_s;
+        out->n_snapshots = (uint32_t)i + 1;
+    }
     return 0;
 }
 

@@ -161,6 +161,8 @@ void sbx_result_free(sbx_result *r);
 
 /* ---- daemon status ---- */
 
+#define SBX_STATUS_SNAPSHOTS_MAX 32 /* snapshots a status lists at most */
+
 /* The daemon's view of itself. Strings are NUL-terminated, cut to fit. */
 typedef struct {
     char version[64];            /* sbxd version */
@@ -179,6 +181,17 @@ typedef struct {
     uint32_t pool_ready;         /* pool VMs ready to take a run */
     uint32_t pool_booting;       /* pool VMs still booting or starting their REPL */
     uint64_t pool_memory_mb;     /* guest RAM the pool holds */
+    bool snapshots_enabled;      /* VMs start from memory snapshots when one is ready */
+    char snapshot_dir[512];      /* the snapshot cache */
+    uint32_t n_snapshots;        /* entries used in snapshots[] */
+    struct {
+        char name[128];      /* directory in the snapshot cache */
+        char language[16];   /* "python", "javascript", "raw" */
+        uint32_t memory_mb;  /* guest RAM it was made for */
+        char state[16];      /* "ready", "building" or "failed" */
+        uint64_t disk_mb;    /* ready: its RAM file's size on disk */
+        uint32_t retry_in_s; /* failed: seconds until it may be built again */
+    } snapshots[SBX_STATUS_SNAPSHOTS_MAX];
 } sbx_status_info;
 
 /* Ask the daemon for its status. */

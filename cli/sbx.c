@@ -1165,9 +1165,18 @@ static int cmd_status(const args *a)
         return EXIT_SANDBOX;
     }
     if (a->json) {
+        json_t *snaps = json_array();
+        for (uint32_t i = 0; i < s.n_snapshots; i++)
+            json_array_append_new(snaps, json_pack("{s:o, s:o, s:i, s:o, s:I, s:i}", "name",
+                                                   json_text(s.snapshots[i].name), "language",
+                                                   json_text(s.snapshots[i].language), "memory_mb",
+                                                   (int)s.snapshots[i].memory_mb, "state",
+                                                   json_text(s.snapshots[i].state), "disk_mb",
+                                                   (json_int_t)s.snapshots[i].disk_mb, "retry_in_s",
+                                                   (int)s.snapshots[i].retry_in_s));
         return json_print(json_pack(
                    "{s:b, s:o, s:o, s:i, s:o, s:o, s:i, s:i, s:i, s:I, s:I, s:o, s:i, s:o, s:i, "
-                   "s:i, s:i, s:I}",
+                   "s:i, s:i, s:I, s:b, s:o, s:o}",
                    "running", 1, "socket", json_text(path), "version", json_text(s.version), "pid",
                    (int)s.pid, "accelerator", json_text(s.accelerator), "accel_reason",
                    json_text(s.accel_reason), "running_vms", (int)s.running_vms, "queued",
@@ -1176,7 +1185,8 @@ static int cmd_status(const args *a)
                    json_text(s.images_dir), "sessions", (int)s.sessions, "cgroup_mode",
                    json_text(s.cgroup_mode), "warm_pool_size", (int)s.warm_pool_size, "pool_ready",
                    (int)s.pool_ready, "pool_booting", (int)s.pool_booting, "pool_memory_mb",
-                   (json_int_t)s.pool_memory_mb)) < 0
+                   (json_int_t)s.pool_memory_mb, "snapshots_enabled", (int)s.snapshots_enabled,
+                   "snapshot_dir", json_text(s.snapshot_dir), "snapshots", snaps)) < 0
                    ? EXIT_SANDBOX
                    : 0;
     }
@@ -1192,6 +1202,18 @@ static int cmd_status(const args *a)
     if (s.warm_pool_size)
         printf("warm pool    %u per language: %u ready, %u starting, %" PRIu64 " MB of guest RAM\n",
                s.warm_pool_size, s.pool_ready, s.pool_booting, s.pool_memory_mb);
+    if (s.snapshots_enabled)
+        printf("snapshots    on, in %s\n", s.snapshot_dir);
+    else
+        printf("snapshots    off\n");
+    for (uint32_t i = 0; i < s.n_snapshots; i++) {
+        printf("  %-40s %s", s.snapshots[i].name, s.snapshots[i].state);
+        if (!strcmp(s.snapshots[i].state, "ready"))
+            printf(", %" PRIu64 " MiB of RAM file on disk", s.snapshots[i].disk_mb);
+        else if (!strcmp(s.snapshots[i].state, "failed"))
+            printf(", next try in %u s", s.snapshots[i].retry_in_s);
+        putchar('\n');
+    }
     printf("runs         %" PRIu64 "\n", s.runs_total);
     if (s.cgroup_mode[0])
         printf("cgroups      %s\n", s.cgroup_mode);

@@ -15,6 +15,7 @@
 #include "sbx_limits.h"
 #include "cgroup.h"
 #include "sbxd.h"
+#include "snapshot.h"
 
 struct client {
     int fd;
@@ -261,6 +262,7 @@ static void send_status(client *c, uint64_t id)
     pool_stats(&s.pool_ready, &s.pool_booting, &pool_mb);
     s.pool_memory_mb = pool_mb;
     s.warm_pool_size = cfg.warm_pool_size;
+    snapshot_status(&s);
     Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
     r.id = id;
     r.body_case = SBX__CONTROL__REPLY__BODY_STATUS;

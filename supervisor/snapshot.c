@@ -18,6 +18,7 @@
 #include <openssl/evp.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -599,6 +600,71 @@ void snapshot_booted(const char *dir, const Sbx__Worker__Booted *b)
         snap_failed(s);
     }
     slog("memory snapshot %s removed; it will be built again", name);
+}
+
+#define STATUS_MAX 32
+
+void snapshot_status(Sbx__Control__StatusReply *s)
+{
+    static Sbx__Control__SnapshotInfo info[STATUS_MAX];
+    static Sbx__Control__SnapshotInfo *ptrs[STATUS_MAX];
+    static char names[STATUS_MAX][128], langs[STATUS_MAX][16];
+    size_t n = 0;
+    s->snapshots_enabled = enabled;
+    s->snapshot_dir = enabled ? base : "";
+    s->snapshots = ptrs;
+    s->n_snapshots = 0;
+    if (!enabled)
+        return;
+    DIR *d = opendir(base);
+    struct dirent *e;
+    while (d && n < STATUS_MAX && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue; /* staging, being removed */
+        char p[PATH_MAX], meta[4096], v[32];
+        snprintf(p, sizeof p, "%s/%s/meta", base, e->d_name);
+        int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        ssize_t got = fd >= 0 ? read(fd, meta, sizeof meta - 1) : -1;
+        if (fd >= 0)
+            close(fd);
+        if (got <= 0)
+            continue;
+        meta[got] = '\0';
+        Sbx__Control__SnapshotInfo *i = &info[n];
+        sbx__control__snapshot_info__init(i);
+        snprintf(names[n], sizeof names[n], "%s", e->d_name);
+        meta_get(meta, "language", langs[n], sizeof langs[n]);
+        meta_get(meta, "memory_mb", v, sizeof v);
+        i->memory_mb = (uint32_t)strtoul(v, NULL, 10);
+        struct stat st;
+        snprintf(p, sizeof p, "%s/%s/mem", base, e->d_name);
+        i->disk_mb = stat(p, &st) == 0 ? (uint64_t)st.st_blocks * 512u >> 20 : 0;
+        i->state = "ready";
+        i->name = names[n];
+        i->language = langs[n];
+        ptrs[n] = i;
+        n++;
+    }
+    if (d)
+        closedir(d);
+    uint64_t now = now_ms();
+    for (snap *x = snaps; x && n < STATUS_MAX; x = x->next) {
+        bool failed = !x->building && !x->want && x->failures && now < x->retry_at;
+        if (!x->building && !x->want && !failed)
+            continue;
+        Sbx__Control__SnapshotInfo *i = &info[n];
+        sbx__control__snapshot_info__init(i);
+        snprintf(names[n], sizeof names[n], "%s", x->name);
+        snprintf(langs[n], sizeof langs[n], "%s", x->language);
+        i->name = names[n];
+        i->language = langs[n];
+        i->memory_mb = x->memory_mb;
+        i->state = failed ? "failed" : "building";
+        i->retry_in_s = failed ? (uint32_t)((x->retry_at - now + 999) / 1000) : 0;
+        ptrs[n] = i;
+        n++;
+    }
+    s->n_snapshots = n;
 }
 
 void snapshot_shutdown(void)

@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "sbxd.h"
+#include "control.pb-c.h"
 #include "worker.pb-c.h"
 
 /* Once, after the accelerator is known to be decidable (accel_init): the cache directory. */
@@ -20,6 +21,9 @@ void snapshot_prepare(Sbx__Worker__VmConfig *vc, const char *language, bool prob
 /* The worker's Booted for a VM that snapshot_prepare told to restore: a failed restore marks
  * the snapshot bad (it is removed and rebuilt), a slow one counts towards that. */
 void snapshot_booted(const char *dir, const Sbx__Worker__Booted *b);
+/* For `sbx status`: whether snapshots are in use, where, and those known (ready in the cache,
+ * building, or failed and waiting to be tried again). Valid until the next call. */
+void snapshot_status(Sbx__Control__StatusReply *s);
 /* After sched_shutdown: remove the staging directories of builds cut short. */
 void snapshot_shutdown(void);
 

@@ -1104,6 +1104,14 @@ def warm_pool_moves_to_snapshots(c):
     try:
         wait_for(restored_pool, 120, "two pool VMs restored from snapshots, nothing else")
         ok("replacing a cold-booted" in open(log).read(), "the cold pool VMs were replaced")
+        st = _status_json(c, env)
+        eq((st["snapshots_enabled"], st["snapshot_dir"]), (True, sdir), "status: snapshots on")
+        ready = sorted((x["language"], x["memory_mb"], x["state"]) for x in st["snapshots"])
+        eq(ready, [("javascript", 256, "ready"), ("python", 256, "ready")], "status lists them")
+        ok(all(x["disk_mb"] > 10 and x["name"] in os.listdir(sdir) for x in st["snapshots"]),
+           f"each with its RAM file on disk: {st['snapshots']}")
+        text = c.sbx("status", env=env, check_rc=0).out
+        ok(f"snapshots    on, in {sdir}" in text and text.count(" MiB of RAM file on disk") == 2, text)
         j, _ = c.run_json("print(1)", env=env)
         eq((j["stdout"], j["start_mode"], j["warm_pool_hit"]), ("1\n", "warm", True), "a hit")
     finally:
@@ -1118,6 +1126,8 @@ def snapshots_off_by_config(c):
             eq(_srun(c, env, "raw", "echo 1")["start_mode"], "cold", "snapshots off")
         ok(not os.path.exists(sdir), "no snapshot directory made")
         ok("memory snapshots: off" in open(log).read(), "the log says so")
+        st = _status_json(c, env)
+        eq((st["snapshots_enabled"], st["snapshots"]), (False, []), "sbx status says so")
     finally:
         _snap_stop(p, sdir)
 
