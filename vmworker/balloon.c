@@ -115,12 +115,17 @@ static int read_stats(void)
     if (upd == B.last_update)
         return 0;
     B.last_update = upd;
-    /* The guest's figures only size its own balloon: a lying guest gains nothing. */
-    uint32_t avail_mb = avail > 0 ? (avail < B.full_mb ? (uint32_t)avail : B.full_mb) : 0;
-    uint32_t headroom = B.full_mb / 8 > MIN_HEADROOM_MB ? B.full_mb / 8 : MIN_HEADROOM_MB;
-    uint32_t give = avail_mb > headroom ? (uint32_t)avail_mb - headroom : 0;
-    B.target_mb = give >= MIN_RECLAIM_MB ? B.full_mb - give : B.full_mb;
+    B.target_mb = balloon_target_mb(B.full_mb, avail);
     return 1;
+}
+
+uint32_t balloon_target_mb(uint32_t full_mb, double avail_mb)
+{
+    /* The guest's figures only size its own balloon: a lying guest gains nothing. */
+    uint32_t avail = avail_mb > 0 ? (avail_mb < full_mb ? (uint32_t)avail_mb : full_mb) : 0;
+    uint32_t headroom = full_mb / 8 > MIN_HEADROOM_MB ? full_mb / 8 : MIN_HEADROOM_MB;
+    uint32_t give = avail > headroom ? avail - headroom : 0;
+    return give >= MIN_RECLAIM_MB ? full_mb - give : full_mb;
 }
 
 void balloon_tick(void)

@@ -23,4 +23,9 @@ void balloon_tick(void);
 /* A request arrived that may need the guest's memory: deflate (without waiting for the guest). */
 void balloon_wake(void);
 
+/* The balloon target (the VM's logical size, MiB) for a VM of full_mb whose guest says it has
+ * avail_mb available (< 0: it did not say): what it uses plus headroom, or full_mb when there is
+ * too little to take. */
+uint32_t balloon_target_mb(uint32_t full_mb, double avail_mb);
+
 #endif
