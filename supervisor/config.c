@@ -41,7 +41,7 @@ static const struct key keys[] = {
     U32(default_timeout_seconds, SBX_TIMEOUT_MIN, SBX_TIMEOUT_MAX, "run timeout, s (1-300)"),
     U32(session_idle_timeout_seconds, 10, 3600, "session idle timeout, s (10-3600)"),
     U32(balloon_idle_seconds, 0, 3600,
-        "idle time after which a cold-booted session or pool VM gives back free memory (0: never)"),
+        "idle time after which a cold-booted session VM gives back free memory (0: never)"),
     STR(images_dir, "kernel and guest images (default: CACHE/images)"),
     STR(snapshot_cache_dir, "local snapshot cache"),
     STR(s3_bucket, "S3 bucket for the snapshot cache (not in this version)"),

@@ -103,7 +103,6 @@ static void send_noop(pvm *v, uint32_t timeout_ms)
     ex.code.len = strlen(pool_warmup_code(v->language));
     ex.timeout_ms = timeout_ms;
     ex.keep_state = true;
-    ex.keep_reclaimed = true; /* an idle pool VM stays idle, memory included */
     Sbx__Worker__ToWorker m = SBX__WORKER__TO_WORKER__INIT;
     m.body_case = SBX__WORKER__TO_WORKER__BODY_EXEC;
     m.exec = &ex;
@@ -213,7 +212,9 @@ static void vm_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, c
     pool_refill();
 }
 
-static const vm_owner_ops pool_ops = {vm_booted, vm_frame, vm_gone, true};
+/* No balloon: a fresh pool VM has next to nothing to give back (measured 0-11 MB), and the run
+ * that takes one would wait on the guest deflating it (10-40 ms more under TCG). */
+static const vm_owner_ops pool_ops = {vm_booted, vm_frame, vm_gone, true, false};
 
 void pool_refill(void)
 {

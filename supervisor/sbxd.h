@@ -43,6 +43,8 @@ typedef struct {
     /* Work nobody waits for (pool VMs, snapshot templates): never ahead of runs and sessions
      * in the queue. */
     bool background;
+    /* Give idle memory back through the balloon (balloon_idle_seconds; cold-booted VMs). */
+    bool reclaim_idle;
 } vm_owner_ops;
 /* Queue a VM for an owner; it counts against max_concurrent_vms like a run. */
 job *sched_open_vm(const char *language, uint32_t memory_mb, const vm_owner_ops *ops, void *owner);

@@ -709,7 +709,7 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     vc.userns = userns;
     vc.test_hooks = cfg.test_hooks;
     vc.session = j->ops != NULL;
-    vc.reclaim_idle_ms = cfg.balloon_idle_seconds * 1000u;
+    vc.reclaim_idle_ms = j->ops && j->ops->reclaim_idle ? cfg.balloon_idle_seconds * 1000u : 0;
     snapshot_prepare(&vc, language, j->probe, j->ops, j->owner, j->snapshot, sizeof j->snapshot);
     Sbx__Worker__ToWorker m2 = SBX__WORKER__TO_WORKER__INIT;
     m2.body_case = SBX__WORKER__TO_WORKER__BODY_START;

@@ -325,7 +325,7 @@ static void vm_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, c
     session_closed(s, msg);
 }
 
-static const vm_owner_ops session_vm = {vm_booted, vm_frame, vm_gone, false};
+static const vm_owner_ops session_vm = {vm_booted, vm_frame, vm_gone, false, true};
 
 /* ---- the client's side ---- */
 

@@ -465,7 +465,8 @@ static void template_gone(void *owner, Sbx__Control__ErrorKind kind, bool transi
         (unsigned long long)(s->retry_at > now ? (s->retry_at - now) / 1000 : 0));
 }
 
-static const vm_owner_ops template_ops = {template_booted, template_frame, template_gone, true};
+static const vm_owner_ops template_ops = {template_booted, template_frame, template_gone, true,
+                                          false};
 
 /* ---- what sched.c calls ------------------------------------------------------------------- */
 

@@ -1057,7 +1057,8 @@ int main(int argc, char **argv)
     /* One exec for a run; for a session, requests until sbxd closes it (it kills us when the
      * session ends or idles out, so there is no deadline here). */
     bool first = true;
-    /* Idle reclaim: session and pool VMs that booted cold (see qemu.c for restored ones). */
+    /* Idle reclaim, when sbxd asks for it (sessions), for VMs that booted cold (see qemu.c for
+     * restored ones). */
     balloon_init(&qmp, W.cfg->memory_mb,
                  W.cfg->session && !strcmp(start_mode, "cold") ? W.cfg->reclaim_idle_ms : 0);
     do {
@@ -1066,9 +1067,7 @@ int main(int argc, char **argv)
         W.idle = W.cfg->session;
         Sbx__Worker__ToWorker *rq = recv_ctl(0, deadline);
         W.idle = false;
-        /* A health check's no-op leaves an idle VM's memory where it is. */
-        if (rq->body_case != SBX__WORKER__TO_WORKER__BODY_EXEC || !rq->exec->keep_reclaimed)
-            balloon_wake();
+        balloon_wake();
         switch (rq->body_case) {
         case SBX__WORKER__TO_WORKER__BODY_EXEC:
             run_exec(rq->exec, first ? boot_ms : 0, first ? setup_ms : 0);
