@@ -128,16 +128,21 @@ uint32_t balloon_target_mb(uint32_t full_mb, double avail_mb)
     return give >= MIN_RECLAIM_MB ? full_mb - give : full_mb;
 }
 
+/* A step that waits for the guest: started now, looked at again every poll_ms. */
+static void enter(bstate s, uint64_t now, uint64_t poll_ms)
+{
+    B.state = s;
+    B.t0 = now;
+    B.next = now + poll_ms;
+}
+
 void balloon_tick(void)
 {
     uint64_t now = now_ms();
     switch (B.state) {
     case B_FULL:
-        if (set_polling(1) < 0)
-            return;
-        B.state = B_STATS;
-        B.t0 = now;
-        B.next = now + STATS_POLL_MS;
+        if (set_polling(1) == 0)
+            enter(B_STATS, now, STATS_POLL_MS);
         return;
     case B_STATS: {
         int r = read_stats();
@@ -154,11 +159,8 @@ void balloon_tick(void)
             B.held_mb = 0;
             return;
         }
-        if (set_target(B.target_mb) < 0)
-            return;
-        B.state = B_INFLATING;
-        B.t0 = now;
-        B.next = now + INFLATE_POLL_MS;
+        if (set_target(B.target_mb) == 0)
+            enter(B_INFLATING, now, INFLATE_POLL_MS);
         return;
     }
     case B_INFLATING: {
