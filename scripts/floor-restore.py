@@ -190,7 +190,7 @@ def qemu_argv(qemu, images, lang, mem_mb, mem_path, run, restore):
             "-chardev", f"socket,id=agent,path={run}/agent.sock,server=on,wait=off",
             "-device", "virtserialport,chardev=agent,name=sbx.agent",
             "-device", "virtio-rng-device",
-            "-device", "virtio-balloon-device,free-page-reporting=off",
+            "-device", "virtio-balloon-device,id=balloon,deflate-on-oom=on,free-page-reporting=off",
             "-chardev", f"socket,id=con,path={run}/console.sock,server=on,wait=off",
             "-serial", "chardev:con",
             "-qmp", f"unix:{run}/qmp.sock,server=on,wait=off"]
