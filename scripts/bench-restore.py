@@ -86,7 +86,7 @@ def qemu_pss_mb(a, d, env, lang):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--langs", default="python,javascript,raw")
     ap.add_argument("--sbx", default=os.path.join(ROOT, "build/sbx"))
     ap.add_argument("--sbxd", default=os.path.join(ROOT, "build/sbxd"))
