@@ -71,7 +71,7 @@ void config_defaults(sbx_config *c)
     c->default_memory_mb = SBX_MEMORY_DEFAULT;
     c->default_timeout_seconds = SBX_TIMEOUT_DEFAULT;
     c->session_idle_timeout_seconds = 300;
-    c->balloon_idle_seconds = 10;
+    c->balloon_idle_seconds = 30;
     snprintf(c->snapshot_cache_dir, sizeof c->snapshot_cache_dir, "/tmp/exec-sandbox-cache");
     snprintf(c->s3_region, sizeof c->s3_region, "us-east-1");
     c->max_concurrent_s3_uploads = 4;
