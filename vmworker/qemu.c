@@ -104,9 +104,9 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
     bad |= arg(&a, "-device") | arg(&a, "virtserialport,chardev=agent,name=sbx.agent");
     bad |= arg(&a, "-device") | arg(&a, "virtio-rng-device");
     /* The balloon: the guest reports pages it frees and QEMU returns them to the host, and the
-     * worker inflates it over QMP while the VM is idle (vmworker/balloon.c); deflate-on-oom lets
-     * the guest take pages back by itself should it need them first. Cold VMs only: QEMU cannot
-     * discard pages of a restored VM's read-only RAM file (it would punch holes in the file
+     * worker inflates it over QMP while a session VM is idle (vmworker/balloon.c); deflate-on-oom
+     * lets the guest take pages back by itself should it need them first. Cold VMs only: QEMU
+     * cannot discard pages of a restored VM's read-only RAM file (it would punch holes in the file
      * every restored VM shares), so there it would only fill the log with refusals; the
      * template has the same device (its state must match) with reporting off. */
     bad |= arg(&a, "-device") |
