@@ -80,7 +80,7 @@ test-unit: $(UNIT_TESTS:%=$(BUILD)/tests/%)
 
 # libFuzzer targets for every decoder of untrusted bytes (clang). `make fuzz` runs each for
 # FUZZ_SECONDS; crashes are saved under build/fuzz/.
-FUZZ_TARGETS = control worker agent
+FUZZ_TARGETS = control worker agent qmp
 FUZZ_SECONDS ?= 15
 FUZZ_SRC = tests/fuzz/fuzz_frames.c proto/frame.c proto/sbx_limits.c $(GEN_C)
 $(BUILD)/fuzz/fuzz_%: $(FUZZ_SRC) $(GEN_H) proto/*.h
@@ -88,6 +88,13 @@ $(BUILD)/fuzz/fuzz_%: $(FUZZ_SRC) $(GEN_H) proto/*.h
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
 		-DFUZZ_$(shell echo $* | tr a-z A-Z) -iquote $(BUILD)/gen -iquote proto -o $@ $(FUZZ_SRC) \
 		-lprotobuf-c
+# The worker's QMP reader: QEMU's replies and events are its input.
+$(BUILD)/fuzz/fuzz_qmp: tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c $(GEN_C) $(GEN_H) \
+		vmworker/*.h proto/*.h
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
+		-iquote proto -iquote vmworker -o $@ tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c \
+		$(GEN_C) -lprotobuf-c -ljansson
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 	@set -e; for t in $(FUZZ_TARGETS); do mkdir -p $(BUILD)/fuzz/corpus-$$t; \
 		echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
