@@ -295,15 +295,19 @@ void pool_snapshot_ready(const char *language, uint32_t memory_mb)
         return;
     /* A restored VM takes about half the host memory of a cold one (README): swap them. VMs
      * still booting are judged by how they started (vm_booted). */
-    for (pvm *v = vms, *next; v; v = next) {
-        next = v->next;
-        if (strcmp(v->language, language) || v->state == P_TAKEN)
-            continue;
-        v->stale = true;
-        if (v->state == P_READY) {
-            slog("pool: replacing a cold-booted %s VM with one from the new snapshot", language);
-            drop(v);
-        }
+    for (pvm *v = vms; v; v = v->next)
+        if (!strcmp(v->language, language) && v->state != P_TAKEN)
+            v->stale = true;
+    /* drop() refills, which changes the list: look again from its head after each. */
+    for (bool again = true; again;) {
+        again = false;
+        for (pvm *v = vms; v && !again; v = v->next)
+            if (v->stale && v->state == P_READY) {
+                slog("pool: replacing a cold-booted %s VM with one from the new snapshot",
+                     language);
+                drop(v);
+                again = true;
+            }
     }
 }
 

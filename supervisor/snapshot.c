@@ -622,7 +622,7 @@ void snapshot_status(Sbx__Control__StatusReply *s)
     while (d && n < STATUS_MAX && (e = readdir(d))) {
         if (e->d_name[0] == '.')
             continue; /* staging, being removed */
-        char p[PATH_MAX], meta[4096], v[32];
+        char p[PATH_MAX], meta[4096], v[sizeof boot_id];
         snprintf(p, sizeof p, "%s/%s/meta", base, e->d_name);
         int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         ssize_t got = fd >= 0 ? read(fd, meta, sizeof meta - 1) : -1;
@@ -631,6 +631,9 @@ void snapshot_status(Sbx__Control__StatusReply *s)
         if (got <= 0)
             continue;
         meta[got] = '\0';
+        meta_get(meta, "boot_id", v, sizeof v);
+        if (strcmp(v, boot_id))
+            continue; /* made before this boot: never used, removed soon */
         Sbx__Control__SnapshotInfo *i = &info[n];
         sbx__control__snapshot_info__init(i);
         snprintf(names[n], sizeof names[n], "%s", e->d_name);
@@ -651,7 +654,10 @@ void snapshot_status(Sbx__Control__StatusReply *s)
     uint64_t now = now_ms();
     for (snap *x = snaps; x && n < STATUS_MAX; x = x->next) {
         bool failed = !x->building && !x->want && x->failures && now < x->retry_at;
-        if (!x->building && !x->want && !failed)
+        bool listed = false;
+        for (size_t k = 0; k < n && !listed; k++)
+            listed = !strcmp(names[k], x->name); /* published, its job not gone yet */
+        if (listed || (!x->building && !x->want && !failed))
             continue;
         Sbx__Control__SnapshotInfo *i = &info[n];
         sbx__control__snapshot_info__init(i);

@@ -21,9 +21,12 @@ typedef enum { B_OFF, B_FULL, B_STATS, B_INFLATING, B_HELD } bstate;
 static struct {
     qmp_conn *q;
     bstate state;
-    uint32_t full_mb, idle_ms, target_mb, held_mb;
+    /* What QEMU was last told, whatever the state: undone by balloon_wake, even after a failure
+     * turned reclaim off (a VM must not stay shrunk, or polled, for the rest of its life). */
+    bool polling, inflated;
+    uint32_t full_mb, idle_ms, target_mb;
     uint64_t idle_since, next, t0;
-    double last_update;
+    double stamp; /* last-update of the guest statistics before we asked for fresh ones */
 } B = {.state = B_OFF};
 
 void balloon_init(qmp_conn *q, uint32_t memory_mb, uint32_t idle_ms)
@@ -35,28 +38,41 @@ void balloon_init(qmp_conn *q, uint32_t memory_mb, uint32_t idle_ms)
     B.idle_since = now_ms();
 }
 
-/* One QMP command; a failure turns reclaim off for this VM (it keeps running). */
+/* One QMP command (a failure is logged; the caller decides what it means). */
 static int cmd(const char *name, json_t *args, json_t **ret)
 {
     sbx_err err = {0};
     if (qmp_exec(B.q, name, args, ret, now_ms() + QMP_STEP_MS, &err) == 0)
         return 0;
-    wlog("balloon: %s; idle memory reclaim off for this VM", err.msg);
-    B.state = B_OFF;
+    wlog("balloon: %s", err.msg);
     return -1;
 }
 
-static int set_polling(int seconds)
+/* A step failed: no more reclaim for this VM (it keeps running; balloon_wake still undoes what
+ * QEMU was told). */
+static void give_up(void)
 {
-    return cmd("qom-set",
-               json_pack("{s:s, s:s, s:i}", "path", BALLOON_PATH, "property",
-                         "guest-stats-polling-interval", "value", seconds),
-               NULL);
+    wlog("balloon: idle memory reclaim off for this VM");
+    B.state = B_OFF;
+}
+
+static int set_polling(bool on)
+{
+    int r = cmd("qom-set",
+                json_pack("{s:s, s:s, s:i}", "path", BALLOON_PATH, "property",
+                          "guest-stats-polling-interval", "value", on ? 1 : 0),
+                NULL);
+    if (r == 0)
+        B.polling = on;
+    return r;
 }
 
 static int set_target(uint32_t mb)
 {
-    return cmd("balloon", json_pack("{s:I}", "value", (json_int_t)mb << 20), NULL);
+    int r = cmd("balloon", json_pack("{s:I}", "value", (json_int_t)mb << 20), NULL);
+    if (r == 0)
+        B.inflated = mb < B.full_mb;
+    return r;
 }
 
 /* The VM's logical size now, in MiB (QEMU's view of what the guest gave up so far). */
@@ -99,24 +115,23 @@ static double stat_mb(json_t *st, const char *name)
     return b >= 0 && b < 0x1p62 ? b / 1048576. : -1;
 }
 
-/* The guest's statistics arrived (or not yet: 0). Sets the target from them. */
-static int read_stats(void)
+/* The guest statistics QEMU holds: *upd their last-update (seconds), *avail_mb what the guest
+ * has available (-1: it does not say). */
+static int get_stats(double *upd, double *avail_mb)
 {
     json_t *r = NULL;
     if (cmd("qom-get", json_pack("{s:s, s:s}", "path", BALLOON_PATH, "property", "guest-stats"),
             &r) < 0)
         return -1;
-    double upd = json_number_value(json_object_get(r, "last-update"));
+    *upd = json_number_value(json_object_get(r, "last-update"));
     json_t *st = json_object_get(r, "stats");
-    double avail = stat_mb(st, "stat-available-memory");
-    if (avail < 0) /* an older guest kernel: free memory and caches instead */
-        avail = stat_mb(st, "stat-free-memory") + stat_mb(st, "stat-disk-caches");
+    *avail_mb = stat_mb(st, "stat-available-memory");
+    if (*avail_mb < 0) { /* an older guest kernel: free memory and caches instead */
+        double f = stat_mb(st, "stat-free-memory"), c = stat_mb(st, "stat-disk-caches");
+        *avail_mb = f >= 0 && c >= 0 ? f + c : -1;
+    }
     json_decref(r);
-    if (upd == B.last_update)
-        return 0;
-    B.last_update = upd;
-    B.target_mb = balloon_target_mb(B.full_mb, avail);
-    return 1;
+    return 0;
 }
 
 uint32_t balloon_target_mb(uint32_t full_mb, double avail_mb)
@@ -140,44 +155,60 @@ void balloon_tick(void)
 {
     uint64_t now = now_ms();
     switch (B.state) {
-    case B_FULL:
-        if (set_polling(1) == 0)
+    case B_FULL: {
+        /* Note the statistics' stamp first: only figures newer than it describe the guest now
+         * (those from its boot, or a late answer to an earlier round, do not). */
+        double avail;
+        if (get_stats(&B.stamp, &avail) < 0 || set_polling(true) < 0)
+            give_up();
+        else
             enter(B_STATS, now, STATS_POLL_MS);
         return;
+    }
     case B_STATS: {
-        int r = read_stats();
-        if (r < 0)
+        double upd, avail;
+        if (get_stats(&upd, &avail) < 0) {
+            give_up();
             return;
-        if (r == 0 && now < B.t0 + STATS_WAIT_MS) {
+        }
+        bool fresh = upd != B.stamp;
+        if (!fresh && now < B.t0 + STATS_WAIT_MS) {
             B.next = now + STATS_POLL_MS;
             return;
         }
-        if (set_polling(0) < 0)
-            return;
-        if (r == 0 || B.target_mb >= B.full_mb) {
-            B.state = B_HELD; /* nothing worth taking (or no statistics): wait for a request */
-            B.held_mb = 0;
+        if (set_polling(false) < 0) {
+            give_up();
             return;
         }
-        if (set_target(B.target_mb) == 0)
+        B.target_mb = fresh ? balloon_target_mb(B.full_mb, avail) : B.full_mb;
+        if (B.target_mb >= B.full_mb) {
+            B.state = B_HELD; /* nothing worth taking (or no statistics): wait for a request */
+            return;
+        }
+        if (set_target(B.target_mb) < 0)
+            give_up();
+        else
             enter(B_INFLATING, now, INFLATE_POLL_MS);
         return;
     }
     case B_INFLATING: {
         uint32_t a;
-        if (actual_mb(&a) < 0)
+        if (actual_mb(&a) < 0) {
+            give_up();
             return;
+        }
         if (a > B.target_mb && now < B.t0 + INFLATE_WAIT_MS) {
             B.next = now + INFLATE_POLL_MS;
             return;
         }
         /* Short of the target in time: the guest could not find the pages; stop asking, or its
          * balloon driver would keep trying (and burning CPU) while the VM is idle. */
-        if (a > B.target_mb && set_target(a) < 0)
+        if (a > B.target_mb && set_target(a) < 0) {
+            give_up();
             return;
-        B.held_mb = B.full_mb - a;
+        }
         B.state = B_HELD;
-        wlog("balloon: the idle VM gave back %u MiB of %u in %llu ms", B.held_mb, B.full_mb,
+        wlog("balloon: the idle VM gave back %u MiB of %u in %llu ms", B.full_mb - a, B.full_mb,
              (unsigned long long)(now - B.t0));
         return;
     }
@@ -188,13 +219,17 @@ void balloon_tick(void)
 
 void balloon_wake(void)
 {
-    bstate was = B.state;
-    if (was == B_OFF || was == B_FULL)
+    if (!B.q || B.q->fd < 0) {
+        /* QMP is gone (QEMU closed it): nothing to undo, nothing more to do. */
+        B.polling = B.inflated = false;
+        B.state = B_OFF;
         return;
-    B.state = B_FULL; /* before the commands: a failure in them turns it off */
-    if (was == B_STATS && set_polling(0) < 0)
-        return;
-    if ((was == B_INFLATING || (was == B_HELD && B.held_mb)) && set_target(B.full_mb) < 0)
-        return;
-    B.held_mb = 0;
+    }
+    /* Best effort, whatever the state: a command that fails now is tried at the next request. */
+    if (B.polling)
+        set_polling(false);
+    if (B.inflated)
+        set_target(B.full_mb);
+    if (B.state != B_OFF)
+        B.state = B_FULL;
 }

@@ -376,8 +376,12 @@ static void boot(uint64_t *boot_ms)
     W.agent = qemu_connect(&W.vm, W.vm.agent_sock, deadline, &err);
     if (W.agent < 0)
         goto qemu_failed;
-    if (qmp_open(&qmp, &W.vm, deadline, &err) < 0)
-        goto qemu_failed;
+    /* QMP: a template needs it to save; any other VM can run without (no idle reclaim). */
+    if (qmp_open(&qmp, &W.vm, deadline, &err) < 0) {
+        if (W.cfg->start_mode && !strcmp(W.cfg->start_mode, "template"))
+            goto qemu_failed;
+        wlog("warning: %s; this VM runs without QMP (no idle memory reclaim)", err.msg);
+    }
     unlink(W.vm.qmp_sock); /* ours alone from now on */
     frame_reader_init(&W.ag_rd, FRAME_MAX_AGENT);
     send_hello();
