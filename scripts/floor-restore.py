@@ -9,9 +9,12 @@ usage:
   scripts/floor-restore.py [--runs N] SNAPSHOT_DIR
       restore N times from a snapshot sbxd made (a directory of the snapshot cache, holding
       mem, state and meta), print each time, then min/median
-  scripts/floor-restore.py --make DIR [--lang python] [--memory 256]
+  scripts/floor-restore.py --make DIR [--lang python] [--memory 256] [--mapped-ram]
       boot a bare template VM from the images, warm the language's REPL, save mem+state+meta
-      into DIR (the same layout sbxd writes), for trying QEMU options by hand
+      into DIR (the same layout sbxd writes), for trying QEMU options by hand; with
+      --mapped-ram, guest RAM is anonymous and saved into the state file by QEMU's mapped-ram
+      migration instead (the alternative the design weighed: restores then read RAM from the
+      file into each VM's own memory; restore DIR the same way to compare)
 Env: EXEC_SANDBOX_CACHE_DIR (images), QEMU (default qemu-system-x86_64).
 """
 import argparse
@@ -175,11 +178,13 @@ class Qmp:
                 raise RuntimeError("%s: %s" % (name, r["error"]))
 
 
-def qemu_argv(qemu, images, lang, mem_mb, mem_path, run, restore):
+def qemu_argv(qemu, images, lang, mem_mb, mem_path, run, restore, mapped_ram=False):
     share = "share=off,readonly=on,rom=off" if restore else "share=on"
-    argv = [qemu, "-M", "microvm,acpi=off,x-option-roms=off,rtc=on,memory-backend=mem",
-            "-accel", "tcg,tb-size=256", "-cpu", "max", "-m", str(mem_mb), "-smp", "1",
-            "-object", f"memory-backend-file,id=mem,size={mem_mb}M,mem-path={mem_path},{share}",
+    ram = [] if mapped_ram else [
+        "-object", f"memory-backend-file,id=mem,size={mem_mb}M,mem-path={mem_path},{share}"]
+    argv = [qemu, "-M", "microvm,acpi=off,x-option-roms=off,rtc=on" +
+            ("" if mapped_ram else ",memory-backend=mem"),
+            "-accel", "tcg,tb-size=256", "-cpu", "max", "-m", str(mem_mb), "-smp", "1", *ram,
             "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
             "-kernel", os.path.realpath(f"{images}/vmlinux"),
             "-initrd", os.path.realpath(f"{images}/initramfs.cpio"), "-append", CMDLINE,
@@ -199,12 +204,25 @@ def qemu_argv(qemu, images, lang, mem_mb, mem_path, run, restore):
     return argv
 
 
+def set_caps(q, mapped_ram):
+    cap = "mapped-ram" if mapped_ram else "x-ignore-shared"
+    q.cmd("migrate-set-capabilities", capabilities=[{"capability": cap, "state": True}])
+
+
+def wait_migration(q):
+    while True:
+        st = q.cmd("query-migrate").get("status")
+        if st in ("completed", "failed"):
+            return st
+        time.sleep(0.002)
+
+
 def make(a, images, qemu):
     os.makedirs(a.make, exist_ok=True)
     run = tempfile.mkdtemp(prefix="sbx-floor-")
     mem = os.path.join(a.make, "mem")
     t0 = time.monotonic()
-    p = subprocess.Popen(qemu_argv(qemu, images, a.lang, a.memory, mem, run, False),
+    p = subprocess.Popen(qemu_argv(qemu, images, a.lang, a.memory, mem, run, False, a.mapped_ram),
                          stdout=subprocess.DEVNULL, stderr=open(f"{run}/qemu.log", "w"))
     try:
         deadline = time.monotonic() + 60
@@ -219,35 +237,35 @@ def make(a, images, qemu):
         if kind != "ready":
             sys.exit("warm failed: %r" % m)
         t_warm = time.monotonic()
-        q.cmd("migrate-set-capabilities",
-              capabilities=[{"capability": "x-ignore-shared", "state": True}])
+        if a.mapped_ram:
+            q.cmd("stop")  # a one-pass save of RAM; restored VMs are resumed by hand
+        set_caps(q, a.mapped_ram)
         q.cmd("migrate", uri="file:" + os.path.join(a.make, "state"))
-        while True:
-            st = q.cmd("query-migrate").get("status")
-            if st in ("completed", "failed"):
-                break
-            time.sleep(0.002)
+        st = wait_migration(q)
         t_done = time.monotonic()
         print(f"ready {1000 * (t_ready - t0):.0f} ms, warm {1000 * (t_warm - t_ready):.0f} ms, "
               f"save {1000 * (t_done - t_warm):.0f} ms: {st}")
-        json.dump({"language": a.lang, "memory_mb": a.memory}, open(f"{a.make}/meta", "w"))
+        json.dump({"language": a.lang, "memory_mb": a.memory, "mapped_ram": a.mapped_ram},
+                  open(f"{a.make}/meta", "w"))
         con.close()
     finally:
         p.kill()
         p.wait()
 
 
-def restore_once(d, images, qemu, lang, mem_mb):
+def restore_once(d, images, qemu, lang, mem_mb, mapped_ram=False):
     run = tempfile.mkdtemp(prefix="sbx-floor-")
     t0 = time.monotonic()
-    p = subprocess.Popen(qemu_argv(qemu, images, lang, mem_mb, f"{d}/mem", run, True),
+    p = subprocess.Popen(qemu_argv(qemu, images, lang, mem_mb, f"{d}/mem", run, True, mapped_ram),
                          stdout=subprocess.DEVNULL, stderr=open(f"{run}/qemu.log", "w"))
     try:
         deadline = time.monotonic() + 20
         q = Qmp(f"{run}/qmp.sock", deadline, p)
-        q.cmd("migrate-set-capabilities",
-              capabilities=[{"capability": "x-ignore-shared", "state": True}])
+        set_caps(q, mapped_ram)
         q.cmd("migrate-incoming", uri=f"file:{d}/state")
+        if mapped_ram:
+            wait_migration(q)
+            q.cmd("cont")
         con = connect(f"{run}/console.sock", deadline, p)
         ag = connect(f"{run}/agent.sock", deadline, p)
         ag.sendall(hello(7))
@@ -280,6 +298,7 @@ def main():
     ap.add_argument("--make")
     ap.add_argument("--lang", default="python")
     ap.add_argument("--memory", type=int, default=256)
+    ap.add_argument("--mapped-ram", action="store_true")
     a = ap.parse_args()
     cache = os.environ.get("EXEC_SANDBOX_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "exec-sandbox")
@@ -292,15 +311,16 @@ def main():
         ap.error("SNAPSHOT_DIR or --make DIR")
     meta = parse_meta(os.path.join(a.dir, "meta"))
     lang, mem_mb = meta["language"], int(meta["memory_mb"])
+    mapped_ram = meta.get("mapped_ram") in (True, "true")
     ms, mp, pss = [], [], []
     for _ in range(a.runs):
-        t, tp, p = restore_once(a.dir, images, qemu, lang, mem_mb)
+        t, tp, p = restore_once(a.dir, images, qemu, lang, mem_mb, mapped_ram)
         ms.append(t)
         mp.append(tp)
         pss.append(p)
         print(f"restore to agent Ready: {t:.0f} ms, to the print: {tp:.0f} ms (QEMU Pss {p} MiB)",
               file=sys.stderr, flush=True)
-    print(f"{lang} {mem_mb} MB: restore floor to Ready min {min(ms):.0f} ms, median "
+    print(f"{lang} {mem_mb} MB{', mapped-ram' if mapped_ram else ''}: restore floor to Ready min {min(ms):.0f} ms, median "
           f"{statistics.median(ms):.0f} ms; to the print min {min(mp):.0f}, median "
           f"{statistics.median(mp):.0f} ms over {a.runs}; QEMU Pss median "
           f"{statistics.median(pss):.0f} MiB")
