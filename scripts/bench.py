@@ -5,7 +5,8 @@
   whose init is the interpreter printing 1 (scripts/floor-boot.sh);
 - warm pool `sbx run`, beside one exec round trip to the REPL of an already-running VM (a
   session exec through the same client, daemon and worker, in a fresh session whose REPL has
-  been started with the same warm-up code as a pool VM's: the same state a pool VM is in);
+  been started with the same warm-up code as a pool VM's: the same state a pool VM is in), with
+  VMs booted cold and with VMs restored from snapshots (the default);
 - throughput: 40 runs at -j 4;
 - memory: host PSS of an idle pool VM's QEMU (booted cold; and restored from a snapshot, the
   default), of a session VM after work and once its balloon took back what the guest does not
@@ -156,34 +157,8 @@ def main():
             d.close()
 
     if "warm" not in skip:
-        d = Daemon(a, "--warm-pool-size", "1")
-        try:
-            for lang in [l for l in langs if l in ("python", "javascript")]:
-                # Interleaved, so that the host's drift weighs on both alike; each VM settled
-                # for SETTLE_S first (a VM that just booted still has guest work under way, such
-                # as the balloon's free-page reporting 2 s after boot, which would land in one
-                # column or the other by chance).
-                f, w = [], []
-                for _ in range(a.runs):
-                    sid = d.sbx("session", "new", "-l", lang).stdout.decode().strip()
-                    d.timed("session", "exec", "-q", sid, WARMUP[lang], expect=b"")
-                    time.sleep(SETTLE_S)
-                    f.append(d.timed("session", "exec", "-q", sid, CODE[lang]))
-                    d.sbx("session", "close", sid)
-                    deadline = time.time() + 60
-                    while d.status()["pool_ready"] < 2 and time.time() < deadline:
-                        time.sleep(0.1)
-                    time.sleep(SETTLE_S)
-                    t0 = time.monotonic()
-                    r = d.sbx("run", "--json", "-q", "-l", lang, CODE[lang])
-                    w.append((time.monotonic() - t0) * 1000)
-                    j = json.loads(r.stdout)
-                    if not j["warm_pool_hit"] or j["stdout"] != "1\n":
-                        sys.exit(f"not a warm hit: {j}")
-                row(lang, "floor: exec in a running REPL", f)
-                row(lang, "sbx run, warm pool", w, f)
-        finally:
-            d.close()
+        warm(a, langs, restored=False)
+        warm(a, langs, restored=True)
 
     if "tput" not in skip:
         d = Daemon(a)
@@ -201,6 +176,45 @@ def main():
 
     if "mem" not in skip:
         memory(a)
+
+
+def warm(a, langs, restored):
+    """Warm pool runs beside exec round trips in a running REPL, in VMs booted cold or (the
+    default) restored from the language's snapshot: pool VMs and the floor's session VMs alike."""
+    snapdir = tempfile.mkdtemp(prefix="sbx-bench-snap-")
+    flags = ["--snapshots", "true", "--snapshot-cache-dir", snapdir] if restored else []
+    d = Daemon(a, "--warm-pool-size", "1", *flags)
+    how = "restored" if restored else "cold"
+    try:
+        if restored:
+            pool_qemus(d, restored=True)  # the templates are built, the pool restored
+        for lang in [l for l in langs if l in ("python", "javascript")]:
+            # Interleaved, so that the host's drift weighs on both alike; each VM settled for
+            # SETTLE_S first (a VM that just booted still has guest work under way, such as the
+            # balloon's free-page reporting 2 s after a cold boot, which would land in one column
+            # or the other by chance).
+            f, w = [], []
+            for _ in range(a.runs):
+                sid = d.sbx("session", "new", "-l", lang).stdout.decode().strip()
+                d.timed("session", "exec", "-q", sid, WARMUP[lang], expect=b"")
+                time.sleep(SETTLE_S)
+                f.append(d.timed("session", "exec", "-q", sid, CODE[lang]))
+                d.sbx("session", "close", sid)
+                deadline = time.time() + 60
+                while d.status()["pool_ready"] < 2 and time.time() < deadline:
+                    time.sleep(0.1)
+                time.sleep(SETTLE_S)
+                t0 = time.monotonic()
+                r = d.sbx("run", "--json", "-q", "-l", lang, CODE[lang])
+                w.append((time.monotonic() - t0) * 1000)
+                j = json.loads(r.stdout)
+                if not j["warm_pool_hit"] or j["stdout"] != "1\n":
+                    sys.exit(f"not a warm hit: {j}")
+            row(lang, f"floor: REPL exec, {how} VM", f)
+            row(lang, f"sbx run, warm pool, {how}", w, f)
+    finally:
+        d.close()
+        shutil.rmtree(snapdir, ignore_errors=True)
 
 
 def qemu_language(pid):
