@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+from bench import pss_kb, qemus_below  # scripts/bench.py, beside this one
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = {"python": "print(1)", "javascript": "console.log(1)", "raw": "echo 1"}
 SLEEP = {"python": "import time; print(1, flush=True); time.sleep(4)",
@@ -48,40 +50,15 @@ def run(a, env, lang, code=None):
     return ms, m.group(1) if m else "?"
 
 
-def children(pid):
-    kids = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                st = open(f"/proc/{d}/stat").read()
-                kids.setdefault(int(st[st.rindex(")") + 2:].split()[1]), []).append(int(d))
-            except (OSError, ValueError):
-                pass
-    out, todo = [], [pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out.append(k)
-            todo.append(k)
-    return out
-
-
 def qemu_pss_mb(a, d, env, lang):
     """Pss of the QEMU of a VM whose run is sleeping after printing."""
     p = subprocess.Popen([a.sbx, "run", "-q", "-l", lang, "-t", "30", SLEEP[lang]], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     p.stdout.readline()
     time.sleep(0.5)
-    pss = 0
-    for pid in children(d.pid):
-        try:
-            if open(f"/proc/{pid}/comm").read().startswith("qemu-system"):
-                for line in open(f"/proc/{pid}/smaps_rollup"):
-                    if line.startswith("Pss:"):
-                        pss = int(line.split()[1]) / 1024
-        except OSError:
-            pass
+    pss = [pss_kb(q) / 1024 for q in qemus_below(d.pid)]
     p.wait()
-    return pss
+    return pss[0] if pss else 0
 
 
 def main():

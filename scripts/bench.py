@@ -126,6 +126,16 @@ def children(pid):
     return out
 
 
+def workers_of(daemon_pid):
+    return [w for w, comm in children(daemon_pid) if comm == "sbx-vmworker"]
+
+
+def qemus_below(daemon_pid):
+    """The QEMU processes of a daemon's VMs (each a child of its VM's worker)."""
+    return [q for w in workers_of(daemon_pid) for q, comm in children(w)
+            if comm.startswith("qemu")]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
@@ -232,8 +242,7 @@ def pool_qemus(d, restored):
     deadline = time.time() + 180
     while time.time() < deadline:
         try:
-            workers = [p for p, comm in children(d.p.pid) if comm == "sbx-vmworker"]
-            qemus = [q for w in workers for q, comm in children(w) if comm.startswith("qemu")]
+            qemus = qemus_below(d.p.pid)
             cmds = [open(f"/proc/{q}/cmdline").read() for q in qemus]
             if (len(qemus) == 2 and d.status()["pool_ready"] == 2 and
                     all(("-incoming" in c) == restored for c in cmds)):
@@ -262,8 +271,7 @@ def memory(a):
         sid = d.sbx("session", "new").stdout.decode().strip()
         d.sbx("session", "exec", "-q", "-t", "120", sid, FILL_CACHE)
         pids = set(q.values())
-        sq = [x for w, comm in children(d.p.pid) if comm == "sbx-vmworker"
-              for x, c in children(w) if c.startswith("qemu") and x not in pids]
+        sq = [x for x in qemus_below(d.p.pid) if x not in pids]
         busy = pss_kb(sq[0]) / 1024
         deadline = time.time() + 60
         while "the idle VM gave back" not in open(log).read() and time.time() < deadline:
@@ -275,8 +283,7 @@ def memory(a):
               f"({idle / 256:.0%})")
         d.sbx("session", "close", sid)
         print(f"{'daemon':<11} {'sbxd RSS':<30} {rss_kb(d.p.pid) / 1024:>7.1f} MB")
-        workers = [p for p, comm in children(d.p.pid) if comm == "sbx-vmworker"]
-        wr = [rss_kb(w) / 1024 for w in workers]
+        wr = [rss_kb(w) / 1024 for w in workers_of(d.p.pid)]
         print(f"{'daemon':<11} {'sbx-vmworker RSS (each)':<30} {statistics.median(wr):>7.1f} MB")
     finally:
         d.close()
