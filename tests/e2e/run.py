@@ -3,9 +3,12 @@
 
 Each test drives the `sbx` binary (or the raw control socket) exactly as a user would. The runner
 starts its own sbxd on a private socket, prints one line per test, and ends with the line
-"N passed, N failed". Exit status is non-zero if anything failed.
+"N passed, N failed". Exit status is non-zero if anything failed. Tests live here and in
+suite_*.py beside this file (one module per subject), all registered with harness.test.
 """
 import argparse
+import glob
+import importlib
 import json
 import os
 import shutil
@@ -18,120 +21,9 @@ import tempfile
 import time
 import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TESTS = []
-
-
-def test(fast=False):
-    def deco(fn):
-        TESTS.append((fn, fast))
-        return fn
-    return deco
-
-
-class Ctx:
-    def __init__(self, args):
-        self.sbx_bin = os.path.abspath(args.sbx)
-        self.sbxd_bin = os.path.abspath(args.sbxd)
-        self.tmp = tempfile.mkdtemp(prefix="sbx-e2e-")
-        self.sock = os.path.join(self.tmp, "sbxd.sock")
-        self.log = os.path.join(self.tmp, "sbxd.log")
-        self.daemon = None
-
-    def env(self, **extra):
-        e = dict(os.environ)
-        e["EXEC_SANDBOX_SOCKET"] = self.sock
-        e.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
-        # Daemons boot every VM cold unless a test asks for memory snapshots (their section has
-        # daemons of its own); EXEC_SANDBOX_SNAPSHOTS=1 in the caller's environment runs the
-        # whole suite with them.
-        e.setdefault("EXEC_SANDBOX_SNAPSHOTS", "0")
-        e.update(extra)
-        return e
-
-    def start_daemon(self, *flags, sock=None, log=None, env=None):
-        sock = sock or self.sock
-        log = log or self.log
-        p = subprocess.Popen([self.sbxd_bin, "--socket", sock, *flags], stdin=subprocess.DEVNULL,
-                             stdout=open(log, "a"), stderr=subprocess.STDOUT,
-                             env=env or self.env())
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            if p.poll() is not None:
-                raise AssertionError("sbxd exited at start: " + open(log).read()[-2000:])
-            try:
-                s = socket.socket(socket.AF_UNIX)
-                s.connect(sock)
-                s.close()
-                return p
-            except OSError:
-                time.sleep(0.05)
-        p.kill()
-        raise AssertionError("sbxd did not start listening")
-
-    def sbx(self, *args, input=None, env=None, timeout=240, check_rc=None):
-        r = subprocess.run([self.sbx_bin, *args], input=input, capture_output=True,
-                           env=env or self.env(), timeout=timeout, cwd=self.tmp)
-        r.out = r.stdout.decode("utf-8", "replace")
-        r.err = r.stderr.decode("utf-8", "replace")
-        if check_rc is not None and r.returncode != check_rc:
-            raise AssertionError(f"sbx {' '.join(a[:60] for a in args)}: exit {r.returncode}, "
-                                 f"expected {check_rc}\nstdout: {r.out[-1500:]}\n"
-                                 f"stderr: {r.err[-1500:]}")
-        return r
-
-    def run_json(self, *args, **kw):
-        r = self.sbx("run", "--json", "-q", *args, **kw)
-        try:
-            return json.loads(r.stdout), r
-        except ValueError:
-            raise AssertionError(f"not JSON (exit {r.returncode}): {r.out[:500]} {r.err[:1500]}")
-
-
-class Skip(Exception):
-    """A test that cannot run on this host says why; it is counted as skipped, never passed."""
-
-
-def eq(a, b, what=""):
-    if a != b:
-        raise AssertionError(f"{what}: {a!r} != {b!r}")
-
-
-def ok(cond, what):
-    if not cond:
-        raise AssertionError(what)
-
-
-def descendants(pid):
-    """All processes below pid (via /proc), as (pid, comm)."""
-    kids = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            st = open(f"/proc/{d}/stat").read()
-            ppid = int(st[st.rindex(")") + 2:].split()[1])
-            comm = st[st.index("(") + 1:st.rindex(")")]
-            kids.setdefault(ppid, []).append((int(d), comm))
-        except (OSError, ValueError):
-            pass
-    out, todo = [], [pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out.append(k)
-            todo.append(k[0])
-    return out
-
-
-def wait_for(pred, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (ROOT, TESTS, Ctx, Skip, descendants, eq, ok, test,  # noqa: E402
+                     wait_for)
 
 # --- languages, output, exit codes -------------------------------------------------------------
 
@@ -1525,6 +1417,11 @@ def main():
     ap.add_argument("--fast", action="store_true", help="only the fast subset")
     ap.add_argument("-k", help="only tests whose name contains this")
     args = ap.parse_args()
+    for mod in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                             "suite_*.py"))):
+        importlib.import_module(os.path.basename(mod)[:-3])
+    # The leak check looks at what every other test left behind: it runs last.
+    TESTS.sort(key=lambda t: t[0].__name__ == "no_leftovers")
     c = Ctx(args)
     c.daemon = c.start_daemon()
     passed = failed = skipped = 0
