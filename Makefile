@@ -10,7 +10,8 @@ PROTOS = control worker agent
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
 COMMON_SRC = proto/frame.c proto/sbx_limits.c proto/paths.c
-SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor/sched.c \
+SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor/request.c \
+	supervisor/sched.c \
 	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
 	supervisor/accel.c supervisor/snapshot.c
 WORKER_SRC = vmworker/worker.c vmworker/qemu.c vmworker/jail.c vmworker/qmp.c vmworker/balloon.c
@@ -80,7 +81,7 @@ test-unit: $(UNIT_TESTS:%=$(BUILD)/tests/%)
 
 # libFuzzer targets for every decoder of untrusted bytes (clang). `make fuzz` runs each for
 # FUZZ_SECONDS; crashes are saved under build/fuzz/.
-FUZZ_TARGETS = control worker agent qmp
+FUZZ_TARGETS = control worker agent qmp control_conn
 FUZZ_SECONDS ?= 15
 FUZZ_SRC = tests/fuzz/fuzz_frames.c proto/frame.c proto/sbx_limits.c $(GEN_C)
 $(BUILD)/fuzz/fuzz_%: $(FUZZ_SRC) $(GEN_H) proto/*.h
@@ -95,6 +96,14 @@ $(BUILD)/fuzz/fuzz_qmp: tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c $(G
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
 		-iquote proto -iquote vmworker -o $@ tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c \
 		$(GEN_C) -lprotobuf-c -ljansson
+# The life of control connections: sbxd's control, request and session rooms on a real loop
+# against a fake scheduler (the input is a script of connects, writes, closes, VM answers).
+CONN_FUZZ_SRC = tests/fuzz/fuzz_control_conn.c supervisor/control.c supervisor/request.c \
+	supervisor/session.c supervisor/config.c proto/frame.c proto/sbx_limits.c proto/paths.c
+$(BUILD)/fuzz/fuzz_control_conn: $(CONN_FUZZ_SRC) $(GEN_C) $(GEN_H) supervisor/*.h proto/*.h
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
+		-iquote proto -iquote supervisor -o $@ $(CONN_FUZZ_SRC) $(GEN_C) -lprotobuf-c -lev
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 	@set -e; for t in $(FUZZ_TARGETS); do mkdir -p $(BUILD)/fuzz/corpus-$$t; \
 		echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \

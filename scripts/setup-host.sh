@@ -13,6 +13,7 @@ PKGS_MAIN=(
   bc bison flex libelf-dev dwarves
   debootstrap squashfs-tools
   clang clang-format libclang-rt-14-dev valgrind python3 util-linux
+  python3-protobuf protobuf-compiler
 )
 PKGS_BPO=(qemu-system-x86 qemu-utils)
 KERNEL_SRC=linux-source-6.1

@@ -61,6 +61,16 @@ static const struct key keys[] = {
     STR(allowed_uids, "uids allowed on the control socket, comma-separated (default: own + 0)"),
     BOOL(test_hooks, "honour test-only triggers (tests only)"),
     BOOL(snapshots, "start VMs from memory snapshots, built in the background (default: on)"),
+    U32(max_connections, 1, 100000, "control connections at once (more are closed at once)"),
+    U32(hello_timeout_seconds, 1, 600, "a new connection must send its Hello within this, s"),
+    U32(frame_timeout_seconds, 1, 3600, "a frame that has begun must be complete within this, s"),
+    U32(max_queued, 1, 100000, "runs and sessions waiting for a VM slot (more: capacity error)"),
+    U32(max_session_queue, 1, 10000, "requests waiting on one session (more: capacity error)"),
+    U32(max_client_buffer_mb, 1, 4096,
+        "replies held for a client that does not read them, MiB (more: the client is dropped)"),
+    U32(max_session_upload_mb, 1, 4096, "upload bytes held for one session, MiB"),
+    U32(run_grace_seconds, 1, 3600,
+        "sbxd kills a VM whose worker has not answered by timeout + boot timeout + this, s"),
 };
 
 void config_defaults(sbx_config *c)
@@ -83,6 +93,14 @@ void config_defaults(sbx_config *c)
     c->boot_timeout_seconds = 30;
     c->vm_uid_base = 2100000000u;
     c->snapshots = true;
+    c->max_connections = 256;
+    c->hello_timeout_seconds = 5;
+    c->frame_timeout_seconds = 30;
+    c->max_queued = 1000;
+    c->max_session_queue = 64;
+    c->max_client_buffer_mb = 64;
+    c->max_session_upload_mb = 128;
+    c->run_grace_seconds = 15;
 }
 
 static const struct key *find_key(const char *name)

@@ -36,6 +36,15 @@ typedef struct {
     char allowed_uids[256]; /* comma-separated uids allowed on the control socket */
     bool test_hooks;        /* test-only triggers; never in production */
     bool snapshots;         /* start VMs from memory snapshots (supervisor/snapshot.c) */
+    /* What one local peer may hold (issue: sbxd holds against hostile clients). */
+    uint32_t max_connections;       /* control connections at once; more are closed at accept */
+    uint32_t hello_timeout_seconds; /* a connection must complete its Hello within this */
+    uint32_t frame_timeout_seconds; /* a frame that has begun must be complete within this */
+    uint32_t max_queued;            /* runs and sessions waiting for a VM slot */
+    uint32_t max_session_queue;     /* requests waiting on one session */
+    uint32_t max_client_buffer_mb;  /* replies queued for a client that does not read them */
+    uint32_t max_session_upload_mb; /* upload bytes held for one session */
+    uint32_t run_grace_seconds;     /* sbxd's own deadline: timeout + boot + this, then kill */
 } sbx_config;
 
 void config_defaults(sbx_config *c);

@@ -1,8 +1,14 @@
-/* The control socket: accepts clients, authenticates them by SO_PEERCRED, decodes and validates
- * every request before anything else sees it, and queues replies (write readiness is asked of
- * libev only while output is queued). A bad frame closes that one connection. */
+/* The control socket and the life of each connection: accept (bounded by max_connections, with
+ * a back-off when the process is out of descriptors), authenticate by SO_PEERCRED, read frames
+ * under a deadline (Hello within hello_timeout_seconds, any frame once begun within
+ * frame_timeout_seconds), queue replies (write readiness is asked of libev only while output is
+ * queued, and a client that lets more than max_client_buffer_mb pile up is dropped).
+ *
+ * A connection is never freed under a caller. Closing one only marks it dead, stops its
+ * watchers and closes its socket; replies to a dead connection are dropped. The scheduler,
+ * sessions and pool learn that it is gone, and its memory is released, from an ev_prepare
+ * watcher: after every callback of that loop iteration has returned. */
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -12,341 +18,171 @@
 
 #include "frame.h"
 #include "paths.h"
-#include "sbx_limits.h"
-#include "cgroup.h"
 #include "sbxd.h"
-#include "snapshot.h"
+
+#define CLIENT_LINGER_S 5.     /* a closing client has this long to take its last reply */
+#define REFUSED_MAX_FRAME 4096 /* what a refused uid may send before it is told no */
+/* Connections of uids that are not allowed, at once: each only ever gets its "no". */
+#define REFUSED_MAX_CONNECTIONS 16
 
 struct client {
     int fd;
     ev_io rio, wio;
+    ev_timer deadline; /* Hello, a frame in progress, or the last reply of a closing client */
     frame_reader rd;
     frame_writer wr;
-    bool helloed;
+    client_peer peer;
     bool closing; /* close once the queue is flushed */
-    bool refused; /* peer uid not allowed: its first frame gets a permission error */
-    uid_t uid;
-    pid_t pid;
+    bool dead;    /* closed: waiting for the reaper */
     client *next;
 };
 
 static int listen_fd = -1;
 static ev_io listen_io;
-static client *clients;
-static unsigned nclients;
+static ev_timer accept_backoff;
+static ev_prepare reaper;
+static client *clients;   /* live */
+static client *graveyard; /* dead, freed by the reaper */
+static unsigned nclients, nrefused_uid;
+static uint64_t refused_total, dropped_total;
 
 unsigned control_clients(void)
 {
     return nclients;
 }
 
-static void client_free(client *c)
+void control_counters(uint64_t *refused, uint64_t *dropped)
 {
+    *refused = refused_total;
+    *dropped = dropped_total;
+}
+
+uid_t control_client_uid(const client *c)
+{
+    return c->peer.uid;
+}
+
+static void reap_cb(EV_P_ ev_prepare *w, int revents)
+{
+    while (graveyard) {
+        client *c = graveyard;
+        graveyard = c->next;
+        /* Their replies to it have been dropped since it died; now they forget it. */
+        sched_client_gone(c);
+        session_client_gone(c);
+        pool_client_gone(c);
+        frame_reader_free(&c->rd);
+        frame_writer_free(&c->wr);
+        free(c);
+    }
+    ev_prepare_stop(EV_A_ w);
+}
+
+/* Close now, free later (see the top of this file). Safe to call from anywhere, any number of
+ * times. */
+static void client_close(client *c)
+{
+    if (c->dead)
+        return;
+    c->dead = true;
     ev_io_stop(EV_DEFAULT, &c->rio);
     ev_io_stop(EV_DEFAULT, &c->wio);
+    ev_timer_stop(EV_DEFAULT, &c->deadline);
     close(c->fd);
+    c->fd = -1;
     for (client **p = &clients; *p; p = &(*p)->next)
         if (*p == c) {
             *p = c->next;
             break;
         }
     nclients--;
-    sched_client_gone(c);
-    session_client_gone(c);
-    pool_client_gone(c);
-    frame_reader_free(&c->rd);
-    frame_writer_free(&c->wr);
-    free(c);
+    nrefused_uid -= c->peer.refused;
+    c->next = graveyard;
+    graveyard = c;
+    ev_prepare_start(EV_DEFAULT, &reaper);
     sbxd_activity();
+}
+
+static void set_deadline(client *c, double seconds)
+{
+    ev_timer_stop(EV_DEFAULT, &c->deadline);
+    ev_timer_set(&c->deadline, seconds, 0.);
+    ev_timer_start(EV_DEFAULT, &c->deadline);
+}
+
+static void deadline_cb(EV_P_ ev_timer *w, int revents)
+{
+    client *c = w->data;
+    if (c->closing)
+        slog("client pid %d: did not take its last reply in time; closing", (int)c->peer.pid);
+    else if (!c->peer.helloed)
+        slog("client pid %d: no Hello within %u s; closing", (int)c->peer.pid,
+             cfg.hello_timeout_seconds);
+    else
+        slog("client pid %d: a frame stayed incomplete for %u s; closing", (int)c->peer.pid,
+             cfg.frame_timeout_seconds);
+    client_close(c);
 }
 
 static void client_flush(client *c)
 {
     int rc = frame_writer_flush(&c->wr, c->fd);
     if (rc < 0) {
-        slog("client pid %d: write: %s; closing", (int)c->pid, strerror(errno));
-        client_free(c);
-        return;
-    }
-    if (rc == 1)
+        slog("client pid %d: write: %s; closing", (int)c->peer.pid, strerror(errno));
+        client_close(c);
+    } else if (rc == 1) {
         ev_io_start(EV_DEFAULT, &c->wio);
-    else {
+    } else {
         ev_io_stop(EV_DEFAULT, &c->wio);
         if (c->closing)
-            client_free(c);
+            client_close(c);
     }
 }
 
 void control_send(client *c, Sbx__Control__Reply *r)
 {
-    if (!c)
+    if (!c || c->dead)
         return;
+    size_t add = protobuf_c_message_get_packed_size(&r->base) + FRAME_HDR;
+    if (frame_writer_queued(&c->wr) + add > (size_t)cfg.max_client_buffer_mb << 20) {
+        slog("client pid %d: does not read its replies (%zu bytes queued, limit %u MiB); "
+             "dropping it",
+             (int)c->peer.pid, frame_writer_queued(&c->wr), cfg.max_client_buffer_mb);
+        dropped_total++;
+        client_close(c);
+        return;
+    }
     if (frame_writer_put(&c->wr, &r->base) < 0) {
-        /* Never free the client under a caller's feet: the read side sees EOF next. */
-        slog("client pid %d: cannot queue reply: %s; closing", (int)c->pid, strerror(errno));
-        shutdown(c->fd, SHUT_RDWR);
+        slog("client pid %d: cannot queue reply: %s; closing", (int)c->peer.pid, strerror(errno));
+        client_close(c);
         return;
     }
     if (!ev_is_active(&c->wio))
         client_flush(c);
 }
 
-bool control_error_transient(Sbx__Control__ErrorKind k)
+/* After a read: Hello has its own deadline from accept; later, only a frame in progress has
+ * one (a helloed client may stay quiet as long as it likes). */
+static void update_deadline(client *c)
 {
-    return k == SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT ||
-           k == SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY ||
-           k == SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION ||
-           k == SBX__CONTROL__ERROR_KIND__ERROR_SNAPSHOT ||
-           k == SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL;
+    if (c->closing || !c->peer.helloed)
+        return;
+    if (frame_reader_pending(&c->rd) == 0)
+        ev_timer_stop(EV_DEFAULT, &c->deadline);
+    else if (!ev_is_active(&c->deadline))
+        set_deadline(c, cfg.frame_timeout_seconds);
 }
 
-void control_send_error(client *c, uint64_t id, Sbx__Control__ErrorKind kind, bool transient,
-                        const char *fmt, ...)
+static void start_closing(client *c)
 {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    Sbx__Control__Error e = SBX__CONTROL__ERROR__INIT;
-    e.kind = kind;
-    e.transient = transient;
-    e.message = msg;
-    Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
-    r.id = id;
-    r.body_case = SBX__CONTROL__REPLY__BODY_ERROR;
-    r.error = &e;
-    control_send(c, &r);
-}
-
-/* Validate and fill defaults. Returns 0, or -1 after replying with a VmConfigError. */
-static int check_run(client *c, uint64_t id, Sbx__Control__RunRequest *run)
-{
-    char msg[256];
-    const Sbx__Control__ErrorKind bad = SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG;
-    if (!run->language || !*run->language) {
-        run->language = strdup("python");
-        if (!run->language)
-            return -1;
-    }
-    if (!limits_language_ok(run->language)) {
-        control_send_error(c, id, bad, false, "unknown language `%.32s` (python, javascript, raw)",
-                           run->language);
-        return -1;
-    }
-    if (!run->timeout_seconds)
-        run->timeout_seconds = cfg.default_timeout_seconds;
-    if (!run->memory_mb)
-        run->memory_mb = cfg.default_memory_mb;
-    if (limits_check_code(run->code.data, run->code.len, msg, sizeof msg) < 0 ||
-        limits_check_timeout(run->timeout_seconds, msg, sizeof msg) < 0 ||
-        limits_check_memory(run->memory_mb, msg, sizeof msg) < 0 ||
-        limits_check_env_count(run->n_env, msg, sizeof msg) < 0) {
-        control_send_error(c, id, bad, false, "%s", msg);
-        return -1;
-    }
-    for (size_t i = 0; i < run->n_env; i++)
-        if (limits_check_env(run->env[i]->key, run->env[i]->value, msg, sizeof msg) < 0) {
-            control_send_error(c, id, bad, false, "%s", msg);
-            return -1;
-        }
-    return 0;
-}
-
-/* Sessions and files: validate what sbxd can before the request reaches a VM. Returns 0, or -1
- * after replying with a VmConfigError. */
-static int check_session(client *c, uint64_t id, Sbx__Control__Request *r)
-{
-    char msg[300];
-    const Sbx__Control__ErrorKind bad = SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG;
-    const char *path = NULL;
-    bool empty_ok = false;
-    switch (r->body_case) {
-    case SBX__CONTROL__REQUEST__BODY_SESSION_OPEN: {
-        Sbx__Control__SessionOpen *o = r->session_open;
-        if (!o->language || !*o->language) {
-            free(o->language);
-            o->language = strdup("python");
-            if (!o->language)
-                return -1;
-        }
-        if (!limits_language_ok(o->language)) {
-            control_send_error(c, id, bad, false,
-                               "unknown language `%.32s` (python, javascript, raw)", o->language);
-            return -1;
-        }
-        if (!o->memory_mb)
-            o->memory_mb = cfg.default_memory_mb;
-        if (!o->timeout_seconds)
-            o->timeout_seconds = cfg.default_timeout_seconds;
-        if (!o->idle_timeout_seconds)
-            o->idle_timeout_seconds = cfg.session_idle_timeout_seconds;
-        if (limits_check_memory(o->memory_mb, msg, sizeof msg) < 0 ||
-            limits_check_timeout(o->timeout_seconds, msg, sizeof msg) < 0 ||
-            limits_check_idle_timeout(o->idle_timeout_seconds, msg, sizeof msg) < 0 ||
-            limits_check_env_count(o->n_env, msg, sizeof msg) < 0) {
-            control_send_error(c, id, bad, false, "%s", msg);
-            return -1;
-        }
-        for (size_t i = 0; i < o->n_env; i++)
-            if (limits_check_env(o->env[i]->key, o->env[i]->value, msg, sizeof msg) < 0) {
-                control_send_error(c, id, bad, false, "%s", msg);
-                return -1;
-            }
-        return 0;
-    }
-    case SBX__CONTROL__REQUEST__BODY_SESSION_EXEC: {
-        Sbx__Control__SessionExec *e = r->session_exec;
-        if (limits_check_code(e->code.data, e->code.len, msg, sizeof msg) < 0 ||
-            (e->timeout_seconds && limits_check_timeout(e->timeout_seconds, msg, sizeof msg) < 0)) {
-            control_send_error(c, id, bad, false, "%s", msg);
-            return -1;
-        }
-        return 0;
-    }
-    case SBX__CONTROL__REQUEST__BODY_FILE_WRITE:
-        path = r->file_write->path;
-        if (r->file_write->size > SBX_MAX_FILE) {
-            control_send_error(c, id, bad, false, "file is %llu bytes; the limit is %u (50 MiB)",
-                               (unsigned long long)r->file_write->size, SBX_MAX_FILE);
-            return -1;
-        }
-        if (r->file_write->sha256.len != 32) {
-            control_send_error(c, id, bad, false, "FileWrite needs a 32-byte sha256");
-            return -1;
-        }
-        break;
-    case SBX__CONTROL__REQUEST__BODY_FILE_CHUNK:
-        /* A zstd frame of one chunk's content can only be this big. */
-        if (r->file_chunk->zdata.len > SBX_FILE_CHUNK + (64u << 10)) {
-            control_send_error(c, id, bad, false, "file chunk of %zu bytes is too large",
-                               r->file_chunk->zdata.len);
-            return -1;
-        }
-        return 0;
-    case SBX__CONTROL__REQUEST__BODY_FILE_READ:
-        path = r->file_read->path;
-        break;
-    case SBX__CONTROL__REQUEST__BODY_FILE_LIST:
-        path = r->file_list->path;
-        empty_ok = true;
-        break;
-    default:
-        return 0;
-    }
-    if (empty_ok && (!path || !*path))
-        return 0;
-    if (limits_check_guest_path(path, msg, sizeof msg) < 0) {
-        control_send_error(c, id, bad, false, "%s", msg);
-        return -1;
-    }
-    return 0;
-}
-
-static void send_status(client *c, uint64_t id)
-{
-    Sbx__Control__StatusReply s = SBX__CONTROL__STATUS_REPLY__INIT;
-    s.version = SBX_VERSION;
-    s.accelerator = (char *)(accel_verdict() ? accel_verdict() : "");
-    s.accel_reason = (char *)accel_reason();
-    s.running_vms = sched_running();
-    s.queued = sched_queued();
-    s.max_concurrent_vms = cfg.max_concurrent_vms;
-    s.runs_total = sched_runs_total();
-    s.uptime_ms = now_ms() - started_ms;
-    s.images_dir = cfg.images_dir;
-    s.pid = (uint32_t)getpid();
-    s.sessions = session_count();
-    s.cgroup_mode = (char *)cgroup_mode();
-    uint64_t pool_mb;
-    pool_stats(&s.pool_ready, &s.pool_booting, &pool_mb);
-    s.pool_memory_mb = pool_mb;
-    s.warm_pool_size = cfg.warm_pool_size;
-    snapshot_status(&s);
-    Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
-    r.id = id;
-    r.body_case = SBX__CONTROL__REPLY__BODY_STATUS;
-    r.status = &s;
-    control_send(c, &r);
-}
-
-/* Returns false when the connection must close. */
-static bool handle_frame(client *c, const uint8_t *data, size_t len)
-{
-    Sbx__Control__Request *req = sbx__control__request__unpack(NULL, len, data);
-    if (!req) {
-        slog("client pid %d: undecodable frame (%zu bytes); closing", (int)c->pid, len);
-        return false;
-    }
-    uint64_t id = req->id;
-    bool keep = true;
-    if (c->refused) {
-        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_PERMISSION, false,
-                           "uid %u may not use this sbxd (allowed: %u, 0%s%s; see allowed_uids)",
-                           (unsigned)c->uid, (unsigned)getuid(), cfg.allowed_uids[0] ? ", " : "",
-                           cfg.allowed_uids);
-        c->closing = true;
-        goto out;
-    }
-    if (!c->helloed && req->body_case != SBX__CONTROL__REQUEST__BODY_HELLO) {
-        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
-                           "the first request on a connection must be Hello");
-        c->closing = true;
-        goto out;
-    }
-    switch (req->body_case) {
-    case SBX__CONTROL__REQUEST__BODY_HELLO: {
-        if (req->hello->protocol_version != SBX_PROTOCOL_VERSION) {
-            control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
-                               "client speaks protocol %u, this sbxd speaks %d: upgrade the one "
-                               "that is older",
-                               req->hello->protocol_version, SBX_PROTOCOL_VERSION);
-            c->closing = true;
-            break;
-        }
-        c->helloed = true;
-        Sbx__Control__HelloOk ok = SBX__CONTROL__HELLO_OK__INIT;
-        ok.protocol_version = SBX_PROTOCOL_VERSION;
-        ok.server = "sbxd/" SBX_VERSION;
-        Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
-        r.id = id;
-        r.body_case = SBX__CONTROL__REPLY__BODY_HELLO;
-        r.hello = &ok;
-        control_send(c, &r);
-        break;
-    }
-    case SBX__CONTROL__REQUEST__BODY_RUN:
-        if (check_run(c, id, req->run) == 0) {
-            sched_submit(c, id, req->run);
-            req->run = NULL; /* now owned by the scheduler */
-            req->body_case = SBX__CONTROL__REQUEST__BODY__NOT_SET;
-        }
-        break;
-    case SBX__CONTROL__REQUEST__BODY_STATUS:
-        send_status(c, id);
-        break;
-    case SBX__CONTROL__REQUEST__BODY_SESSION_OPEN:
-    case SBX__CONTROL__REQUEST__BODY_SESSION_EXEC:
-    case SBX__CONTROL__REQUEST__BODY_SESSION_CLOSE:
-    case SBX__CONTROL__REQUEST__BODY_SESSION_LIST:
-    case SBX__CONTROL__REQUEST__BODY_FILE_WRITE:
-    case SBX__CONTROL__REQUEST__BODY_FILE_CHUNK:
-    case SBX__CONTROL__REQUEST__BODY_FILE_READ:
-    case SBX__CONTROL__REQUEST__BODY_FILE_LIST:
-        if (check_session(c, id, req) == 0) {
-            session_handle(c, req);
-            return keep; /* session_handle owns req now */
-        }
-        break;
-    default:
-        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
-                           "unknown request type; closing the connection");
-        c->closing = true;
-        break;
-    }
-out:
-    sbx__control__request__free_unpacked(req, NULL);
-    return keep;
+    if (c->dead) /* its reply could not be sent: already closed */
+        return;
+    c->closing = true;
+    ev_io_stop(EV_DEFAULT, &c->rio);
+    if (!frame_writer_queued(&c->wr))
+        client_close(c);
+    else
+        set_deadline(c, CLIENT_LINGER_S);
 }
 
 static void client_read_cb(EV_P_ ev_io *w, int revents)
@@ -357,31 +193,38 @@ static void client_read_cb(EV_P_ ev_io *w, int revents)
         return;
     if (n <= 0) {
         if (frame_reader_pending(&c->rd))
-            slog("client pid %d: connection closed inside a frame", (int)c->pid);
-        client_free(c);
+            slog("client pid %d: connection closed inside a frame", (int)c->peer.pid);
+        client_close(c);
         return;
     }
     sbxd_activity();
     const uint8_t *f;
     size_t len;
     int r;
-    while (!c->closing && (r = frame_reader_next(&c->rd, &f, &len)) != 0) {
+    while (!c->dead && !c->closing && (r = frame_reader_next(&c->rd, &f, &len)) != 0) {
         if (r < 0) {
-            slog("client pid %d: frame over the %u-byte limit; closing", (int)c->pid,
-                 FRAME_MAX_CONTROL);
-            client_free(c);
+            slog("client pid %d: frame over the %zu-byte limit; closing", (int)c->peer.pid,
+                 c->rd.max_frame);
+            client_close(c);
             return;
         }
-        if (!handle_frame(c, f, len)) {
-            client_free(c);
-            return;
+        switch (request_handle(c, &c->peer, f, len)) {
+        case REQUEST_OK:
+            break;
+        case REQUEST_HELLOED:
+            c->peer.helloed = true;
+            ev_timer_stop(EV_DEFAULT, &c->deadline);
+            break;
+        case REQUEST_CLOSE_AFTER_REPLY:
+            start_closing(c);
+            break;
+        case REQUEST_CLOSE:
+            client_close(c);
+            break;
         }
     }
-    if (c->closing) {
-        ev_io_stop(EV_DEFAULT, &c->rio);
-        if (!frame_writer_queued(&c->wr))
-            client_free(c);
-    }
+    if (!c->dead)
+        update_deadline(c);
 }
 
 static void client_write_cb(EV_P_ ev_io *w, int revents)
@@ -404,40 +247,97 @@ static bool uid_allowed(uid_t uid)
     return false;
 }
 
-static void accept_cb(EV_P_ ev_io *w, int revents)
+client *control_adopt(int fd, uid_t uid, pid_t pid)
 {
-    int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0)
-        return;
-    struct ucred uc;
-    socklen_t ul = sizeof uc;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) < 0) {
-        close(fd);
-        return;
-    }
     client *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
-        return;
+        return NULL;
     }
     c->fd = fd;
-    c->uid = uc.uid;
-    c->pid = uc.pid;
+    c->peer.uid = uid;
+    c->peer.pid = pid;
     frame_reader_init(&c->rd, FRAME_MAX_CONTROL);
     ev_io_init(&c->rio, client_read_cb, fd, EV_READ);
     ev_io_init(&c->wio, client_write_cb, fd, EV_WRITE);
-    c->rio.data = c->wio.data = c;
+    ev_timer_init(&c->deadline, deadline_cb, cfg.hello_timeout_seconds, 0.);
+    c->rio.data = c->wio.data = c->deadline.data = c;
     c->next = clients;
     clients = c;
     nclients++;
     sbxd_activity();
-    if (!uid_allowed(uc.uid)) {
+    if (!uid_allowed(uid)) {
         /* Answer its Hello (with its id) rather than hang up while it is still writing. */
-        slog("refused client pid %d uid %u (not allowed)", (int)uc.pid, (unsigned)uc.uid);
-        c->refused = true;
-        c->rd.max_frame = 4096;
+        slog("refused client pid %d uid %u (not allowed)", (int)pid, (unsigned)uid);
+        c->peer.refused = true;
+        c->rd.max_frame = REFUSED_MAX_FRAME;
+        nrefused_uid++;
     }
     ev_io_start(EV_DEFAULT, &c->rio);
+    ev_timer_start(EV_DEFAULT, &c->deadline);
+    return c;
+}
+
+/* Whether a new connection from uid may be taken. When max_connections are open, the oldest
+ * connection still without a Hello makes way: a client that connects and speaks at once always
+ * gets in, however many idle sockets someone holds open. Uids that are not allowed share a few
+ * places of their own. */
+static bool room_for(uid_t uid)
+{
+    if (!uid_allowed(uid))
+        return nrefused_uid < REFUSED_MAX_CONNECTIONS && nclients < cfg.max_connections;
+    if (nclients < cfg.max_connections)
+        return true;
+    client *oldest = NULL;
+    for (client *c = clients; c; c = c->next) /* newest first */
+        if (!c->peer.helloed && !c->closing)
+            oldest = c;
+    if (!oldest)
+        return false;
+    slog("client pid %d: closed without a Hello to make room (max_connections %u)",
+         (int)oldest->peer.pid, cfg.max_connections);
+    client_close(oldest);
+    return true;
+}
+
+static void backoff_cb(EV_P_ ev_timer *w, int revents)
+{
+    ev_io_start(EV_A_ & listen_io);
+}
+
+static void accept_cb(EV_P_ ev_io *w, int revents)
+{
+    /* A bounded batch per wake-up, so a flood of connects cannot starve the rest of the loop. */
+    for (int i = 0; i < 64; i++) {
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* The pending connection stays in the backlog and would wake us at once again:
+                 * stop listening for a moment instead of spinning. */
+                slog("accept: %s; pausing new connections for 100 ms", strerror(errno));
+                ev_io_stop(EV_A_ & listen_io);
+                ev_timer_set(&accept_backoff, 0.1, 0.);
+                ev_timer_start(EV_A_ & accept_backoff);
+            }
+            return;
+        }
+        struct ucred uc;
+        socklen_t ul = sizeof uc;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) < 0) {
+            close(fd);
+            continue;
+        }
+        if (!room_for(uc.uid)) {
+            if (refused_total++ % 100 == 0)
+                slog("refused a connection from pid %d uid %u: %u connections open "
+                     "(max_connections %u); %llu refused so far",
+                     (int)uc.pid, (unsigned)uc.uid, nclients, cfg.max_connections,
+                     (unsigned long long)refused_total);
+            close(fd);
+            continue;
+        }
+        control_adopt(fd, uc.uid, uc.pid);
+    }
 }
 
 int control_listen(sbx_err *err)
@@ -457,45 +357,63 @@ int control_listen(sbx_err *err)
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return sbx_fail(err, errno, "socket: %s", strerror(errno));
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        int e = errno;
-        if (e != EADDRINUSE) {
-            close(fd);
-            return sbx_fail(err, e, "bind `%s`: %s", cfg.socket, strerror(e));
-        }
+    /* The socket file is born with mode 0660 (no chmod afterwards, which would follow a symlink
+     * planted at its path). */
+    mode_t old_mask = umask(0117);
+    int brc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    int e = errno;
+    if (brc < 0 && e == EADDRINUSE) {
         /* A live daemon answers; a stale file from a dead one does not. */
         int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
         if (probe >= 0)
             close(probe);
         if (live) {
+            umask(old_mask);
             close(fd);
             return sbx_fail(err, EADDRINUSE, "another sbxd already serves `%s`", cfg.socket);
         }
-        unlink(cfg.socket);
-        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-            e = errno;
+        struct stat st;
+        if (lstat(cfg.socket, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+            umask(old_mask);
             close(fd);
-            return sbx_fail(err, e, "bind `%s`: %s", cfg.socket, strerror(e));
+            return sbx_fail(err, EEXIST, "`%s` exists and is not a socket; not removing it",
+                            cfg.socket);
         }
+        unlink(cfg.socket);
+        brc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+        e = errno;
     }
-    chmod(cfg.socket, 0660);
-    if (listen(fd, 64) < 0) {
+    umask(old_mask);
+    if (brc < 0) {
+        close(fd);
+        return sbx_fail(err, e, "bind `%s`: %s", cfg.socket, strerror(e));
+    }
+    if (listen(fd, 128) < 0) {
         close(fd);
         return sbx_fail(err, errno, "listen `%s`: %s", cfg.socket, strerror(errno));
     }
     listen_fd = fd;
     ev_io_init(&listen_io, accept_cb, fd, EV_READ);
     ev_io_start(EV_DEFAULT, &listen_io);
+    ev_timer_init(&accept_backoff, backoff_cb, 0.1, 0.);
+    ev_prepare_init(&reaper, reap_cb);
     return 0;
+}
+
+void control_shutdown_clients(void)
+{
+    while (clients)
+        client_close(clients);
+    reap_cb(EV_DEFAULT, &reaper, 0);
 }
 
 void control_shutdown(void)
 {
-    while (clients)
-        client_free(clients);
+    control_shutdown_clients();
     if (listen_fd >= 0) {
         ev_io_stop(EV_DEFAULT, &listen_io);
+        ev_timer_stop(EV_DEFAULT, &accept_backoff);
         close(listen_fd);
         unlink(cfg.socket);
         listen_fd = -1;

@@ -43,9 +43,11 @@ void sbxd_activity(void)
     last_activity = now_ms();
 }
 
+/* Idle: no VM running or waiting and no request for idle_exit_seconds. An open connection that
+ * asks for nothing does not count, or any local process could keep the daemon up forever. */
 static void idle_cb(EV_P_ ev_timer *w, int revents)
 {
-    if (control_clients() || sched_running() || sched_queued())
+    if (sched_running() || sched_queued())
         return;
     if (now_ms() - last_activity >= (uint64_t)cfg.idle_exit_seconds * 1000u) {
         slog("idle for %u s; exiting", cfg.idle_exit_seconds);

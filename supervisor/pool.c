@@ -327,11 +327,20 @@ bool pool_evict_one(void)
     return true;
 }
 
+/* Nobody waits for the run any more: stop its VM now rather than let it run to its timeout
+ * (protocol.md: a run ends with its client). */
 void pool_client_gone(client *c)
 {
-    for (pvm *v = vms; v; v = v->next)
-        if (v->state == P_TAKEN && v->c == c)
-            v->c = NULL;
+    for (bool again = true; again;) {
+        again = false;
+        for (pvm *v = vms; v; v = v->next)
+            if (v->state == P_TAKEN && v->c == c) {
+                slog("pool: the client of a run on a %s VM went away; stopping it", v->language);
+                drop(v); /* refills, which changes the list: look again from its head */
+                again = true;
+                break;
+            }
+    }
 }
 
 static void health_cb(EV_P_ ev_timer *w, int revents)

@@ -20,13 +20,37 @@ __attribute__((format(printf, 1, 2))) void slog(const char *fmt, ...);
 /* Something happened: pushes the idle-exit deadline back. */
 void sbxd_activity(void);
 
-/* control.c: the control socket and its clients. */
+/* control.c: the control socket and the life of its connections. A client pointer stays valid
+ * until sched_client_gone/session_client_gone/pool_client_gone has been called for it, always
+ * from the loop, never under a caller. */
 typedef struct client client;
+typedef struct {
+    uid_t uid; /* SO_PEERCRED at accept */
+    pid_t pid;
+    bool helloed;
+    bool refused; /* uid not allowed: its first frame gets a permission error */
+} client_peer;
 int control_listen(sbx_err *err);
+/* Close every connection and forget it now (shutdown; the fuzzer between inputs). */
+void control_shutdown_clients(void);
 void control_shutdown(void);
 unsigned control_clients(void);
-/* Queue a reply for a client (NULL client: dropped). */
+/* Connections closed at accept (max_connections) and clients dropped for not reading. */
+void control_counters(uint64_t *refused, uint64_t *dropped);
+/* Take a connected socket as a client (accept, and the fuzzer). NULL when out of memory. */
+client *control_adopt(int fd, uid_t uid, pid_t pid);
+uid_t control_client_uid(const client *c);
+/* Queue a reply for a client (NULL or closed client: dropped). Never frees anything. */
 void control_send(client *c, Sbx__Control__Reply *r);
+
+/* request.c: what a frame asks for. */
+typedef enum {
+    REQUEST_OK,
+    REQUEST_HELLOED,
+    REQUEST_CLOSE_AFTER_REPLY, /* refused or protocol error: close once the reply is out */
+    REQUEST_CLOSE,             /* undecodable: close now */
+} request_verdict;
+request_verdict request_handle(client *c, const client_peer *peer, const uint8_t *data, size_t len);
 void control_send_error(client *c, uint64_t id, Sbx__Control__ErrorKind kind, bool transient,
                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 bool control_error_transient(Sbx__Control__ErrorKind kind);
@@ -46,11 +70,15 @@ typedef struct {
     /* Give idle memory back through the balloon (balloon_idle_seconds; cold-booted VMs). */
     bool reclaim_idle;
 } vm_owner_ops;
-/* Queue a VM for an owner; it counts against max_concurrent_vms like a run. */
+/* Queue a VM for an owner; it counts against max_concurrent_vms like a run. NULL with errno
+ * EAGAIN when max_queued requests already wait (never for background owners), ENOMEM. */
 job *sched_open_vm(const char *language, uint32_t memory_mb, const vm_owner_ops *ops, void *owner);
 /* Send a request to the VM's worker, tagged with the id set by sched_vm_set_request. */
 int sched_vm_send(job *j, Sbx__Worker__ToWorker *m);
 void sched_vm_set_request(job *j, uint64_t req_id);
+/* sbxd's own deadline for what the VM was just asked (its timeout; run_grace_seconds is added):
+ * past it the worker is killed and the owner told VmTimeout. 0 clears it. */
+void sched_vm_deadline(job *j, uint32_t seconds);
 /* Whether it holds a VM slot (dispatched), as opposed to waiting in the queue. */
 bool sched_vm_started(const job *j);
 /* Host-side CPU/memory figures and sbxd's share of the timing, into a result. */
@@ -76,7 +104,9 @@ int sched_start_probe(sbx_err *err);
 void sched_shutdown(void);
 
 /* session.c: sessions, held across client connections until closed or idle. */
-void session_handle(client *c, Sbx__Control__Request *req); /* takes ownership of req */
+/* Takes ownership of req. Sessions belong to the uid that opened them: others (but root) get
+ * "no such session". */
+void session_handle(client *c, uid_t uid, Sbx__Control__Request *req);
 void session_client_gone(client *c);
 unsigned session_count(void);
 void session_shutdown(void);

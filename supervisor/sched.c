@@ -13,7 +13,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <pwd.h>
 #include <unistd.h>
 
 #include "cgroup.h"
@@ -46,6 +45,9 @@ typedef struct job {
     ev_io rio, wio;
     ev_child child;
     ev_timer qtimer;
+    ev_timer deadline; /* sbxd's own: a worker that does not answer in time is killed */
+    uint32_t deadline_s;
+    int32_t uid_slot; /* index into the VM uid range while running, else -1 */
     frame_reader rd;
     frame_writer wr;
     char run_dir[256];
@@ -65,6 +67,9 @@ typedef struct job {
 } job;
 
 static job *jobs; /* queued and running, in arrival order */
+/* Which of the 65536 uids above vm_uid_base a live VM holds: two VMs never share one. */
+static uint8_t uid_used[65536 / 8];
+static uint32_t uid_cursor;
 static unsigned nrunning, nqueued;
 static unsigned nclosing; /* running jobs told to stop whose workers have not exited yet */
 static uint64_t seq, runs_total;
@@ -151,6 +156,9 @@ static void job_free(job *j)
         ev_io_stop(EV_DEFAULT, &j->rio);
         ev_io_stop(EV_DEFAULT, &j->wio);
         ev_child_stop(EV_DEFAULT, &j->child);
+        ev_timer_stop(EV_DEFAULT, &j->deadline);
+        if (j->uid_slot >= 0) /* the worker is reaped: its QEMU died with its pid namespace */
+            uid_used[j->uid_slot / 8] &= (uint8_t) ~(1u << (j->uid_slot % 8));
         if (j->fd >= 0)
             close(j->fd);
         if (j->run_dir[0])
@@ -206,6 +214,47 @@ static void qtimer_cb(EV_P_ ev_timer *w, int revents)
         ops->gone(owner, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true, why);
 }
 
+static job *job_new(void)
+{
+    job *j = calloc(1, sizeof *j);
+    if (j) {
+        j->seq = ++seq;
+        j->fd = -1;
+        j->uid_slot = -1;
+    }
+    return j;
+}
+
+static void deadline_cb(EV_P_ ev_timer *w, int revents)
+{
+    job *j = w->data;
+    slog("vm %llu: its worker did not answer within %u s; killing it", (unsigned long long)j->seq,
+         j->deadline_s);
+    job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT, true,
+              "the VM did not answer within %u s (its timeout plus %u s of grace); it was killed",
+              j->deadline_s, cfg.run_grace_seconds);
+    if (j->pid > 0)
+        kill(j->pid, SIGKILL); /* its exit (child_cb) frees the job and reports to the owner */
+}
+
+void sched_vm_deadline(job *j, uint32_t seconds)
+{
+    ev_timer_stop(EV_DEFAULT, &j->deadline);
+    if (!seconds || j->state != JOB_RUNNING)
+        return;
+    j->deadline_s = seconds + cfg.run_grace_seconds;
+    ev_timer_init(&j->deadline, deadline_cb, j->deadline_s, 0.);
+    j->deadline.data = j;
+    ev_timer_start(EV_DEFAULT, &j->deadline);
+}
+
+/* Whether one more run or session may wait for a slot (background VMs never wait in line
+ * beyond the pool's own bound). */
+static bool queue_full(void)
+{
+    return nqueued >= cfg.max_queued;
+}
+
 static void job_enqueue(job *j)
 {
     if (nrunning >= cfg.max_concurrent_vms)
@@ -233,13 +282,19 @@ void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
 
 void sched_submit_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req)
 {
-    job *j = calloc(1, sizeof *j);
+    if (queue_full()) {
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
+                           "%u requests already wait for a VM slot (max_queued); try again later",
+                           nqueued);
+        sbx__control__run_request__free_unpacked(req, NULL);
+        return;
+    }
+    job *j = job_new();
     if (!j) {
         control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
         sbx__control__run_request__free_unpacked(req, NULL);
         return;
     }
-    j->seq = ++seq;
     j->client = c;
     j->req_id = id;
     j->req = req;
@@ -250,10 +305,13 @@ void sched_submit_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req)
 
 job *sched_open_vm(const char *language, uint32_t memory_mb, const vm_owner_ops *ops, void *owner)
 {
-    job *j = calloc(1, sizeof *j);
+    if (!ops->background && queue_full()) {
+        errno = EAGAIN;
+        return NULL;
+    }
+    job *j = job_new();
     if (!j)
         return NULL;
-    j->seq = ++seq;
     snprintf(j->language, sizeof j->language, "%s", language);
     j->memory_mb = memory_mb;
     j->ops = ops;
@@ -346,9 +404,10 @@ static void job_forward(job *j, Sbx__Worker__FromWorker *m)
     if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED && j->snapshot[0])
         snapshot_booted(j->snapshot, m->booted);
     if (j->ops) {
-        if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED)
+        if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED) {
+            sched_vm_deadline(j, 0); /* from now on, its owner's requests carry deadlines */
             j->ops->booted(j->owner, m->booted);
-        else if (m->body_case != SBX__WORKER__FROM_WORKER__BODY_HELLO)
+        } else if (m->body_case != SBX__WORKER__FROM_WORKER__BODY_HELLO)
             j->ops->frame(j->owner, m);
         if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_ERROR && !j->why[0]) {
             snprintf(j->why, sizeof j->why, "%s", m->error->message ? m->error->message : "");
@@ -627,28 +686,21 @@ static int queue_to_worker(job *j, Sbx__Worker__ToWorker *m)
     return frame_writer_put(&j->wr, &m->base);
 }
 
-/* The unprivileged ids a VM's worker and QEMU run as when sbxd is root: the `qemu-vm` user if
- * the host has one (the reference's convention), else one uid of a reserved range per VM, so
- * no two VMs share a uid and none shares one with a host user. */
-static void vm_ids(uint64_t seq, uid_t *uid, gid_t *gid)
+/* The unprivileged uid a VM's worker and QEMU run as when sbxd is root: one of a reserved range
+ * (vm_uid_base + 0..65535) that no other live VM holds and no host user has, so a VM that took
+ * over its QEMU cannot signal, ptrace or read another VM's processes or files. -1 when all are
+ * in use (max_concurrent_vms is at most 100, so only a leak could do that). */
+static int uid_alloc(void)
 {
-    static int looked;
-    static uid_t qu;
-    static gid_t qg;
-    if (!looked) {
-        looked = 1;
-        struct passwd *pw = getpwnam("qemu-vm");
-        if (pw) {
-            qu = pw->pw_uid;
-            qg = pw->pw_gid;
+    for (uint32_t i = 0; i < 65536; i++) {
+        uint32_t k = (uid_cursor + i) % 65536u;
+        if (!(uid_used[k / 8] & (1u << (k % 8)))) {
+            uid_used[k / 8] |= (uint8_t)(1u << (k % 8));
+            uid_cursor = k + 1;
+            return (int)k;
         }
     }
-    if (qu) {
-        *uid = qu;
-        *gid = qg;
-        return;
-    }
-    *uid = *gid = cfg.vm_uid_base + (uid_t)(seq % 65536u);
+    return -1;
 }
 
 /* Start a worker for j (already counted as running). Returns -1 after answering j. */
@@ -665,8 +717,15 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     bool userns = getuid() != 0;
     uid_t vm_uid = 0;
     gid_t vm_gid = 0;
-    if (!userns)
-        vm_ids(j->seq, &vm_uid, &vm_gid);
+    if (!userns) {
+        j->uid_slot = uid_alloc();
+        if (j->uid_slot < 0) {
+            job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true,
+                      "no free uid for the VM (all 65536 from vm_uid_base are in use)");
+            return -1;
+        }
+        vm_uid = vm_gid = cfg.vm_uid_base + (uid_t)j->uid_slot;
+    }
     snprintf(j->run_dir, sizeof j->run_dir, "%s/vm-%llu", run_base, (unsigned long long)j->seq);
     /* The VM's user owns its run directory: QEMU creates its sockets there. */
     if (mkdir(j->run_dir, 0700) < 0 || (!userns && chown(j->run_dir, vm_uid, vm_gid) < 0)) {
@@ -739,6 +798,9 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     ev_io_start(EV_DEFAULT, &j->rio);
     ev_io_start(EV_DEFAULT, &j->wio);
     ev_child_start(EV_DEFAULT, &j->child);
+    /* The worker enforces the boot and run timeouts; this catches a worker that does not. An
+     * owner's VM is covered until it has booted, then by each request its owner sends. */
+    sched_vm_deadline(j, boot_timeout_ms / 1000u + (j->req ? j->req->timeout_seconds : 0));
     /* The code is no longer needed here: it lives in the worker's queue. */
     return 0;
 }
@@ -802,13 +864,11 @@ void sched_pump(void)
 
 int sched_start_probe(sbx_err *err)
 {
-    job *j = calloc(1, sizeof *j);
+    job *j = job_new();
     if (!j)
         return sbx_fail(err, ENOMEM, "out of memory");
-    j->seq = ++seq;
     j->state = JOB_RUNNING;
     j->probe = true;
-    j->fd = -1;
     j->t_accept = now_ms();
     j->next = jobs;
     jobs = j;

@@ -1,6 +1,9 @@
 /* Sessions: one VM kept across execs and file transfers, held by sbxd (not by a connection)
- * until closed, idle for too long, or its VM dies. Requests on a session run one at a time in
- * arrival order; an upload's chunks follow its FileWrite with the same request id. */
+ * until closed, idle for too long, or its VM dies. A session belongs to the uid that opened it:
+ * to any other uid but root it does not exist. Requests on a session run one at a time in
+ * arrival order (at most max_session_queue waiting); an upload's chunks follow its FileWrite with
+ * the same request id, and at most max_session_upload_mb of them wait in sbxd per session. Each
+ * request in flight has sbxd's own deadline: a VM that does not answer is killed. */
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
@@ -9,8 +12,11 @@
 #include "sbx_limits.h"
 #include "sbxd.h"
 
-#define SESSION_TOMBSTONES 256        /* closed sessions remembered, to say why they closed */
-#define UPLOAD_BUFFER_MAX (64u << 20) /* chunks held while an upload waits its turn */
+#define SESSION_TOMBSTONES 256 /* closed sessions remembered, to say why they closed */
+/* An upload's zstd frames in all: the file limit plus what compression can add to it. */
+#define UPLOAD_ZBYTES_MAX (SBX_MAX_FILE + SBX_MAX_FILE / 8 + (1u << 20))
+/* A file transfer or listing in flight must finish within this (plus run_grace_seconds). */
+#define FILE_OP_DEADLINE_S 120u
 
 typedef struct op {
     client *c; /* NULL once its client is gone: the op still runs, its replies are dropped */
@@ -19,14 +25,17 @@ typedef struct op {
     bool started;
     /* Upload: chunks that arrived before the op started, and whether the last one came. */
     Sbx__Control__Request **chunks;
-    size_t nchunks, cap, buffered;
+    size_t nchunks, cap;
+    uint64_t buffered; /* bytes of chunks held here (not yet sent to the VM) */
+    uint64_t received; /* bytes of chunks received for this upload in all */
     bool last_seen;
     struct op *next;
 } op;
 
 typedef struct session {
     char id[33];
-    job *job; /* NULL once the VM is gone */
+    uid_t owner; /* the uid that opened it */
+    job *job;    /* NULL once the VM is gone */
     Sbx__Control__SessionOpen *open;
     uint32_t timeout_s, idle_s;
     uint64_t exec_count, created_unix_ms, last_used_unix_ms, boot_ms;
@@ -35,6 +44,8 @@ typedef struct session {
     client *opener;
     uint64_t open_id;
     op *ops; /* head is the one in flight once started */
+    unsigned nops;
+    uint64_t upload_buffered; /* sum of its ops' buffered bytes */
     ev_timer idle;
     struct session *next;
 } session;
@@ -54,12 +65,30 @@ unsigned session_count(void)
     return nopen;
 }
 
-static session *find(const char *id)
+/* Root may reach every session; anyone else only their own. */
+static bool visible(const session *s, uid_t uid)
+{
+    return uid == 0 || s->owner == uid;
+}
+
+static session *find(const char *id, uid_t uid)
 {
     for (session *s = sessions; s; s = s->next)
-        if (id && !strcmp(s->id, id))
+        if (id && !strcmp(s->id, id) && visible(s, uid))
             return s;
     return NULL;
+}
+
+/* Take o out of s's queue (it is not freed). */
+static void op_unlink(session *s, op *o)
+{
+    for (op **p = &s->ops; *p; p = &(*p)->next)
+        if (*p == o) {
+            *p = o->next;
+            s->nops--;
+            s->upload_buffered -= o->buffered;
+            return;
+        }
 }
 
 static void op_free(op *o)
@@ -125,7 +154,7 @@ static void session_closed(session *s, const char *why)
     slog("session %s closed: %s", s->id, why);
     while (s->ops) {
         op *o = s->ops;
-        s->ops = o->next;
+        op_unlink(s, o);
         if (!o->started)
             closed_error(o->c, o->id, s, NULL);
         op_free(o);
@@ -209,15 +238,22 @@ static void pump(session *s)
         session_closed(s, "cannot reach its VM worker");
         return;
     }
+    sched_vm_deadline(s->job, m.body_case == SBX__WORKER__TO_WORKER__BODY_EXEC
+                                  ? ex.timeout_ms / 1000u
+                                  : FILE_OP_DEADLINE_S);
     for (size_t i = 0; i < o->nchunks; i++)
         send_chunk_to_vm(s, o->chunks[i]->file_chunk);
+    s->upload_buffered -= o->buffered;
+    o->buffered = 0;
 }
 
 static void op_done(session *s)
 {
     op *o = s->ops;
-    s->ops = o->next;
+    op_unlink(s, o);
     op_free(o);
+    if (s->job)
+        sched_vm_deadline(s->job, 0);
     touch(s);
     pump(s);
 }
@@ -305,7 +341,7 @@ static void vm_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, c
             }
         while (s->ops) {
             op *o = s->ops;
-            s->ops = o->next;
+            op_unlink(s, o);
             op_free(o);
         }
         sbx__control__session_open__free_unpacked(s->open, NULL);
@@ -315,9 +351,12 @@ static void vm_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, c
     /* The op in flight learns what happened to its VM; later calls get SessionClosedError. */
     if (s->ops && s->ops->started && !s->closed) {
         op *o = s->ops;
-        control_send_error(o->c, o->id, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                           "the session's VM died: %s", why);
-        s->ops = o->next;
+        if (kind == SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT)
+            control_send_error(o->c, o->id, kind, transient, "%s", why);
+        else
+            control_send_error(o->c, o->id, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                               "the session's VM died: %s", why);
+        op_unlink(s, o);
         op_free(o);
     }
     char msg[300];
@@ -329,7 +368,7 @@ static const vm_owner_ops session_vm = {vm_booted, vm_frame, vm_gone, false, tru
 
 /* ---- the client's side ---- */
 
-static void do_open(client *c, uint64_t id, Sbx__Control__SessionOpen *o)
+static void do_open(client *c, uid_t uid, uint64_t id, Sbx__Control__SessionOpen *o)
 {
     session *s = calloc(1, sizeof *s);
     uint8_t rnd[16];
@@ -345,6 +384,7 @@ static void do_open(client *c, uint64_t id, Sbx__Control__SessionOpen *o)
     s->open = o;
     s->timeout_s = o->timeout_seconds;
     s->idle_s = o->idle_timeout_seconds;
+    s->owner = uid;
     s->opener = c;
     s->open_id = id;
     s->created_unix_ms = s->last_used_unix_ms = unix_ms();
@@ -354,15 +394,23 @@ static void do_open(client *c, uint64_t id, Sbx__Control__SessionOpen *o)
     sessions = s;
     nopen++;
     s->job = sched_open_vm(o->language, o->memory_mb, &session_vm, s);
-    if (!s->job)
+    if (!s->job && errno == EAGAIN)
+        vm_gone(s, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
+                "too many requests already wait for a VM slot (max_queued); try again later");
+    else if (!s->job)
         vm_gone(s, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
 }
 
-static void do_list(client *c, uint64_t id)
+static bool listed(const session *s, uid_t uid)
+{
+    return s->ready && !s->closed && visible(s, uid);
+}
+
+static void do_list(client *c, uid_t uid, uint64_t id)
 {
     unsigned n = 0;
     for (session *s = sessions; s; s = s->next)
-        n += s->ready && !s->closed;
+        n += listed(s, uid);
     Sbx__Control__SessionInfo *infos = calloc(n ? n : 1, sizeof *infos);
     Sbx__Control__SessionInfo **ptrs = calloc(n ? n : 1, sizeof *ptrs);
     if (!infos || !ptrs) {
@@ -373,7 +421,7 @@ static void do_list(client *c, uint64_t id)
     }
     unsigned i = 0;
     for (session *s = sessions; s; s = s->next)
-        if (s->ready && !s->closed) {
+        if (listed(s, uid)) {
             sbx__control__session_info__init(&infos[i]);
             fill_info(s, &infos[i]);
             ptrs[i] = &infos[i];
@@ -391,32 +439,51 @@ static void do_list(client *c, uint64_t id)
     free(ptrs);
 }
 
+/* Drop an upload that has not started, with one error to its client. */
+static void drop_upload(session *s, op *o, Sbx__Control__ErrorKind kind, bool transient,
+                        const char *why)
+{
+    control_send_error(o->c, o->id, kind, transient, "%s", why);
+    op_unlink(s, o);
+    op_free(o);
+}
+
 /* An upload chunk: find its upload by (client, request id). */
 static void do_chunk(client *c, Sbx__Control__Request *req)
 {
+    size_t len = req->file_chunk->zdata.len;
     for (session *s = sessions; s; s = s->next) {
         for (op *o = s->ops; o; o = o->next) {
             if (o->c != c || o->id != req->id ||
                 o->req->body_case != SBX__CONTROL__REQUEST__BODY_FILE_WRITE || o->last_seen)
                 continue;
             o->last_seen = req->file_chunk->last;
+            o->received += len;
+            if (o->received > UPLOAD_ZBYTES_MAX) {
+                sbx__control__request__free_unpacked(req, NULL);
+                if (!o->started) {
+                    drop_upload(s, o, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false,
+                                "upload larger than the file limit");
+                    return;
+                }
+                /* Part of it is in the VM already: nothing sane is left to finish. */
+                control_send_error(c, o->id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false,
+                                   "upload larger than the file limit; the session was closed");
+                op_unlink(s, o);
+                op_free(o);
+                session_closed(s, "an upload went past the file limit");
+                return;
+            }
             if (o->started) {
                 send_chunk_to_vm(s, req->file_chunk);
                 sbx__control__request__free_unpacked(req, NULL);
                 return;
             }
-            o->buffered += req->file_chunk->zdata.len;
-            if (o->buffered > UPLOAD_BUFFER_MAX) {
-                control_send_error(c, req->id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false,
-                                   "upload larger than the file limit");
+            if (s->upload_buffered + len > (uint64_t)cfg.max_session_upload_mb << 20) {
                 sbx__control__request__free_unpacked(req, NULL);
-                /* drop the whole upload */
-                for (op **p = &s->ops; *p; p = &(*p)->next)
-                    if (*p == o) {
-                        *p = o->next;
-                        break;
-                    }
-                op_free(o);
+                drop_upload(s, o, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
+                            "uploads waiting on this session already hold max_session_upload_mb; "
+                            "send it after the ones before it finish");
                 return;
             }
             if (o->nchunks == o->cap) {
@@ -424,12 +491,16 @@ static void do_chunk(client *c, Sbx__Control__Request *req)
                 Sbx__Control__Request **p = realloc(o->chunks, nc * sizeof *p);
                 if (!p) {
                     sbx__control__request__free_unpacked(req, NULL);
+                    drop_upload(s, o, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true,
+                                "out of memory");
                     return;
                 }
                 o->chunks = p;
                 o->cap = nc;
             }
             o->chunks[o->nchunks++] = req;
+            o->buffered += len;
+            s->upload_buffered += len;
             return;
         }
     }
@@ -455,19 +526,19 @@ static const char *request_session_id(const Sbx__Control__Request *r)
     }
 }
 
-void session_handle(client *c, Sbx__Control__Request *req)
+void session_handle(client *c, uid_t uid, Sbx__Control__Request *req)
 {
     switch (req->body_case) {
     case SBX__CONTROL__REQUEST__BODY_SESSION_OPEN: {
         Sbx__Control__SessionOpen *o = req->session_open;
         req->session_open = NULL;
         req->body_case = SBX__CONTROL__REQUEST__BODY__NOT_SET;
-        do_open(c, req->id, o);
+        do_open(c, uid, req->id, o);
         sbx__control__request__free_unpacked(req, NULL);
         return;
     }
     case SBX__CONTROL__REQUEST__BODY_SESSION_LIST:
-        do_list(c, req->id);
+        do_list(c, uid, req->id);
         sbx__control__request__free_unpacked(req, NULL);
         return;
     case SBX__CONTROL__REQUEST__BODY_FILE_CHUNK:
@@ -477,7 +548,7 @@ void session_handle(client *c, Sbx__Control__Request *req)
         break;
     }
     const char *sid = request_session_id(req);
-    session *s = find(sid);
+    session *s = find(sid, uid);
     if (!s || s->closed || !s->ready) {
         closed_error(c, req->id, s, sid ? sid : "");
         sbx__control__request__free_unpacked(req, NULL);
@@ -496,6 +567,13 @@ void session_handle(client *c, Sbx__Control__Request *req)
         sbx__control__request__free_unpacked(req, NULL);
         return;
     }
+    if (s->nops >= cfg.max_session_queue) {
+        control_send_error(c, req->id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
+                           "session %s already has %u requests waiting (max_session_queue)", s->id,
+                           s->nops);
+        sbx__control__request__free_unpacked(req, NULL);
+        return;
+    }
     op *o = calloc(1, sizeof *o);
     if (!o) {
         control_send_error(c, req->id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true,
@@ -510,6 +588,7 @@ void session_handle(client *c, Sbx__Control__Request *req)
     while (*p)
         p = &(*p)->next;
     *p = o;
+    s->nops++;
     touch(s);
     pump(s);
 }
@@ -528,8 +607,16 @@ void session_client_gone(client *c)
             if (o->started) {
                 o->c = NULL; /* let it finish; its replies go nowhere */
                 p = &o->next;
+                if (o->req->body_case == SBX__CONTROL__REQUEST__BODY_FILE_WRITE && !o->last_seen) {
+                    /* The rest will never come: end it here, the guest refuses the short file
+                     * (size and sha256) and the session goes on. */
+                    Sbx__Control__FileChunk end = SBX__CONTROL__FILE_CHUNK__INIT;
+                    end.last = true;
+                    o->last_seen = true;
+                    send_chunk_to_vm(s, &end);
+                }
             } else {
-                *p = o->next;
+                op_unlink(s, o);
                 op_free(o);
             }
         }

@@ -1,0 +1,284 @@
+/* Requests on the control socket: each decoded frame is checked (who asks, Hello first) and
+ * validated with defaults filled in before anything else sees it, then handed to the scheduler,
+ * the sessions, or answered here (status). Nothing in this file owns a connection: control.c
+ * does, and is told what to do with it. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cgroup.h"
+#include "sbx_limits.h"
+#include "sbxd.h"
+#include "snapshot.h"
+
+bool control_error_transient(Sbx__Control__ErrorKind k)
+{
+    return k == SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT ||
+           k == SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY ||
+           k == SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION ||
+           k == SBX__CONTROL__ERROR_KIND__ERROR_SNAPSHOT ||
+           k == SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL;
+}
+
+void control_send_error(client *c, uint64_t id, Sbx__Control__ErrorKind kind, bool transient,
+                        const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    Sbx__Control__Error e = SBX__CONTROL__ERROR__INIT;
+    e.kind = kind;
+    e.transient = transient;
+    e.message = msg;
+    Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
+    r.id = id;
+    r.body_case = SBX__CONTROL__REPLY__BODY_ERROR;
+    r.error = &e;
+    control_send(c, &r);
+}
+
+/* An absent language means python. protobuf-c leaves an absent string pointing at its shared
+ * empty string, which must not be freed; one sent empty on the wire was allocated. */
+static int default_language(char **lang)
+{
+    if (*lang && **lang)
+        return 0;
+    if (*lang != protobuf_c_empty_string)
+        free(*lang);
+    *lang = strdup("python");
+    return *lang ? 0 : -1;
+}
+
+/* Validate and fill defaults. Returns 0, or -1 after replying with a VmConfigError. */
+static int check_run(client *c, uint64_t id, Sbx__Control__RunRequest *run)
+{
+    char msg[256];
+    const Sbx__Control__ErrorKind bad = SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG;
+    if (default_language(&run->language) < 0)
+        return -1;
+    if (!limits_language_ok(run->language)) {
+        control_send_error(c, id, bad, false, "unknown language `%.32s` (python, javascript, raw)",
+                           run->language);
+        return -1;
+    }
+    if (!run->timeout_seconds)
+        run->timeout_seconds = cfg.default_timeout_seconds;
+    if (!run->memory_mb)
+        run->memory_mb = cfg.default_memory_mb;
+    if (limits_check_code(run->code.data, run->code.len, msg, sizeof msg) < 0 ||
+        limits_check_timeout(run->timeout_seconds, msg, sizeof msg) < 0 ||
+        limits_check_memory(run->memory_mb, msg, sizeof msg) < 0 ||
+        limits_check_env_count(run->n_env, msg, sizeof msg) < 0) {
+        control_send_error(c, id, bad, false, "%s", msg);
+        return -1;
+    }
+    for (size_t i = 0; i < run->n_env; i++)
+        if (limits_check_env(run->env[i]->key, run->env[i]->value, msg, sizeof msg) < 0) {
+            control_send_error(c, id, bad, false, "%s", msg);
+            return -1;
+        }
+    return 0;
+}
+
+/* Sessions and files: validate what sbxd can before the request reaches a VM. Returns 0, or -1
+ * after replying with a VmConfigError. */
+static int check_session(client *c, uint64_t id, Sbx__Control__Request *r)
+{
+    char msg[300];
+    const Sbx__Control__ErrorKind bad = SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG;
+    const char *path = NULL;
+    bool empty_ok = false;
+    switch (r->body_case) {
+    case SBX__CONTROL__REQUEST__BODY_SESSION_OPEN: {
+        Sbx__Control__SessionOpen *o = r->session_open;
+        if (default_language(&o->language) < 0)
+            return -1;
+        if (!limits_language_ok(o->language)) {
+            control_send_error(c, id, bad, false,
+                               "unknown language `%.32s` (python, javascript, raw)", o->language);
+            return -1;
+        }
+        if (!o->memory_mb)
+            o->memory_mb = cfg.default_memory_mb;
+        if (!o->timeout_seconds)
+            o->timeout_seconds = cfg.default_timeout_seconds;
+        if (!o->idle_timeout_seconds)
+            o->idle_timeout_seconds = cfg.session_idle_timeout_seconds;
+        if (limits_check_memory(o->memory_mb, msg, sizeof msg) < 0 ||
+            limits_check_timeout(o->timeout_seconds, msg, sizeof msg) < 0 ||
+            limits_check_idle_timeout(o->idle_timeout_seconds, msg, sizeof msg) < 0 ||
+            limits_check_env_count(o->n_env, msg, sizeof msg) < 0) {
+            control_send_error(c, id, bad, false, "%s", msg);
+            return -1;
+        }
+        for (size_t i = 0; i < o->n_env; i++)
+            if (limits_check_env(o->env[i]->key, o->env[i]->value, msg, sizeof msg) < 0) {
+                control_send_error(c, id, bad, false, "%s", msg);
+                return -1;
+            }
+        return 0;
+    }
+    case SBX__CONTROL__REQUEST__BODY_SESSION_EXEC: {
+        Sbx__Control__SessionExec *e = r->session_exec;
+        if (limits_check_code(e->code.data, e->code.len, msg, sizeof msg) < 0 ||
+            (e->timeout_seconds && limits_check_timeout(e->timeout_seconds, msg, sizeof msg) < 0)) {
+            control_send_error(c, id, bad, false, "%s", msg);
+            return -1;
+        }
+        return 0;
+    }
+    case SBX__CONTROL__REQUEST__BODY_FILE_WRITE:
+        path = r->file_write->path;
+        if (r->file_write->size > SBX_MAX_FILE) {
+            control_send_error(c, id, bad, false, "file is %llu bytes; the limit is %u (50 MiB)",
+                               (unsigned long long)r->file_write->size, SBX_MAX_FILE);
+            return -1;
+        }
+        if (r->file_write->sha256.len != 32) {
+            control_send_error(c, id, bad, false, "FileWrite needs a 32-byte sha256");
+            return -1;
+        }
+        break;
+    case SBX__CONTROL__REQUEST__BODY_FILE_CHUNK:
+        /* A zstd frame of one chunk's content can only be this big. */
+        if (r->file_chunk->zdata.len > SBX_FILE_CHUNK + (64u << 10)) {
+            control_send_error(c, id, bad, false, "file chunk of %zu bytes is too large",
+                               r->file_chunk->zdata.len);
+            return -1;
+        }
+        return 0;
+    case SBX__CONTROL__REQUEST__BODY_FILE_READ:
+        path = r->file_read->path;
+        break;
+    case SBX__CONTROL__REQUEST__BODY_FILE_LIST:
+        path = r->file_list->path;
+        empty_ok = true;
+        break;
+    default:
+        return 0;
+    }
+    if (empty_ok && (!path || !*path))
+        return 0;
+    if (limits_check_guest_path(path, msg, sizeof msg) < 0) {
+        control_send_error(c, id, bad, false, "%s", msg);
+        return -1;
+    }
+    return 0;
+}
+
+static void send_status(client *c, uint64_t id)
+{
+    Sbx__Control__StatusReply s = SBX__CONTROL__STATUS_REPLY__INIT;
+    s.version = SBX_VERSION;
+    s.accelerator = (char *)(accel_verdict() ? accel_verdict() : "");
+    s.accel_reason = (char *)accel_reason();
+    s.running_vms = sched_running();
+    s.queued = sched_queued();
+    s.max_concurrent_vms = cfg.max_concurrent_vms;
+    s.runs_total = sched_runs_total();
+    s.uptime_ms = now_ms() - started_ms;
+    s.images_dir = cfg.images_dir;
+    s.pid = (uint32_t)getpid();
+    s.sessions = session_count();
+    s.cgroup_mode = (char *)cgroup_mode();
+    uint64_t pool_mb;
+    pool_stats(&s.pool_ready, &s.pool_booting, &pool_mb);
+    s.pool_memory_mb = pool_mb;
+    s.warm_pool_size = cfg.warm_pool_size;
+    snapshot_status(&s);
+    Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
+    r.id = id;
+    r.body_case = SBX__CONTROL__REPLY__BODY_STATUS;
+    r.status = &s;
+    control_send(c, &r);
+}
+
+/* One frame from a client, already cut to its length by control.c: decode, check who may ask,
+ * validate, dispatch. Replies go through control_send; the verdict tells control.c what to do
+ * with the connection. */
+request_verdict request_handle(client *c, const client_peer *peer, const uint8_t *data, size_t len)
+{
+    Sbx__Control__Request *req = sbx__control__request__unpack(NULL, len, data);
+    if (!req) {
+        slog("client pid %d: undecodable frame (%zu bytes); closing", (int)peer->pid, len);
+        return REQUEST_CLOSE;
+    }
+    uint64_t id = req->id;
+    request_verdict v = REQUEST_OK;
+    if (peer->refused) {
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_PERMISSION, false,
+                           "uid %u may not use this sbxd (allowed: %u, 0%s%s; see allowed_uids)",
+                           (unsigned)peer->uid, (unsigned)getuid(), cfg.allowed_uids[0] ? ", " : "",
+                           cfg.allowed_uids);
+        v = REQUEST_CLOSE_AFTER_REPLY;
+        goto out;
+    }
+    if (!peer->helloed && req->body_case != SBX__CONTROL__REQUEST__BODY_HELLO) {
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                           "the first request on a connection must be Hello");
+        v = REQUEST_CLOSE_AFTER_REPLY;
+        goto out;
+    }
+    switch (req->body_case) {
+    case SBX__CONTROL__REQUEST__BODY_HELLO: {
+        if (peer->helloed) {
+            control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                               "Hello was already sent on this connection");
+            v = REQUEST_CLOSE_AFTER_REPLY;
+            break;
+        }
+        if (req->hello->protocol_version != SBX_PROTOCOL_VERSION) {
+            control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                               "client speaks protocol %u, this sbxd speaks %d: upgrade the one "
+                               "that is older",
+                               req->hello->protocol_version, SBX_PROTOCOL_VERSION);
+            v = REQUEST_CLOSE_AFTER_REPLY;
+            break;
+        }
+        v = REQUEST_HELLOED;
+        Sbx__Control__HelloOk ok = SBX__CONTROL__HELLO_OK__INIT;
+        ok.protocol_version = SBX_PROTOCOL_VERSION;
+        ok.server = "sbxd/" SBX_VERSION;
+        Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
+        r.id = id;
+        r.body_case = SBX__CONTROL__REPLY__BODY_HELLO;
+        r.hello = &ok;
+        control_send(c, &r);
+        break;
+    }
+    case SBX__CONTROL__REQUEST__BODY_RUN:
+        if (check_run(c, id, req->run) == 0) {
+            sched_submit(c, id, req->run);
+            req->run = NULL; /* now owned by the scheduler */
+            req->body_case = SBX__CONTROL__REQUEST__BODY__NOT_SET;
+        }
+        break;
+    case SBX__CONTROL__REQUEST__BODY_STATUS:
+        send_status(c, id);
+        break;
+    case SBX__CONTROL__REQUEST__BODY_SESSION_OPEN:
+    case SBX__CONTROL__REQUEST__BODY_SESSION_EXEC:
+    case SBX__CONTROL__REQUEST__BODY_SESSION_CLOSE:
+    case SBX__CONTROL__REQUEST__BODY_SESSION_LIST:
+    case SBX__CONTROL__REQUEST__BODY_FILE_WRITE:
+    case SBX__CONTROL__REQUEST__BODY_FILE_CHUNK:
+    case SBX__CONTROL__REQUEST__BODY_FILE_READ:
+    case SBX__CONTROL__REQUEST__BODY_FILE_LIST:
+        if (check_session(c, id, req) == 0) {
+            session_handle(c, peer->uid, req);
+            return v; /* session_handle owns req now */
+        }
+        break;
+    default:
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                           "unknown request type; closing the connection");
+        v = REQUEST_CLOSE_AFTER_REPLY;
+        break;
+    }
+out:
+    sbx__control__request__free_unpacked(req, NULL);
+    return v;
+}
