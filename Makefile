@@ -1,6 +1,8 @@
 # exec-sandbox build. `make` builds the binaries; `make run` sets up everything from nothing and
 # runs a sandboxed print; `make test` runs the whole suite (see README.md).
 CC ?= cc
+# Debian's interpreter: the tests use Debian's python3-protobuf (scripts/setup-host.sh).
+PYTHON ?= /usr/bin/python3
 BUILD ?= build
 CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation \
 	-iquote $(BUILD)/gen -iquote proto -iquote cli -g
@@ -130,10 +132,10 @@ test: setup
 	$(MAKE) format-check
 	$(MAKE) test-unit
 	$(MAKE) fuzz FUZZ_SECONDS=10
-	python3 tests/e2e/run.py --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
+	$(PYTHON) tests/e2e/run.py --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
 
 test-fast: all asan test-unit
-	python3 tests/e2e/run.py --fast --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
+	$(PYTHON) tests/e2e/run.py --fast --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
 
 # Start-up benchmarks, each way beside its floor (a table, not a test): cold, warm pool,
 # throughput and memory; then snapshot restore.

@@ -128,7 +128,9 @@ static void client_flush(client *c)
 {
     int rc = frame_writer_flush(&c->wr, c->fd);
     if (rc < 0) {
-        slog("client pid %d: write: %s; closing", (int)c->peer.pid, strerror(errno));
+        /* A client that went away is no news; anything else is. */
+        if (errno != EPIPE && errno != ECONNRESET)
+            slog("client pid %d: write: %s; closing", (int)c->peer.pid, strerror(errno));
         client_close(c);
     } else if (rc == 1) {
         ev_io_start(EV_DEFAULT, &c->wio);

@@ -123,3 +123,35 @@ def wait_for(pred, timeout, what):
             return v
         time.sleep(0.05)
     raise AssertionError("timed out waiting for " + what)
+
+
+def project_processes():
+    """Every process on the host that belongs to this project's VMs, wherever it was reparented."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        exe = os.path.basename(cmd[0].decode(errors="replace"))
+        try:
+            cg = open(f"/proc/{d}/cgroup").read()
+        except OSError:
+            cg = ""
+        if exe == "sbx-vmworker" or "/exec-sandbox/vm-" in cg or (
+                exe.startswith("qemu-system") and any(b"/assets/" in a for a in cmd)):
+            found.append((int(d), exe))
+    return found
+
+
+def project_cgroups():
+    """VM cgroups left behind (v1 hierarchies or v2)."""
+    left = []
+    for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory",
+                 "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct"]:
+        d = os.path.join(base, "exec-sandbox")
+        if os.path.isdir(d):
+            left += [os.path.join(d, x) for x in os.listdir(d) if x.startswith("vm-")]
+    return left

@@ -79,9 +79,10 @@ class Daemon:
 
 
 def connect(path, timeout=10):
+    """A blocking connect: it waits while the daemon's listen backlog is full."""
     s = socket.socket(socket.AF_UNIX)
-    s.settimeout(timeout)
     s.connect(path)
+    s.settimeout(timeout)
     return s
 
 

@@ -25,6 +25,11 @@ def pb():
         subprocess.run(["protoc", "--proto_path", os.path.join(ROOT, "proto"), "--python_out", out,
                         "control.proto"], check=True)
         sys.path.insert(0, out)
+        try:
+            import google.protobuf  # noqa: F401
+        except ImportError:
+            # Another interpreter than Debian's (pyenv, a venv): use Debian's python3-protobuf.
+            sys.path.append("/usr/lib/python3/dist-packages")
         _pb = importlib.import_module("control_pb2")
     return _pb
 
@@ -63,8 +68,8 @@ class Conn:
 
     def __init__(self, path, timeout=30):
         self.s = socket.socket(socket.AF_UNIX)
+        self.s.connect(path)  # blocking: waits while the listen backlog is full
         self.s.settimeout(timeout)
-        self.s.connect(path)
         self.buf = b""
 
     def send(self, id, **body):
