@@ -39,18 +39,35 @@ int paths_default_socket(char *out, size_t n)
     return paths_user_socket(out, n);
 }
 
-int paths_cache_dir(char *out, size_t n)
+int paths_cache_dir(char *out, size_t n, sbx_err *err)
 {
     const char *s = getenv("EXEC_SANDBOX_CACHE_DIR");
-    if (s && *s)
-        return fit(snprintf(out, n, "%s", s), n);
-    s = getenv("XDG_CACHE_HOME");
-    if (s && *s)
-        return fit(snprintf(out, n, "%s/exec-sandbox", s), n);
-    s = getenv("HOME");
+    const char *fmt = "%s";
+    if (!s || !*s) {
+        s = getenv("XDG_CACHE_HOME");
+        fmt = "%s/exec-sandbox";
+    }
+    if (!s || !*s) {
+        s = getenv("HOME");
+        fmt = "%s/.cache/exec-sandbox";
+    }
+    /* No home (a system service): root's cache goes where the FHS puts caches; anyone else must
+     * say. Never the shared /tmp, where another user could create the directory first. */
+    if ((!s || !*s) && geteuid() == 0) {
+        s = PATHS_SYSTEM_CACHE_DIR;
+        fmt = "%s";
+    }
     if (!s || !*s)
-        s = "/tmp";
-    return fit(snprintf(out, n, "%s/.cache/exec-sandbox", s), n);
+        return sbx_fail(err, ENOENT,
+                        "no cache directory: $HOME is not set; set EXEC_SANDBOX_CACHE_DIR (or "
+                        "cache_dir, --cache-dir) to a directory of uid %u that others cannot write",
+                        (unsigned)geteuid());
+    if (fit(snprintf(out, n, fmt, s), n) < 0)
+        return sbx_fail(err, ENAMETOOLONG,
+                        "cache directory path `%s...` is too long (at most %zu "
+                        "bytes)",
+                        s, n - 1);
+    return 0;
 }
 
 int paths_exe_dir(char *out, size_t n)

@@ -9,6 +9,9 @@
 
 #include "common.h"
 
+/* Root's cache when there is no $HOME (a system service). */
+#define PATHS_SYSTEM_CACHE_DIR "/var/cache/exec-sandbox"
+
 /* True when $EXEC_SANDBOX_SOCKET names a socket: the user's explicit choice of daemon. */
 bool paths_socket_named(void);
 /* The implicit per-user socket: $XDG_RUNTIME_DIR/exec-sandbox/sbxd.sock when that directory is
@@ -16,8 +19,9 @@ bool paths_socket_named(void);
 int paths_user_socket(char *out, size_t n);
 /* $EXEC_SANDBOX_SOCKET, else paths_user_socket. */
 int paths_default_socket(char *out, size_t n);
-/* $EXEC_SANDBOX_CACHE_DIR, else $XDG_CACHE_HOME/exec-sandbox, else $HOME/.cache/exec-sandbox. */
-int paths_cache_dir(char *out, size_t n);
+/* $EXEC_SANDBOX_CACHE_DIR, else $XDG_CACHE_HOME/exec-sandbox, else $HOME/.cache/exec-sandbox,
+ * else (no $HOME) PATHS_SYSTEM_CACHE_DIR for root; -1 with err for anyone else. */
+int paths_cache_dir(char *out, size_t n, sbx_err *err);
 /* Directory holding the running executable (from /proc/self/exe). */
 int paths_exe_dir(char *out, size_t n);
 /* Resolve an executable name through $PATH (a name with a slash is taken as is) to an absolute
