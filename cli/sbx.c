@@ -38,7 +38,9 @@ static const char main_help[] =
     "\n"
     "If no daemon listens on the socket, `sbx run` and `sbx session new` start a private one\n"
     "for this user (sbxd from $EXEC_SANDBOX_SBXD, beside sbx, or in $PATH); it exits after\n"
-    "5 idle minutes.\n";
+    "5 idle minutes. The per-user socket is used only when its directory is this user's alone\n"
+    "and the daemon on it runs as this user or root; a socket named with --socket or\n"
+    "$EXEC_SANDBOX_SOCKET may be any user's daemon (sbx status shows its uid).\n";
 
 static const char run_help[] =
     "Usage: sbx run [OPTIONS] [SOURCE...]\n"

@@ -175,18 +175,22 @@ int paths_dir_open(const char *path, uid_t uid, unsigned create_mode, sbx_err *e
         while (*p == '/')
             p++;
         size_t len = strcspn(p, "/");
-        bool last = p[len] == '\0' || p[len + strspn(p + len, "/")] == '\0';
         if (dir_trusted(fd, here, path, uid, len == 0, err) < 0)
             return -1;
-        if (len == 0)
-            return steal_fd(&fd);
+        if (len == 0) {
+            /* Opened for reading only once checked, so that the error above names the owner
+             * even where this uid may not read the directory. */
+            int dir = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (dir < 0)
+                return sbx_fail(err, errno, "open `%s`: %s", here, strerror(errno));
+            return dir;
+        }
         if (len > NAME_MAX || used + len + 2 > sizeof here)
             return sbx_fail(err, ENAMETOOLONG, "`%s`: path too long", path);
         char name[NAME_MAX + 1];
         memcpy(name, p, len);
         name[len] = '\0';
-        int next =
-            openat(fd, name, (last ? O_RDONLY : O_PATH) | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int next = openat(fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (next < 0)
             return sbx_fail(err, errno, "open `%s%s%s`: %s", here, used > 1 ? "/" : "", name,
                             strerror(errno));
