@@ -149,6 +149,9 @@ def accel_verdict_link_not_followed(c):
         j, r = c.run_json("print(1)", env=env, timeout=300)
         eq(j.get("stdout"), "1\n", "runs after the probe: " + r.err)
         wait_for(lambda: not os.path.islink(verdict), 30, "the verdict to be written")
+        ok("probing KVM with a test boot" in open(log).read(), "the verdict came from a probe")
+        print("    [" + [x for x in open(log).read().split("\n") if "accelerator: " in x][-1][-160:]
+              + "]")
     finally:
         p.terminate()
         p.wait(10)
