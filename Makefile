@@ -68,9 +68,10 @@ $(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) proto/*.h
 		$(BUILD)/gen/agent.pb-c.c -l:libprotobuf-c.a -l:libzstd.a -l:libcrypto.a
 
 # Unit tests (cmocka), built with ASan/UBSan.
-UNIT_TESTS = test_frame test_limits test_config test_cli_args test_balloon
+UNIT_TESTS = test_frame test_limits test_config test_cli_args test_balloon test_paths
 $(BUILD)/tests/test_frame: tests/unit/test_frame.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_limits: tests/unit/test_limits.c $(asan_COMMON_OBJ)
+$(BUILD)/tests/test_paths: tests/unit/test_paths.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_config: tests/unit/test_config.c $(BUILD)/asan/supervisor/config.o $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.o $(BUILD)/asan/libsbx.a
 $(BUILD)/tests/test_balloon: tests/unit/test_balloon.c $(BUILD)/asan/vmworker/balloon.o $(asan_COMMON_OBJ)

@@ -42,6 +42,7 @@ struct sbx_client {
     frame_reader rd;
     socket_path_buf socket_path;
     char server[128];
+    uint32_t daemon_uid; /* SO_PEERCRED of the connection */
 };
 
 static void reply_freep(Sbx__Control__Reply **r)
@@ -425,30 +426,33 @@ static int path_join(char *out, size_t n, const char *dir, const char *name)
     return (r < 0 || (size_t)r >= n) ? -1 : 0;
 }
 
-/* Start a private daemon on `sock` and return a connected fd in *out. */
-static int autostart(const char *sock, const sbx_connect_opts *o, int *out, sbx_error *err)
+/* The directory a socket path lives in. */
+static void socket_dir(const char *sock, char *dir, size_t n)
 {
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", sock);
+    snprintf(dir, n, "%s", sock);
     char *slash = strrchr(dir, '/');
     if (!slash)
-        snprintf(dir, sizeof dir, ".");
+        snprintf(dir, n, ".");
     else if (slash == dir)
         dir[1] = '\0';
     else
         *slash = '\0';
-    if (paths_mkdir_p(dir, 0700) < 0)
-        return fail(err, SBX_ERR_CONNECT, false, "create `%s`: %s", dir, strerror(errno));
+}
+
+/* Start a private daemon on `sock` and return a connected fd in *out. */
+static int autostart(const char *sock, const sbx_connect_opts *o, int *out, sbx_error *err)
+{
+    char dir[PATH_MAX];
+    socket_dir(sock, dir, sizeof dir);
     /* The socket is how this user's code reaches the daemon: in a directory others can write,
      * they could put their own socket in its place. */
-    struct stat st;
-    if (stat(dir, &st) < 0)
-        return fail(err, SBX_ERR_CONNECT, false, "stat `%s`: %s", dir, strerror(errno));
-    if (!S_ISDIR(st.st_mode) || st.st_uid != getuid() || (st.st_mode & (S_IWGRP | S_IWOTH)))
-        return fail(err, SBX_ERR_CONNECT, false,
-                    "will not start a daemon with its socket in `%s`: the directory must belong "
-                    "to this user and be writable by nobody else",
-                    dir);
+    sbx_err e = {0};
+    cleanup_close int dfd = paths_dir_open(dir, getuid(), 0700, &e);
+    if (dfd < 0)
+        return fail(err, SBX_ERR_PERMISSION, false,
+                    "will not start a daemon with its socket in `%s`: %s (it must be a directory "
+                    "of uid %u that nobody else can write)",
+                    dir, e.msg, (unsigned)getuid());
     char lock_path[PATH_MAX], log_path[PATH_MAX];
     if (path_join(lock_path, sizeof lock_path, dir, "autostart.lock") < 0 ||
         path_join(log_path, sizeof log_path, dir, "sbxd.log") < 0)
@@ -533,12 +537,33 @@ static int client_hello(sbx_client *c, const char *name, sbx_error *err)
     }
 }
 
+/* The per-user socket is found by name: before anything goes there, its directory must be this
+ * user's alone, or someone else could have put their own daemon's socket in it. A directory that
+ * does not exist yet is fine: the autostart creates it, and checks it. */
+static int user_socket_dir_trusted(const char *sock, sbx_error *err)
+{
+    char dir[PATH_MAX];
+    socket_dir(sock, dir, sizeof dir);
+    sbx_err e = {0};
+    cleanup_close int fd = paths_dir_open(dir, getuid(), 0, &e);
+    if (fd >= 0 || e.code == ENOENT)
+        return 0;
+    return fail(err, SBX_ERR_PERMISSION, false,
+                "refusing the per-user socket `%s`: %s, so nothing was sent to it. It must be a "
+                "directory of uid %u that nobody else can write: remove it, or name a daemon's "
+                "socket with --socket or EXEC_SANDBOX_SOCKET",
+                sock, e.msg, (unsigned)getuid());
+}
+
 int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *err)
 {
     static const sbx_connect_opts defaults;
     const sbx_connect_opts *o = opts ? opts : &defaults;
     *out = NULL;
     socket_path_buf path;
+    /* A socket the caller or $EXEC_SANDBOX_SOCKET names is the user's choice of daemon, whoever
+     * runs it; the implicit per-user one must be this user's own. */
+    bool named = (o->socket_path && *o->socket_path) || paths_socket_named();
     if (o->socket_path && *o->socket_path) {
         if (strlen(o->socket_path) >= sizeof path)
             return fail(err, SBX_ERR_CONNECT, false,
@@ -549,6 +574,8 @@ int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *er
         return fail(err, SBX_ERR_CONNECT, false,
                     "the default socket path is too long; set EXEC_SANDBOX_SOCKET");
     }
+    if (!named && user_socket_dir_trusted(path, err) < 0)
+        return -1;
 
     cleanup_close int fd = -1;
     int r = unix_connect(path, &fd);
@@ -562,9 +589,23 @@ int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *er
             return -1;
     }
 
+    struct ucred peer;
+    socklen_t peer_len = sizeof peer;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) < 0)
+        return fail(err, SBX_ERR_CONNECT, false, "connect to `%s`: SO_PEERCRED: %s", path,
+                    strerror(errno));
+    if (!named && peer.uid != getuid() && peer.uid != 0)
+        return fail(err, SBX_ERR_PERMISSION, false,
+                    "refusing the daemon on the per-user socket `%s`: it runs as uid %u, not as "
+                    "this user (uid %u) or root, so nothing was sent to it. Remove that socket if "
+                    "you did not expect it; to use another user's daemon, name its socket with "
+                    "--socket or EXEC_SANDBOX_SOCKET",
+                    path, (unsigned)peer.uid, (unsigned)getuid());
+
     cleanup_client sbx_client *c = calloc(1, sizeof *c);
     if (!c)
         return fail(err, SBX_ERR_INTERNAL, false, "out of memory");
+    c->daemon_uid = peer.uid;
     c->fd = steal_fd(&fd);
     c->next_id = 1;
     frame_reader_init(&c->rd, FRAME_MAX_WORKER);
@@ -1650,6 +1691,7 @@ int sbx_status(sbx_client *c, sbx_status_info *out, sbx_error *err)
     out->uptime_ms = s->uptime_ms;
     copy_text(out->images_dir, sizeof out->images_dir, s->images_dir);
     out->pid = s->pid;
+    out->daemon_uid = c->daemon_uid;
     out->sessions = s->sessions;
     copy_text(out->cgroup_mode, sizeof out->cgroup_mode, s->cgroup_mode);
     out->warm_pool_size = s->warm_pool_size;

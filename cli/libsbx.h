@@ -71,7 +71,11 @@ typedef struct {
 } sbx_connect_opts;
 
 /* Connect to sbxd at socket_path (NULL: the default) and say Hello. flags: SBX_CONNECT_*.
- * On success *out holds a client to release with sbx_close. */
+ * On success *out holds a client to release with sbx_close.
+ * The implicit per-user socket (no socket_path, no $EXEC_SANDBOX_SOCKET) is trusted only when its
+ * directory belongs to this user and nobody else can write it, and the daemon on it runs as this
+ * user or root (SO_PEERCRED); otherwise SBX_ERR_PERMISSION, before a single byte is sent. A socket
+ * named by socket_path or $EXEC_SANDBOX_SOCKET may be served by any uid: sbx_status reports it. */
 int sbx_connect(const char *socket_path, unsigned flags, sbx_client **out, sbx_error *err);
 /* The same, with a progress callback and a client name. */
 int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *err);
@@ -175,6 +179,7 @@ typedef struct {
     uint64_t uptime_ms;          /* time since start */
     char images_dir[1024];       /* where the daemon looks for kernel and images */
     uint32_t pid;                /* the daemon's process id */
+    uint32_t daemon_uid;         /* the uid it runs as, from SO_PEERCRED of this connection */
     uint32_t sessions;           /* sessions open now */
     char cgroup_mode[8];         /* how VMs are confined: "v2", "v1" or "none" */
     uint32_t warm_pool_size;     /* configured pool VMs per pooled language (0: no pool) */

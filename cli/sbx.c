@@ -38,7 +38,9 @@ static const char main_help[] =
     "\n"
     "If no daemon listens on the socket, `sbx run` and `sbx session new` start a private one\n"
     "for this user (sbxd from $EXEC_SANDBOX_SBXD, beside sbx, or in $PATH); it exits after\n"
-    "5 idle minutes.\n";
+    "5 idle minutes. The per-user socket is used only when its directory is this user's alone\n"
+    "and the daemon on it runs as this user or root; a socket named with --socket or\n"
+    "$EXEC_SANDBOX_SOCKET may be any user's daemon (sbx status shows its uid).\n";
 
 static const char run_help[] =
     "Usage: sbx run [OPTIONS] [SOURCE...]\n"
@@ -1176,7 +1178,7 @@ static int cmd_status(const args *a)
                                                    (int)s.snapshots[i].retry_in_s));
         return json_print(json_pack(
                    "{s:b, s:o, s:o, s:i, s:o, s:o, s:i, s:i, s:i, s:I, s:I, s:o, s:i, s:o, s:i, "
-                   "s:i, s:i, s:I, s:b, s:o, s:o}",
+                   "s:i, s:i, s:I, s:b, s:o, s:o, s:I}",
                    "running", 1, "socket", json_text(path), "version", json_text(s.version), "pid",
                    (int)s.pid, "accelerator", json_text(s.accelerator), "accel_reason",
                    json_text(s.accel_reason), "running_vms", (int)s.running_vms, "queued",
@@ -1186,13 +1188,14 @@ static int cmd_status(const args *a)
                    json_text(s.cgroup_mode), "warm_pool_size", (int)s.warm_pool_size, "pool_ready",
                    (int)s.pool_ready, "pool_booting", (int)s.pool_booting, "pool_memory_mb",
                    (json_int_t)s.pool_memory_mb, "snapshots_enabled", (int)s.snapshots_enabled,
-                   "snapshot_dir", json_text(s.snapshot_dir), "snapshots", snaps)) < 0
+                   "snapshot_dir", json_text(s.snapshot_dir), "snapshots", snaps, "uid",
+                   (json_int_t)s.daemon_uid)) < 0
                    ? EXIT_SANDBOX
                    : 0;
     }
     char up[48];
     fmt_duration(up, sizeof up, s.uptime_ms);
-    printf("sbxd         %s (pid %u), up %s\n", s.version, s.pid, up);
+    printf("sbxd         %s (pid %u, uid %u), up %s\n", s.version, s.pid, s.daemon_uid, up);
     printf("socket       %s\n", path);
     printf("accelerator  %s%s%s%s\n", s.accelerator[0] ? s.accelerator : "not probed yet",
            s.accel_reason[0] ? " (" : "", s.accel_reason, s.accel_reason[0] ? ")" : "");

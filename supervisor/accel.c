@@ -39,10 +39,9 @@ static void decide(const char *v, const char *fmt, ...)
     slog("accelerator: %s (%s)", verdict, reason);
 }
 
-static void cache_path(char *out, size_t n)
-{
-    snprintf(out, n, "%s/accel-verdict", cfg.cache_dir);
-}
+/* In the cache directory, which main() checked at start and which is checked again on each
+ * use; the file is read and written through the directory's fd, never through a link. */
+#define VERDICT_FILE "accel-verdict"
 
 /* What identifies the QEMU binary (resolved to an absolute path at start-up) for the cache key. */
 static void qemu_identity(char *out, size_t n)
@@ -64,15 +63,22 @@ void accel_init(void)
         decide("kvm", "configured");
         return;
     }
-    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (fd < 0) {
-        decide("tcg", "auto: /dev/kvm not usable (%s)", strerror(errno));
-        return;
+    struct stat st = {0};
+    int api = KVM_API_VERSION;
+    /* Test hook: a host without KVM still runs the probe (which then fails for real), so that
+     * the tests reach the verdict cache on any host. */
+    if (cfg.test_hooks && getenv("EXEC_SANDBOX_TEST_ASSUME_KVM")) {
+        slog("test hook: probing KVM without looking at /dev/kvm");
+    } else {
+        int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+        if (kvm < 0) {
+            decide("tcg", "auto: /dev/kvm not usable (%s)", strerror(errno));
+            return;
+        }
+        api = ioctl(kvm, KVM_GET_API_VERSION, 0);
+        fstat(kvm, &st);
+        close(kvm);
     }
-    int api = ioctl(fd, KVM_GET_API_VERSION, 0);
-    struct stat st;
-    fstat(fd, &st);
-    close(fd);
     if (api != KVM_API_VERSION) {
         decide("tcg", "auto: /dev/kvm reports API %d", api);
         return;
@@ -87,9 +93,16 @@ void accel_init(void)
     uname(&u);
     snprintf(cache_key, sizeof cache_key, "qemu=%.400s kernel=%.400s host=%.64s kvm=%llx", qemu,
              kernel, u.release, (unsigned long long)st.st_rdev);
-    char path[600], line[1600];
-    cache_path(path, sizeof path);
-    cleanup_fclose FILE *f = fopen(path, "re");
+    char line[1600];
+    sbx_err err = {0};
+    cleanup_close int dir = paths_dir_open(cfg.cache_dir, geteuid(), 0, &err);
+    cleanup_close int fd =
+        dir < 0 ? -1 : paths_open_read_at(dir, cfg.cache_dir, VERDICT_FILE, geteuid(), &err);
+    cleanup_fclose FILE *f = fd < 0 ? NULL : fdopen(fd, "r");
+    if (f)
+        steal_fd(&fd); /* the FILE owns it now */
+    else if (err.code != ENOENT)
+        slog("accelerator: cached verdict not used: %s", err.msg);
     if (f && fgets(line, sizeof line, f)) {
         line[strcspn(line, "\n")] = '\0';
         char v[8] = "", why[600] = "";
@@ -123,18 +136,15 @@ void accel_probe_done(bool booted, const char *why)
         decide("kvm", "auto: a probe VM booted on KVM");
     else
         decide("tcg", "auto: a probe VM failed on KVM (%s)", why);
-    char path[600], tmp[620];
-    cache_path(path, sizeof path);
-    snprintf(tmp, sizeof tmp, "%s.%d", path, (int)getpid());
-    paths_mkdir_p(cfg.cache_dir, 0755);
-    FILE *f = fopen(tmp, "we");
-    if (f) {
-        fprintf(f, "%s\n%s %s\n", cache_key, verdict, booted ? "probe booted" : "probe failed");
-        if (fclose(f) == 0)
-            rename(tmp, path);
-        else
-            unlink(tmp);
-    }
+    char text[sizeof cache_key + 64];
+    int len = snprintf(text, sizeof text, "%s\n%s %s\n", cache_key, verdict,
+                       booted ? "probe booted" : "probe failed");
+    sbx_err err = {0};
+    cleanup_close int dir = paths_dir_open(cfg.cache_dir, geteuid(), 0700, &err);
+    if (dir < 0 ||
+        paths_write_at(dir, cfg.cache_dir, VERDICT_FILE, text,
+                       len < (int)sizeof text ? (size_t)len : sizeof text - 1, 0644, &err) < 0)
+        slog("warning: accelerator verdict not cached: %s", err.msg);
     sched_pump();
 }
 

@@ -52,7 +52,8 @@ static const struct key keys[] = {
     STR(socket, "control socket path"),
     STR(accel, "auto | kvm | tcg"),
     STR(qemu, "qemu-system-x86_64 binary"),
-    STR(cache_dir, "cache directory"),
+    STR(cache_dir, "cache directory, uid's own, not writable by others (default: "
+                   "~/.cache/exec-sandbox; without $HOME: /var/cache/exec-sandbox for root)"),
     U32(idle_exit_seconds, 0, 86400, "exit after this long with no clients and no VMs (0: never)"),
     U32(queue_timeout_seconds, 1, 3600, "how long a run waits for a free VM slot"),
     U32(boot_timeout_seconds, 1, 600, "how long a VM may take to boot"),
@@ -291,8 +292,8 @@ int config_load(sbx_config *c, int argc, char **argv, sbx_err *err)
         return sbx_fail(err, ENOTSUP,
                         "s3_bucket: the S3 snapshot cache is not available in this "
                         "version");
-    if (!c->cache_dir[0] && paths_cache_dir(c->cache_dir, sizeof c->cache_dir) < 0)
-        return sbx_fail(err, ENAMETOOLONG, "cache directory path too long");
+    if (!c->cache_dir[0] && paths_cache_dir(c->cache_dir, sizeof c->cache_dir, err) < 0)
+        return -1;
     if (!c->images_dir[0] && snprintf(c->images_dir, sizeof c->images_dir, "%s/images",
                                       c->cache_dir) >= (int)sizeof c->images_dir)
         return sbx_fail(err, ENAMETOOLONG, "images directory path too long");

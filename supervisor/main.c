@@ -1,7 +1,7 @@
 /* sbxd: the supervisor. One libev loop owns the control socket, the queue of runs, and one
  * sbx-vmworker per VM; it never runs QEMU itself and survives any worker's death. */
 #include <dirent.h>
-#include <ftw.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -61,14 +61,9 @@ static void stop_cb(EV_P_ ev_signal *w, int revents)
     ev_break(EV_A_ EVBREAK_ALL);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (flag == FTW_DP ? rmdir : unlink)(path);
-    return 0;
-}
-
 /* A daemon that died (SIGKILL, a crash) could not remove its run directory: the next one does,
- * for every one whose pid is gone. */
+ * for every one whose pid is gone. Its VMs' subdirectories belonged to their uids, so the walk
+ * goes through fds and never follows a link. */
 static void remove_stale_run_dirs(void)
 {
     DIR *d = opendir("/tmp");
@@ -82,12 +77,14 @@ static void remove_stale_run_dirs(void)
             continue;
         if (kill(pid, 0) == 0 || errno != ESRCH)
             continue;
-        char path[300];
         struct stat st;
-        snprintf(path, sizeof path, "/tmp/%s", e->d_name);
-        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == getuid()) {
-            nftw(path, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
-            slog("removed %s, left by sbxd %d that is gone", path, pid);
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode) &&
+            st.st_uid == geteuid()) {
+            if (paths_rm_tree_at(dirfd(d), e->d_name, 16) < 0)
+                slog("warning: remove /tmp/%s, left by sbxd %d that is gone: %s", e->d_name, pid,
+                     strerror(errno));
+            else
+                slog("removed /tmp/%s, left by sbxd %d that is gone", e->d_name, pid);
         }
     }
     closedir(d);
@@ -111,6 +108,18 @@ int main(int argc, char **argv)
         return 1;
     }
     memcpy(cfg.qemu, qemu, sizeof qemu);
+    /* State (the accelerator verdict, snapshots, images by default) lives only where nobody
+     * else can change it: created 0700 when missing, refused when another uid owns it or
+     * others can write it. */
+    int cache = paths_dir_open(cfg.cache_dir, geteuid(), 0700, &err);
+    if (cache < 0) {
+        fprintf(stderr,
+                "sbxd: cache directory: %s (set EXEC_SANDBOX_CACHE_DIR, cache_dir or --cache-dir "
+                "to a directory of uid %u that others cannot write, e.g. mode 0700)\n",
+                err.msg, (unsigned)geteuid());
+        return 1;
+    }
+    close(cache);
     if (cfg.log[0] && !freopen(cfg.log, "ae", stderr)) {
         fprintf(stdout, "sbxd: open log `%s`: %s\n", cfg.log, strerror(errno));
         return 1;
@@ -121,10 +130,18 @@ int main(int argc, char **argv)
 
     remove_stale_run_dirs();
     snprintf(run_base, sizeof run_base, "/tmp/sbxd-%d-XXXXXX", (int)getpid());
+    /* mkdtemp: mode 0700, and a name nobody had (mkdir fails on one that exists). */
     if (!mkdtemp(run_base)) {
         fprintf(stderr, "sbxd: create run directory: %s\n", strerror(errno));
         return 1;
     }
+    int run = paths_dir_open(run_base, geteuid(), 0, &err);
+    if (run < 0) {
+        fprintf(stderr, "sbxd: run directory: %s\n", err.msg);
+        rmdir(run_base);
+        return 1;
+    }
+    close(run);
     struct ev_loop *loop = EV_DEFAULT;
     if (control_listen(&err) < 0) {
         fprintf(stderr, "sbxd: %s\n", err.msg);

@@ -71,18 +71,11 @@ static const vm_owner_ops template_ops;
 
 /* ---- files -------------------------------------------------------------------------------- */
 
-/* Our snapshot directories hold plain files only. */
+/* Our snapshot directories hold plain files only; a template's staging directory belonged to
+ * its VM's uid, so nothing in it is followed. */
 static void rm_dir(const char *path)
 {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-                unlinkat(dirfd(d), e->d_name, 0);
-        closedir(d);
-    }
-    if (rmdir(path) < 0 && errno != ENOENT)
+    if (paths_rm_tree_at(AT_FDCWD, path, 1) < 0)
         slog("memory snapshots: remove `%s`: %s", path, strerror(errno));
 }
 
@@ -386,30 +379,35 @@ static void publish(snap *s, const Sbx__Worker__SnapshotSaved *sv)
         slog("warning: memory snapshot %s: the template's files are missing or wrong", s->name);
         return;
     }
-    char p[PATH_MAX], tmp[PATH_MAX], sum[65];
+    char p[PATH_MAX], sum[65];
     snprintf(p, sizeof p, "%s/state", s->staging);
     if (file_sha256(p, SNAP_STATE_MAX, sum) < 0) {
         slog("warning: memory snapshot %s: read the template's state file: %s", s->name,
              strerror(errno));
         return;
     }
-    snprintf(p, sizeof p, "%s/meta", s->staging);
-    snprintf(tmp, sizeof tmp, "%s/meta.tmp", s->staging);
-    FILE *f = fopen(tmp, "we");
-    if (!f)
+    /* The staging directory still belongs to the template VM's uid here: meta goes in through
+     * its fd, as a new file that nothing planted there can redirect. */
+    char meta[SNAP_META_MAX];
+    int len =
+        snprintf(meta, sizeof meta,
+                 "# exec-sandbox memory snapshot (supervisor/snapshot.c)\nkey = %s\nlanguage = %s\n"
+                 "memory_mb = %u\nboot_id = %s\nmem_bytes = %llu\nstate_bytes = %llu\n"
+                 "state_sha256 = %s\nqemu_version = %.200s\ncreated = %lld\nboot_ms = %llu\n"
+                 "warm_ms = %llu\nsave_ms = %llu\n",
+                 s->built_key, s->language, s->memory_mb, boot_id, (unsigned long long)mem_bytes,
+                 (unsigned long long)state_bytes, sum, sv->qemu_version ? sv->qemu_version : "",
+                 (long long)time(NULL), (unsigned long long)sv->boot_ms,
+                 (unsigned long long)sv->warm_ms, (unsigned long long)sv->save_ms);
+    sbx_err err = {0};
+    cleanup_close int dir = open(s->staging, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (len < 0 || (size_t)len >= sizeof meta) {
+        slog("warning: memory snapshot %s: meta over %d bytes", s->name, SNAP_META_MAX);
         return;
-    fprintf(f,
-            "# exec-sandbox memory snapshot (supervisor/snapshot.c)\nkey = %s\nlanguage = %s\n"
-            "memory_mb = %u\nboot_id = %s\nmem_bytes = %llu\nstate_bytes = %llu\n"
-            "state_sha256 = %s\nqemu_version = %s\ncreated = %lld\nboot_ms = %llu\n"
-            "warm_ms = %llu\nsave_ms = %llu\n",
-            s->built_key, s->language, s->memory_mb, boot_id, (unsigned long long)mem_bytes,
-            (unsigned long long)state_bytes, sum, sv->qemu_version ? sv->qemu_version : "",
-            (long long)time(NULL), (unsigned long long)sv->boot_ms, (unsigned long long)sv->warm_ms,
-            (unsigned long long)sv->save_ms);
-    if (fclose(f) != 0 || chmod(tmp, 0444) < 0 || rename(tmp, p) < 0) {
-        slog("warning: memory snapshot %s: write `%s`: %s", s->name, p, strerror(errno));
-        unlink(tmp);
+    }
+    if (dir < 0 || paths_write_at(dir, s->staging, "meta", meta, (size_t)len, 0444, &err) < 0) {
+        slog("warning: memory snapshot %s: write meta: %s", s->name,
+             dir < 0 ? strerror(errno) : err.msg);
         return;
     }
     if ((geteuid() == 0 && chown(s->staging, 0, 0) < 0) || chmod(s->staging, 0755) < 0)
@@ -482,21 +480,19 @@ void snapshot_init(void)
         r = snprintf(base, sizeof base, "%s", cfg.snapshot_cache_dir);
     else
         r = snprintf(base, sizeof base, "%s/snapshots", cfg.cache_dir);
-    struct stat st;
     if (r < 0 || (size_t)r >= sizeof base - 200) {
         slog("warning: memory snapshots off: directory path too long");
         return;
     }
-    if (paths_mkdir_p(base, 0700) < 0 || lstat(base, &st) < 0) {
-        slog("warning: memory snapshots off: create `%s`: %s", base, strerror(errno));
+    sbx_err err = {0};
+    int dir = paths_dir_open(base, geteuid(), 0700, &err);
+    if (dir < 0) {
+        slog("warning: memory snapshots off: %s (snapshot_cache_dir must be a directory of uid %u "
+             "that others cannot write)",
+             err.msg, (unsigned)geteuid());
         return;
     }
-    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022)) {
-        slog("warning: memory snapshots off: `%s` must be a directory of uid %u that others "
-             "cannot write",
-             base, (unsigned)geteuid());
-        return;
-    }
+    close(dir);
     int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
     ssize_t n = fd >= 0 ? read(fd, boot_id, sizeof boot_id - 1) : -1;
     if (fd >= 0)
