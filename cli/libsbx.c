@@ -1711,6 +1711,21 @@ int sbx_status(sbx_client *c, sbx_status_info *out, sbx_error *err)
         out->snapshots[i].retry_in_s = x->retry_in_s;
         out->n_snapshots = (uint32_t)i + 1;
     }
+    const Sbx__Control__StatusLimits *l = s->limits;
+    if (l) {
+        out->limits.connections = l->connections;
+        out->limits.max_connections = l->max_connections;
+        out->limits.hello_timeout_seconds = l->hello_timeout_seconds;
+        out->limits.frame_timeout_seconds = l->frame_timeout_seconds;
+        out->limits.max_queued = l->max_queued;
+        out->limits.queue_timeout_seconds = l->queue_timeout_seconds;
+        out->limits.max_session_queue = l->max_session_queue;
+        out->limits.max_client_buffer_mb = l->max_client_buffer_mb;
+        out->limits.max_session_upload_mb = l->max_session_upload_mb;
+        out->limits.run_grace_seconds = l->run_grace_seconds;
+        out->limits.connections_refused = l->connections_refused;
+        out->limits.clients_dropped = l->clients_dropped;
+    }
     return 0;
 }
 

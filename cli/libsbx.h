@@ -197,6 +197,16 @@ typedef struct {
         uint64_t disk_mb;    /* ready: its RAM file's size on disk */
         uint32_t retry_in_s; /* failed: seconds until it may be built again */
     } snapshots[SBX_STATUS_SNAPSHOTS_MAX];
+    /* What one local peer may hold (sbxd's config keys of the same names), and how often the
+     * bounds were hit. */
+    struct {
+        uint32_t connections; /* open now */
+        uint32_t max_connections, hello_timeout_seconds, frame_timeout_seconds;
+        uint32_t max_queued, queue_timeout_seconds, max_session_queue;
+        uint32_t max_client_buffer_mb, max_session_upload_mb, run_grace_seconds;
+        uint64_t connections_refused; /* closed at accept */
+        uint64_t clients_dropped;     /* dropped for not reading their replies */
+    } limits;
 } sbx_status_info;
 
 /* Ask the daemon for its status. */

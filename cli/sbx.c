@@ -1166,7 +1166,18 @@ static int cmd_status(const args *a)
         print_error(&e);
         return EXIT_SANDBOX;
     }
+    const __typeof__(s.limits) *l = &s.limits;
     if (a->json) {
+        json_t *limits = json_pack(
+            "{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I}", "connections",
+            (int)l->connections, "max_connections", (int)l->max_connections,
+            "hello_timeout_seconds", (int)l->hello_timeout_seconds, "frame_timeout_seconds",
+            (int)l->frame_timeout_seconds, "max_queued", (int)l->max_queued,
+            "queue_timeout_seconds", (int)l->queue_timeout_seconds, "max_session_queue",
+            (int)l->max_session_queue, "max_client_buffer_mb", (int)l->max_client_buffer_mb,
+            "max_session_upload_mb", (int)l->max_session_upload_mb, "run_grace_seconds",
+            (int)l->run_grace_seconds, "connections_refused", (json_int_t)l->connections_refused,
+            "clients_dropped", (json_int_t)l->clients_dropped);
         json_t *snaps = json_array();
         for (uint32_t i = 0; i < s.n_snapshots; i++)
             json_array_append_new(snaps, json_pack("{s:o, s:o, s:i, s:o, s:I, s:i}", "name",
@@ -1178,7 +1189,7 @@ static int cmd_status(const args *a)
                                                    (int)s.snapshots[i].retry_in_s));
         return json_print(json_pack(
                    "{s:b, s:o, s:o, s:i, s:o, s:o, s:i, s:i, s:i, s:I, s:I, s:o, s:i, s:o, s:i, "
-                   "s:i, s:i, s:I, s:b, s:o, s:o, s:I}",
+                   "s:i, s:i, s:I, s:b, s:o, s:o, s:I, s:o}",
                    "running", 1, "socket", json_text(path), "version", json_text(s.version), "pid",
                    (int)s.pid, "accelerator", json_text(s.accelerator), "accel_reason",
                    json_text(s.accel_reason), "running_vms", (int)s.running_vms, "queued",
@@ -1189,7 +1200,7 @@ static int cmd_status(const args *a)
                    (int)s.pool_ready, "pool_booting", (int)s.pool_booting, "pool_memory_mb",
                    (json_int_t)s.pool_memory_mb, "snapshots_enabled", (int)s.snapshots_enabled,
                    "snapshot_dir", json_text(s.snapshot_dir), "snapshots", snaps, "uid",
-                   (json_int_t)s.daemon_uid)) < 0
+                   (json_int_t)s.daemon_uid, "limits", limits)) < 0
                    ? EXIT_SANDBOX
                    : 0;
     }
@@ -1218,6 +1229,14 @@ static int cmd_status(const args *a)
         putchar('\n');
     }
     printf("runs         %" PRIu64 "\n", s.runs_total);
+    printf("connections  %u open of %u; Hello within %u s, a frame within %u s; %" PRIu64
+           " refused, %" PRIu64 " dropped for not reading (over %u MiB)\n",
+           l->connections, l->max_connections, l->hello_timeout_seconds, l->frame_timeout_seconds,
+           l->connections_refused, l->clients_dropped, l->max_client_buffer_mb);
+    printf("queues       %u runs may wait, %u s each; %u requests per session, %u MiB of "
+           "uploads; sbxd's deadline: timeout + %u s\n",
+           l->max_queued, l->queue_timeout_seconds, l->max_session_queue, l->max_session_upload_mb,
+           l->run_grace_seconds);
     if (s.cgroup_mode[0])
         printf("cgroups      %s\n", s.cgroup_mode);
     printf("images       %s\n", s.images_dir);

@@ -58,7 +58,7 @@ static const struct key keys[] = {
     U32(queue_timeout_seconds, 1, 3600, "how long a run waits for a free VM slot"),
     U32(boot_timeout_seconds, 1, 600, "how long a VM may take to boot"),
     STR(log, "log file (default: stderr)"),
-    U32(vm_uid_base, 100000, 4000000000u, "first uid of the range VMs run as (no qemu-vm user)"),
+    U32(vm_uid_base, 100000, 4000000000u, "first of the 65536 uids VMs run as (one per live VM)"),
     STR(allowed_uids, "uids allowed on the control socket, comma-separated (default: own + 0)"),
     BOOL(test_hooks, "honour test-only triggers (tests only)"),
     BOOL(snapshots, "start VMs from memory snapshots, built in the background (default: on)"),

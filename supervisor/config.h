@@ -32,7 +32,7 @@ typedef struct {
     uint32_t queue_timeout_seconds; /* how long a run may wait for a VM slot */
     uint32_t boot_timeout_seconds;
     char log[512];
-    uint32_t vm_uid_base;   /* first of 65536 uids for VMs when no qemu-vm user exists */
+    uint32_t vm_uid_base;   /* first of 65536 uids, one per live VM (sbxd as root) */
     char allowed_uids[256]; /* comma-separated uids allowed on the control socket */
     bool test_hooks;        /* test-only triggers; never in production */
     bool snapshots;         /* start VMs from memory snapshots (supervisor/snapshot.c) */
