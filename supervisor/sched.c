@@ -231,8 +231,9 @@ static void deadline_cb(EV_P_ ev_timer *w, int revents)
     slog("vm %llu: its worker did not answer within %u s; killing it", (unsigned long long)j->seq,
          j->deadline_s);
     job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT, true,
-              "the VM did not answer within %u s (its timeout plus %u s of grace); it was killed",
-              j->deadline_s, cfg.run_grace_seconds);
+              "the VM did not answer within %u s (its time limits plus run_grace_seconds); it was "
+              "killed",
+              j->deadline_s);
     if (j->pid > 0)
         kill(j->pid, SIGKILL); /* its exit (child_cb) frees the job and reports to the owner */
 }
