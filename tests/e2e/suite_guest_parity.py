@@ -98,10 +98,10 @@ def guest_parity_env_blocklist_any_case(c):
         ok(f"`{name}`" in r.err and "not allowed" in r.err,
            f"the message names {name} and says it is refused: {r.err!r}")
         eq(r.out, "", f"nothing ran for -e {name}")
-    # The same check in a session exec, refused before anything reaches a VM.
-    r = c.sbx("session", "exec", "-q", "-e", "ld_preload=/tmp/x", "0" * 32, "print(1)")
-    eq(r.returncode, 2, f"session exec -e ld_preload: {r.err}")
-    ok("`ld_preload`" in r.err and "not allowed" in r.err, "session exec message: " + r.err)
+    # A session's variables (given when it opens): the same check, before any VM starts.
+    r = c.sbx("session", "new", "-e", "Ld_Preload=/tmp/x")
+    eq((r.returncode, r.out), (2, ""), f"session new -e Ld_Preload: {r.err}")
+    ok("`Ld_Preload`" in r.err and "not allowed" in r.err, "session new message: " + r.err)
 
 
 # --- (c) the kernel command line ------------------------------------------------------------------
