@@ -314,6 +314,40 @@ static int boot_switch_root(sbx_err *err)
     return 0;
 }
 
+/* The kernel command line is the host's business (what it tunes, and any parameter it may
+ * one day pass to the agent): the code (uid 1000) must not read it. An empty, read-only file is
+ * bind-mounted over each file that shows it. The code cannot unmount it (no capabilities); in a
+ * user namespace of its own the copy of this mount is locked to what it covers, and a fresh
+ * proc instance there is refused because this one is not fully visible. The kernel log holds
+ * the line as well ("Kernel command line: ..."): dmesg_restrict puts syslog(2) behind
+ * CAP_SYSLOG. Any failure is fatal: a VM that would show the line does not serve code. */
+static int boot_hide_cmdline(sbx_err *err)
+{
+    static const struct {
+        const char *path;
+        bool required; /* bootconfig exists only with CONFIG_BOOT_CONFIG */
+    } shown[] = {{"/proc/cmdline", true}, {"/proc/bootconfig", false}};
+    static const char empty[] = AGENT_CODE_DIR "/empty";
+    cleanup_close int fd =
+        open(empty, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, (mode_t)0444);
+    if (fd < 0)
+        return sbx_fail(err, errno, "create `%s`: %s", empty, strerror(errno));
+    for (size_t i = 0; i < ARRAY_LEN(shown); i++) {
+        const char *p = shown[i].path;
+        if (!shown[i].required && access(p, F_OK) < 0 && errno == ENOENT)
+            continue;
+        /* A bind mount takes the flags of its source's mount; read-only needs a remount. */
+        if (mount(empty, p, NULL, MS_BIND, NULL) < 0 ||
+            mount(NULL, p, NULL,
+                  MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+            return sbx_fail(err, errno, "cover `%s`: %s", p, strerror(errno));
+    }
+    cleanup_close int dr = open("/proc/sys/kernel/dmesg_restrict", O_WRONLY | O_CLOEXEC);
+    if (dr < 0 || write(dr, "1", 1) != 1)
+        return sbx_fail(err, errno, "set kernel.dmesg_restrict: %s", strerror(errno));
+    return 0;
+}
+
 /* ---- state -------------------------------------------------------------------------------- */
 
 struct run {
@@ -593,11 +627,30 @@ static pid_t run_spawn_oneshot(const Sbx__Agent__Exec *x, int fd[2], sbx_err *er
 static void agent_reap(struct agent *a);
 static void agent_warm_done(struct agent *a, struct repl *rp, bool ok);
 
-static int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *x, sbx_err *err)
+/* Editors on some systems save UTF-8 with a byte-order mark. Python and Bun skip one; bash
+ * takes it as part of the first word ("\xef\xbb\xbfecho: command not found"). One place for all
+ * languages, one-shot and REPL alike: the code handed to any interpreter starts after the mark.
+ * Only one, at the very start: a mark anywhere else is the code's own business. Code that was
+ * only a mark becomes empty, which every interpreter runs as nothing (exit 0). */
+static ProtobufCBinaryData run_code_without_bom(ProtobufCBinaryData code)
+{
+    static const uint8_t bom[] = {0xEF, 0xBB, 0xBF};
+    if (code.len >= sizeof bom && !memcmp(code.data, bom, sizeof bom)) {
+        code.data += sizeof bom;
+        code.len -= sizeof bom;
+    }
+    return code;
+}
+
+static int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *in, sbx_err *err)
 {
     struct run *r = &a->run;
-    if (run_validate(x, err) < 0)
+    if (run_validate(in, err) < 0)
         return -1;
+    /* A shallow copy, read only: the fields still point into the unpacked message. */
+    Sbx__Agent__Exec stripped = *in;
+    stripped.code = run_code_without_bom(in->code);
+    const Sbx__Agent__Exec *x = &stripped;
     int fd[2] = {-1, -1};
     struct repl *rp = NULL;
     bool reset = false;
@@ -1101,7 +1154,7 @@ int main(int argc, char **argv)
         agent_fatal("%s", err.msg);
     /* The REPL wrappers stay in the initramfs, which the root switch puts out of reach. */
     repl_set_source(open("/repl", O_PATH | O_DIRECTORY | O_CLOEXEC));
-    if (boot_switch_root(&err) < 0)
+    if (boot_switch_root(&err) < 0 || boot_hide_cmdline(&err) < 0)
         agent_fatal("%s", err.msg);
     frame_reader_init(&a.ch.rd, FRAME_MAX_AGENT);
     agent_loop(&a);

@@ -36,6 +36,12 @@ int sandbox_env(struct env_list *e, Sbx__Agent__EnvVar **vars, size_t nvars, sbx
         "LANG=C.UTF-8",
         "TERM=dumb",
         "TMPDIR=/tmp",
+        /* Python's cap on int<->str conversions (4300 digits, a guard for servers that parse
+         * untrusted numbers) is lifted, as in the reference's image: here the code is the
+         * untrusted party and its own CPU time is already bounded. In the environment rather
+         * than in the REPL wrapper, so that one-shot runs, the REPL (and with it every VM
+         * restored from its snapshot) and any python3 the code starts all get it. */
+        "PYTHONINTMAXSTRDIGITS=0",
     };
     e->v = calloc(ARRAY_LEN(base) + nvars + 1, sizeof *e->v);
     if (!e->v)

@@ -47,12 +47,31 @@ int limits_check_memory(uint32_t mb, char *err, size_t errlen)
 }
 
 /* Names that would let the caller change how the interpreter or the dynamic loader starts,
- * rather than pass data to the code. */
+ * rather than pass data to the code. Compared without regard to letter case: the names that
+ * matter are upper case, but a refusal that `ld_preload` slips past reads as a hole to anyone
+ * checking it, and the reference refuses every spelling too. */
 static const char *const denied_env[] = {
     "PATH",      "HOME",        "USER",           "SHELL",         "IFS",           "BASH_ENV",
     "ENV",       "PYTHONPATH",  "PYTHONHOME",     "PYTHONSTARTUP", "PYTHONINSPECT", "NODE_OPTIONS",
     "NODE_PATH", "BUN_OPTIONS", "PROMPT_COMMAND", "SHELLOPTS",     "BASHOPTS",
 };
+
+/* Does key start with prefix (upper case), in any letter case? ASCII only, whatever the
+ * process's locale (strcasecmp follows LC_CTYPE); key holds only [A-Za-z0-9_] by then. */
+static bool env_name_starts(const char *key, const char *prefix)
+{
+    for (; *prefix; key++, prefix++) {
+        char c = *key >= 'a' && *key <= 'z' ? (char)(*key - 'a' + 'A') : *key;
+        if (c != *prefix)
+            return false;
+    }
+    return true;
+}
+
+static bool env_name_is(const char *key, const char *name)
+{
+    return strlen(key) == strlen(name) && env_name_starts(key, name);
+}
 
 int limits_check_env(const char *key, const char *value, char *err, size_t errlen)
 {
@@ -75,12 +94,12 @@ int limits_check_env(const char *key, const char *value, char *err, size_t errle
             return -1;
         }
     }
-    if (!strncmp(key, "LD_", 3)) {
+    if (env_name_starts(key, "LD_")) {
         snprintf(err, errlen, "environment variable `%.64s` is not allowed (dynamic loader)", key);
         return -1;
     }
     for (size_t i = 0; i < sizeof denied_env / sizeof denied_env[0]; i++)
-        if (!strcmp(key, denied_env[i])) {
+        if (env_name_is(key, denied_env[i])) {
             snprintf(err, errlen,
                      "environment variable `%s` is not allowed (it changes how the "
                      "sandbox starts the code)",

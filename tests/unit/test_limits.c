@@ -56,6 +56,19 @@ static void test_env(void **state)
                             "NODE_OPTIONS", "BASH_ENV",        "PYTHONHOME", "HOME"};
     for (size_t i = 0; i < ARRAY_LEN(denied); i++)
         assert_int_equal(limits_check_env(denied[i], "x", msg, sizeof msg), -1);
+    /* The blocklist holds in any letter case, with a message that names the variable. */
+    const char *spellings[] = {"ld_preload", "Ld_Preload", "lD_lIbRaRy_PaTh", "path",
+                               "Path",       "pythonpath", "node_options",    "Bash_Env",
+                               "ifs",        "bun_options"};
+    for (size_t i = 0; i < ARRAY_LEN(spellings); i++) {
+        assert_int_equal(limits_check_env(spellings[i], "x", msg, sizeof msg), -1);
+        assert_non_null(strstr(msg, spellings[i]));
+        assert_non_null(strstr(msg, "not allowed"));
+    }
+    /* ...but only those names: a prefix, a suffix or a near miss is data. */
+    const char *fine[] = {"LD", "ld", "LDX_A", "PATHS", "my_path", "PYTHONPATH2", "HOMEDIR", "E"};
+    for (size_t i = 0; i < ARRAY_LEN(fine); i++)
+        assert_int_equal(limits_check_env(fine[i], "x", msg, sizeof msg), 0);
     assert_int_equal(limits_check_env("", "x", msg, sizeof msg), -1);
     assert_int_equal(limits_check_env("1ABC", "x", msg, sizeof msg), -1);
     assert_int_equal(limits_check_env("A-B", "x", msg, sizeof msg), -1);
