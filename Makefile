@@ -143,6 +143,7 @@ test-fast: all asan test-unit
 bench: all
 	scripts/bench.py
 	scripts/bench-restore.py
+	scripts/bench-throughput.py
 
 FORMAT_SRC = $(wildcard proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] tests/unit/*.c)
 format:

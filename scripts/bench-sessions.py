@@ -4,11 +4,13 @@
 opens python sessions one after the other (each restored from the snapshot, each running one
 print(1)) until --sessions or the first failure, and with all of them open measures:
 
-- exec latency: one print(1) per session, `sbx session exec` request to result, p50/p95, beside
-  the floor: the same exec in a single open session on the otherwise idle daemon, measured first
-  in the same run;
+- exec latency: one print(1) per session (its second), `sbx session exec` request to result,
+  p50/p95, beside the floor: the same exec (a session's second) with that session alone open on
+  the otherwise idle daemon, measured first in the same run;
 - host memory per idle session: Pss (/proc/PID/smaps_rollup) of its worker and its QEMU (the
-  worker's process tree), mean and max, against the target of 80 MiB; sbxd's RSS;
+  worker's process tree), mean and max, against the target of 80 MiB; and the QEMU's private
+  part (the template's pages that all sessions share are split N ways in Pss, so Pss per session
+  falls as N grows; the private part does not); sbxd's RSS;
 - that none was lost: every session still answers at the end, in the same interpreter
   (exec_count 3, no interpreter reset);
 - the time to close them all, one after the other (requests answered; all VM processes gone).
@@ -116,6 +118,15 @@ def descendants(pid):
     return out
 
 
+def uss_kb(pid):
+    """Private_Clean + Private_Dirty: what this process alone holds."""
+    n = 0
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            n += int(line.split()[1])
+    return n
+
+
 def tree_pss_kb(pid):
     """Pss of a process and everything below it (a worker: itself and its QEMU)."""
     total = 0
@@ -162,7 +173,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=100)
     ap.add_argument("--floor-execs", type=int, default=20,
-                    help="execs in the single session of the floor")
+                    help="samples of the floor (each a fresh session's second exec)")
     ap.add_argument("--settle", type=float, default=3, help="s of idling before Pss is read")
     ap.add_argument("--sbx", default=os.path.join(ROOT, "build/sbx"))
     ap.add_argument("--sbxd", default=os.path.join(ROOT, "build/sbxd"))
@@ -182,21 +193,22 @@ def main():
               flush=True)
         rss_idle = rss_kb(d.p.pid) / 1024
 
-        # Floor: the same exec in one open session, the daemon otherwise idle.
-        sid, err = d.new_session()
-        if err:
-            raise RuntimeError(err)
-        try:
-            d.exec_json(sid)
-            floor = []
-            for _ in range(a.floor_execs):
+        # Floor: the same exec as below (a session's second print(1)) in one open session, the
+        # daemon otherwise idle; a fresh session for each sample, closed before the next.
+        floor = []
+        for _ in range(a.floor_execs):
+            sid, err = d.new_session()
+            if err:
+                raise RuntimeError(err)
+            try:
+                d.exec_json(sid)
                 ms, j = d.exec_json(sid)
-                if isinstance(j, str):
-                    raise RuntimeError("floor exec: " + j)
-                floor.append(ms)
-        finally:
-            d.sbx("session", "close", sid)
-        wait_gone(d)
+            finally:
+                d.sbx("session", "close", sid)
+            if isinstance(j, str):
+                raise RuntimeError("floor exec: " + j)
+            floor.append(ms)
+            wait_gone(d)
 
         # Open sessions one after the other, each with one print(1), until N or a failure.
         failure = None
@@ -230,6 +242,7 @@ def main():
         pss = [tree_pss_kb(w) / 1024 for w in workers]
         qemus = [q for w in workers for q, comm in children(w) if comm.startswith("qemu")]
         qemu_pss = [pss_kb(q) / 1024 for q in qemus]
+        qemu_uss = [uss_kb(q) / 1024 for q in qemus]
         rss_open = rss_kb(d.p.pid) / 1024
 
         # None lost: every session answers, in the interpreter it started with.
@@ -284,7 +297,8 @@ def main():
             ok = "ok" if max(pss) <= TARGET_PSS_MIB else "OVER"
             print(f"Pss per idle session     mean {statistics.mean(pss):.1f} MiB, max "
                   f"{max(pss):.1f} MiB over {len(pss)} (target <= {TARGET_PSS_MIB} MiB: {ok}); "
-                  f"of it QEMU mean {statistics.mean(qemu_pss or [0]):.1f} MiB ({len(qemus)} QEMUs); total "
+                  f"of it QEMU mean {statistics.mean(qemu_pss or [0]):.1f} MiB ({len(qemus)} QEMUs), of "
+                  f"which private {statistics.mean(qemu_uss or [0]):.1f} MiB; total "
                   f"{sum(pss) / 1024:.2f} GiB")
         print(f"sbxd RSS                 {rss_idle:.1f} MiB idle, {rss_open:.1f} MiB with all "
               f"open, {rss_after:.1f} MiB after closing")

@@ -5,7 +5,8 @@ QEMU restores of the same snapshot to the same print (scripts/floor-restore.py's
 sbxd, no worker, no jail), J at a time, measured in the same run. For each J: runs/s (runs over
 the batch's wall time) and latency p50/p95 (sbx: the result's timing.total_ms, arrival at sbxd to
 result; floor: QEMU start to the print), and sbx's runs/s against the target of >= 0.8x the
-floor's.
+floor's. Beside sbx's row, the p50 of the parts of its timing: setup (queue wait for a slot and
+worker start), boot (the restore) and execute.
 
 The daemon is its own (build/sbxd, private socket and snapshot cache, snapshots on) with
 --max-concurrent-vms 2 x the largest J by default, so that admission is not what limits it.
@@ -57,21 +58,22 @@ def start_daemon(a, tmp, max_vms):
 
 
 def sbx_batch(a, env, runs, j):
-    """(wall s, [total_ms], [errors]) of one `sbx run -j j` of runs print(1)s."""
+    """(wall s, [total_ms], [errors], {timing part: [ms]}) of one `sbx run -j j` of runs
+    print(1)s."""
     t0 = time.monotonic()
     try:
         r = subprocess.run([a.sbx, "run", "-q", "--json", "-j", str(j), "-t", "60",
                             *["print(1)"] * runs], env=env, capture_output=True, text=True,
                            timeout=a.batch_timeout)
     except subprocess.TimeoutExpired:
-        return time.monotonic() - t0, [], [f"sbx run timed out after {a.batch_timeout} s"]
+        return time.monotonic() - t0, [], [f"sbx run timed out after {a.batch_timeout} s"], {}
     wall = time.monotonic() - t0
     try:
         res = json.loads(r.stdout)
     except ValueError:
-        return wall, [], [f"exit {r.returncode}: {r.stderr.strip()[-400:]}"]
+        return wall, [], [f"exit {r.returncode}: {r.stderr.strip()[-400:]}"], {}
     res = res if isinstance(res, list) else [res]
-    ms, errs = [], []
+    ms, errs, parts = [], [], {"setup_ms": [], "boot_ms": [], "execute_ms": []}
     for x in res:
         if "error" in x:
             errs.append(f"{x['error'].get('type')}: {x['error'].get('message')}")
@@ -79,7 +81,9 @@ def sbx_batch(a, env, runs, j):
             errs.append(f"stdout {x.get('stdout')!r}, start_mode {x.get('start_mode')}")
         else:
             ms.append(x["timing"]["total_ms"])
-    return wall, ms, errs
+            for k in parts:
+                parts[k].append(x["timing"][k])
+    return wall, ms, errs, parts
 
 
 def floor_batch(fr, snap, images, qemu, runs, j, timeout):
@@ -184,12 +188,14 @@ def main():
         print(f"{'-j':>3} {'what':<26} {'ok':>9} {'wall s':>6} {'runs/s':>7} {'p50':>6} "
               f"{'p95':>6}  (latency ms)")
         for j in jobs:
-            wall, ms, errs = sbx_batch(a, env, a.runs, j)
-            rate = line(j, "sbx run, restore", wall, ms, a.runs, errs)
+            wall, ms, errs, parts = sbx_batch(a, env, a.runs, j)
+            split = "  (p50 " + ", ".join(f"{k[:-3]} {pct(v, 50):.0f}" for k, v in parts.items()
+                                          if v) + ")" if ms else ""
+            rate = line(j, "sbx run, restore", wall, ms, a.runs, errs, split)
             fwall, fms, ferrs = floor_batch(fr, snap, images, qemu, a.runs, j, a.batch_timeout)
             frate = line(j, "floor: bare restore", fwall, fms, a.runs, ferrs)
             ratio = rate / frate if frate else 0
-            print(f"{j:>3} {'  ratio of runs/s':<26} {ratio:>18.2f}x floor (target >= "
+            print(f"{j:>3} {'  ratio of runs/s':<26} {ratio:>24.2f}x floor (target >= "
                   f"{TARGET}x: {'ok' if ratio >= TARGET else 'BELOW'})", flush=True)
     finally:
         if p and p.poll() is None:
