@@ -52,34 +52,49 @@ static int default_language(char **lang)
     return *lang ? 0 : -1;
 }
 
+/* What runs and sessions share: a language (default python), a VM (memory, default timeout) and
+ * an environment. Defaults are filled in; returns 0, or -1 after replying with a VmConfigError. */
+static int check_vm_request(client *c, uint64_t id, char **language, uint32_t *memory_mb,
+                            uint32_t *timeout_seconds, Sbx__Control__EnvVar **env, size_t n_env)
+{
+    char msg[300];
+    const Sbx__Control__ErrorKind bad = SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG;
+    if (default_language(language) < 0)
+        return -1;
+    if (!limits_language_ok(*language)) {
+        control_send_error(c, id, bad, false, "unknown language `%.32s` (python, javascript, raw)",
+                           *language);
+        return -1;
+    }
+    if (!*timeout_seconds)
+        *timeout_seconds = cfg.default_timeout_seconds;
+    if (!*memory_mb)
+        *memory_mb = cfg.default_memory_mb;
+    if (limits_check_timeout(*timeout_seconds, msg, sizeof msg) < 0 ||
+        limits_check_memory(*memory_mb, msg, sizeof msg) < 0 ||
+        limits_check_env_count(n_env, msg, sizeof msg) < 0) {
+        control_send_error(c, id, bad, false, "%s", msg);
+        return -1;
+    }
+    for (size_t i = 0; i < n_env; i++)
+        if (limits_check_env(env[i]->key, env[i]->value, msg, sizeof msg) < 0) {
+            control_send_error(c, id, bad, false, "%s", msg);
+            return -1;
+        }
+    return 0;
+}
+
 /* Validate and fill defaults. Returns 0, or -1 after replying with a VmConfigError. */
 static int check_run(client *c, uint64_t id, Sbx__Control__RunRequest *run)
 {
     char msg[256];
-    const Sbx__Control__ErrorKind bad = SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG;
-    if (default_language(&run->language) < 0)
+    if (check_vm_request(c, id, &run->language, &run->memory_mb, &run->timeout_seconds, run->env,
+                         run->n_env) < 0)
         return -1;
-    if (!limits_language_ok(run->language)) {
-        control_send_error(c, id, bad, false, "unknown language `%.32s` (python, javascript, raw)",
-                           run->language);
-        return -1;
-    }
-    if (!run->timeout_seconds)
-        run->timeout_seconds = cfg.default_timeout_seconds;
-    if (!run->memory_mb)
-        run->memory_mb = cfg.default_memory_mb;
-    if (limits_check_code(run->code.data, run->code.len, msg, sizeof msg) < 0 ||
-        limits_check_timeout(run->timeout_seconds, msg, sizeof msg) < 0 ||
-        limits_check_memory(run->memory_mb, msg, sizeof msg) < 0 ||
-        limits_check_env_count(run->n_env, msg, sizeof msg) < 0) {
-        control_send_error(c, id, bad, false, "%s", msg);
+    if (limits_check_code(run->code.data, run->code.len, msg, sizeof msg) < 0) {
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "%s", msg);
         return -1;
     }
-    for (size_t i = 0; i < run->n_env; i++)
-        if (limits_check_env(run->env[i]->key, run->env[i]->value, msg, sizeof msg) < 0) {
-            control_send_error(c, id, bad, false, "%s", msg);
-            return -1;
-        }
     return 0;
 }
 
@@ -94,31 +109,15 @@ static int check_session(client *c, uint64_t id, Sbx__Control__Request *r)
     switch (r->body_case) {
     case SBX__CONTROL__REQUEST__BODY_SESSION_OPEN: {
         Sbx__Control__SessionOpen *o = r->session_open;
-        if (default_language(&o->language) < 0)
+        if (check_vm_request(c, id, &o->language, &o->memory_mb, &o->timeout_seconds, o->env,
+                             o->n_env) < 0)
             return -1;
-        if (!limits_language_ok(o->language)) {
-            control_send_error(c, id, bad, false,
-                               "unknown language `%.32s` (python, javascript, raw)", o->language);
-            return -1;
-        }
-        if (!o->memory_mb)
-            o->memory_mb = cfg.default_memory_mb;
-        if (!o->timeout_seconds)
-            o->timeout_seconds = cfg.default_timeout_seconds;
         if (!o->idle_timeout_seconds)
             o->idle_timeout_seconds = cfg.session_idle_timeout_seconds;
-        if (limits_check_memory(o->memory_mb, msg, sizeof msg) < 0 ||
-            limits_check_timeout(o->timeout_seconds, msg, sizeof msg) < 0 ||
-            limits_check_idle_timeout(o->idle_timeout_seconds, msg, sizeof msg) < 0 ||
-            limits_check_env_count(o->n_env, msg, sizeof msg) < 0) {
+        if (limits_check_idle_timeout(o->idle_timeout_seconds, msg, sizeof msg) < 0) {
             control_send_error(c, id, bad, false, "%s", msg);
             return -1;
         }
-        for (size_t i = 0; i < o->n_env; i++)
-            if (limits_check_env(o->env[i]->key, o->env[i]->value, msg, sizeof msg) < 0) {
-                control_send_error(c, id, bad, false, "%s", msg);
-                return -1;
-            }
         return 0;
     }
     case SBX__CONTROL__REQUEST__BODY_SESSION_EXEC: {
