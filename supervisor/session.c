@@ -325,27 +325,35 @@ static void vm_frame(void *owner, Sbx__Worker__FromWorker *m)
         op_done(s);
 }
 
+/* A session that never opened: nothing to remember (no one ever learnt its id). */
+static void forget_unopened(session *s)
+{
+    s->closed = true;
+    nopen--;
+    for (session **p = &sessions; *p; p = &(*p)->next)
+        if (*p == s) {
+            *p = s->next;
+            break;
+        }
+    while (s->ops) {
+        op *o = s->ops;
+        op_unlink(s, o);
+        op_free(o);
+    }
+    if (s->job)
+        sched_vm_close(s->job);
+    sbx__control__session_open__free_unpacked(s->open, NULL);
+    free(s);
+}
+
 static void vm_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, const char *why)
 {
     session *s = owner;
     s->job = NULL;
     if (!s->ready && !s->closed) {
-        /* It never opened: the opener gets the boot failure itself; nothing to remember. */
+        /* It never opened: the opener gets the boot failure itself. */
         control_send_error(s->opener, s->open_id, kind, transient, "%s", why);
-        s->closed = true;
-        nopen--;
-        for (session **p = &sessions; *p; p = &(*p)->next)
-            if (*p == s) {
-                *p = s->next;
-                break;
-            }
-        while (s->ops) {
-            op *o = s->ops;
-            op_unlink(s, o);
-            op_free(o);
-        }
-        sbx__control__session_open__free_unpacked(s->open, NULL);
-        free(s);
+        forget_unopened(s);
         return;
     }
     /* The op in flight learns what happened to its VM; later calls get SessionClosedError. */
@@ -595,7 +603,14 @@ void session_handle(client *c, uid_t uid, Sbx__Control__Request *req)
 
 void session_client_gone(client *c)
 {
-    for (session *s = sessions; s; s = s->next) {
+    for (session *s = sessions, *next; s; s = next) {
+        next = s->next;
+        if (s->opener == c && !s->ready && !s->closed) {
+            /* Its id goes out only in the reply to its opener: nobody could ever use it. */
+            slog("session %s: its opener went away while it was starting; stopping it", s->id);
+            forget_unopened(s);
+            continue;
+        }
         if (s->opener == c)
             s->opener = NULL;
         for (op **p = &s->ops; *p;) {

@@ -108,6 +108,10 @@ def attacks_by_state(c, sock, env):
     status = wire.frame(wire.request(7, status=pb.StatusRequest()))
     run = wire.frame(wire.request(2, run=pb.RunRequest(
         language="python", code=b"while True: print('x' * 1000)", stream=True)))
+    import json
+    def daemon_status():
+        return json.loads(c.sbx("status", "--json", env=env).stdout)
+    before = daemon_status()
     sid = open_session(c, env)
     upload = wire.frame(wire.request(3, file_write=pb.FileWrite(
         session_id=sid, path="up.bin", size=1 << 20, sha256=b"\0" * 32)))
@@ -115,6 +119,7 @@ def attacks_by_state(c, sock, env):
     sexec = wire.frame(wire.request(4, session_exec=pb.SessionExec(
         session_id=sid, code=b"import time; time.sleep(0.5); print('ran')", stream=True)))
     hello = wire.hello_frame()
+    sopen = wire.frame(wire.request(5, session_open=pb.SessionOpen(language="python")))
     cases = {
         "before Hello": (status, 200),
         "refused Hello": (wire.hello_frame(version=999) + status, 200),
@@ -124,10 +129,20 @@ def attacks_by_state(c, sock, env):
         "mid-run": (hello + run, 20),
         "mid-upload": (hello + upload + chunk, 20),
         "mid-session exec": (hello + sexec, 20),
+        "mid-session open": (hello + sopen, 10),
         "garbage": (hello + struct.pack(">I", 6) + b"\xff" * 6, 200),
     }
     for what, (data, n) in cases.items():
         send_and_close(sock, data, n)
+    # Sessions whose opener vanished before learning their id are stopped, not kept idle: only
+    # the test's own session is left, with its one VM.
+    def settled():
+        st = daemon_status()
+        return (st["sessions"] == before["sessions"] + 1 and st["queued"] == 0 and
+                st["running_vms"] == before["running_vms"] + 1)
+    wait_for(settled, 60, "abandoned runs and session opens stopped")
+    ok("its opener went away while it was starting" in open(c.log).read(),
+       "a session whose opener vanished was stopped")
     # the session survived its clients' vanishing and still serves its owner
     r = c.sbx("session", "exec", sid, "print('still here')", env=env)
     eq((r.returncode, r.out.strip().splitlines()[-1:]), (0, ["still here"]),
