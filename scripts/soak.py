@@ -27,6 +27,13 @@ from harness import descendants, project_cgroups, project_processes  # noqa: E40
 import wire  # noqa: E402
 
 
+def cgroup_of(pid):
+    try:
+        return open(f"/proc/{pid}/cgroup").read()
+    except OSError:
+        return ""
+
+
 def rss_kb(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -198,8 +205,10 @@ def main():
         p.kill()
         rc = p.wait()
     time.sleep(1)
-    leaked_procs = project_processes()
-    leaked_cgroups = project_cgroups()
+    # Only what this daemon made: other daemons may be running VMs on this host meanwhile.
+    mine = f"/exec-sandbox/vm-{daemon_pid}-"
+    leaked_procs = [(pid, exe) for pid, exe in project_processes() if mine in cgroup_of(pid)]
+    leaked_cgroups = [x for x in project_cgroups() if mine in x]
     leaked_dirs = [x for x in os.listdir("/tmp") if x.startswith(f"sbxd-{daemon_pid}-")]
     leaked_socket = os.path.exists(sock)
     text = open(log).read()

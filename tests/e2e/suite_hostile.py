@@ -412,3 +412,16 @@ def two_live_vms_never_share_a_uid(c):
         for p in ps:
             p.kill()
             p.wait()
+
+
+@test()
+def soak_100_with_kills_and_disconnects(c):
+    """scripts/soak.py at CI size: 100 runs and session execs at -j 4 against the ASan daemon,
+    while workers and QEMUs are SIGKILLed and clients vanish; every awaited request is answered
+    exactly once and nothing leaks (the script's own checks, its exit status)."""
+    r = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "scripts", "soak.py"), "--runs",
+                        "100", "-j", "4", "--kill-every", "2", "--sbxd", c.sbxd_bin,
+                        "--max-seconds", "600"],
+                       capture_output=True, text=True, timeout=900, env=c.env())
+    print("    " + "\n    ".join(r.stdout.strip().splitlines()[:16]))
+    eq(r.returncode, 0, "soak: " + r.stdout[-3000:] + r.stderr[-2000:])
