@@ -10,7 +10,7 @@
 #include "common.h"
 
 typedef struct {
-    const char *run_dir;                         /* host path: becomes /vm (sockets, logs) */
+    const char *run_dir;                         /* host path: holds the jail's root */
     const char *kernel, *initrd, *rootfs, *qemu; /* host paths: bound read-only under /assets */
     const char *snapshot_dir;                    /* host path or NULL: bound on JAIL_SNAPSHOT */
     bool snapshot_rw; /* a template writes its snapshot there; restores only read */
@@ -19,6 +19,10 @@ typedef struct {
     uid_t uid;
     gid_t gid;
 } jail_spec;
+
+/* The jail's /vm (QEMU's sockets and log): a tmpfs this big, with this many inodes at most. */
+#define JAIL_VM_DIR_KB 4096
+#define JAIL_VM_DIR_INODES 32
 
 /* Paths inside the jail. */
 #define JAIL_VM_DIR "/vm"
@@ -34,5 +38,14 @@ typedef struct {
 int jail_enter(const jail_spec *spec, sbx_err *err);
 /* Install the worker's syscall allowlist (default: kill the process). */
 int jail_seccomp(sbx_err *err);
+
+/* QEMU's filter of its own, beneath its -sandbox: a denylist (default allow) that kills QEMU on
+ * what a guest that took over QEMU would reach for next (ptrace and other processes' memory,
+ * bpf, userfaultfd, io_uring, perf, keys, kexec, mounts, namespaces, sockets other than
+ * AF_UNIX). Built in the worker; loaded by jail_qemu_confine in QEMU's child before execve. */
+int jail_qemu_filter(void **filter, sbx_err *err);
+/* In QEMU's child (after fork, before execve): no_new_privs, then load the filter from
+ * jail_qemu_filter (a scmp_filter_ctx). Returns -1 with errno on failure. */
+int jail_qemu_confine(void *filter);
 
 #endif

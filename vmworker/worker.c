@@ -966,6 +966,20 @@ static void lock_down(void)
         fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "%s", err.msg);
 }
 
+/* QEMU runs as our uid: whatever takes it over must not reach the worker (ptrace, /proc/1/mem,
+ * process_vm_readv), and QEMU gets a filter of its own under its -sandbox (jail.c). Not
+ * dumpable must come after jail_enter: changing uid resets it to fs.suid_dumpable. */
+static void confine_qemu(void)
+{
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "make the worker non-dumpable: %s",
+             strerror(errno));
+    sbx_err err = {0};
+    if (jail_qemu_filter(&W.vm.confine_arg, &err) < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "%s", err.msg);
+    W.vm.confine = jail_qemu_confine;
+}
+
 /* Boot, restore, or make a template, as sbxd asked. A failed restore is a cold boot in the same
  * slot: the run never sees it, beyond start_mode "cold" and the warning sbxd logs. */
 static void start_vm(uint64_t *boot_ms)
@@ -1036,6 +1050,7 @@ int main(int argc, char **argv)
     Sbx__Worker__ToWorker *start = recv_ctl(SBX__WORKER__TO_WORKER__BODY_START, now_ms() + 30000);
     W.cfg = start->start;
     enter_jail(W.cfg);
+    confine_qemu();
     uint64_t setup_ms = now_ms() - W.t_start, boot_ms = 0;
     start_vm(&boot_ms);
     lock_down();

@@ -1,0 +1,154 @@
+"""The worker's jail and QEMU's own filter (issue 9, items 6-8): each test tries to get through.
+
+Some tests start sbxd with --qemu pointed at tests/e2e/fake_qemu.c, built here: the worker then
+starts it exactly where it starts QEMU (jailed, as the VM's uid, under the filter the worker
+loads for QEMU), and its report comes back in the run's error message.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+from harness import ROOT, Skip, descendants, eq, ok, test, wait_for
+
+# Every call the worker's QEMU filter must kill (SIGSYS is 31), as fake_qemu.c names them.
+KILLED = ["inet", "inet6", "netlink", "pair", "ptrace", "vmread", "vmwrite", "pidfdgetfd", "bpf",
+          "uffd", "uringenter", "perf", "keyctl", "addkey", "reqkey", "kexec",
+          "kexecfile", "mount", "umount", "unshare", "setns", "clonens"]
+
+
+def _fake_qemu(c, dest_dir):
+    exe = os.path.join(dest_dir, "fake-qemu")
+    subprocess.run(["cc", "-O1", "-static", "-o", exe,
+                    os.path.join(ROOT, "tests/e2e/fake_qemu.c")], check=True)
+    os.chmod(exe, 0o755)
+    return exe
+
+
+def _fake_report(err):
+    m = re.search(r"FAKEQEMU( [^\s]+)+", err)
+    ok(m, "the fake QEMU's report is in the error: " + err)
+    return dict(t.split("=", 1) for t in m.group(0).split()[1:])
+
+
+def _check_fake_report(rep, what):
+    ok(int(rep["filters"]) >= 1, f"{what}: QEMU's child runs under a filter: {rep}")
+    ok(rep["mem"] != "ok", f"{what}: QEMU cannot open the worker's memory: {rep}")
+    eq(rep["unix"], "ok", f"{what}: AF_UNIX sockets still work ({rep})")
+    for name in KILLED:
+        eq(rep.get(name), "sig31", f"{what}: {name} kills QEMU with SIGSYS ({rep})")
+    eq(rep["clone3"], "ENOSYS", f"{what}: clone3 answers ENOSYS ({rep})")
+    # QEMU probes io_uring at start: setup says there is none; using a ring would kill.
+    eq(rep["uring"], "ENOSYS", f"{what}: io_uring_setup answers ENOSYS ({rep})")
+    kb, why = rep["vmdir"].split("k/")
+    ok(int(kb) <= 4096 and why == "ENOSPC", f"{what}: /vm is size-limited: {rep['vmdir']}")
+    files, why = rep["vmfiles"].split("/")
+    ok(int(files) <= 32 and why == "ENOSPC", f"{what}: /vm is inode-limited: {rep['vmfiles']}")
+
+
+@test()
+def qemu_filter_kills_forbidden_syscalls(c):
+    """What a guest that took over QEMU would try next is killed by the filter the worker loads
+    in QEMU's child before execve, and the one writable directory is bounded."""
+    d = tempfile.mkdtemp(prefix="sbx-fakeqemu-", dir=c.tmp)
+    exe = _fake_qemu(c, d)
+    sock = os.path.join(d, "s.sock")
+    log = os.path.join(d, "sbxd.log")
+    env = c.env(EXEC_SANDBOX_SOCKET=sock)
+    p = c.start_daemon("--qemu", exe, "--accel", "tcg", sock=sock, log=log, env=env)
+    try:
+        r = c.sbx("run", "-q", "print(1)", env=env)
+        eq(r.returncode, 125, "the fake QEMU never boots: " + r.err)
+        _check_fake_report(_fake_report(r.err), "root daemon")
+        eq(c.sbx("run", "-q", "print(1)", env=env).returncode, 125, "the daemon still answers")
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+@test()
+def qemu_filter_in_user_namespace(c):
+    """The same under an unprivileged sbxd (worker and QEMU share a uid in a user namespace, so
+    only the worker's being non-dumpable and the filter stand between them)."""
+    setpriv = shutil.which("setpriv")
+    ok(setpriv, "setpriv (util-linux) is needed")
+    if os.getuid() != 0:
+        raise Skip("needs root to switch to another user for the test")
+    d = tempfile.mkdtemp(prefix="sbx-fakeqemu-u-", dir="/tmp")
+    try:
+        images = os.path.join(d, "cache", "images")
+        os.makedirs(images)
+        src = os.path.join(os.environ.get("EXEC_SANDBOX_CACHE_DIR") or
+                           os.path.expanduser("~/.cache/exec-sandbox"), "images")
+        for f in ["vmlinux", "initramfs.cpio", "raw.sqfs"]:
+            shutil.copy(os.path.join(src, f), images)
+        exe = _fake_qemu(c, d)
+        subprocess.run(["chown", "-R", "65534:65534", d], check=True)
+        sock = os.path.join(d, "s.sock")
+        env = c.env(EXEC_SANDBOX_SOCKET=sock, EXEC_SANDBOX_CACHE_DIR=os.path.join(d, "cache"),
+                    HOME=d)
+        drop = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        log = os.path.join(d, "log")
+        p = subprocess.Popen(drop + [c.sbxd_bin, "--socket", sock, "--qemu", exe, "--accel",
+                                     "tcg"], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                             env=env, cwd="/")
+        try:
+            wait_for(lambda: os.path.exists(sock), 15, "unprivileged sbxd")
+            r = subprocess.run(drop + [c.sbx_bin, "run", "-q", "-l", "raw", "echo hi"],
+                               capture_output=True, env=env, cwd="/", timeout=120)
+            err = r.stderr.decode()
+            eq(r.returncode, 125, "the fake QEMU never boots: " + err)
+            _check_fake_report(_fake_report(err), "user namespace")
+        finally:
+            p.terminate()
+            p.wait(10)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _long_run(c, env=None, seconds=30):
+    proc = subprocess.Popen([c.sbx_bin, "run", "-q", "-t", str(seconds + 10),
+                             f"import time\nprint('started', flush=True)\ntime.sleep({seconds})"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or c.env())
+    ok(proc.stdout.readline() == b"started\n", "long run started")
+    return proc
+
+
+def _status(pid):
+    out = {}
+    for line in open(f"/proc/{pid}/status"):
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+@test()
+def real_qemu_under_two_filters(c):
+    """A real QEMU boots under both filters (ours, then its -sandbox); the worker is not
+    dumpable; QEMU's /vm is a small tmpfs of its own."""
+    proc = _long_run(c)
+    try:
+        procs = descendants(c.daemon.pid)
+        worker = [p for p, comm in procs if comm == "sbx-vmworker"]
+        qemu = [p for p, comm in procs if comm.startswith("qemu-system")]
+        ok(worker and qemu, f"worker and QEMU under sbxd: {procs}")
+        st = _status(qemu[0])
+        ok(int(st["Seccomp_filters"]) >= 2,
+           "QEMU has its -sandbox filter and ours: Seccomp_filters " + st["Seccomp_filters"])
+        # A non-dumpable process's /proc entries belong to root, whatever its uid.
+        ws = _status(worker[0])
+        ok(ws["Uid"].split()[0] != "0", "worker uid " + ws["Uid"])
+        eq(os.stat(f"/proc/{worker[0]}/status").st_uid, 0, "worker is not dumpable (/proc owner)")
+        ok(os.stat(f"/proc/{qemu[0]}/status").st_uid != 0, "QEMU itself stays dumpable (own uid)")
+        vfs = os.statvfs(f"/proc/{worker[0]}/root/vm")
+        eq(vfs.f_blocks * vfs.f_frsize, 4096 * 1024, "/vm size")
+        eq(vfs.f_files, 32, "/vm inodes")
+        ok(set(os.listdir(f"/proc/{worker[0]}/root/vm")) <= {"agent.sock", "console.sock",
+                                                            "qemu.log"}, "/vm holds")
+    finally:
+        proc.kill()
+        proc.wait()
