@@ -1,6 +1,7 @@
 /* Mount namespace root, credentials and seccomp for the worker, and the seccomp filter QEMU gets
  * on top of its own -sandbox. */
 #include "jail.h"
+#include "worker.h"
 
 #include <cap-ng.h>
 #include <fcntl.h>
@@ -28,6 +29,32 @@ static int mkdir_in(const char *root, const char *rel, sbx_err *err)
     return 0;
 }
 
+/* Mount attributes for p and every mount below it: MS_REMOUNT changes only the top mount of a
+ * recursive bind, and a host with something mounted under /usr (or under an asset directory)
+ * would otherwise hand that over writable. */
+static int seal_tree(const char *p, uint64_t attrs, unsigned long ms_flags, sbx_err *err)
+{
+    struct mount_attr a = {.attr_set = attrs};
+    if (mount_setattr(AT_FDCWD, p, AT_RECURSIVE | AT_SYMLINK_NOFOLLOW, &a, sizeof a) == 0)
+        return 0;
+    if (errno != ENOSYS)
+        return sbx_fail(err, errno, "seal the mounts under `%s`: %s", p, strerror(errno));
+    /* Kernels before 5.12: remount each mount below p, as /proc/self/mountinfo lists them. */
+    cleanup_fclose FILE *mi = fopen("/proc/self/mountinfo", "re");
+    if (!mi)
+        return sbx_fail(err, errno, "open /proc/self/mountinfo: %s", strerror(errno));
+    char line[4096], mp[PATH_MAX];
+    size_t pl = strlen(p);
+    while (fgets(line, sizeof line, mi)) {
+        if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1 || strncmp(mp, p, pl) ||
+            mp[pl] != '/' || strstr(mp, "\\"))
+            continue; /* not below p, or an escaped name: none of ours has one */
+        if (mount(NULL, mp, NULL, MS_REMOUNT | MS_BIND | ms_flags, NULL) < 0)
+            return sbx_fail(err, errno, "remount `%s`: %s", mp, strerror(errno));
+    }
+    return 0;
+}
+
 /* Bind src onto root/rel (a file or a directory), read-only unless rw. */
 static int bind_in(const char *root, const char *rel, const char *src, bool rw, bool dir,
                    sbx_err *err)
@@ -50,6 +77,12 @@ static int bind_in(const char *root, const char *rel, const char *src, bool rw, 
         fl |= MS_NODEV; /* kernel, images: data only */
     if (mount(NULL, p, NULL, fl, NULL) < 0)
         return sbx_fail(err, errno, "remount `%s`: %s", p, strerror(errno));
+    if (dir) {
+        uint64_t attrs =
+            MOUNT_ATTR_NOSUID | (rw ? MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NODEV : MOUNT_ATTR_RDONLY);
+        if (seal_tree(p, attrs, fl & ~(MS_REMOUNT | MS_BIND), err) < 0)
+            return -1;
+    }
     return 0;
 }
 
@@ -152,6 +185,11 @@ static int build_root(const jail_spec *s, const char *root, sbx_err *err)
         unsigned long fl = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC;
         if (mount(NULL, q, NULL, fl | (s->snapshot_rw ? 0 : MS_RDONLY), NULL) < 0)
             return sbx_fail(err, errno, "remount `%s`: %s", q, strerror(errno));
+        if (seal_tree(q,
+                      MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC |
+                          (s->snapshot_rw ? 0 : MOUNT_ATTR_RDONLY),
+                      MS_NOSUID | MS_NODEV | MS_NOEXEC | (s->snapshot_rw ? 0 : MS_RDONLY), err) < 0)
+            return -1;
     }
     snprintf(p, sizeof p, "%s/dev", root);
     if (mount("sbx-dev", p, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755") < 0)
@@ -162,9 +200,18 @@ static int build_root(const jail_spec *s, const char *root, sbx_err *err)
             return -1;
     if (s->kvm && dev_node(root, "kvm", true, s, err) < 0)
         return -1;
+    /* Only the processes of the jail's pid namespace (the worker and QEMU): subset=pid also
+     * leaves out /proc/sys, /proc/kcore, sysrq-trigger and every other system-wide file.
+     * Kernels before 5.8 do not know the option; the pid namespace still holds. */
     snprintf(p, sizeof p, "%s/proc", root);
-    if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-        return sbx_fail(err, errno, "mount /proc: %s", strerror(errno));
+    if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid") < 0) {
+        if (errno != EINVAL)
+            return sbx_fail(err, errno, "mount /proc: %s", strerror(errno));
+        wlog("warning: this kernel refuses /proc subset=pid; the jail's /proc keeps its "
+             "system-wide files");
+        if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+            return sbx_fail(err, errno, "mount /proc: %s", strerror(errno));
+    }
     snprintf(p, sizeof p, "%s/tmp", root);
     if (mount("sbx-tmp", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=1777") < 0)
         return sbx_fail(err, errno, "mount /tmp: %s", strerror(errno));
@@ -274,7 +321,6 @@ int jail_seccomp(sbx_err *err)
         SCMP_SYS(pipe2),
         SCMP_SYS(dup),
         SCMP_SYS(dup2),
-        SCMP_SYS(openat),
         SCMP_SYS(getrusage),
         SCMP_SYS(sched_getparam),
         SCMP_SYS(ioctl),
@@ -283,10 +329,12 @@ int jail_seccomp(sbx_err *err)
     int rc = 0;
     for (size_t i = 0; i < ARRAY_LEN(allow) && rc == 0; i++)
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allow[i], 0);
-    /* Files are opened read-only (/proc/PID/stat, QEMU's log). */
+    /* Files are opened read-only (/proc/PID/stat, QEMU's log). O_RDONLY is 0, so the flags are
+     * masked with every bit that writes, creates or truncates, and must have none of them:
+     * checking the access mode alone would let O_RDONLY|O_CREAT or O_RDONLY|O_TRUNC through. */
     if (rc == 0)
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(openat), 1,
-                              SCMP_A2(SCMP_CMP_MASKED_EQ, O_ACCMODE, O_RDONLY));
+                              SCMP_A2(SCMP_CMP_MASKED_EQ, JAIL_OPEN_WRITE_BITS, 0));
     /* stdio asks whether stderr is a terminal. */
     if (rc == 0 || rc == -EEXIST)
         rc =

@@ -4,6 +4,7 @@
 #ifndef SBX_JAIL_H
 #define SBX_JAIL_H
 
+#include <fcntl.h>
 #include <stdbool.h>
 #include <sys/types.h>
 
@@ -23,6 +24,10 @@ typedef struct {
 /* The jail's /vm (QEMU's sockets and log): a tmpfs this big, with this many inodes at most. */
 #define JAIL_VM_DIR_KB 4096
 #define JAIL_VM_DIR_INODES 32
+
+/* Open flags the worker's filter refuses once it runs: writing, creating, truncating,
+ * appending (O_TMPFILE's own bit; it carries O_DIRECTORY, which stays allowed). */
+#define JAIL_OPEN_WRITE_BITS (O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND | (O_TMPFILE & ~O_DIRECTORY))
 
 /* Paths inside the jail. */
 #define JAIL_VM_DIR "/vm"

@@ -441,6 +441,55 @@ static void forward_chunk(uint32_t stream, const uint8_t *d, size_t n)
     send_ctl(&m);
 }
 
+/* Test-only triggers (sbxd's test_hooks, never on in production): the code of a run names a
+ * syscall for the worker to make under its filter. Forbidden ones must get it killed by SIGSYS;
+ * the allowed read-only open must not. */
+static void test_hook(const char *code, size_t len)
+{
+    static const struct {
+        const char *name;
+        const char *path;
+        int flags; /* -1: socket(AF_INET) instead of openat */
+    } hooks[] = {
+        {"__sbx_test_hook__:seccomp", NULL, -1},
+        {"__sbx_test_hook__:openat-creat", "/tmp/sbx-test-hook", O_RDONLY | O_CREAT},
+        {"__sbx_test_hook__:openat-trunc", JAIL_VM_DIR "/qemu.log", O_RDONLY | O_TRUNC},
+        {"__sbx_test_hook__:openat-write", JAIL_VM_DIR "/qemu.log", O_WRONLY},
+        {"__sbx_test_hook__:openat-append", JAIL_VM_DIR "/qemu.log", O_RDONLY | O_APPEND},
+        {"__sbx_test_hook__:openat-read", "/proc/self/stat", O_RDONLY},
+    };
+    static const char flood[] = "__sbx_test_hook__:log-flood";
+    if (len == sizeof flood - 1 && !memcmp(code, flood, len)) {
+        /* A chatty worker: one 1 MiB line, then 8 MiB of short ones, on stderr. */
+        static char chunk[65536];
+        memset(chunk, 'x', sizeof chunk);
+        for (int i = 0; i < 16; i++)
+            fwrite(chunk, 1, sizeof chunk, stderr);
+        for (int i = 0; i < (8 << 20) / 100; i++)
+            fprintf(stderr,
+                    "\ntest hook: log flood line %d ..........................................", i);
+        fputc('\n', stderr);
+        wlog("test hook: log flood written");
+        return;
+    }
+    for (size_t i = 0; i < ARRAY_LEN(hooks); i++) {
+        if (len != strlen(hooks[i].name) || memcmp(code, hooks[i].name, len))
+            continue;
+        if (hooks[i].flags < 0) {
+            wlog("test hook: making a forbidden syscall");
+            syscall(SYS_socket, AF_INET, SOCK_STREAM, 0);
+            return;
+        }
+        wlog("test hook: openat `%s` flags %#o", hooks[i].path, (unsigned)hooks[i].flags);
+        int fd =
+            (int)syscall(SYS_openat, AT_FDCWD, hooks[i].path, hooks[i].flags | O_CLOEXEC, 0600);
+        wlog("test hook: openat returned %d (%s)", fd, fd < 0 ? strerror(errno) : "open");
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+}
+
 static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms)
 {
     /* Re-check what sbxd already validated: the worker trusts nobody with lengths. */
@@ -451,13 +500,8 @@ static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t s
         return;
     }
 
-    static const char hook[] = "__sbx_test_hook__:seccomp";
-    if (W.cfg->test_hooks && req->code.len == sizeof hook - 1 &&
-        !memcmp(req->code.data, hook, sizeof hook - 1)) {
-        /* Test-only: a syscall outside the allowlist must get this worker killed. */
-        wlog("test hook: making a forbidden syscall");
-        syscall(SYS_socket, AF_INET, SOCK_STREAM, 0);
-    }
+    if (W.cfg->test_hooks)
+        test_hook((const char *)req->code.data, req->code.len);
     Sbx__Agent__EnvVar *envs = calloc(req->n_env ? req->n_env : 1, sizeof *envs);
     Sbx__Agent__EnvVar **envp = calloc(req->n_env ? req->n_env : 1, sizeof *envp);
     if (!envs || !envp)

@@ -152,3 +152,135 @@ def real_qemu_under_two_filters(c):
     finally:
         proc.kill()
         proc.wait()
+
+
+def _hooks_daemon(c, name):
+    d = tempfile.mkdtemp(prefix=f"sbx-{name}-", dir=c.tmp)
+    sock, log = os.path.join(d, "s.sock"), os.path.join(d, "sbxd.log")
+    env = c.env(EXEC_SANDBOX_SOCKET=sock)
+    p = c.start_daemon("--test-hooks", "true", sock=sock, log=log, env=env)
+    return p, env, log
+
+
+@test()
+def worker_openat_rule_refuses_writes(c):
+    """The worker's filter lets it open files to read them, and kills it for any open that
+    could write, create or truncate (O_RDONLY is 0: the access mode alone proves nothing)."""
+    p, env, log = _hooks_daemon(c, "openat")
+    try:
+        for how in ["creat", "trunc", "write", "append"]:
+            r = c.sbx("run", "-q", "__sbx_test_hook__:openat-" + how, env=env)
+            eq(r.returncode, 125, f"openat-{how}: sandbox error: " + r.err)
+            ok("signal 31" in r.err, f"openat-{how}: the worker died by SIGSYS: " + r.err)
+        r = c.sbx("run", "-q", "__sbx_test_hook__:openat-read", env=env)
+        eq(r.returncode, 1, "a read-only open is allowed; the code then runs as Python: " + r.err)
+        text = open(log).read()
+        ok(re.search(r"test hook: openat returned \d+ \(open\)", text),
+           "the read-only open succeeded: " + text[-1500:])
+        eq(len(re.findall(r"test hook: openat returned", text)), 1,
+           "only the read-only open returned; the others never came back: " + text[-1500:])
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def _fds(pid):
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass
+    return out
+
+
+@test()
+def worker_gets_a_log_pipe_not_sbxd_fds(c):
+    """The worker's stdout and stderr are a pipe of its own that sbxd relays; it holds nothing
+    that sbxd has open (its log file above all)."""
+    proc = _long_run(c)
+    try:
+        worker = [p for p, comm in descendants(c.daemon.pid) if comm == "sbx-vmworker"]
+        ok(worker, "a worker")
+        w, d = _fds(worker[0]), _fds(c.daemon.pid)
+        ok(w.get(0, "").endswith("/null"), f"stdin: {w}")
+        ok(w.get(1, "").startswith("pipe:") and w.get(1) == w.get(2), f"stdout/stderr: {w}")
+        # sbxd holds the pipe's read end: the one thing they share.
+        shared = {t for t in w.values() if t in d.values() and t not in ("/dev/null", w[1])}
+        ok(not shared, f"the worker holds sbxd's {shared}")
+        ok(c.log not in w.values(), "the worker cannot write sbxd's log file directly")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@test()
+def worker_log_flood_is_bounded(c):
+    """A worker that writes megabytes to stderr (a test hook) neither blocks nor grows sbxd: one
+    line is cut at 1 KiB, the worker's log at 256 KiB, and the rest is read and dropped."""
+    p, env, log = _hooks_daemon(c, "flood")
+    try:
+        rss0 = int(_status(p.pid)["VmRSS"].split()[0])
+        size0 = os.path.getsize(log)
+        t0 = time.time()
+        r = c.sbx("run", "-q", "__sbx_test_hook__:log-flood", env=env, timeout=120)
+        eq(r.returncode, 1, "the run goes on after the flood (the hook is then Python): " + r.err)
+        grew = os.path.getsize(log) - size0
+        text = open(log).read()
+        ok("[line cut]" in text, "the 1 MiB line was cut")
+        ok("the rest of it is dropped" in text, "the byte budget was reached and said")
+        ok(grew < 400 * 1024, f"sbxd's log grew {grew} bytes for 9 MiB of worker output")
+        rss1 = int(_status(p.pid)["VmRSS"].split()[0])
+        ok(rss1 - rss0 < 10 * 1024, f"sbxd RSS {rss0} -> {rss1} kB")
+        eq(c.sbx("run", "-q", "print('next')", env=env, check_rc=0).out, "next\n", "next run")
+        ok(time.time() - t0 < 100, "no worker blocked on its stderr")
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def _mountinfo(pid):
+    out = []
+    for line in open(f"/proc/{pid}/mountinfo"):
+        left, _, right = line.partition(" - ")
+        f = left.split()
+        fstype, src, sopts = right.split()[:3]
+        out.append((f[4].replace("\\040", " "), f[5].split(","), fstype, sopts.split(",")))
+    return out
+
+
+@test()
+def jail_mounts_read_only_recursively_and_proc_subset(c):
+    """Something mounted under the host's /usr stays read-only in the jail (recursive), and the
+    jail's /proc holds only processes (subset=pid)."""
+    if os.getuid() != 0:
+        raise Skip("needs root to mount under /usr")
+    plant = f"/usr/local/sbx-e2e-submount-{os.getpid()}"
+    os.makedirs(plant, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "sbx-e2e-plant", plant], check=True)
+    try:
+        proc = _long_run(c)
+        try:
+            worker = [p for p, comm in descendants(c.daemon.pid) if comm == "sbx-vmworker"]
+            ok(worker, "a worker")
+            mi = _mountinfo(worker[0])
+            under_usr = [m for m in mi if m[0] == "/usr" or m[0].startswith("/usr/")]
+            ok(any(m[0] == plant for m in under_usr), f"the planted mount is in the jail: {mi}")
+            for mp, opts, _, _ in under_usr:
+                ok("ro" in opts, f"{mp} is writable in the jail: {opts}")
+            for mp, opts, _, _ in mi:
+                if mp.startswith("/assets"):
+                    ok("ro" in opts, f"{mp} is writable in the jail: {opts}")
+            procs = [m for m in mi if m[2] == "proc"]
+            eq(len(procs), 1, f"one /proc: {procs}")
+            ok("subset=pid" in procs[0][3], f"/proc subset=pid: {procs[0]}")
+            top = os.listdir(f"/proc/{worker[0]}/root/proc")
+            ok("sys" not in top and "kcore" not in top and "sysrq-trigger" not in top,
+               f"no system-wide files in the jail's /proc: {sorted(top)[:20]}")
+            ok("self" in top, "its own processes are there")
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        subprocess.run(["umount", "-l", plant])
+        os.rmdir(plant)
