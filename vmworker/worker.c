@@ -168,14 +168,66 @@ static void console_read(void)
     }
 }
 
-static void send_agent(Sbx__Agent__HostMsg *m)
+/* The longest the guest may take to accept one frame. The agent reads its channel all the
+ * time, and the host never writes while the guest streams (requests are serialised), so a
+ * frame that does not go in by then means a guest that stopped reading: it must not hold the
+ * worker, its slot or a session forever. */
+#define AGENT_WRITE_MS 10000
+
+static bool reap_signals(int *st);
+
+/* One frame to the guest agent (a non-blocking socket), written by deadline or not at all. */
+static int agent_write(const ProtobufCMessage *m, uint64_t deadline, sbx_err *err)
 {
-    if (frame_send(W.agent, &m->base) < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true, "write to guest agent: %s",
-             strerror(errno));
+    frame_writer w = {0};
+    if (frame_writer_put(&w, m) < 0)
+        return sbx_fail(err, errno, "encode a frame for the guest agent: %s", strerror(errno));
+    uint64_t t0 = now_ms();
+    int rc;
+    while ((rc = frame_writer_flush(&w, W.agent)) == 1) {
+        uint64_t now = now_ms();
+        if (now >= deadline) {
+            sbx_fail(err, ETIMEDOUT,
+                     "the guest stopped reading its channel: %zu bytes of a %zu-byte frame were "
+                     "still unsent after %llu ms",
+                     frame_writer_queued(&w), w.len, (unsigned long long)(now - t0));
+            frame_writer_free(&w);
+            return -1;
+        }
+        struct pollfd p[2] = {{.fd = W.agent, .events = POLLOUT},
+                              {.fd = W.sigfd, .events = POLLIN}};
+        if (poll(p, 2, (int)(deadline - now)) < 0 && errno != EINTR)
+            break;
+        /* SIGTERM ends the worker here too; QEMU gone makes the next write fail (EPIPE). */
+        int st;
+        if (p[1].revents)
+            (void)reap_signals(&st);
+    }
+    if (rc != 0)
+        sbx_fail(err, errno, "write to the guest agent: %s", strerror(errno));
+    frame_writer_free(&w);
+    return rc != 0 ? -1 : 0;
 }
 
-static int try_send_hello(void)
+static void send_agent(Sbx__Agent__HostMsg *m)
+{
+    sbx_err err = {0};
+    if (agent_write(&m->base, now_ms() + AGENT_WRITE_MS, &err) < 0)
+        fail(err.code == ETIMEDOUT ? SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT
+                                   : SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION,
+             true, "%s; VM stopped", err.msg);
+}
+
+/* The agent's socket never blocks the worker: reads already expect EAGAIN, writes go through
+ * agent_write. */
+static void agent_nonblock(void)
+{
+    int fl = fcntl(W.agent, F_GETFL);
+    if (fl < 0 || fcntl(W.agent, F_SETFL, fl | O_NONBLOCK) < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "agent socket: %s", strerror(errno));
+}
+
+static int try_send_hello(sbx_err *err)
 {
     /* Fresh randomness and the host's clock with every Hello: a guest restored from a shared
      * snapshot must not reuse another VM's RNG state or a stale time. */
@@ -192,16 +244,18 @@ static int try_send_hello(void)
     Sbx__Agent__HostMsg m = SBX__AGENT__HOST_MSG__INIT;
     m.body_case = SBX__AGENT__HOST_MSG__BODY_HELLO;
     m.hello = &h;
-    int rc = frame_send(W.agent, &m.base);
+    int rc = agent_write(&m.base, now_ms() + AGENT_WRITE_MS, err);
     explicit_bzero(seed, sizeof seed);
     return rc;
 }
 
 static void send_hello(void)
 {
-    if (try_send_hello() < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true, "write to guest agent: %s",
-             strerror(errno));
+    sbx_err err = {0};
+    if (try_send_hello(&err) < 0)
+        fail(err.code == ETIMEDOUT ? SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT
+                                   : SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION,
+             true, "%s", err.msg);
 }
 
 /* The signalfd is readable: SIGTERM/SIGINT end the worker and its VM; returns true, with QEMU's
@@ -376,6 +430,7 @@ static void boot(uint64_t *boot_ms)
     W.agent = qemu_connect(&W.vm, W.vm.agent_sock, deadline, &err);
     if (W.agent < 0)
         goto qemu_failed;
+    agent_nonblock();
     /* QMP: a template needs it to save; any other VM can run without (no idle reclaim). */
     if (qmp_open(&qmp, &W.vm, deadline, &err) < 0) {
         if (W.cfg->start_mode && !strcmp(W.cfg->start_mode, "template"))
@@ -841,8 +896,8 @@ static int restore_wait_ready(uint64_t deadline, sbx_err *err)
         /* Hello again now and then: it is idempotent, and a guest resuming may see the channel
          * close and reopen around the first one. */
         if (now >= next_hello) {
-            if (try_send_hello() < 0)
-                return sbx_fail(err, errno, "write to the guest agent: %s", strerror(errno));
+            if (try_send_hello(err) < 0)
+                return -1;
             next_hello = now + RESTORE_HELLO_MS;
         }
         uint64_t until = next_hello < deadline ? next_hello : deadline;
@@ -902,6 +957,7 @@ static bool boot_restore(uint64_t *boot_ms)
     W.agent = qemu_connect(&W.vm, W.vm.agent_sock, deadline, &err);
     if (W.agent < 0)
         goto failed;
+    agent_nonblock();
     frame_reader_init(&W.ag_rd, FRAME_MAX_AGENT);
     if (restore_wait_ready(deadline, &err) < 0)
         goto failed;

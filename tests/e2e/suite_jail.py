@@ -284,3 +284,41 @@ def jail_mounts_read_only_recursively_and_proc_subset(c):
     finally:
         subprocess.run(["umount", "-l", plant])
         os.rmdir(plant)
+
+
+@test()
+def guest_that_stops_reading_is_timed_out(c):
+    """A guest that stops reading its channel (here: its QEMU frozen with SIGSTOP) while the host
+    writes to it (a 16 MiB upload into a session) becomes a timeout error and a killed VM, not a
+    worker blocked in write() forever holding its slot."""
+    sid = c.sbx("session", "new", check_rc=0).out.strip()
+    qemu = []
+    try:
+        r = c.sbx("session", "exec", "-q", sid, "x = 1")
+        eq(r.returncode, 0, "session works: " + r.err)
+        qemu = [p for p, comm in descendants(c.daemon.pid) if comm.startswith("qemu-system")]
+        eq(len(qemu), 1, f"one QEMU for the session: {qemu}")
+        os.kill(qemu[0], signal.SIGSTOP)
+        big = os.path.join(c.tmp, "stopped-reader.bin")
+        with open(big, "wb") as f:
+            f.write(os.urandom(16 << 20))  # random: zstd cannot shrink it below the socket buffers
+        t0 = time.time()
+        r = c.sbx("session", "upload", sid, big, "big.bin", timeout=120)
+        took = time.time() - t0
+        ok(r.returncode != 0, "the upload into a frozen guest fails")
+        ok("VmTimeout" in r.err and "stopped reading" in r.err, "a timeout error that says why: "
+           + r.err)
+        ok(took < 60, f"the host gave up after {took:.1f} s")
+        wait_for(lambda: not os.path.exists(f"/proc/{qemu[0]}") or
+                 open(f"/proc/{qemu[0]}/stat").read().split(")")[1].split()[0] == "Z",
+                 15, "the frozen QEMU to be killed")
+        r = c.sbx("session", "exec", sid, "print(x)")
+        eq(r.returncode, 125, "the session's VM is gone: " + r.err)
+        eq(c.sbx("run", "-q", "print('ok')", check_rc=0).out, "ok\n", "daemon still serves")
+    finally:
+        for p in qemu:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        c.sbx("session", "close", sid)
