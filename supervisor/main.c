@@ -15,6 +15,7 @@
 #include "paths.h"
 #include "sbxd.h"
 #include "snapshot.h"
+#include "workerlog.h"
 
 sbx_config cfg;
 char run_base[256];
@@ -172,6 +173,7 @@ int main(int argc, char **argv)
     pool_shutdown();
     session_shutdown();
     sched_shutdown();
+    workerlog_shutdown();
     snapshot_shutdown();
     rmdir(run_base);
     ev_loop_destroy(loop);

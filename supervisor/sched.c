@@ -20,6 +20,7 @@
 #include "paths.h"
 #include "sbxd.h"
 #include "snapshot.h"
+#include "workerlog.h"
 #include "worker.pb-c.h"
 
 #define PROBE_BOOT_TIMEOUT_MS 6000
@@ -586,19 +587,28 @@ static char **worker_env(void)
 
 /* fork+exec the worker in new namespaces (it becomes PID 1 of its own pid namespace, so when it
  * dies the kernel kills QEMU too), inside the VM's cgroup before it runs a single instruction
- * of its own, with exactly one inherited socket as fd 3 and an empty environment. */
+ * of its own, with exactly one inherited socket as fd 3, its stdout and stderr on a log pipe of
+ * its own (workerlog.c; none of sbxd's descriptors) and an empty environment. */
 static int spawn_worker(job *j, bool userns, sbx_err *err)
 {
     char exe[512];
     if (sched_worker_path(exe, sizeof exe) < 0)
         return sbx_fail(err, ENOENT, "cannot locate sbx-vmworker");
-    int sv[2], sync[2];
+    int sv[2], sync[2], logp[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         return sbx_fail(err, errno, "socketpair: %s", strerror(errno));
     if (pipe2(sync, O_CLOEXEC) < 0) {
         close(sv[0]);
         close(sv[1]);
         return sbx_fail(err, errno, "pipe: %s", strerror(errno));
+    }
+    if (pipe2(logp, O_CLOEXEC) < 0) {
+        int e = errno;
+        close(sv[0]);
+        close(sv[1]);
+        close(sync[0]);
+        close(sync[1]);
+        return sbx_fail(err, e, "log pipe: %s", strerror(e));
     }
     char **envp = worker_env();
     unsigned long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET;
@@ -614,6 +624,8 @@ static int spawn_worker(job *j, bool userns, sbx_err *err)
         close(sv[1]);
         close(sync[0]);
         close(sync[1]);
+        close(logp[0]);
+        close(logp[1]);
         return sbx_fail(err, e, "create the VM's namespaces (clone): %s", strerror(e));
     }
     if (pid == 0) {
@@ -628,7 +640,7 @@ static int spawn_worker(job *j, bool userns, sbx_err *err)
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
-        if (dup2(sv[1], 3) < 0)
+        if (dup2(logp[1], 1) < 0 || dup2(logp[1], 2) < 0 || dup2(sv[1], 3) < 0)
             _exit(127);
         int null = open("/dev/null", O_RDONLY);
         if (null >= 0 && null != 0) {
@@ -643,6 +655,7 @@ static int spawn_worker(job *j, bool userns, sbx_err *err)
     }
     close(sv[1]);
     close(sync[0]);
+    close(logp[1]);
     int rc = cgroup_attach(&j->cg, pid, err);
     if (rc == 0 && userns) {
         char path[64], map[64];
@@ -672,9 +685,12 @@ static int spawn_worker(job *j, bool userns, sbx_err *err)
         waitpid(pid, NULL, 0);
         close(sync[1]);
         close(sv[0]);
+        close(logp[0]);
         return -1;
     }
     close(sync[1]);
+    if (workerlog_start(logp[0], j->seq) < 0)
+        slog("vm %llu: cannot relay the worker's log", (unsigned long long)j->seq);
     fcntl(sv[0], F_SETFL, O_NONBLOCK);
     j->pid = pid;
     j->fd = sv[0];

@@ -1,8 +1,11 @@
-/* Mount namespace root, credentials and seccomp for the worker (and, inherited, its QEMU). */
+/* Mount namespace root, credentials and seccomp for the worker, and the seccomp filter QEMU gets
+ * on top of its own -sandbox. */
 #include "jail.h"
+#include "worker.h"
 
 #include <cap-ng.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <seccomp.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,6 +13,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -22,6 +26,32 @@ static int mkdir_in(const char *root, const char *rel, sbx_err *err)
     snprintf(p, sizeof p, "%s/%s", root, rel);
     if (mkdir(p, 0755) < 0 && errno != EEXIST)
         return sbx_fail(err, errno, "mkdir `%s`: %s", p, strerror(errno));
+    return 0;
+}
+
+/* Mount attributes for p and every mount below it: MS_REMOUNT changes only the top mount of a
+ * recursive bind, and a host with something mounted under /usr (or under an asset directory)
+ * would otherwise hand that over writable. */
+static int seal_tree(const char *p, uint64_t attrs, unsigned long ms_flags, sbx_err *err)
+{
+    struct mount_attr a = {.attr_set = attrs};
+    if (mount_setattr(AT_FDCWD, p, AT_RECURSIVE | AT_SYMLINK_NOFOLLOW, &a, sizeof a) == 0)
+        return 0;
+    if (errno != ENOSYS)
+        return sbx_fail(err, errno, "seal the mounts under `%s`: %s", p, strerror(errno));
+    /* Kernels before 5.12: remount each mount below p, as /proc/self/mountinfo lists them. */
+    cleanup_fclose FILE *mi = fopen("/proc/self/mountinfo", "re");
+    if (!mi)
+        return sbx_fail(err, errno, "open /proc/self/mountinfo: %s", strerror(errno));
+    char line[4096], mp[PATH_MAX];
+    size_t pl = strlen(p);
+    while (fgets(line, sizeof line, mi)) {
+        if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1 || strncmp(mp, p, pl) ||
+            mp[pl] != '/' || strstr(mp, "\\"))
+            continue; /* not below p, or an escaped name: none of ours has one */
+        if (mount(NULL, mp, NULL, MS_REMOUNT | MS_BIND | ms_flags, NULL) < 0)
+            return sbx_fail(err, errno, "remount `%s`: %s", mp, strerror(errno));
+    }
     return 0;
 }
 
@@ -47,6 +77,12 @@ static int bind_in(const char *root, const char *rel, const char *src, bool rw, 
         fl |= MS_NODEV; /* kernel, images: data only */
     if (mount(NULL, p, NULL, fl, NULL) < 0)
         return sbx_fail(err, errno, "remount `%s`: %s", p, strerror(errno));
+    if (dir) {
+        uint64_t attrs =
+            MOUNT_ATTR_NOSUID | (rw ? MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NODEV : MOUNT_ATTR_RDONLY);
+        if (seal_tree(p, attrs, fl & ~(MS_REMOUNT | MS_BIND), err) < 0)
+            return -1;
+    }
     return 0;
 }
 
@@ -129,8 +165,17 @@ static int build_root(const jail_spec *s, const char *root, sbx_err *err)
     snprintf(q, sizeof q, "%s/assets/qemu-system-x86_64", root);
     if (mount(NULL, q, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
         return sbx_fail(err, errno, "remount `%s`: %s", q, strerror(errno));
-    if (bind_in(root, "vm", s->run_dir, true, true, err) < 0)
-        return -1;
+    /* /vm is the one place QEMU may write (its sockets and its stderr log): a tmpfs of its own,
+     * capped in bytes and inodes, so a QEMU that a guest took over cannot fill the host's disk
+     * through it. Nothing outside the jail needs what it holds. */
+    char p[PATH_MAX], opts[128];
+    snprintf(p, sizeof p, "%s/vm", root);
+    snprintf(opts, sizeof opts, "size=%dk,nr_inodes=%d,mode=0700,uid=%u,gid=%u", JAIL_VM_DIR_KB,
+             JAIL_VM_DIR_INODES, (unsigned)s->uid, (unsigned)s->gid);
+    if (mkdir(p, 0700) < 0 && errno != EEXIST)
+        return sbx_fail(err, errno, "mkdir `%s`: %s", p, strerror(errno));
+    if (mount("sbx-vm", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) < 0)
+        return sbx_fail(err, errno, "mount tmpfs on `%s`: %s", p, strerror(errno));
     /* A memory snapshot's directory (mem, state): read-only for a restore, so the RAM file every
      * restored VM maps stays byte-identical; data only either way. */
     if (s->snapshot_dir) {
@@ -140,8 +185,12 @@ static int build_root(const jail_spec *s, const char *root, sbx_err *err)
         unsigned long fl = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC;
         if (mount(NULL, q, NULL, fl | (s->snapshot_rw ? 0 : MS_RDONLY), NULL) < 0)
             return sbx_fail(err, errno, "remount `%s`: %s", q, strerror(errno));
+        if (seal_tree(q,
+                      MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC |
+                          (s->snapshot_rw ? 0 : MOUNT_ATTR_RDONLY),
+                      MS_NOSUID | MS_NODEV | MS_NOEXEC | (s->snapshot_rw ? 0 : MS_RDONLY), err) < 0)
+            return -1;
     }
-    char p[PATH_MAX];
     snprintf(p, sizeof p, "%s/dev", root);
     if (mount("sbx-dev", p, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755") < 0)
         return sbx_fail(err, errno, "mount /dev: %s", strerror(errno));
@@ -151,9 +200,18 @@ static int build_root(const jail_spec *s, const char *root, sbx_err *err)
             return -1;
     if (s->kvm && dev_node(root, "kvm", true, s, err) < 0)
         return -1;
+    /* Only the processes of the jail's pid namespace (the worker and QEMU): subset=pid also
+     * leaves out /proc/sys, /proc/kcore, sysrq-trigger and every other system-wide file.
+     * Kernels before 5.8 do not know the option; the pid namespace still holds. */
     snprintf(p, sizeof p, "%s/proc", root);
-    if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-        return sbx_fail(err, errno, "mount /proc: %s", strerror(errno));
+    if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid") < 0) {
+        if (errno != EINVAL)
+            return sbx_fail(err, errno, "mount /proc: %s", strerror(errno));
+        wlog("warning: this kernel refuses /proc subset=pid; the jail's /proc keeps its "
+             "system-wide files");
+        if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+            return sbx_fail(err, errno, "mount /proc: %s", strerror(errno));
+    }
     snprintf(p, sizeof p, "%s/tmp", root);
     if (mount("sbx-tmp", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=1777") < 0)
         return sbx_fail(err, errno, "mount /tmp: %s", strerror(errno));
@@ -263,7 +321,6 @@ int jail_seccomp(sbx_err *err)
         SCMP_SYS(pipe2),
         SCMP_SYS(dup),
         SCMP_SYS(dup2),
-        SCMP_SYS(openat),
         SCMP_SYS(getrusage),
         SCMP_SYS(sched_getparam),
         SCMP_SYS(ioctl),
@@ -272,10 +329,12 @@ int jail_seccomp(sbx_err *err)
     int rc = 0;
     for (size_t i = 0; i < ARRAY_LEN(allow) && rc == 0; i++)
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allow[i], 0);
-    /* Files are opened read-only (/proc/PID/stat, QEMU's log). */
+    /* Files are opened read-only (/proc/PID/stat, QEMU's log). O_RDONLY is 0, so the flags are
+     * masked with every bit that writes, creates or truncates, and must have none of them:
+     * checking the access mode alone would let O_RDONLY|O_CREAT or O_RDONLY|O_TRUNC through. */
     if (rc == 0)
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(openat), 1,
-                              SCMP_A2(SCMP_CMP_MASKED_EQ, O_ACCMODE, O_RDONLY));
+                              SCMP_A2(SCMP_CMP_MASKED_EQ, JAIL_OPEN_WRITE_BITS, 0));
     /* stdio asks whether stderr is a terminal. */
     if (rc == 0 || rc == -EEXIST)
         rc =
@@ -287,5 +346,95 @@ int jail_seccomp(sbx_err *err)
     seccomp_release(ctx);
     if (rc < 0)
         return sbx_fail(err, -rc, "install seccomp filter: %s", strerror(-rc));
+    return 0;
+}
+
+int jail_qemu_filter(void **filter, sbx_err *err)
+{
+    *filter = NULL;
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    if (!ctx)
+        return sbx_fail(err, ENOMEM, "QEMU filter: seccomp_init failed");
+    /* QEMU needs hundreds of syscalls and names its own in -sandbox; this list only takes away
+     * what QEMU never uses here and what a guest that took over QEMU would use to go further:
+     * other processes (the worker above all), kernel attack surface that QEMU does not need,
+     * the mount table, new namespaces (a user namespace would give it capabilities back), and
+     * any network but the Unix sockets of its chardevs. KILL_PROCESS, not an errno: a QEMU that
+     * tries is compromised, and the run ends as a VM crash. */
+    static const int kill[] = {
+        SCMP_SYS(ptrace),
+        SCMP_SYS(process_vm_readv),
+        SCMP_SYS(process_vm_writev),
+        SCMP_SYS(pidfd_getfd),
+        SCMP_SYS(process_madvise),
+        SCMP_SYS(kcmp),
+        SCMP_SYS(bpf),
+        SCMP_SYS(userfaultfd),
+        SCMP_SYS(io_uring_enter),
+        SCMP_SYS(io_uring_register),
+        SCMP_SYS(perf_event_open),
+        SCMP_SYS(keyctl),
+        SCMP_SYS(add_key),
+        SCMP_SYS(request_key),
+        SCMP_SYS(kexec_load),
+        SCMP_SYS(kexec_file_load),
+        SCMP_SYS(mount),
+        SCMP_SYS(umount2),
+        SCMP_SYS(pivot_root),
+        SCMP_SYS(chroot),
+        SCMP_SYS(fsopen),
+        SCMP_SYS(fsconfig),
+        SCMP_SYS(fsmount),
+        SCMP_SYS(fspick),
+        SCMP_SYS(move_mount),
+        SCMP_SYS(open_tree),
+        SCMP_SYS(mount_setattr),
+        SCMP_SYS(unshare),
+        SCMP_SYS(setns),
+    };
+    int rc = 0;
+    for (size_t i = 0; i < ARRAY_LEN(kill) && rc == 0; i++)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, kill[i], 0);
+    /* Sockets: the chardevs and QMP are AF_UNIX; any other family is a way out. */
+    if (rc == 0)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, SCMP_SYS(socket), 1,
+                              SCMP_A0(SCMP_CMP_NE, AF_UNIX));
+    if (rc == 0)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, SCMP_SYS(socketpair), 1,
+                              SCMP_A0(SCMP_CMP_NE, AF_UNIX));
+    /* Threads are clone() without namespace flags; clone3 passes its flags in memory, which a
+     * filter cannot read, so it answers ENOSYS and glibc falls back to clone(). */
+    static const unsigned long ns_flags[] = {CLONE_NEWNS,    CLONE_NEWUSER, CLONE_NEWPID,
+                                             CLONE_NEWNET,   CLONE_NEWIPC,  CLONE_NEWUTS,
+                                             CLONE_NEWCGROUP};
+    for (size_t i = 0; i < ARRAY_LEN(ns_flags) && rc == 0; i++)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, SCMP_SYS(clone), 1,
+                              SCMP_A0(SCMP_CMP_MASKED_EQ, ns_flags[i], ns_flags[i]));
+    if (rc == 0)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+    /* QEMU 10 (built with liburing) tries io_uring_setup for its event loop at start and falls
+     * back to ppoll/epoll when the kernel has none, so setup answers ENOSYS rather than kill.
+     * With no ring ever made, io_uring_enter/register above are never legitimate. */
+    if (rc == 0)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(io_uring_setup), 0);
+    if (rc < 0) {
+        seccomp_release(ctx);
+        return sbx_fail(err, -rc, "QEMU filter: add rule: %s", strerror(-rc));
+    }
+    *filter = ctx;
+    return 0;
+}
+
+int jail_qemu_confine(void *filter)
+{
+    /* Set already when the worker is jailed (jail_enter); needed here for the filter whatever
+     * the worker's state, and harmless twice. */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        return -1;
+    int rc = seccomp_load((scmp_filter_ctx)filter);
+    if (rc < 0) {
+        errno = -rc;
+        return -1;
+    }
     return 0;
 }

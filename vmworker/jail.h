@@ -4,13 +4,14 @@
 #ifndef SBX_JAIL_H
 #define SBX_JAIL_H
 
+#include <fcntl.h>
 #include <stdbool.h>
 #include <sys/types.h>
 
 #include "common.h"
 
 typedef struct {
-    const char *run_dir;                         /* host path: becomes /vm (sockets, logs) */
+    const char *run_dir;                         /* host path: holds the jail's root */
     const char *kernel, *initrd, *rootfs, *qemu; /* host paths: bound read-only under /assets */
     const char *snapshot_dir;                    /* host path or NULL: bound on JAIL_SNAPSHOT */
     bool snapshot_rw; /* a template writes its snapshot there; restores only read */
@@ -19,6 +20,14 @@ typedef struct {
     uid_t uid;
     gid_t gid;
 } jail_spec;
+
+/* The jail's /vm (QEMU's sockets and log): a tmpfs this big, with this many inodes at most. */
+#define JAIL_VM_DIR_KB 4096
+#define JAIL_VM_DIR_INODES 32
+
+/* Open flags the worker's filter refuses once it runs: writing, creating, truncating,
+ * appending (O_TMPFILE's own bit; it carries O_DIRECTORY, which stays allowed). */
+#define JAIL_OPEN_WRITE_BITS (O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND | (O_TMPFILE & ~O_DIRECTORY))
 
 /* Paths inside the jail. */
 #define JAIL_VM_DIR "/vm"
@@ -34,5 +43,14 @@ typedef struct {
 int jail_enter(const jail_spec *spec, sbx_err *err);
 /* Install the worker's syscall allowlist (default: kill the process). */
 int jail_seccomp(sbx_err *err);
+
+/* QEMU's filter of its own, beneath its -sandbox: a denylist (default allow) that kills QEMU on
+ * what a guest that took over QEMU would reach for next (ptrace and other processes' memory,
+ * bpf, userfaultfd, io_uring, perf, keys, kexec, mounts, namespaces, sockets other than
+ * AF_UNIX). Built in the worker; loaded by jail_qemu_confine in QEMU's child before execve. */
+int jail_qemu_filter(void **filter, sbx_err *err);
+/* In QEMU's child (after fork, before execve): no_new_privs, then load the filter from
+ * jail_qemu_filter (a scmp_filter_ctx). Returns -1 with errno on failure. */
+int jail_qemu_confine(void *filter);
 
 #endif

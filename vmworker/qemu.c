@@ -144,6 +144,10 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
         dup2(logfd, 1);
         dup2(logfd, 2);
         close_range(3, ~0U, 0);
+        if (vm->confine && vm->confine(vm->confine_arg) < 0) {
+            dprintf(2, "confine QEMU before exec: %s\n", strerror(errno));
+            _exit(127);
+        }
         execvp(a.v[0], a.v);
         dprintf(2, "exec %s: %s\n", a.v[0], strerror(errno));
         _exit(127);

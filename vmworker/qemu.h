@@ -16,6 +16,10 @@ typedef struct {
     char qmp_sock[PATH_MAX];
     char log_path[PATH_MAX]; /* QEMU's own stderr */
     uint64_t t_spawn;        /* now_ms() just before fork */
+    /* Called in QEMU's child right before execve (the jail's seccomp filter for QEMU); a
+     * failure stops the start. NULL: none. */
+    int (*confine)(void *arg);
+    void *confine_arg;
 } qemu_vm;
 
 /* Build the command line from cfg and start QEMU (child dies with the worker); every VM serves

@@ -168,14 +168,66 @@ static void console_read(void)
     }
 }
 
-static void send_agent(Sbx__Agent__HostMsg *m)
+/* The longest the guest may take to accept one frame. The agent reads its channel all the
+ * time, and the host never writes while the guest streams (requests are serialised), so a
+ * frame that does not go in by then means a guest that stopped reading: it must not hold the
+ * worker, its slot or a session forever. */
+#define AGENT_WRITE_MS 10000
+
+static bool reap_signals(int *st);
+
+/* One frame to the guest agent (a non-blocking socket), written by deadline or not at all. */
+static int agent_write(const ProtobufCMessage *m, uint64_t deadline, sbx_err *err)
 {
-    if (frame_send(W.agent, &m->base) < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true, "write to guest agent: %s",
-             strerror(errno));
+    frame_writer w = {0};
+    if (frame_writer_put(&w, m) < 0)
+        return sbx_fail(err, errno, "encode a frame for the guest agent: %s", strerror(errno));
+    uint64_t t0 = now_ms();
+    int rc;
+    while ((rc = frame_writer_flush(&w, W.agent)) == 1) {
+        uint64_t now = now_ms();
+        if (now >= deadline) {
+            sbx_fail(err, ETIMEDOUT,
+                     "the guest stopped reading its channel: %zu bytes of a %zu-byte frame were "
+                     "still unsent after %llu ms",
+                     frame_writer_queued(&w), w.len, (unsigned long long)(now - t0));
+            frame_writer_free(&w);
+            return -1;
+        }
+        struct pollfd p[2] = {{.fd = W.agent, .events = POLLOUT},
+                              {.fd = W.sigfd, .events = POLLIN}};
+        if (poll(p, 2, (int)(deadline - now)) < 0 && errno != EINTR)
+            break;
+        /* SIGTERM ends the worker here too; QEMU gone makes the next write fail (EPIPE). */
+        int st;
+        if (p[1].revents)
+            (void)reap_signals(&st);
+    }
+    if (rc != 0)
+        sbx_fail(err, errno, "write to the guest agent: %s", strerror(errno));
+    frame_writer_free(&w);
+    return rc != 0 ? -1 : 0;
 }
 
-static int try_send_hello(void)
+static void send_agent(Sbx__Agent__HostMsg *m)
+{
+    sbx_err err = {0};
+    if (agent_write(&m->base, now_ms() + AGENT_WRITE_MS, &err) < 0)
+        fail(err.code == ETIMEDOUT ? SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT
+                                   : SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION,
+             true, "%s; VM stopped", err.msg);
+}
+
+/* The agent's socket never blocks the worker: reads already expect EAGAIN, writes go through
+ * agent_write. */
+static void agent_nonblock(void)
+{
+    int fl = fcntl(W.agent, F_GETFL);
+    if (fl < 0 || fcntl(W.agent, F_SETFL, fl | O_NONBLOCK) < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "agent socket: %s", strerror(errno));
+}
+
+static int try_send_hello(sbx_err *err)
 {
     /* Fresh randomness and the host's clock with every Hello: a guest restored from a shared
      * snapshot must not reuse another VM's RNG state or a stale time. */
@@ -192,16 +244,18 @@ static int try_send_hello(void)
     Sbx__Agent__HostMsg m = SBX__AGENT__HOST_MSG__INIT;
     m.body_case = SBX__AGENT__HOST_MSG__BODY_HELLO;
     m.hello = &h;
-    int rc = frame_send(W.agent, &m.base);
+    int rc = agent_write(&m.base, now_ms() + AGENT_WRITE_MS, err);
     explicit_bzero(seed, sizeof seed);
     return rc;
 }
 
 static void send_hello(void)
 {
-    if (try_send_hello() < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true, "write to guest agent: %s",
-             strerror(errno));
+    sbx_err err = {0};
+    if (try_send_hello(&err) < 0)
+        fail(err.code == ETIMEDOUT ? SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT
+                                   : SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION,
+             true, "%s", err.msg);
 }
 
 /* The signalfd is readable: SIGTERM/SIGINT end the worker and its VM; returns true, with QEMU's
@@ -376,6 +430,7 @@ static void boot(uint64_t *boot_ms)
     W.agent = qemu_connect(&W.vm, W.vm.agent_sock, deadline, &err);
     if (W.agent < 0)
         goto qemu_failed;
+    agent_nonblock();
     /* QMP: a template needs it to save; any other VM can run without (no idle reclaim). */
     if (qmp_open(&qmp, &W.vm, deadline, &err) < 0) {
         if (W.cfg->start_mode && !strcmp(W.cfg->start_mode, "template"))
@@ -441,6 +496,55 @@ static void forward_chunk(uint32_t stream, const uint8_t *d, size_t n)
     send_ctl(&m);
 }
 
+/* Test-only triggers (sbxd's test_hooks, never on in production): the code of a run names a
+ * syscall for the worker to make under its filter. Forbidden ones must get it killed by SIGSYS;
+ * the allowed read-only open must not. */
+static void test_hook(const char *code, size_t len)
+{
+    static const struct {
+        const char *name;
+        const char *path;
+        int flags; /* -1: socket(AF_INET) instead of openat */
+    } hooks[] = {
+        {"__sbx_test_hook__:seccomp", NULL, -1},
+        {"__sbx_test_hook__:openat-creat", "/tmp/sbx-test-hook", O_RDONLY | O_CREAT},
+        {"__sbx_test_hook__:openat-trunc", JAIL_VM_DIR "/qemu.log", O_RDONLY | O_TRUNC},
+        {"__sbx_test_hook__:openat-write", JAIL_VM_DIR "/qemu.log", O_WRONLY},
+        {"__sbx_test_hook__:openat-append", JAIL_VM_DIR "/qemu.log", O_RDONLY | O_APPEND},
+        {"__sbx_test_hook__:openat-read", "/proc/self/stat", O_RDONLY},
+    };
+    static const char flood[] = "__sbx_test_hook__:log-flood";
+    if (len == sizeof flood - 1 && !memcmp(code, flood, len)) {
+        /* A chatty worker: one 1 MiB line, then 8 MiB of short ones, on stderr. */
+        static char chunk[65536];
+        memset(chunk, 'x', sizeof chunk);
+        for (int i = 0; i < 16; i++)
+            fwrite(chunk, 1, sizeof chunk, stderr);
+        for (int i = 0; i < (8 << 20) / 100; i++)
+            fprintf(stderr,
+                    "\ntest hook: log flood line %d ..........................................", i);
+        fputc('\n', stderr);
+        wlog("test hook: log flood written");
+        return;
+    }
+    for (size_t i = 0; i < ARRAY_LEN(hooks); i++) {
+        if (len != strlen(hooks[i].name) || memcmp(code, hooks[i].name, len))
+            continue;
+        if (hooks[i].flags < 0) {
+            wlog("test hook: making a forbidden syscall");
+            syscall(SYS_socket, AF_INET, SOCK_STREAM, 0);
+            return;
+        }
+        wlog("test hook: openat `%s` flags %#o", hooks[i].path, (unsigned)hooks[i].flags);
+        int fd =
+            (int)syscall(SYS_openat, AT_FDCWD, hooks[i].path, hooks[i].flags | O_CLOEXEC, 0600);
+        wlog("test hook: openat returned %d (%s)", fd, fd < 0 ? strerror(errno) : "open");
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+}
+
 static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms)
 {
     /* Re-check what sbxd already validated: the worker trusts nobody with lengths. */
@@ -451,13 +555,8 @@ static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t s
         return;
     }
 
-    static const char hook[] = "__sbx_test_hook__:seccomp";
-    if (W.cfg->test_hooks && req->code.len == sizeof hook - 1 &&
-        !memcmp(req->code.data, hook, sizeof hook - 1)) {
-        /* Test-only: a syscall outside the allowlist must get this worker killed. */
-        wlog("test hook: making a forbidden syscall");
-        syscall(SYS_socket, AF_INET, SOCK_STREAM, 0);
-    }
+    if (W.cfg->test_hooks)
+        test_hook((const char *)req->code.data, req->code.len);
     Sbx__Agent__EnvVar *envs = calloc(req->n_env ? req->n_env : 1, sizeof *envs);
     Sbx__Agent__EnvVar **envp = calloc(req->n_env ? req->n_env : 1, sizeof *envp);
     if (!envs || !envp)
@@ -797,8 +896,8 @@ static int restore_wait_ready(uint64_t deadline, sbx_err *err)
         /* Hello again now and then: it is idempotent, and a guest resuming may see the channel
          * close and reopen around the first one. */
         if (now >= next_hello) {
-            if (try_send_hello() < 0)
-                return sbx_fail(err, errno, "write to the guest agent: %s", strerror(errno));
+            if (try_send_hello(err) < 0)
+                return -1;
             next_hello = now + RESTORE_HELLO_MS;
         }
         uint64_t until = next_hello < deadline ? next_hello : deadline;
@@ -858,6 +957,7 @@ static bool boot_restore(uint64_t *boot_ms)
     W.agent = qemu_connect(&W.vm, W.vm.agent_sock, deadline, &err);
     if (W.agent < 0)
         goto failed;
+    agent_nonblock();
     frame_reader_init(&W.ag_rd, FRAME_MAX_AGENT);
     if (restore_wait_ready(deadline, &err) < 0)
         goto failed;
@@ -966,6 +1066,20 @@ static void lock_down(void)
         fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "%s", err.msg);
 }
 
+/* QEMU runs as our uid: whatever takes it over must not reach the worker (ptrace, /proc/1/mem,
+ * process_vm_readv), and QEMU gets a filter of its own under its -sandbox (jail.c). Not
+ * dumpable must come after jail_enter: changing uid resets it to fs.suid_dumpable. */
+static void confine_qemu(void)
+{
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "make the worker non-dumpable: %s",
+             strerror(errno));
+    sbx_err err = {0};
+    if (jail_qemu_filter(&W.vm.confine_arg, &err) < 0)
+        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "%s", err.msg);
+    W.vm.confine = jail_qemu_confine;
+}
+
 /* Boot, restore, or make a template, as sbxd asked. A failed restore is a cold boot in the same
  * slot: the run never sees it, beyond start_mode "cold" and the warning sbxd logs. */
 static void start_vm(uint64_t *boot_ms)
@@ -1036,6 +1150,7 @@ int main(int argc, char **argv)
     Sbx__Worker__ToWorker *start = recv_ctl(SBX__WORKER__TO_WORKER__BODY_START, now_ms() + 30000);
     W.cfg = start->start;
     enter_jail(W.cfg);
+    confine_qemu();
     uint64_t setup_ms = now_ms() - W.t_start, boot_ms = 0;
     start_vm(&boot_ms);
     lock_down();
