@@ -5,13 +5,13 @@ CC ?= cc
 PYTHON ?= /usr/bin/python3
 BUILD ?= build
 CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation \
-	-iquote $(BUILD)/gen -iquote proto -iquote cli -g
+	-iquote $(BUILD)/gen -iquote common -iquote proto -iquote cli -g
 CFLAGS ?= -O2
 LIBS_HOST = -lev -lprotobuf-c -ljansson -lseccomp -lcap-ng -lzstd -lcrypto -pthread
 PROTOS = control worker agent
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
-COMMON_SRC = proto/frame.c proto/sbx_limits.c proto/paths.c
+COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c
 SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor/request.c \
 	supervisor/sched.c \
 	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
@@ -32,7 +32,7 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 
 # Objects of one variant (release or asan) live under $(BUILD)/<variant>/.
 define variant
-$(BUILD)/$(1)/%.o: %.c $(GEN_H) $(wildcard proto/*.h cli/*.h supervisor/*.h vmworker/*.h)
+$(BUILD)/$(1)/%.o: %.c $(GEN_H) $(wildcard common/*.h proto/*.h cli/*.h supervisor/*.h vmworker/*.h)
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(CFLAGS_COMMON) $(2) -c $$< -o $$@
 $(BUILD)/$(1)/gen/%.o: $(BUILD)/gen/%.c $(GEN_H)
@@ -63,7 +63,7 @@ $(BUILD)/example: cli/example.c cli/libsbx.h $(BUILD)/libsbx.a
 asan: $(BUILD)/asan/sbxd $(BUILD)/asan/sbx-vmworker $(BUILD)/asan/sbx
 
 # The guest agent is PID 1 in the VM: static, no sanitizer.
-$(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) proto/*.h
+$(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) common/*.h proto/*.h
 	$(CC) $(CFLAGS_COMMON) -O2 -static -o $@ $(AGENT_SRC) $(COMMON_SRC) \
 		$(BUILD)/gen/agent.pb-c.c -l:libprotobuf-c.a -l:libzstd.a -l:libcrypto.a
 
@@ -86,27 +86,27 @@ test-unit: $(UNIT_TESTS:%=$(BUILD)/tests/%)
 # FUZZ_SECONDS; crashes are saved under build/fuzz/.
 FUZZ_TARGETS = control worker agent qmp control_conn
 FUZZ_SECONDS ?= 15
-FUZZ_SRC = tests/fuzz/fuzz_frames.c proto/frame.c proto/sbx_limits.c $(GEN_C)
-$(BUILD)/fuzz/fuzz_%: $(FUZZ_SRC) $(GEN_H) proto/*.h
+FUZZ_SRC = tests/fuzz/fuzz_frames.c proto/frame.c common/sbx_limits.c $(GEN_C)
+$(BUILD)/fuzz/fuzz_%: $(FUZZ_SRC) $(GEN_H) common/*.h proto/*.h
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
-		-DFUZZ_$(shell echo $* | tr a-z A-Z) -iquote $(BUILD)/gen -iquote proto -o $@ $(FUZZ_SRC) \
+		-DFUZZ_$(shell echo $* | tr a-z A-Z) -iquote $(BUILD)/gen -iquote common -iquote proto -o $@ $(FUZZ_SRC) \
 		-lprotobuf-c
 # The worker's QMP reader: QEMU's replies and events are its input.
 $(BUILD)/fuzz/fuzz_qmp: tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c $(GEN_C) $(GEN_H) \
-		vmworker/*.h proto/*.h
+		vmworker/*.h common/*.h proto/*.h
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
-		-iquote proto -iquote vmworker -o $@ tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c \
+		-iquote common -iquote proto -iquote vmworker -o $@ tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c \
 		$(GEN_C) -lprotobuf-c -ljansson
 # The life of control connections: sbxd's control, request and session rooms on a real loop
 # against a fake scheduler (the input is a script of connects, writes, closes, VM answers).
 CONN_FUZZ_SRC = tests/fuzz/fuzz_control_conn.c supervisor/control.c supervisor/request.c \
-	supervisor/session.c supervisor/config.c proto/frame.c proto/sbx_limits.c proto/paths.c
-$(BUILD)/fuzz/fuzz_control_conn: $(CONN_FUZZ_SRC) $(GEN_C) $(GEN_H) supervisor/*.h proto/*.h
+	supervisor/session.c supervisor/config.c proto/frame.c common/sbx_limits.c common/paths.c
+$(BUILD)/fuzz/fuzz_control_conn: $(CONN_FUZZ_SRC) $(GEN_C) $(GEN_H) supervisor/*.h common/*.h proto/*.h
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
-		-iquote proto -iquote supervisor -o $@ $(CONN_FUZZ_SRC) $(GEN_C) -lprotobuf-c -lev
+		-iquote common -iquote proto -iquote supervisor -o $@ $(CONN_FUZZ_SRC) $(GEN_C) -lprotobuf-c -lev
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 	@set -e; for t in $(FUZZ_TARGETS); do mkdir -p $(BUILD)/fuzz/corpus-$$t; \
 		echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
@@ -145,7 +145,7 @@ bench: all
 	scripts/bench-restore.py
 	scripts/bench-throughput.py
 
-FORMAT_SRC = $(wildcard proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] tests/unit/*.c)
+FORMAT_SRC = $(wildcard common/*.[ch] proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] tests/unit/*.c)
 format:
 	clang-format -i $(FORMAT_SRC)
 format-check:

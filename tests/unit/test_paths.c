@@ -1,4 +1,4 @@
-/* The state-directory helpers (proto/paths.c): which directories are trusted, files written and
+/* The state-directory helpers (common/paths.c): which directories are trusted, files written and
  * read without following links, the cache directory's default without $HOME. */
 #include <setjmp.h>
 #include <stdarg.h>
