@@ -15,7 +15,8 @@ COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c
 SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor/request.c \
 	supervisor/sched.c \
 	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
-	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c
+	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c supervisor/spawn.c \
+	supervisor/assets.c
 WORKER_SRC = vmworker/worker.c vmworker/qemu.c vmworker/jail.c vmworker/qmp.c vmworker/balloon.c
 LIBSBX_SRC = cli/libsbx.c
 SBX_SRC = cli/sbx.c cli/args.c

@@ -147,26 +147,3 @@ void accel_probe_done(bool booted, const char *why)
         slog("warning: accelerator verdict not cached: %s", err.msg);
     sched_pump();
 }
-
-int assets_resolve(const char *language, char *kernel, char *initrd, char *rootfs, size_t n,
-                   sbx_err *err)
-{
-    const char *names[3] = {"vmlinux", "initramfs.cpio", NULL};
-    char img[64];
-    snprintf(img, sizeof img, "%s.sqfs", language);
-    names[2] = img;
-    char *outs[3] = {kernel, initrd, rootfs};
-    for (int i = 0; i < 3; i++) {
-        char p[600], real[PATH_MAX];
-        snprintf(p, sizeof p, "%s/%s", cfg.images_dir, names[i]);
-        if (!realpath(p, real) || access(real, R_OK) != 0)
-            return sbx_fail(err, ENOENT,
-                            "guest asset `%s` is missing in %s: build the assets with `make "
-                            "assets` (scripts/build-assets.sh)",
-                            names[i], cfg.images_dir);
-        if (strlen(real) >= n)
-            return sbx_fail(err, ENAMETOOLONG, "asset path `%s` is too long", real);
-        strcpy(outs[i], real);
-    }
-    return 0;
-}

@@ -1,5 +1,6 @@
 /* Per-VM cgroups, v2 or v1. */
 #include "cgroup.h"
+#include "sbxd.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -300,4 +301,37 @@ int cgroup_destroy(cgroup_vm *cg)
     if (!busy)
         cg->active = false;
     return busy;
+}
+
+/* Removing a cgroup fails while its last tasks are still exiting: retry a few times from the
+ * loop rather than block it. */
+typedef struct {
+    cgroup_vm cg;
+    int tries;
+    ev_timer t;
+} cg_reaper;
+
+static void cg_retry_cb(EV_P_ ev_timer *w, int revents)
+{
+    cg_reaper *r = w->data;
+    int rc = cgroup_destroy(&r->cg);
+    if (rc == 1 && ++r->tries < 100)
+        return;
+    if (rc != 0)
+        slog("cgroup %s could not be removed", r->cg.name);
+    ev_timer_stop(EV_A_ w);
+    free(r);
+}
+
+void cgroup_release(cgroup_vm *cg)
+{
+    if (cgroup_destroy(cg) != 1)
+        return;
+    cg_reaper *r = calloc(1, sizeof *r);
+    if (!r)
+        return;
+    r->cg = *cg;
+    ev_timer_init(&r->t, cg_retry_cb, 0.02, 0.05);
+    r->t.data = r;
+    ev_timer_start(EV_DEFAULT, &r->t);
 }

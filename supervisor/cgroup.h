@@ -30,6 +30,8 @@ void cgroup_usage(const cgroup_vm *cg, uint64_t *peak_bytes, uint64_t *cpu_ns);
 /* Kill whatever is left inside and remove it. Returns 0 when gone, 1 when still busy (tasks
  * exiting: call again later), -1 on error. */
 int cgroup_destroy(cgroup_vm *cg);
+/* cgroup_destroy now, and again from the loop while its last tasks are still exiting. */
+void cgroup_release(cgroup_vm *cg);
 /* Read one limit back as text, for tests and `sbx status` (e.g. "memory"). */
 int cgroup_path(const cgroup_vm *cg, const char *controller, char *out, size_t n);
 

@@ -1,15 +1,12 @@
 /* Admission and workers: runs wait in a bounded queue for one of max_concurrent_vms slots, each
- * admitted run gets its own sbx-vmworker (fork+exec with one socketpair), and whatever happens
- * to that worker turns into exactly one result or one typed error for its client. */
+ * admitted run gets its own sbx-vmworker (started by spawn.c), and whatever happens to that
+ * worker turns into exactly one result or one typed error for its client. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sched.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -20,7 +17,7 @@
 #include "paths.h"
 #include "sbxd.h"
 #include "snapshot.h"
-#include "workerlog.h"
+#include "spawn.h"
 #include "worker.pb-c.h"
 
 #define PROBE_BOOT_TIMEOUT_MS 6000
@@ -68,9 +65,6 @@ typedef struct job {
 } job;
 
 static job *jobs; /* queued and running, in arrival order */
-/* Which of the 65536 uids above vm_uid_base a live VM holds: two VMs never share one. */
-static uint8_t uid_used[65536 / 8];
-static uint32_t uid_cursor;
 static unsigned nrunning, nqueued;
 static unsigned nclosing; /* running jobs told to stop whose workers have not exited yet */
 static uint64_t seq, runs_total;
@@ -106,39 +100,6 @@ static void rm_rf_dir(const char *dir)
     rmdir(dir);
 }
 
-/* Removing a cgroup fails while its last tasks are still exiting: retry a few times from the
- * loop rather than block it. */
-typedef struct {
-    cgroup_vm cg;
-    int tries;
-    ev_timer t;
-} cg_reaper;
-
-static void cg_retry_cb(EV_P_ ev_timer *w, int revents)
-{
-    cg_reaper *r = w->data;
-    int rc = cgroup_destroy(&r->cg);
-    if (rc == 1 && ++r->tries < 100)
-        return;
-    if (rc != 0)
-        slog("cgroup %s could not be removed", r->cg.name);
-    ev_timer_stop(EV_A_ w);
-    free(r);
-}
-
-static void cgroup_release(cgroup_vm *cg)
-{
-    if (cgroup_destroy(cg) != 1)
-        return;
-    cg_reaper *r = calloc(1, sizeof *r);
-    if (!r)
-        return;
-    r->cg = *cg;
-    ev_timer_init(&r->t, cg_retry_cb, 0.02, 0.05);
-    r->t.data = r;
-    ev_timer_start(EV_DEFAULT, &r->t);
-}
-
 static void job_unlink(job *j)
 {
     for (job **p = &jobs; *p; p = &(*p)->next)
@@ -159,7 +120,7 @@ static void job_free(job *j)
         ev_child_stop(EV_DEFAULT, &j->child);
         ev_timer_stop(EV_DEFAULT, &j->deadline);
         if (j->uid_slot >= 0) /* the worker is reaped: its QEMU died with its pid namespace */
-            uid_used[j->uid_slot / 8] &= (uint8_t) ~(1u << (j->uid_slot % 8));
+            spawn_uid_free(j->uid_slot);
         if (j->fd >= 0)
             close(j->fd);
         if (j->run_dir[0])
@@ -556,168 +517,10 @@ static void worker_write_cb(EV_P_ ev_io *w, int revents)
         ev_io_stop(EV_DEFAULT, &j->wio);
 }
 
-int sched_worker_path(char *out, size_t n)
-{
-    char dir[512];
-    const char *env = getenv("EXEC_SANDBOX_VMWORKER");
-    if (env && *env)
-        return snprintf(out, n, "%s", env) < (int)n ? 0 : -1;
-    if (paths_exe_dir(dir, sizeof dir) < 0)
-        return -1;
-    return snprintf(out, n, "%s/sbx-vmworker", dir) < (int)n ? 0 : -1;
-}
-
-/* The debugging knobs of sanitizer builds survive the worker's cleared environment. */
-static char **worker_env(void)
-{
-    static char *env[4];
-    static const char *keep[] = {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"};
-    static char buf[3][512];
-    int n = 0;
-    for (int i = 0; i < 3; i++) {
-        const char *v = getenv(keep[i]);
-        if (v) {
-            snprintf(buf[i], sizeof buf[i], "%s=%s", keep[i], v);
-            env[n++] = buf[i];
-        }
-    }
-    env[n] = NULL;
-    return env;
-}
-
-/* fork+exec the worker in new namespaces (it becomes PID 1 of its own pid namespace, so when it
- * dies the kernel kills QEMU too), inside the VM's cgroup before it runs a single instruction
- * of its own, with exactly one inherited socket as fd 3, its stdout and stderr on a log pipe of
- * its own (workerlog.c; none of sbxd's descriptors) and an empty environment. */
-static int spawn_worker(job *j, bool userns, sbx_err *err)
-{
-    char exe[512];
-    if (sched_worker_path(exe, sizeof exe) < 0)
-        return sbx_fail(err, ENOENT, "cannot locate sbx-vmworker");
-    int sv[2], sync[2], logp[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-        return sbx_fail(err, errno, "socketpair: %s", strerror(errno));
-    if (pipe2(sync, O_CLOEXEC) < 0) {
-        close(sv[0]);
-        close(sv[1]);
-        return sbx_fail(err, errno, "pipe: %s", strerror(errno));
-    }
-    if (pipe2(logp, O_CLOEXEC) < 0) {
-        int e = errno;
-        close(sv[0]);
-        close(sv[1]);
-        close(sync[0]);
-        close(sync[1]);
-        return sbx_fail(err, e, "log pipe: %s", strerror(e));
-    }
-    char **envp = worker_env();
-    unsigned long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET;
-    if (userns)
-        flags |= CLONE_NEWUSER;
-    uid_t outer_uid = getuid();
-    gid_t outer_gid = getgid();
-    pid_t parent = getpid();
-    pid_t pid = (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, 0);
-    if (pid < 0) {
-        int e = errno;
-        close(sv[0]);
-        close(sv[1]);
-        close(sync[0]);
-        close(sync[1]);
-        close(logp[0]);
-        close(logp[1]);
-        return sbx_fail(err, e, "create the VM's namespaces (clone): %s", strerror(e));
-    }
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != 0 && getppid() != parent)
-            _exit(127);
-        close(sync[1]);
-        char go;
-        /* Wait until sbxd has put us in the cgroup (and mapped our ids in a user namespace). */
-        if (read(sync[0], &go, 1) != 1)
-            _exit(127);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        if (dup2(logp[1], 1) < 0 || dup2(logp[1], 2) < 0 || dup2(sv[1], 3) < 0)
-            _exit(127);
-        int null = open("/dev/null", O_RDONLY);
-        if (null >= 0 && null != 0) {
-            dup2(null, 0);
-            close(null);
-        }
-        close_range(4, ~0U, 0);
-        char *argv[] = {exe, "--fd", "3", NULL};
-        execve(exe, argv, envp);
-        dprintf(2, "sbxd: exec `%s`: %s\n", exe, strerror(errno));
-        _exit(127);
-    }
-    close(sv[1]);
-    close(sync[0]);
-    close(logp[1]);
-    int rc = cgroup_attach(&j->cg, pid, err);
-    if (rc == 0 && userns) {
-        char path[64], map[64];
-        snprintf(map, sizeof map, "0 %u 1\n", (unsigned)outer_uid);
-        snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
-        int fd = open(path, O_WRONLY | O_CLOEXEC);
-        rc = fd >= 0 && write(fd, map, strlen(map)) == (ssize_t)strlen(map) ? 0 : -1;
-        if (fd >= 0)
-            close(fd);
-        snprintf(path, sizeof path, "/proc/%d/setgroups", (int)pid);
-        fd = open(path, O_WRONLY | O_CLOEXEC);
-        if (fd >= 0) {
-            rc |= write(fd, "deny", 4) == 4 ? 0 : -1;
-            close(fd);
-        }
-        snprintf(map, sizeof map, "0 %u 1\n", (unsigned)outer_gid);
-        snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
-        fd = open(path, O_WRONLY | O_CLOEXEC);
-        rc |= fd >= 0 && write(fd, map, strlen(map)) == (ssize_t)strlen(map) ? 0 : -1;
-        if (fd >= 0)
-            close(fd);
-        if (rc < 0)
-            sbx_fail(err, errno, "map ids into the worker's user namespace: %s", strerror(errno));
-    }
-    if (rc < 0 || write(sync[1], "g", 1) != 1) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        close(sync[1]);
-        close(sv[0]);
-        close(logp[0]);
-        return -1;
-    }
-    close(sync[1]);
-    if (workerlog_start(logp[0], j->seq) < 0)
-        slog("vm %llu: cannot relay the worker's log", (unsigned long long)j->seq);
-    fcntl(sv[0], F_SETFL, O_NONBLOCK);
-    j->pid = pid;
-    j->fd = sv[0];
-    return 0;
-}
-
 static int queue_to_worker(job *j, Sbx__Worker__ToWorker *m)
 {
     m->id = j->req_id;
     return frame_writer_put(&j->wr, &m->base);
-}
-
-/* The unprivileged uid a VM's worker and QEMU run as when sbxd is root: one of a reserved range
- * (vm_uid_base + 0..65535) that no other live VM holds and no host user has, so a VM that took
- * over its QEMU cannot signal, ptrace or read another VM's processes or files. -1 when all are
- * in use (max_concurrent_vms is at most 100, so only a leak could do that). */
-static int uid_alloc(void)
-{
-    for (uint32_t i = 0; i < 65536; i++) {
-        uint32_t k = (uid_cursor + i) % 65536u;
-        if (!(uid_used[k / 8] & (1u << (k % 8)))) {
-            uid_used[k / 8] |= (uint8_t)(1u << (k % 8));
-            uid_cursor = k + 1;
-            return (int)k;
-        }
-    }
-    return -1;
 }
 
 /* Start a worker for j (already counted as running). Returns -1 after answering j. */
@@ -735,7 +538,7 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     uid_t vm_uid = 0;
     gid_t vm_gid = 0;
     if (!userns) {
-        j->uid_slot = uid_alloc();
+        j->uid_slot = spawn_uid_alloc();
         if (j->uid_slot < 0) {
             job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true,
                       "no free uid for the VM (all 65536 from vm_uid_base are in use)");
@@ -757,7 +560,7 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
         job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "%s", err.msg);
         return -1;
     }
-    if (spawn_worker(j, userns, &err) < 0) {
+    if (spawn_worker(&j->cg, j->seq, userns, &j->pid, &j->fd, &err) < 0) {
         job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "start VM worker: %s",
                   err.msg);
         return -1;

@@ -26,6 +26,7 @@
 
 #include "paths.h"
 #include "snapshot.h"
+#include "spawn.h"
 
 /* How long a restore may take before the worker boots cold instead: ~0.1 s is usual under TCG,
  * so this only trips on a broken snapshot or a host that is very busy. */
@@ -108,7 +109,7 @@ static void file_id(const char *path, char *out, size_t n)
 static void worker_id(char *out, size_t n)
 {
     char exe[600];
-    if (sched_worker_path(exe, sizeof exe) < 0)
+    if (spawn_worker_path(exe, sizeof exe) < 0)
         snprintf(exe, sizeof exe, "sbx-vmworker");
     file_id(exe, out, n);
 }

@@ -1,0 +1,187 @@
+/* Starting a VM's worker: fork+exec of sbx-vmworker into new namespaces and its cgroup, with
+ * one socket, a log pipe and an empty environment; and the per-VM uids. Nothing here talks to
+ * the worker once it runs: sched.c does. */
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cgroup.h"
+#include "paths.h"
+#include "sbxd.h"
+#include "spawn.h"
+#include "workerlog.h"
+
+/* Which of the 65536 uids above vm_uid_base a live VM holds: two VMs never share one. */
+static uint8_t uid_used[65536 / 8];
+static uint32_t uid_cursor;
+
+/* The unprivileged uid a VM's worker and QEMU run as when sbxd is root: one of a reserved range
+ * (vm_uid_base + 0..65535) that no other live VM holds and no host user has, so a VM that took
+ * over its QEMU cannot signal, ptrace or read another VM's processes or files. -1 when all are
+ * in use (max_concurrent_vms is at most 100, so only a leak could do that). */
+int spawn_uid_alloc(void)
+{
+    for (uint32_t i = 0; i < 65536; i++) {
+        uint32_t k = (uid_cursor + i) % 65536u;
+        if (!(uid_used[k / 8] & (1u << (k % 8)))) {
+            uid_used[k / 8] |= (uint8_t)(1u << (k % 8));
+            uid_cursor = k + 1;
+            return (int)k;
+        }
+    }
+    return -1;
+}
+
+void spawn_uid_free(int slot)
+{
+    uid_used[slot / 8] &= (uint8_t) ~(1u << (slot % 8));
+}
+
+int spawn_worker_path(char *out, size_t n)
+{
+    char dir[512];
+    const char *env = getenv("EXEC_SANDBOX_VMWORKER");
+    if (env && *env)
+        return snprintf(out, n, "%s", env) < (int)n ? 0 : -1;
+    if (paths_exe_dir(dir, sizeof dir) < 0)
+        return -1;
+    return snprintf(out, n, "%s/sbx-vmworker", dir) < (int)n ? 0 : -1;
+}
+
+/* The debugging knobs of sanitizer builds survive the worker's cleared environment. */
+static char **worker_env(void)
+{
+    static char *env[4];
+    static const char *keep[] = {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"};
+    static char buf[3][512];
+    int n = 0;
+    for (int i = 0; i < 3; i++) {
+        const char *v = getenv(keep[i]);
+        if (v) {
+            snprintf(buf[i], sizeof buf[i], "%s=%s", keep[i], v);
+            env[n++] = buf[i];
+        }
+    }
+    env[n] = NULL;
+    return env;
+}
+
+/* fork+exec the worker in new namespaces (it becomes PID 1 of its own pid namespace, so when it
+ * dies the kernel kills QEMU too), inside the VM's cgroup before it runs a single instruction
+ * of its own, with exactly one inherited socket as fd 3, its stdout and stderr on a log pipe of
+ * its own (workerlog.c; none of sbxd's descriptors) and an empty environment. */
+int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, pid_t *pid_out, int *fd_out,
+                 sbx_err *err)
+{
+    char exe[512];
+    if (spawn_worker_path(exe, sizeof exe) < 0)
+        return sbx_fail(err, ENOENT, "cannot locate sbx-vmworker");
+    int sv[2], sync[2], logp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        return sbx_fail(err, errno, "socketpair: %s", strerror(errno));
+    if (pipe2(sync, O_CLOEXEC) < 0) {
+        close(sv[0]);
+        close(sv[1]);
+        return sbx_fail(err, errno, "pipe: %s", strerror(errno));
+    }
+    if (pipe2(logp, O_CLOEXEC) < 0) {
+        int e = errno;
+        close(sv[0]);
+        close(sv[1]);
+        close(sync[0]);
+        close(sync[1]);
+        return sbx_fail(err, e, "log pipe: %s", strerror(e));
+    }
+    char **envp = worker_env();
+    unsigned long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET;
+    if (userns)
+        flags |= CLONE_NEWUSER;
+    uid_t outer_uid = getuid();
+    gid_t outer_gid = getgid();
+    pid_t parent = getpid();
+    pid_t pid = (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, 0);
+    if (pid < 0) {
+        int e = errno;
+        close(sv[0]);
+        close(sv[1]);
+        close(sync[0]);
+        close(sync[1]);
+        close(logp[0]);
+        close(logp[1]);
+        return sbx_fail(err, e, "create the VM's namespaces (clone): %s", strerror(e));
+    }
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != 0 && getppid() != parent)
+            _exit(127);
+        close(sync[1]);
+        char go;
+        /* Wait until sbxd has put us in the cgroup (and mapped our ids in a user namespace). */
+        if (read(sync[0], &go, 1) != 1)
+            _exit(127);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (dup2(logp[1], 1) < 0 || dup2(logp[1], 2) < 0 || dup2(sv[1], 3) < 0)
+            _exit(127);
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0 && null != 0) {
+            dup2(null, 0);
+            close(null);
+        }
+        close_range(4, ~0U, 0);
+        char *argv[] = {exe, "--fd", "3", NULL};
+        execve(exe, argv, envp);
+        dprintf(2, "sbxd: exec `%s`: %s\n", exe, strerror(errno));
+        _exit(127);
+    }
+    close(sv[1]);
+    close(sync[0]);
+    close(logp[1]);
+    int rc = cgroup_attach(cg, pid, err);
+    if (rc == 0 && userns) {
+        char path[64], map[64];
+        snprintf(map, sizeof map, "0 %u 1\n", (unsigned)outer_uid);
+        snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        rc = fd >= 0 && write(fd, map, strlen(map)) == (ssize_t)strlen(map) ? 0 : -1;
+        if (fd >= 0)
+            close(fd);
+        snprintf(path, sizeof path, "/proc/%d/setgroups", (int)pid);
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            rc |= write(fd, "deny", 4) == 4 ? 0 : -1;
+            close(fd);
+        }
+        snprintf(map, sizeof map, "0 %u 1\n", (unsigned)outer_gid);
+        snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        rc |= fd >= 0 && write(fd, map, strlen(map)) == (ssize_t)strlen(map) ? 0 : -1;
+        if (fd >= 0)
+            close(fd);
+        if (rc < 0)
+            sbx_fail(err, errno, "map ids into the worker's user namespace: %s", strerror(errno));
+    }
+    if (rc < 0 || write(sync[1], "g", 1) != 1) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        close(sync[1]);
+        close(sv[0]);
+        close(logp[0]);
+        return -1;
+    }
+    close(sync[1]);
+    if (workerlog_start(logp[0], seq) < 0)
+        slog("vm %llu: cannot relay the worker's log", (unsigned long long)seq);
+    fcntl(sv[0], F_SETFL, O_NONBLOCK);
+    *pid_out = pid;
+    *fd_out = sv[0];
+    return 0;
+}
