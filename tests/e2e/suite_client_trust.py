@@ -53,7 +53,8 @@ class Planted:
     when given: SO_PEERCRED keeps the uid that called listen())."""
 
     def __init__(self, bind_path, move_to=None):
-        self.p = subprocess.Popen(_setpriv() + ["python3", "-c", LISTENER, bind_path],
+        # Debian's interpreter, which any uid may run (an interpreter under /root may not be).
+        self.p = subprocess.Popen(_setpriv() + ["/usr/bin/python3", "-c", LISTENER, bind_path],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
         line = self.p.stdout.readline()
         if line != b"ready\n":
