@@ -7,12 +7,16 @@ BUILD ?= build
 CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation \
 	-iquote $(BUILD)/gen -iquote common -iquote proto -iquote cli -g
 CFLAGS ?= -O2
-LIBS_HOST = -lev -lprotobuf-c -ljansson -lseccomp -lcap-ng -lzstd -lcrypto -pthread
+# Libraries from pkg-config where they ship a .pc file (libev does not).
+PKGS = libprotobuf-c jansson libseccomp libcap-ng libzstd libcrypto
+LIBS_HOST = -lev $(shell pkg-config --libs $(PKGS)) -pthread
+CFLAGS_COMMON += $(shell pkg-config --cflags $(PKGS))
 PROTOS = control worker agent
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
 COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c
 SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor/request.c \
+	supervisor/run.c \
 	supervisor/sched.c \
 	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
 	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c supervisor/spawn.c \
@@ -21,6 +25,9 @@ WORKER_SRC = vmworker/worker.c vmworker/qemu.c vmworker/jail.c vmworker/qmp.c vm
 LIBSBX_SRC = cli/libsbx.c
 SBX_SRC = cli/sbx.c cli/args.c
 AGENT_SRC = agent/agent.c agent/sandbox.c agent/repl.c agent/files.c agent/zram.c
+
+# Header dependencies of every object, written by the compiler (-MMD -MP).
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 .PHONY: fuzz all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan
 
@@ -33,9 +40,9 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 
 # Objects of one variant (release or asan) live under $(BUILD)/<variant>/.
 define variant
-$(BUILD)/$(1)/%.o: %.c $(GEN_H) $(wildcard common/*.h proto/*.h cli/*.h supervisor/*.h vmworker/*.h)
+$(BUILD)/$(1)/%.o: %.c $(GEN_H)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(CFLAGS_COMMON) $(2) -c $$< -o $$@
+	$$(CC) $$(CFLAGS_COMMON) $(2) -MMD -MP -c $$< -o $$@
 $(BUILD)/$(1)/gen/%.o: $(BUILD)/gen/%.c $(GEN_H)
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(CFLAGS_COMMON) $(2) -Wno-error -c $$< -o $$@
@@ -64,7 +71,7 @@ $(BUILD)/example: cli/example.c cli/libsbx.h $(BUILD)/libsbx.a
 asan: $(BUILD)/asan/sbxd $(BUILD)/asan/sbx-vmworker $(BUILD)/asan/sbx
 
 # The guest agent is PID 1 in the VM: static, no sanitizer.
-$(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) common/*.h proto/*.h
+$(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) agent/*.h common/*.h proto/*.h
 	$(CC) $(CFLAGS_COMMON) -O2 -static -o $@ $(AGENT_SRC) $(COMMON_SRC) \
 		$(BUILD)/gen/agent.pb-c.c -l:libprotobuf-c.a -l:libzstd.a -l:libcrypto.a
 

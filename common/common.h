@@ -96,4 +96,15 @@ static inline uint64_t now_ms(void)
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/* n bytes as 2n lowercase hex digits and a NUL (out holds 2n + 1). */
+static inline void sbx_hex(const unsigned char *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
 #endif

@@ -115,6 +115,32 @@ void accel_init(void)
     /* Undecided: the first run triggers the probe. */
 }
 
+static void probe_done(bool booted, const char *why);
+
+/* The probe is a VM owner like any other: it only boots (on KVM, within a short limit). */
+#define PROBE_BOOT_TIMEOUT_MS 6000
+static bool probe_booted_ok;
+
+static void probe_booted(void *owner, const Sbx__Worker__Booted *b)
+{
+    probe_booted_ok = true;
+}
+
+static void probe_frame(void *owner, Sbx__Worker__FromWorker *m) {}
+
+static void probe_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, const char *why)
+{
+    probe_done(probe_booted_ok, why);
+}
+
+static const vm_owner_ops probe_ops = {
+    .booted = probe_booted,
+    .frame = probe_frame,
+    .gone = probe_gone,
+    .one_shot = true,
+    .probe = true,
+};
+
 void accel_need(void)
 {
     if (probing || verdict[0])
@@ -122,14 +148,15 @@ void accel_need(void)
     probing = true;
     slog("accelerator: probing KVM with a test boot");
     sbx_err err = {0};
-    if (sched_start_probe(&err) < 0) {
+    probe_booted_ok = false;
+    if (!sched_start_now("raw", 256, "kvm", PROBE_BOOT_TIMEOUT_MS, &probe_ops, NULL, &err)) {
         probing = false;
         decide("tcg", "auto: KVM probe could not start: %s", err.msg);
         sched_pump();
     }
 }
 
-void accel_probe_done(bool booted, const char *why)
+static void probe_done(bool booted, const char *why)
 {
     probing = false;
     if (booted)

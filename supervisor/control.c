@@ -68,7 +68,7 @@ static void reap_cb(EV_P_ ev_prepare *w, int revents)
         client *c = graveyard;
         graveyard = c->next;
         /* Their replies to it have been dropped since it died; now they forget it. */
-        sched_client_gone(c);
+        run_client_gone(c);
         session_client_gone(c);
         pool_client_gone(c);
         frame_reader_free(&c->rd);

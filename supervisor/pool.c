@@ -82,7 +82,7 @@ static bool retry_cold(pvm *v)
     slog("pool: a %s VM failed as a run took it; booting one for the run", v->language);
     Sbx__Control__RunRequest *req = v->req;
     v->req = NULL;
-    sched_submit_cold(v->c, v->req_id, req);
+    run_cold(v->c, v->req_id, req);
     return true;
 }
 
@@ -160,18 +160,20 @@ static void vm_frame(void *owner, Sbx__Worker__FromWorker *m)
     }
     if (v->state != P_TAKEN)
         return;
-    Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
-    r.id = v->req_id;
-    switch (m->body_case) {
-    case SBX__WORKER__FROM_WORKER__BODY_CHUNK:
-        if (!v->req->stream)
-            return;
-        v->forwarded = true;
-        r.body_case = SBX__CONTROL__REPLY__BODY_CHUNK;
-        r.chunk = m->chunk;
-        control_send(v->c, &r);
+    if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_CHUNK && !v->req->stream)
         return;
-    case SBX__WORKER__FROM_WORKER__BODY_RESULT:
+    if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_ERROR && m->error->transient &&
+        retry_cold(v)) {
+        drop(v);
+        return;
+    }
+    Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
+    bool final;
+    if (!control_reply_from_worker(m, v->req_id, &r, &final))
+        return;
+    if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_CHUNK)
+        v->forwarded = true;
+    if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_RESULT) {
         sched_vm_fill_result(v->job, m->result);
         m->result->warm_pool_hit = true;
         /* The message came from protobuf-c's unpacker, which frees its strings. */
@@ -179,23 +181,11 @@ static void vm_frame(void *owner, Sbx__Worker__FromWorker *m)
         m->result->start_mode = strdup("warm");
         /* The REPL was already running: this run's exec is all it took. */
         m->result->interpreter_reset = false;
-        r.body_case = SBX__CONTROL__REPLY__BODY_RESULT;
-        r.result = m->result;
-        break;
-    case SBX__WORKER__FROM_WORKER__BODY_ERROR:
-        if (m->error->transient && retry_cold(v))
-            break;
-        r.body_case = SBX__CONTROL__REPLY__BODY_ERROR;
-        r.error = m->error;
-        control_send(v->c, &r);
-        break;
-    default:
-        return;
-    }
-    if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_RESULT) {
-        control_send(v->c, &r);
         sched_count_run();
     }
+    control_send(v->c, &r);
+    if (!final)
+        return;
     drop(v); /* one use only */
 }
 
@@ -214,7 +204,8 @@ static void vm_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, c
 
 /* No balloon: a fresh pool VM has next to nothing to give back (measured 0-11 MB), and the run
  * that takes one would wait on the guest deflating it (10-40 ms more under TCG). */
-static const vm_owner_ops pool_ops = {vm_booted, vm_frame, vm_gone, true, false};
+static const vm_owner_ops pool_ops = {
+    .booted = vm_booted, .frame = vm_frame, .gone = vm_gone, .background = true};
 
 void pool_refill(void)
 {

@@ -208,6 +208,43 @@ static void send_status(client *c, uint64_t id)
     control_send(c, &r);
 }
 
+bool control_reply_from_worker(Sbx__Worker__FromWorker *m, uint64_t id, Sbx__Control__Reply *r,
+                               bool *final)
+{
+    r->id = id;
+    *final = true;
+    switch (m->body_case) {
+    case SBX__WORKER__FROM_WORKER__BODY_CHUNK:
+        r->body_case = SBX__CONTROL__REPLY__BODY_CHUNK;
+        r->chunk = m->chunk;
+        *final = false;
+        return true;
+    case SBX__WORKER__FROM_WORKER__BODY_RESULT:
+        r->body_case = SBX__CONTROL__REPLY__BODY_RESULT;
+        r->result = m->result;
+        return true;
+    case SBX__WORKER__FROM_WORKER__BODY_ERROR:
+        r->body_case = SBX__CONTROL__REPLY__BODY_ERROR;
+        r->error = m->error;
+        return true;
+    case SBX__WORKER__FROM_WORKER__BODY_FILE_CHUNK:
+        r->body_case = SBX__CONTROL__REPLY__BODY_FILE_CHUNK;
+        r->file_chunk = m->file_chunk;
+        *final = false;
+        return true;
+    case SBX__WORKER__FROM_WORKER__BODY_FILE_DONE:
+        r->body_case = SBX__CONTROL__REPLY__BODY_FILE_DONE;
+        r->file_done = m->file_done;
+        return true;
+    case SBX__WORKER__FROM_WORKER__BODY_FILE_LISTING:
+        r->body_case = SBX__CONTROL__REPLY__BODY_FILE_LISTING;
+        r->file_listing = m->file_listing;
+        return true;
+    default:
+        return false;
+    }
+}
+
 /* One frame from a client, already cut to its length by control.c: decode, check who may ask,
  * validate, dispatch. Replies go through control_send; the verdict tells control.c what to do
  * with the connection. */
@@ -263,7 +300,7 @@ request_verdict request_handle(client *c, const client_peer *peer, const uint8_t
     }
     case SBX__CONTROL__REQUEST__BODY_RUN:
         if (check_run(c, id, req->run) == 0) {
-            sched_submit(c, id, req->run);
+            run_submit(c, id, req->run);
             req->run = NULL; /* now owned by the scheduler */
             req->body_case = SBX__CONTROL__REQUEST__BODY__NOT_SET;
         }

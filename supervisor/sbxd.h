@@ -54,21 +54,35 @@ request_verdict request_handle(client *c, const client_peer *peer, const uint8_t
 void control_send_error(client *c, uint64_t id, Sbx__Control__ErrorKind kind, bool transient,
                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 bool control_error_transient(Sbx__Control__ErrorKind kind);
+/* The one translation of what a worker says into the reply to client request id (the reply
+ * points into m). false for frames that answer no request (Hello, Booted, SnapshotSaved);
+ * *final: whether it ends the request. */
+bool control_reply_from_worker(Sbx__Worker__FromWorker *m, uint64_t id, Sbx__Control__Reply *r,
+                               bool *final);
 
 /* sched.c: admission, workers, their VMs. */
 typedef struct job job;
-/* Someone who holds a VM across requests (a session). */
+/* Whoever uses a VM: a one-shot run (run.c), a session, a pool VM, a snapshot template, the
+ * accelerator probe. sched.c knows nothing of clients: everything goes through these. */
 typedef struct {
     void (*booted)(void *owner, const Sbx__Worker__Booted *b);
     /* Any frame from the worker after Hello (results, chunks, errors); may modify it. */
     void (*frame)(void *owner, Sbx__Worker__FromWorker *m);
-    /* The VM is gone (closed, failed to start, died). The job pointer is invalid from now. */
+    /* The VM is gone (closed, failed to start, died). The job pointer is invalid from now.
+     * Called exactly once, unless the owner let go first (sched_vm_close). */
     void (*gone)(void *owner, Sbx__Control__ErrorKind kind, bool transient, const char *why);
+    /* Optional: the worker was just started; queue the first request behind its start, so it
+     * needs no round trip after the boot. -1 when it cannot be queued. */
+    int (*started)(void *owner, job *j);
     /* Work nobody waits for (pool VMs, snapshot templates): never ahead of runs and sessions
      * in the queue. */
     bool background;
     /* Give idle memory back through the balloon (balloon_idle_seconds; cold-booted VMs). */
     bool reclaim_idle;
+    /* One request, then the worker ends (one-shot runs, the probe). */
+    bool one_shot;
+    /* The accelerator probe: no snapshot, and the worker only boots. */
+    bool probe;
 } vm_owner_ops;
 /* Queue a VM for an owner; it counts against max_concurrent_vms like a run. NULL with errno
  * EAGAIN when max_queued requests already wait (never for background owners), ENOMEM. */
@@ -89,19 +103,24 @@ int sched_worker_path(char *out, size_t n);
 void sched_count_run(void);
 /* Stop the VM and detach its owner (no callbacks after this). */
 void sched_vm_close(job *j);
-/* Takes ownership of req (already validated, defaults applied). */
-void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req);
-void sched_client_gone(client *c);
-/* The same, never through the warm pool. */
-void sched_submit_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req);
+/* Start a VM at once, ahead of the queue and with the accelerator given (the probe). NULL with
+ * err when it could not start (no callbacks then). */
+job *sched_start_now(const char *language, uint32_t memory_mb, const char *accel,
+                     uint32_t boot_timeout_ms, const vm_owner_ops *ops, void *owner, sbx_err *err);
 unsigned sched_running(void);
 unsigned sched_queued(void);
 uint64_t sched_runs_total(void);
 /* Try to start queued work (after a slot frees or the accelerator verdict arrives). */
 void sched_pump(void);
-/* Start a probe VM on KVM; accel_probe_done is called with the outcome. */
-int sched_start_probe(sbx_err *err);
 void sched_shutdown(void);
+
+/* run.c: one-shot runs, each on a VM of its own (or a warm pool VM). */
+/* Takes ownership of req (already validated, defaults applied). */
+void run_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req);
+/* The same, never through the warm pool. */
+void run_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req);
+/* Its runs stop: nobody waits for them. */
+void run_client_gone(client *c);
 
 /* session.c: sessions, held across client connections until closed or idle. */
 /* Takes ownership of req. Sessions belong to the uid that opened them: others (but root) get
@@ -134,7 +153,6 @@ const char *accel_verdict(void);
 const char *accel_reason(void);
 /* Called by sched when no verdict exists yet: starts the probe once. */
 void accel_need(void);
-void accel_probe_done(bool booted, const char *why);
 
 /* Paths of the assets for a language; -1 with err when missing. */
 int assets_resolve(const char *language, char *kernel, char *initrd, char *rootfs, size_t n,

@@ -1,7 +1,6 @@
 /* Admission and workers: runs wait in a bounded queue for one of max_concurrent_vms slots, each
  * admitted run gets its own sbx-vmworker (started by spawn.c), and whatever happens to that
  * worker turns into exactly one result or one typed error for its client. */
-#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -20,7 +19,6 @@
 #include "spawn.h"
 #include "worker.pb-c.h"
 
-#define PROBE_BOOT_TIMEOUT_MS 6000
 /* Host memory a VM may use beyond its guest RAM: QEMU itself, the TCG translation cache
  * (capped at 256 MiB in vmworker/qemu.c) and the worker. Measured: ~150 MiB at rest. */
 #define VM_OVERHEAD_MB 384
@@ -32,11 +30,7 @@ typedef enum { JOB_QUEUED, JOB_RUNNING } job_state;
 typedef struct job {
     uint64_t seq;
     job_state state;
-    client *client; /* NULL once the client is gone (or for a probe) */
     uint64_t req_id;
-    Sbx__Control__RunRequest *req; /* NULL for a probe */
-    bool probe;
-    bool answered; /* the one result or error has been sent */
     uint64_t t_accept, t_dispatch;
     pid_t pid;
     int fd;
@@ -53,10 +47,11 @@ typedef struct job {
     bool closing;
     char language[16];
     uint32_t memory_mb;
-    /* A VM held by someone other than a one-shot run (a session): frames go to them. */
+    /* Who uses the VM (run.c, session.c, pool.c, snapshot.c, accel.c): everything the worker
+     * says goes to them. NULL once they let it go (sched_vm_close). */
     const vm_owner_ops *ops;
     void *owner;
-    /* Why a probe or owned VM failed, for accel_probe_done / ops->gone. */
+    /* Why it failed, for ops->gone: the first reason wins. */
     char why[512];
     Sbx__Control__ErrorKind why_kind;
     bool why_transient;
@@ -86,20 +81,6 @@ void sched_count_run(void)
     runs_total++;
 }
 
-static void rm_rf_dir(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
-                unlinkat(dirfd(d), e->d_name, 0) < 0 && errno == EISDIR)
-                unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR); /* the jail's (empty) mount point */
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
 static void job_unlink(job *j)
 {
     for (job **p = &jobs; *p; p = &(*p)->next)
@@ -123,8 +104,10 @@ static void job_free(job *j)
             spawn_uid_free(j->uid_slot);
         if (j->fd >= 0)
             close(j->fd);
-        if (j->run_dir[0])
-            rm_rf_dir(j->run_dir);
+        /* What QEMU left there, and the jail's (empty) mount point. */
+        if (j->run_dir[0] && paths_rm_tree_at(AT_FDCWD, j->run_dir, 2) < 0)
+            slog("vm %llu: cannot remove `%s`: %s", (unsigned long long)j->seq, j->run_dir,
+                 strerror(errno));
         cgroup_release(&j->cg);
         nrunning--;
         if (j->closing)
@@ -133,8 +116,6 @@ static void job_free(job *j)
     job_unlink(j);
     frame_reader_free(&j->rd);
     frame_writer_free(&j->wr);
-    if (j->req)
-        sbx__control__run_request__free_unpacked(j->req, NULL);
     free(j);
     sbxd_activity();
 }
@@ -142,21 +123,38 @@ static void job_free(job *j)
 __attribute__((format(printf, 4, 5))) static void job_error(job *j, Sbx__Control__ErrorKind kind,
                                                             bool transient, const char *fmt, ...)
 {
-    if (j->answered)
+    if (j->why[0])
         return;
-    j->answered = true;
-    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vsnprintf(j->why, sizeof j->why, fmt, ap);
     va_end(ap);
-    if (j->probe || j->ops) {
-        snprintf(j->why, sizeof j->why, "%s", msg);
-        j->why_kind = kind;
-        j->why_transient = transient;
-        return;
-    }
-    control_send_error(j->client, j->req_id, kind, transient, "%s", msg);
+    j->why_kind = kind;
+    j->why_transient = transient;
+}
+
+/* The job is over: free it, then tell its owner (if it still has one) why. */
+static void job_end(job *j, Sbx__Control__ErrorKind kind, bool transient, const char *why)
+{
+    const vm_owner_ops *ops = j->ops;
+    void *owner = j->owner;
+    char buf[sizeof j->why];
+    snprintf(buf, sizeof buf, "%s", why);
+    job_free(j);
+    if (ops)
+        ops->gone(owner, kind, transient, buf);
+}
+
+/* What the log calls it. */
+static const char *job_kind(const job *j)
+{
+    if (!j->ops)
+        return "closing";
+    if (j->ops->probe)
+        return "probe";
+    if (j->ops->one_shot)
+        return "run";
+    return j->ops->background ? "background" : "kept";
 }
 
 static void qtimer_cb(EV_P_ ev_timer *w, int revents)
@@ -167,13 +165,7 @@ static void qtimer_cb(EV_P_ ev_timer *w, int revents)
     job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
               "all %u VM slots stayed busy for %u s; try again later", cfg.max_concurrent_vms,
               cfg.queue_timeout_seconds);
-    const vm_owner_ops *ops = j->ops;
-    void *owner = j->owner;
-    char why[sizeof j->why];
-    snprintf(why, sizeof why, "%s", j->why);
-    job_free(j);
-    if (ops)
-        ops->gone(owner, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true, why);
+    job_end(j, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true, j->why);
 }
 
 static job *job_new(void)
@@ -218,11 +210,21 @@ static bool queue_full(void)
     return nqueued >= cfg.max_queued;
 }
 
+/* Queued work starts from the loop, never inside sched_open_vm: an owner must not hear of its
+ * VM (started, gone) before it has the job pointer in hand. The prepare watcher runs before the
+ * loop next waits, so this costs no time. */
+static ev_prepare pump_soon;
+
+static void pump_soon_cb(EV_P_ ev_prepare *w, int revents)
+{
+    ev_prepare_stop(EV_A_ w);
+    sched_pump();
+}
+
 static void job_enqueue(job *j)
 {
     if (nrunning >= cfg.max_concurrent_vms)
-        slog("vm %llu: waiting for a slot (%s)", (unsigned long long)j->seq,
-             j->ops ? (j->ops->background ? "background" : "kept") : "run");
+        slog("vm %llu: waiting for a slot (%s)", (unsigned long long)j->seq, job_kind(j));
     j->state = JOB_QUEUED;
     j->fd = -1;
     j->t_accept = now_ms();
@@ -234,36 +236,9 @@ static void job_enqueue(job *j)
         p = &(*p)->next;
     *p = j;
     nqueued++;
-    sched_pump();
-}
-
-void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
-{
-    if (!pool_take(c, id, req))
-        sched_submit_cold(c, id, req);
-}
-
-void sched_submit_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req)
-{
-    if (queue_full()) {
-        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
-                           "%u requests already wait for a VM slot (max_queued); try again later",
-                           nqueued);
-        sbx__control__run_request__free_unpacked(req, NULL);
-        return;
-    }
-    job *j = job_new();
-    if (!j) {
-        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
-        sbx__control__run_request__free_unpacked(req, NULL);
-        return;
-    }
-    j->client = c;
-    j->req_id = id;
-    j->req = req;
-    snprintf(j->language, sizeof j->language, "%s", req->language);
-    j->memory_mb = req->memory_mb;
-    job_enqueue(j);
+    if (!ev_cb(&pump_soon))
+        ev_prepare_init(&pump_soon, pump_soon_cb);
+    ev_prepare_start(EV_DEFAULT, &pump_soon);
 }
 
 job *sched_open_vm(const char *language, uint32_t memory_mb, const vm_owner_ops *ops, void *owner)
@@ -310,10 +285,8 @@ void sched_vm_set_request(job *j, uint64_t req_id)
 void sched_vm_close(job *j)
 {
     /* The owner is done with it: nothing is reported back from here on. */
-    j->answered = true;
     j->ops = NULL;
     j->owner = NULL;
-    j->client = NULL;
     if (j->state == JOB_QUEUED) {
         job_free(j); /* it held no slot: nothing for the scheduler to do */
     } else if (j->pid > 0) {
@@ -326,21 +299,6 @@ void sched_vm_close(job *j)
          * from us, which left a booting VM holding its slot forever. Its namespace dies with
          * it (QEMU too); sbxd removes its run directory and cgroup when it is reaped. */
         kill(j->pid, SIGKILL);
-    }
-}
-
-void sched_client_gone(client *c)
-{
-    for (job *j = jobs, *next; j; j = next) {
-        next = j->next;
-        if (j->client != c)
-            continue;
-        j->client = NULL;
-        j->answered = true;
-        if (j->state == JOB_QUEUED)
-            job_free(j);
-        else if (j->pid > 0)
-            kill(j->pid, SIGKILL); /* see sched_vm_close; its exit frees the job */
     }
 }
 
@@ -361,51 +319,21 @@ void sched_vm_fill_result(job *j, Sbx__Control__ExecResult *res)
     }
 }
 
-/* Reply to the client: forward a worker frame, adjusting the result's timing with sbxd's part. */
+/* A frame from the worker goes to the VM's owner. */
 static void job_forward(job *j, Sbx__Worker__FromWorker *m)
 {
     if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED && j->snapshot[0])
         snapshot_booted(j->snapshot, m->booted);
-    if (j->ops) {
-        if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED) {
-            sched_vm_deadline(j, 0); /* from now on, its owner's requests carry deadlines */
-            j->ops->booted(j->owner, m->booted);
-        } else if (m->body_case != SBX__WORKER__FROM_WORKER__BODY_HELLO)
-            j->ops->frame(j->owner, m);
-        if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_ERROR && !j->why[0]) {
-            snprintf(j->why, sizeof j->why, "%s", m->error->message ? m->error->message : "");
-            j->why_kind = m->error->kind;
-            j->why_transient = m->error->transient;
-        }
+    if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_ERROR)
+        job_error(j, m->error->kind, m->error->transient, "%s",
+                  m->error->message ? m->error->message : "");
+    if (!j->ops)
         return;
-    }
-    Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
-    r.id = j->req_id;
-    switch (m->body_case) {
-    case SBX__WORKER__FROM_WORKER__BODY_CHUNK:
-        if (j->answered || j->probe)
-            return;
-        r.body_case = SBX__CONTROL__REPLY__BODY_CHUNK;
-        r.chunk = m->chunk;
-        control_send(j->client, &r);
-        return;
-    case SBX__WORKER__FROM_WORKER__BODY_RESULT:
-        if (j->answered)
-            return;
-        j->answered = true;
-        runs_total++;
-        sched_vm_fill_result(j, m->result);
-        r.body_case = SBX__CONTROL__REPLY__BODY_RESULT;
-        r.result = m->result;
-        control_send(j->client, &r);
-        return;
-    case SBX__WORKER__FROM_WORKER__BODY_ERROR: {
-        const char *msg = m->error->message ? m->error->message : "";
-        job_error(j, m->error->kind, m->error->transient, "%s", msg);
-        return;
-    }
-    default:
-        return;
+    if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED) {
+        sched_vm_deadline(j, 0); /* from now on, its owner's requests carry deadlines */
+        j->ops->booted(j->owner, m->booted);
+    } else if (m->body_case != SBX__WORKER__FROM_WORKER__BODY_HELLO) {
+        j->ops->frame(j->owner, m);
     }
 }
 
@@ -416,31 +344,9 @@ static void job_finish(job *j, int status)
         snprintf(how, sizeof how, "was killed by signal %d", WTERMSIG(status));
     else
         snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
-    if (!j->answered)
-        job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                  "the VM worker %s before answering; the run was lost, retry it", how);
-    if (j->probe) {
-        bool ok = !j->why[0];
-        char buf[sizeof j->why];
-        snprintf(buf, sizeof buf, "%s", j->why);
-        job_free(j);
-        accel_probe_done(ok, buf);
-    } else if (j->ops) {
-        const vm_owner_ops *ops = j->ops;
-        void *owner = j->owner;
-        char buf[sizeof j->why];
-        if (j->why[0])
-            snprintf(buf, sizeof buf, "%s", j->why);
-        else
-            snprintf(buf, sizeof buf, "the VM worker %s", how);
-        Sbx__Control__ErrorKind kind =
-            j->why[0] ? j->why_kind : SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION;
-        bool transient = j->why[0] ? j->why_transient : true;
-        job_free(j);
-        ops->gone(owner, kind, transient, buf);
-    } else {
-        job_free(j);
-    }
+    job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+              "the VM worker %s before answering", how);
+    job_end(j, j->why_kind, j->why_transient, j->why);
     sched_pump();
 }
 
@@ -456,8 +362,6 @@ static void child_cb(EV_P_ ev_child *w, int revents)
         while (frame_reader_next(&j->rd, &f, &len) == 1) {
             Sbx__Worker__FromWorker *m = sbx__worker__from_worker__unpack(NULL, len, f);
             if (m) {
-                if (j->probe && m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED)
-                    j->answered = true;
                 job_forward(j, m);
                 sbx__worker__from_worker__free_unpacked(m, NULL);
             }
@@ -492,12 +396,7 @@ static void worker_read_cb(EV_P_ ev_io *w, int revents)
         }
         if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED) {
             slog("vm %llu: booted in %llu ms (%s)", (unsigned long long)j->seq,
-                 (unsigned long long)m->booted->boot_ms,
-                 j->probe ? "probe"
-                 : j->ops ? "kept"
-                          : "run");
-            if (j->probe)
-                j->answered = true;
+                 (unsigned long long)m->booted->boot_ms, job_kind(j));
         }
         job_forward(j, m);
         sbx__worker__from_worker__free_unpacked(m, NULL);
@@ -581,36 +480,19 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     vc.memory_mb = memory_mb;
     vc.boot_timeout_ms = boot_timeout_ms;
     vc.run_dir = j->run_dir;
-    vc.probe = j->probe;
+    vc.probe = j->ops->probe;
     vc.jail = true;
     vc.vm_uid = vm_uid;
     vc.vm_gid = vm_gid;
     vc.userns = userns;
     vc.test_hooks = cfg.test_hooks;
-    vc.session = j->ops != NULL;
-    vc.reclaim_idle_ms = j->ops && j->ops->reclaim_idle ? cfg.balloon_idle_seconds * 1000u : 0;
-    snapshot_prepare(&vc, language, j->probe, j->ops, j->owner, j->snapshot, sizeof j->snapshot);
+    vc.session = !j->ops->one_shot;
+    vc.reclaim_idle_ms = j->ops->reclaim_idle ? cfg.balloon_idle_seconds * 1000u : 0;
+    snapshot_prepare(&vc, language, j->ops->probe, j->ops, j->owner, j->snapshot,
+                     sizeof j->snapshot);
     Sbx__Worker__ToWorker m2 = SBX__WORKER__TO_WORKER__INIT;
     m2.body_case = SBX__WORKER__TO_WORKER__BODY_START;
     m2.start = &vc;
-    int bad = queue_to_worker(j, &m1) | queue_to_worker(j, &m2);
-    if (j->req) {
-        Sbx__Worker__ExecRequest ex = SBX__WORKER__EXEC_REQUEST__INIT;
-        ex.language = j->req->language;
-        ex.code = j->req->code;
-        ex.timeout_ms = j->req->timeout_seconds * 1000u;
-        ex.n_env = j->req->n_env;
-        ex.env = j->req->env;
-        ex.stream = j->req->stream;
-        Sbx__Worker__ToWorker m3 = SBX__WORKER__TO_WORKER__INIT;
-        m3.body_case = SBX__WORKER__TO_WORKER__BODY_EXEC;
-        m3.exec = &ex;
-        bad |= queue_to_worker(j, &m3);
-    }
-    if (bad) {
-        kill(j->pid, SIGKILL);
-        job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
-    }
     ev_io_init(&j->rio, worker_read_cb, j->fd, EV_READ);
     ev_io_init(&j->wio, worker_write_cb, j->fd, EV_WRITE);
     ev_child_init(&j->child, child_cb, j->pid, 0);
@@ -618,10 +500,15 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     ev_io_start(EV_DEFAULT, &j->rio);
     ev_io_start(EV_DEFAULT, &j->wio);
     ev_child_start(EV_DEFAULT, &j->child);
-    /* The worker enforces the boot and run timeouts; this catches a worker that does not. An
-     * owner's VM is covered until it has booted, then by each request its owner sends. */
-    sched_vm_deadline(j, boot_timeout_ms / 1000u + (j->req ? j->req->timeout_seconds : 0));
-    /* The code is no longer needed here: it lives in the worker's queue. */
+    /* The owner's first request goes behind the start (its watchers exist from here on). */
+    if (queue_to_worker(j, &m1) < 0 || queue_to_worker(j, &m2) < 0 ||
+        (j->ops->started && j->ops->started(j->owner, j) < 0)) {
+        kill(j->pid, SIGKILL);
+        job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+    }
+    /* The worker enforces the boot and run timeouts; this catches a worker that does not. A
+     * VM is covered until it has booted, then by each request its owner sends. */
+    sched_vm_deadline(j, boot_timeout_ms / 1000u);
     return 0;
 }
 
@@ -629,26 +516,14 @@ static void job_start(job *j)
 {
     ev_timer_stop(EV_DEFAULT, &j->qtimer);
     slog("vm %llu: starting (%s, %s; %u running)", (unsigned long long)j->seq, j->language,
-         j->probe ? "probe"
-         : j->ops ? (j->ops->background ? "background" : "kept")
-                  : "run",
-         nrunning);
+         job_kind(j), nrunning);
     j->state = JOB_RUNNING;
     nqueued--;
     nrunning++;
     const char *accel = accel_verdict();
     if (job_dispatch(j, j->language, accel, j->memory_mb, cfg.boot_timeout_seconds * 1000u) < 0 &&
-        j->pid <= 0) {
-        const vm_owner_ops *ops = j->ops;
-        void *owner = j->owner;
-        char why[sizeof j->why];
-        snprintf(why, sizeof why, "%s", j->why);
-        Sbx__Control__ErrorKind kind = j->why_kind;
-        bool transient = j->why_transient;
-        job_free(j);
-        if (ops)
-            ops->gone(owner, kind, transient, why);
-    }
+        j->pid <= 0)
+        job_end(j, j->why_kind, j->why_transient, j->why);
 }
 
 static bool background(const job *j)
@@ -682,27 +557,35 @@ void sched_pump(void)
     pool_refill();
 }
 
-int sched_start_probe(sbx_err *err)
+job *sched_start_now(const char *language, uint32_t memory_mb, const char *accel,
+                     uint32_t boot_timeout_ms, const vm_owner_ops *ops, void *owner, sbx_err *err)
 {
     job *j = job_new();
-    if (!j)
-        return sbx_fail(err, ENOMEM, "out of memory");
+    if (!j) {
+        sbx_fail(err, ENOMEM, "out of memory");
+        return NULL;
+    }
+    snprintf(j->language, sizeof j->language, "%s", language);
+    j->memory_mb = memory_mb;
+    j->ops = ops;
+    j->owner = owner;
     j->state = JOB_RUNNING;
-    j->probe = true;
     j->t_accept = now_ms();
     j->next = jobs;
     jobs = j;
     nrunning++;
-    if (job_dispatch(j, "raw", "kvm", 256, PROBE_BOOT_TIMEOUT_MS) < 0 && j->pid <= 0) {
-        snprintf(err->msg, sizeof err->msg, "%s", j->why);
+    if (job_dispatch(j, language, accel, memory_mb, boot_timeout_ms) < 0 && j->pid <= 0) {
+        sbx_fail(err, j->why_kind, "%s", j->why);
+        j->ops = NULL; /* the caller learns it from the return value */
         job_free(j);
-        return -1;
+        return NULL;
     }
-    return 0;
+    return j;
 }
 
 void sched_shutdown(void)
 {
+    ev_prepare_stop(EV_DEFAULT, &pump_soon);
     for (job *j = jobs; j; j = j->next)
         if (j->state == JOB_RUNNING && j->pid > 0)
             kill(j->pid, SIGKILL);
@@ -710,7 +593,6 @@ void sched_shutdown(void)
         if (j->state == JOB_RUNNING && j->pid > 0)
             waitpid(j->pid, NULL, 0);
     while (jobs) {
-        jobs->answered = true;
         jobs->pid = -1;
         job_free(jobs);
     }

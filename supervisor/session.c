@@ -285,40 +285,13 @@ static void vm_frame(void *owner, Sbx__Worker__FromWorker *m)
     if (!s->ready || !o || !o->started)
         return; /* a boot failure: vm_gone reports it */
     Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
-    r.id = o->id;
-    bool final = true;
-    switch (m->body_case) {
-    case SBX__WORKER__FROM_WORKER__BODY_CHUNK:
-        r.body_case = SBX__CONTROL__REPLY__BODY_CHUNK;
-        r.chunk = m->chunk;
-        final = false;
-        break;
-    case SBX__WORKER__FROM_WORKER__BODY_RESULT:
+    bool final;
+    if (!control_reply_from_worker(m, o->id, &r, &final))
+        return;
+    if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_RESULT) {
         s->exec_count++;
         m->result->exec_count = s->exec_count;
         sched_vm_fill_result(s->job, m->result);
-        r.body_case = SBX__CONTROL__REPLY__BODY_RESULT;
-        r.result = m->result;
-        break;
-    case SBX__WORKER__FROM_WORKER__BODY_ERROR:
-        r.body_case = SBX__CONTROL__REPLY__BODY_ERROR;
-        r.error = m->error;
-        break;
-    case SBX__WORKER__FROM_WORKER__BODY_FILE_CHUNK:
-        r.body_case = SBX__CONTROL__REPLY__BODY_FILE_CHUNK;
-        r.file_chunk = m->file_chunk;
-        final = false;
-        break;
-    case SBX__WORKER__FROM_WORKER__BODY_FILE_DONE:
-        r.body_case = SBX__CONTROL__REPLY__BODY_FILE_DONE;
-        r.file_done = m->file_done;
-        break;
-    case SBX__WORKER__FROM_WORKER__BODY_FILE_LISTING:
-        r.body_case = SBX__CONTROL__REPLY__BODY_FILE_LISTING;
-        r.file_listing = m->file_listing;
-        break;
-    default:
-        return;
     }
     control_send(o->c, &r);
     if (final)
@@ -372,7 +345,8 @@ static void vm_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, c
     session_closed(s, msg);
 }
 
-static const vm_owner_ops session_vm = {vm_booted, vm_frame, vm_gone, false, true};
+static const vm_owner_ops session_vm = {
+    .booted = vm_booted, .frame = vm_frame, .gone = vm_gone, .reclaim_idle = true};
 
 /* ---- the client's side ---- */
 
@@ -387,8 +361,7 @@ static void do_open(client *c, uid_t uid, uint64_t id, Sbx__Control__SessionOpen
         sbx__control__session_open__free_unpacked(o, NULL);
         return;
     }
-    for (size_t i = 0; i < sizeof rnd; i++)
-        snprintf(s->id + 2 * i, 3, "%02x", rnd[i]);
+    sbx_hex(rnd, sizeof rnd, s->id);
     s->open = o;
     s->timeout_s = o->timeout_seconds;
     s->idle_s = o->idle_timeout_seconds;

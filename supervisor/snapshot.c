@@ -135,8 +135,7 @@ static int make_key(const Sbx__Worker__VmConfig *vc, const char *language, char 
     unsigned mdlen = 0;
     if (EVP_Digest(text, (size_t)len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32)
         return -1;
-    for (int i = 0; i < 32; i++)
-        snprintf(key + 2 * i, 3, "%02x", md[i]);
+    sbx_hex(md, 32, key);
     snprintf(name, n, "%s-%um-%s-%.16s", language, vc->memory_mb, vc->accel, key);
     return 0;
 }
@@ -179,8 +178,7 @@ static int file_sha256(const char *path, size_t max, char hex[65])
     unsigned mdlen = 0;
     if (got != (size_t)st.st_size || EVP_Digest(buf, got, md, &mdlen, EVP_sha256(), NULL) != 1)
         return -1;
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    sbx_hex(md, 32, hex);
     return 0;
 }
 
@@ -464,8 +462,8 @@ static void template_gone(void *owner, Sbx__Control__ErrorKind kind, bool transi
         (unsigned long long)(s->retry_at > now ? (s->retry_at - now) / 1000 : 0));
 }
 
-static const vm_owner_ops template_ops = {template_booted, template_frame, template_gone, true,
-                                          false};
+static const vm_owner_ops template_ops = {
+    .booted = template_booted, .frame = template_frame, .gone = template_gone, .background = true};
 
 /* ---- what sched.c calls ------------------------------------------------------------------- */
 

@@ -92,7 +92,7 @@ unsigned sched_running(void)
     return n;
 }
 
-void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
+void run_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
 {
     for (int i = 0; i < MAX_RUNS; i++)
         if (!runs[i].req) {
@@ -105,7 +105,7 @@ void sched_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
     sbx__control__run_request__free_unpacked(req, NULL);
 }
 
-void sched_client_gone(client *c)
+void run_client_gone(client *c)
 {
     for (int i = 0; i < MAX_RUNS; i++)
         if (runs[i].req && runs[i].c == c) {

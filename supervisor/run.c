@@ -1,0 +1,131 @@
+/* One-shot runs: each RunRequest gets a warm pool VM when one fits, else a VM of its own (a VM
+ * owner like sessions and the pool), and ends in exactly one result or one typed error for its
+ * client. A run never outlives its client: when the client goes, its VM is stopped. */
+#include <stdio.h>
+#include <string.h>
+
+#include "sbxd.h"
+
+typedef struct run {
+    client *c; /* NULL once its client is gone */
+    uint64_t id;
+    Sbx__Control__RunRequest *req;
+    job *job;
+    bool answered; /* the one result or error has been sent */
+    struct run *next;
+} run;
+
+static run *runs;
+
+static void run_free(run *r)
+{
+    for (run **p = &runs; *p; p = &(*p)->next)
+        if (*p == r) {
+            *p = r->next;
+            break;
+        }
+    sbx__control__run_request__free_unpacked(r->req, NULL);
+    free(r);
+}
+
+/* The code goes right behind the worker's start, so the run needs no round trip after the boot.
+ * sbxd's deadline covers the boot (sched.c), then the run (run_booted). */
+static int run_started(void *owner, job *j)
+{
+    run *r = owner;
+    Sbx__Worker__ExecRequest ex = SBX__WORKER__EXEC_REQUEST__INIT;
+    ex.language = r->req->language;
+    ex.code = r->req->code;
+    ex.timeout_ms = r->req->timeout_seconds * 1000u;
+    ex.n_env = r->req->n_env;
+    ex.env = r->req->env;
+    ex.stream = r->req->stream;
+    Sbx__Worker__ToWorker m = SBX__WORKER__TO_WORKER__INIT;
+    m.body_case = SBX__WORKER__TO_WORKER__BODY_EXEC;
+    m.exec = &ex;
+    return sched_vm_send(j, &m);
+}
+
+static void run_booted(void *owner, const Sbx__Worker__Booted *b)
+{
+    run *r = owner;
+    sched_vm_deadline(r->job, r->req->timeout_seconds);
+}
+
+static void run_frame(void *owner, Sbx__Worker__FromWorker *m)
+{
+    run *r = owner;
+    Sbx__Control__Reply reply = SBX__CONTROL__REPLY__INIT;
+    bool final;
+    if (r->answered || !control_reply_from_worker(m, r->id, &reply, &final))
+        return;
+    if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_RESULT) {
+        sched_count_run();
+        sched_vm_fill_result(r->job, m->result);
+    }
+    r->answered = final;
+    control_send(r->c, &reply);
+}
+
+static void run_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, const char *why)
+{
+    run *r = owner;
+    if (!r->answered) {
+        if (kind == SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION)
+            control_send_error(r->c, r->id, kind, transient, "%s; the run was lost, retry it", why);
+        else
+            control_send_error(r->c, r->id, kind, transient, "%s", why);
+    }
+    run_free(r);
+}
+
+static const vm_owner_ops run_ops = {
+    .booted = run_booted,
+    .frame = run_frame,
+    .gone = run_gone,
+    .started = run_started,
+    .one_shot = true,
+};
+
+void run_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req)
+{
+    run *r = calloc(1, sizeof *r);
+    if (!r) {
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+        sbx__control__run_request__free_unpacked(req, NULL);
+        return;
+    }
+    r->c = c;
+    r->id = id;
+    r->req = req;
+    r->next = runs;
+    runs = r;
+    r->job = sched_open_vm(req->language, req->memory_mb, &run_ops, r);
+    if (r->job)
+        return;
+    if (errno == EAGAIN)
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
+                           "%u requests already wait for a VM slot (max_queued); try again later",
+                           sched_queued());
+    else
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+    run_free(r);
+}
+
+void run_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
+{
+    if (!pool_take(c, id, req))
+        run_cold(c, id, req);
+}
+
+void run_client_gone(client *c)
+{
+    for (run *r = runs, *next; r; r = next) {
+        next = r->next;
+        if (r->c != c)
+            continue;
+        /* Its VM goes too (SIGKILL: see sched_vm_close), with no callbacks. */
+        sched_vm_close(r->job);
+        run_free(r);
+    }
+}
