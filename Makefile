@@ -17,8 +17,9 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
 	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c
 WORKER_SRC = vmworker/worker.c vmworker/qemu.c vmworker/jail.c vmworker/qmp.c vmworker/balloon.c
-LIBSBX_SRC = cli/libsbx.c
-SBX_SRC = cli/sbx.c cli/args.c
+LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli/status.c \
+	cli/utf8.c
+SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c
 AGENT_SRC = agent/agent.c agent/sandbox.c agent/repl.c agent/files.c agent/zram.c
 
 .PHONY: fuzz all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan
