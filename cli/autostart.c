@@ -75,7 +75,7 @@ __attribute__((noreturn)) static void daemon_child(int report, const char *bin, 
 
 /* Start `bin --socket SOCK --idle-exit-seconds 300` detached (the idle period from
  * EXEC_SANDBOX_IDLE_EXIT_SECONDS instead when the user set it). Returns its pid, or -1. */
-static pid_t daemon_spawn(const char *bin, const char *sock, const char *log_path, sbx_error *err)
+static pid_t daemon_spawn(const char *bin, const char *sock, const char *log_path, sbx_err *err)
 {
     const char *idle = getenv("EXEC_SANDBOX_IDLE_EXIT_SECONDS");
     char *const argv[] = {(char *)bin,
@@ -86,12 +86,12 @@ static pid_t daemon_spawn(const char *bin, const char *sock, const char *log_pat
                           NULL};
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
-        return fail(err, SBX_ERR_CONNECT, false, "pipe: %s", strerror(errno));
+        return sbx_fail(err, SBX_ERR_CONNECT, "pipe: %s", strerror(errno));
     cleanup_close int rd = p[0];
     cleanup_close int wr = p[1];
     pid_t child = fork();
     if (child < 0)
-        return fail(err, SBX_ERR_CONNECT, true, "fork: %s", strerror(errno));
+        return sbx_fail(err, SBX_ERR_CONNECT | ERR_TRANSIENT, "fork: %s", strerror(errno));
     if (child == 0)
         daemon_child(wr, bin, argv, log_path);
     close(steal_fd(&wr));
@@ -113,12 +113,13 @@ static pid_t daemon_spawn(const char *bin, const char *sock, const char *log_pat
             exec_errno = m.value;
     }
     if (exec_errno)
-        return fail(err, SBX_ERR_CONNECT, false, "start `%s`: %s%s", bin, strerror(exec_errno),
-                    exec_errno == ENOENT && !strchr(bin, '/')
-                        ? " (put sbxd in $PATH or beside this program, or set EXEC_SANDBOX_SBXD)"
-                        : "");
+        return sbx_fail(
+            err, SBX_ERR_CONNECT, "start `%s`: %s%s", bin, strerror(exec_errno),
+            exec_errno == ENOENT && !strchr(bin, '/')
+                ? " (put sbxd in $PATH or beside this program, or set EXEC_SANDBOX_SBXD)"
+                : "");
     if (daemon <= 0)
-        return fail(err, SBX_ERR_CONNECT, false, "start `%s`: no daemon process came up", bin);
+        return sbx_fail(err, SBX_ERR_CONNECT, "start `%s`: no daemon process came up", bin);
     return daemon;
 }
 
@@ -181,7 +182,7 @@ static void sleep_ms(long ms)
 }
 
 /* Wait for the autostart lock with a bound, so a wedged peer cannot hang us for ever. */
-static int lock_wait(int fd, const char *lock_path, const sbx_connect_opts *o, sbx_error *err)
+static int lock_wait(int fd, const char *lock_path, const sbx_connect_opts *o, sbx_err *err)
 {
     uint64_t deadline = now_ms() + AUTOSTART_LOCK_WAIT_MS;
     bool told = false;
@@ -189,13 +190,14 @@ static int lock_wait(int fd, const char *lock_path, const sbx_connect_opts *o, s
         if (errno == EINTR)
             continue;
         if (errno != EWOULDBLOCK)
-            return fail(err, SBX_ERR_CONNECT, false, "lock `%s`: %s", lock_path, strerror(errno));
+            return sbx_fail(err, SBX_ERR_CONNECT, "lock `%s`: %s", lock_path, strerror(errno));
         if (!told)
             progress(o, "waiting for another client to start the sandbox daemon");
         told = true;
         if (now_ms() >= deadline)
-            return fail(err, SBX_ERR_CONNECT, true, "lock `%s`: still held after %d s", lock_path,
-                        AUTOSTART_LOCK_WAIT_MS / 1000);
+            return sbx_fail(err, SBX_ERR_CONNECT | ERR_TRANSIENT,
+                            "lock `%s`: still held after %d s", lock_path,
+                            AUTOSTART_LOCK_WAIT_MS / 1000);
         sleep_ms(50);
     }
     return 0;
@@ -221,7 +223,7 @@ void socket_dir(const char *sock, char *dir, size_t n)
 }
 
 /* Start a private daemon on `sock` and return a connected fd in *out. */
-int autostart(const char *sock, const sbx_connect_opts *o, int *out, sbx_error *err)
+int autostart(const char *sock, const sbx_connect_opts *o, int *out, sbx_err *err)
 {
     char dir[PATH_MAX];
     socket_dir(sock, dir, sizeof dir);
@@ -230,19 +232,20 @@ int autostart(const char *sock, const sbx_connect_opts *o, int *out, sbx_error *
     sbx_err e = {0};
     cleanup_close int dfd = paths_dir_open(dir, getuid(), 0700, &e);
     if (dfd < 0)
-        return fail(err, SBX_ERR_PERMISSION, false,
-                    "will not start a daemon with its socket in `%s`: %s (it must be a directory "
-                    "of uid %u that nobody else can write)",
-                    dir, e.msg, (unsigned)getuid());
+        return sbx_fail(
+            err, SBX_ERR_PERMISSION,
+            "will not start a daemon with its socket in `%s`: %s (it must be a directory "
+            "of uid %u that nobody else can write)",
+            dir, e.msg, (unsigned)getuid());
     char lock_path[PATH_MAX], log_path[PATH_MAX];
     if (path_join(lock_path, sizeof lock_path, dir, "autostart.lock") < 0 ||
         path_join(log_path, sizeof log_path, dir, "sbxd.log") < 0)
-        return fail(err, SBX_ERR_CONNECT, false, "socket directory `%s` is too long", dir);
+        return sbx_fail(err, SBX_ERR_CONNECT, "socket directory `%s` is too long", dir);
 
     cleanup_close int lk =
         open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
     if (lk < 0)
-        return fail(err, SBX_ERR_CONNECT, false, "open `%s`: %s", lock_path, strerror(errno));
+        return sbx_fail(err, SBX_ERR_CONNECT, "open `%s`: %s", lock_path, strerror(errno));
     if (lock_wait(lk, lock_path, o, err) < 0)
         return -1;
     /* Whoever held the lock before us may have started it already. */
@@ -251,7 +254,7 @@ int autostart(const char *sock, const sbx_connect_opts *o, int *out, sbx_error *
         return 0;
     /* A stale socket file (ECONNREFUSED) is sbxd's to replace: it probes before it unlinks. */
     if (r != -ENOENT && r != -ECONNREFUSED)
-        return fail(err, SBX_ERR_CONNECT, false, "connect to `%s`: %s", sock, strerror(-r));
+        return sbx_fail(err, SBX_ERR_CONNECT, "connect to `%s`: %s", sock, strerror(-r));
 
     char bin[PATH_MAX];
     find_sbxd(bin, sizeof bin);
@@ -265,17 +268,17 @@ int autostart(const char *sock, const sbx_connect_opts *o, int *out, sbx_error *
         if (r == 0)
             return 0;
         if (r != -ENOENT && r != -ECONNREFUSED)
-            return fail(err, SBX_ERR_CONNECT, false, "connect to `%s`: %s", sock, strerror(-r));
+            return sbx_fail(err, SBX_ERR_CONNECT, "connect to `%s`: %s", sock, strerror(-r));
         if (kill(pid, 0) < 0 && errno == ESRCH) {
             char tail[200];
             log_tail(log_path, tail, sizeof tail);
-            return fail(err, SBX_ERR_CONNECT, false, "sbxd exited during startup%s%s (log: %s)",
-                        tail[0] ? ": " : "", tail, log_path);
+            return sbx_fail(err, SBX_ERR_CONNECT, "sbxd exited during startup%s%s (log: %s)",
+                            tail[0] ? ": " : "", tail, log_path);
         }
         if (now_ms() >= deadline)
-            return fail(err, SBX_ERR_CONNECT, true,
-                        "sbxd (pid %d) did not listen on `%s` within %d s (log: %s)", (int)pid,
-                        sock, AUTOSTART_WAIT_MS / 1000, log_path);
+            return sbx_fail(err, SBX_ERR_CONNECT | ERR_TRANSIENT,
+                            "sbxd (pid %d) did not listen on `%s` within %d s (log: %s)", (int)pid,
+                            sock, AUTOSTART_WAIT_MS / 1000, log_path);
         sleep_ms(20);
     }
 }

@@ -26,20 +26,6 @@ void copy_text(char *dst, size_t n, const char *src)
         dst[i] = '\0';
 }
 
-__attribute__((format(printf, 4, 5))) int fail(sbx_error *e, int kind, bool transient,
-                                               const char *fmt, ...)
-{
-    if (e) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(e->message, sizeof e->message, fmt, ap);
-        va_end(ap);
-        e->kind = kind;
-        e->transient = transient;
-    }
-    return -1;
-}
-
 const char *sbx_error_kind_name(int kind)
 {
     switch (kind) {
@@ -76,16 +62,28 @@ const char *sbx_error_kind_name(int kind)
     }
 }
 
-int from_reply_error(sbx_error *e, const Sbx__Control__Error *re)
+int from_reply_error(sbx_err *e, const Sbx__Control__Error *re)
 {
     if (e) {
-        e->kind = re->kind ? (int)re->kind : SBX_ERR_INTERNAL;
-        e->transient = re->transient;
-        copy_text(e->message, sizeof e->message, re->message);
-        if (!e->message[0])
-            snprintf(e->message, sizeof e->message, "sbxd reported an error without a message");
+        e->code =
+            (re->kind ? (int)re->kind : SBX_ERR_INTERNAL) | (re->transient ? ERR_TRANSIENT : 0);
+        copy_text(e->msg, sizeof e->msg, re->message);
+        if (!e->msg[0])
+            snprintf(e->msg, sizeof e->msg, "sbxd reported an error without a message");
     }
     return -1;
+}
+
+/* The one place an internal error becomes the public one: every API function ends here. */
+int error_out(int rc, const sbx_err *e, sbx_error *out)
+{
+    _Static_assert(sizeof out->message == sizeof e->msg, "sbx_error and sbx_err messages differ");
+    if (rc < 0 && out) {
+        out->kind = e->code & ~ERR_TRANSIENT;
+        out->transient = (e->code & ERR_TRANSIENT) != 0;
+        memcpy(out->message, e->msg, sizeof out->message);
+    }
+    return rc;
 }
 
 /* ---- transport ---- */
@@ -109,18 +107,19 @@ int unix_connect(const char *path, int *out)
 /* The frame is built by the shared writer; only the write differs from frame_send: send(2) with
  * MSG_NOSIGNAL, so that a daemon going away is an error value here and not a SIGPIPE that kills
  * the program linking us. */
-int client_send(sbx_client *c, const Sbx__Control__Request *rq, sbx_error *err)
+int client_send(sbx_client *c, const Sbx__Control__Request *rq, sbx_err *err)
 {
     cleanup_writer frame_writer w = {0};
     if (frame_writer_put(&w, &rq->base) < 0)
-        return fail(err, SBX_ERR_INTERNAL, false, "encode request: %s", strerror(errno));
+        return sbx_fail(err, SBX_ERR_INTERNAL, "encode request: %s", strerror(errno));
     while (w.off < w.len) {
         ssize_t n = send(c->fd, w.buf + w.off, w.len - w.off, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             c->broken = true;
-            return fail(err, SBX_ERR_COMMUNICATION, true, "send to sbxd: %s", strerror(errno));
+            return sbx_fail(err, SBX_ERR_COMMUNICATION | ERR_TRANSIENT, "send to sbxd: %s",
+                            strerror(errno));
         }
         w.off += (size_t)n;
     }
@@ -128,7 +127,7 @@ int client_send(sbx_client *c, const Sbx__Control__Request *rq, sbx_error *err)
 }
 
 /* The next reply (any id). timeout_ms -1 waits for ever: a run ends when the daemon says so. */
-int client_recv(sbx_client *c, int timeout_ms, Sbx__Control__Reply **out, sbx_error *err)
+int client_recv(sbx_client *c, int timeout_ms, Sbx__Control__Reply **out, sbx_err *err)
 {
     const uint8_t *data;
     size_t len;
@@ -138,25 +137,27 @@ int client_recv(sbx_client *c, int timeout_ms, Sbx__Control__Reply **out, sbx_er
         if (*out)
             return 0;
         c->broken = true;
-        return fail(err, SBX_ERR_PROTOCOL, false, "sbxd sent a malformed reply (%zu bytes)", len);
+        return sbx_fail(err, SBX_ERR_PROTOCOL, "sbxd sent a malformed reply (%zu bytes)", len);
     }
     c->broken = true;
     if (rc == 0)
-        return fail(err, SBX_ERR_COMMUNICATION, true, "sbxd closed the connection");
+        return sbx_fail(err, SBX_ERR_COMMUNICATION | ERR_TRANSIENT, "sbxd closed the connection");
     if (errno == ETIMEDOUT)
-        return fail(err, SBX_ERR_COMMUNICATION, true, "no reply from sbxd within %d s",
-                    timeout_ms / 1000);
+        return sbx_fail(err, SBX_ERR_COMMUNICATION | ERR_TRANSIENT,
+                        "no reply from sbxd within %d s", timeout_ms / 1000);
     if (errno == EMSGSIZE)
-        return fail(err, SBX_ERR_PROTOCOL, false, "sbxd sent a frame over the %u-byte cap",
-                    FRAME_MAX_WORKER);
+        return sbx_fail(err, SBX_ERR_PROTOCOL, "sbxd sent a frame over the %u-byte cap",
+                        FRAME_MAX_WORKER);
     if (errno == EPROTO)
-        return fail(err, SBX_ERR_COMMUNICATION, true, "sbxd closed the connection mid-frame");
-    return fail(err, SBX_ERR_COMMUNICATION, true, "read from sbxd: %s", strerror(errno));
+        return sbx_fail(err, SBX_ERR_COMMUNICATION | ERR_TRANSIENT,
+                        "sbxd closed the connection mid-frame");
+    return sbx_fail(err, SBX_ERR_COMMUNICATION | ERR_TRANSIENT, "read from sbxd: %s",
+                    strerror(errno));
 }
 
 /* Replies for our request, or id 0 (the daemon's way to report a connection-level error). */
 int client_recv_for(sbx_client *c, uint64_t id, int timeout_ms, Sbx__Control__Reply **out,
-                    sbx_error *err)
+                    sbx_err *err)
 {
     for (;;) {
         if (client_recv(c, timeout_ms, out, err) < 0)
@@ -169,23 +170,14 @@ int client_recv_for(sbx_client *c, uint64_t id, int timeout_ms, Sbx__Control__Re
     }
 }
 
-int unexpected(sbx_client *c, const Sbx__Control__Reply *r, const char *waiting_for, sbx_error *err)
+int unexpected(sbx_client *c, const Sbx__Control__Reply *r, const char *waiting_for, sbx_err *err)
 {
     c->broken = true;
-    return fail(err, SBX_ERR_PROTOCOL, false, "sbxd sent reply body %d while %s", r->body_case,
-                waiting_for);
+    return sbx_fail(err, SBX_ERR_PROTOCOL, "sbxd sent reply body %d while %s", r->body_case,
+                    waiting_for);
 }
 
-void wrap(sbx_error *e, const char *prefix)
-{
-    if (e) {
-        char old[sizeof e->message];
-        memcpy(old, e->message, sizeof old);
-        snprintf(e->message, sizeof e->message, "%s: %s", prefix, old);
-    }
-}
-
-int reply_error(sbx_client *c, const Sbx__Control__Error *re, sbx_error *err)
+int reply_error(sbx_client *c, const Sbx__Control__Error *re, sbx_err *err)
 {
     /* The daemon only calls a request a protocol error when it could not make sense of our
      * stream; what follows on it cannot be trusted either. */
@@ -194,26 +186,25 @@ int reply_error(sbx_client *c, const Sbx__Control__Error *re, sbx_error *err)
     return from_reply_error(err, re);
 }
 
-int client_ready(const sbx_client *c, sbx_error *err)
+int client_ready(const sbx_client *c, sbx_err *err)
 {
     if (c->broken)
-        return fail(err, SBX_ERR_COMMUNICATION, true,
-                    "the connection to sbxd was lost earlier; reconnect");
+        return sbx_fail(err, SBX_ERR_COMMUNICATION | ERR_TRANSIENT,
+                        "the connection to sbxd was lost earlier; reconnect");
     return 0;
 }
 
 /* Send rq under a fresh id and wait for its reply; an error reply is returned as -1 with *out
  * still set (the caller frees it either way). */
 int request(sbx_client *c, Sbx__Control__Request *rq, int timeout_ms, const char *what,
-            Sbx__Control__Reply **out, sbx_error *err)
+            Sbx__Control__Reply **out, sbx_err *err)
 {
     *out = NULL;
     if (client_ready(c, err) < 0)
         return -1;
     rq->id = c->next_id++;
     if (client_send(c, rq, err) < 0 || client_recv_for(c, rq->id, timeout_ms, out, err) < 0) {
-        wrap(err, what);
-        return -1;
+        return sbx_wrap(err, "%s", what);
     }
     if ((*out)->body_case == SBX__CONTROL__REPLY__BODY_ERROR)
         return reply_error(c, (*out)->error, err);
@@ -228,7 +219,7 @@ static void client_freep(sbx_client **c)
 }
 #define cleanup_client __attribute__((cleanup(client_freep)))
 
-static int client_hello(sbx_client *c, const char *name, sbx_error *err)
+static int client_hello(sbx_client *c, const char *name, sbx_err *err)
 {
     Sbx__Control__Hello h = SBX__CONTROL__HELLO__INIT;
     h.protocol_version = SBX_PROTOCOL_VERSION;
@@ -239,16 +230,15 @@ static int client_hello(sbx_client *c, const char *name, sbx_error *err)
     rq.hello = &h;
     cleanup_reply Sbx__Control__Reply *r = NULL;
     if (client_send(c, &rq, err) < 0 || client_recv_for(c, rq.id, HELLO_TIMEOUT_MS, &r, err) < 0) {
-        wrap(err, "hello");
-        return -1;
+        return sbx_wrap(err, "hello");
     }
     switch (r->body_case) {
     case SBX__CONTROL__REPLY__BODY_HELLO:
         if (r->hello->protocol_version != SBX_PROTOCOL_VERSION)
-            return fail(err, SBX_ERR_PROTOCOL, false,
-                        "sbxd at `%s` speaks protocol %u; this client speaks %u (run matching "
-                        "versions of sbx and sbxd)",
-                        c->socket_path, r->hello->protocol_version, SBX_PROTOCOL_VERSION);
+            return sbx_fail(err, SBX_ERR_PROTOCOL,
+                            "sbxd at `%s` speaks protocol %u; this client speaks %u (run matching "
+                            "versions of sbx and sbxd)",
+                            c->socket_path, r->hello->protocol_version, SBX_PROTOCOL_VERSION);
         copy_text(c->server, sizeof c->server, r->hello->server);
         return 0;
     case SBX__CONTROL__REPLY__BODY_ERROR:
@@ -261,7 +251,7 @@ static int client_hello(sbx_client *c, const char *name, sbx_error *err)
 /* The per-user socket is found by name: before anything goes there, its directory must be this
  * user's alone, or someone else could have put their own daemon's socket in it. A directory that
  * does not exist yet is fine: the autostart creates it, and checks it. */
-static int user_socket_dir_trusted(const char *sock, sbx_error *err)
+static int user_socket_dir_trusted(const char *sock, sbx_err *err)
 {
     char dir[PATH_MAX];
     socket_dir(sock, dir, sizeof dir);
@@ -269,14 +259,15 @@ static int user_socket_dir_trusted(const char *sock, sbx_error *err)
     cleanup_close int fd = paths_dir_open(dir, getuid(), 0, &e);
     if (fd >= 0 || e.code == ENOENT)
         return 0;
-    return fail(err, SBX_ERR_PERMISSION, false,
-                "refusing the per-user socket `%s`: %s, so nothing was sent to it. It must be a "
-                "directory of uid %u that nobody else can write: remove it, or name a daemon's "
-                "socket with --socket or EXEC_SANDBOX_SOCKET",
-                sock, e.msg, (unsigned)getuid());
+    return sbx_fail(
+        err, SBX_ERR_PERMISSION,
+        "refusing the per-user socket `%s`: %s, so nothing was sent to it. It must be a "
+        "directory of uid %u that nobody else can write: remove it, or name a daemon's "
+        "socket with --socket or EXEC_SANDBOX_SOCKET",
+        sock, e.msg, (unsigned)getuid());
 }
 
-int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *err)
+static int client_connect(const sbx_connect_opts *opts, sbx_client **out, sbx_err *err)
 {
     static const sbx_connect_opts defaults;
     const sbx_connect_opts *o = opts ? opts : &defaults;
@@ -287,13 +278,13 @@ int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *er
     bool named = (o->socket_path && *o->socket_path) || paths_socket_named();
     if (o->socket_path && *o->socket_path) {
         if (strlen(o->socket_path) >= sizeof path)
-            return fail(err, SBX_ERR_CONNECT, false,
-                        "socket path `%s` is too long (at most %zu bytes)", o->socket_path,
-                        sizeof path - 1);
+            return sbx_fail(err, SBX_ERR_CONNECT,
+                            "socket path `%s` is too long (at most %zu bytes)", o->socket_path,
+                            sizeof path - 1);
         memcpy(path, o->socket_path, strlen(o->socket_path) + 1);
     } else if (paths_default_socket(path, sizeof path) < 0) {
-        return fail(err, SBX_ERR_CONNECT, false,
-                    "the default socket path is too long; set EXEC_SANDBOX_SOCKET");
+        return sbx_fail(err, SBX_ERR_CONNECT,
+                        "the default socket path is too long; set EXEC_SANDBOX_SOCKET");
     }
     if (!named && user_socket_dir_trusted(path, err) < 0)
         return -1;
@@ -303,9 +294,9 @@ int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *er
     if (r < 0) {
         bool absent = r == -ENOENT || r == -ECONNREFUSED;
         if (r == -EACCES || r == -EPERM)
-            return fail(err, SBX_ERR_PERMISSION, false, "connect to `%s`: %s", path, strerror(-r));
+            return sbx_fail(err, SBX_ERR_PERMISSION, "connect to `%s`: %s", path, strerror(-r));
         if (!absent || !(o->flags & SBX_CONNECT_AUTOSTART))
-            return fail(err, SBX_ERR_CONNECT, false, "connect to `%s`: %s", path, strerror(-r));
+            return sbx_fail(err, SBX_ERR_CONNECT, "connect to `%s`: %s", path, strerror(-r));
         if (autostart(path, o, &fd, err) < 0)
             return -1;
     }
@@ -313,19 +304,20 @@ int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *er
     struct ucred peer;
     socklen_t peer_len = sizeof peer;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) < 0)
-        return fail(err, SBX_ERR_CONNECT, false, "connect to `%s`: SO_PEERCRED: %s", path,
-                    strerror(errno));
+        return sbx_fail(err, SBX_ERR_CONNECT, "connect to `%s`: SO_PEERCRED: %s", path,
+                        strerror(errno));
     if (!named && peer.uid != getuid() && peer.uid != 0)
-        return fail(err, SBX_ERR_PERMISSION, false,
-                    "refusing the daemon on the per-user socket `%s`: it runs as uid %u, not as "
-                    "this user (uid %u) or root, so nothing was sent to it. Remove that socket if "
-                    "you did not expect it; to use another user's daemon, name its socket with "
-                    "--socket or EXEC_SANDBOX_SOCKET",
-                    path, (unsigned)peer.uid, (unsigned)getuid());
+        return sbx_fail(
+            err, SBX_ERR_PERMISSION,
+            "refusing the daemon on the per-user socket `%s`: it runs as uid %u, not as "
+            "this user (uid %u) or root, so nothing was sent to it. Remove that socket if "
+            "you did not expect it; to use another user's daemon, name its socket with "
+            "--socket or EXEC_SANDBOX_SOCKET",
+            path, (unsigned)peer.uid, (unsigned)getuid());
 
     cleanup_client sbx_client *c = calloc(1, sizeof *c);
     if (!c)
-        return fail(err, SBX_ERR_INTERNAL, false, "out of memory");
+        return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory");
     c->daemon_uid = peer.uid;
     c->fd = steal_fd(&fd);
     c->next_id = 1;
@@ -335,6 +327,12 @@ int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *er
         return -1;
     *out = steal_ptr(&c);
     return 0;
+}
+
+int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *err)
+{
+    sbx_err e = {0};
+    return error_out(client_connect(opts, out, &e), &e, err);
 }
 
 int sbx_connect(const char *socket_path, unsigned flags, sbx_client **out, sbx_error *err)

@@ -13,7 +13,7 @@
 #define ZSTD_LEVEL 3 /* fast; the socket is local, so more effort would cost more than it saves */
 
 /* Report an error that was kept aside while the transfer was brought to its end. */
-static int give(sbx_error *err, const sbx_error *kept)
+static int give(sbx_err *err, const sbx_err *kept)
 {
     if (err)
         *err = *kept;
@@ -62,13 +62,13 @@ static void hex(char *out, const uint8_t *d, size_t n)
 }
 
 static int check_file_args(sbx_client *c, const char *session_id, const char *guest_path,
-                           sbx_error *err)
+                           sbx_err *err)
 {
     char why[320];
     if (check_session_id(session_id, err) < 0)
         return -1;
     if (limits_check_guest_path(guest_path, why, sizeof why) < 0)
-        return fail(err, SBX_ERR_VM_CONFIG, false, "%s", why);
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why);
     return client_ready(c, err);
 }
 
@@ -76,7 +76,7 @@ static int check_file_args(sbx_client *c, const char *session_id, const char *gu
  * NULL when there is none yet. Lets an upload stop as soon as sbxd has refused it, instead of
  * sending up to 50 MiB into the void. Replies to older requests are dropped, as
  * client_recv_for does. */
-static int early_reply(sbx_client *c, uint64_t id, Sbx__Control__Reply **out, sbx_error *err)
+static int early_reply(sbx_client *c, uint64_t id, Sbx__Control__Reply **out, sbx_err *err)
 {
     for (;;) {
         struct pollfd p = {.fd = c->fd, .events = POLLIN};
@@ -99,7 +99,7 @@ struct upload_src {
 };
 
 static int src_read(struct upload_src *s, uint64_t off, uint8_t *buf, size_t n,
-                    const uint8_t **data, sbx_error *err)
+                    const uint8_t **data, sbx_err *err)
 {
     if (s->mem) {
         *data = s->mem + off;
@@ -110,10 +110,10 @@ static int src_read(struct upload_src *s, uint64_t off, uint8_t *buf, size_t n,
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
-            return fail(err, SBX_ERR_LOCAL_FILE, false, "read `%s`: %s", s->name, strerror(errno));
+            return sbx_fail(err, SBX_ERR_LOCAL_FILE, "read `%s`: %s", s->name, strerror(errno));
         if (r == 0)
-            return fail(err, SBX_ERR_LOCAL_FILE, false, "`%s` got shorter while it was being sent",
-                        s->name);
+            return sbx_fail(err, SBX_ERR_LOCAL_FILE, "`%s` got shorter while it was being sent",
+                            s->name);
         got += (size_t)r;
     }
     *data = buf;
@@ -124,7 +124,7 @@ static int src_read(struct upload_src *s, uint64_t off, uint8_t *buf, size_t n,
  * half-way the upload is ended early with a short last chunk: sbxd then refuses it on the size
  * (and writes nothing), which keeps the connection in step; the local error is what we report. */
 static int upload(sbx_client *c, const char *session_id, const char *guest_path, uint64_t size,
-                  const uint8_t sha[SHA256_LEN], struct upload_src *src, sbx_error *err)
+                  const uint8_t sha[SHA256_LEN], struct upload_src *src, sbx_err *err)
 {
     cleanup_cctx ZSTD_CCtx *z = ZSTD_createCCtx();
     cleanup_md EVP_MD_CTX *md = sha_new();
@@ -132,7 +132,7 @@ static int upload(sbx_client *c, const char *session_id, const char *guest_path,
     cleanup_free uint8_t *zbuf = malloc(zcap);
     cleanup_free uint8_t *rbuf = src->mem ? NULL : malloc(SBX_FILE_CHUNK);
     if (!z || !md || !zbuf || (!src->mem && !rbuf))
-        return fail(err, SBX_ERR_INTERNAL, false, "out of memory");
+        return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory");
 
     Sbx__Control__FileWrite fw = SBX__CONTROL__FILE_WRITE__INIT;
     fw.session_id = (char *)session_id;
@@ -145,11 +145,10 @@ static int upload(sbx_client *c, const char *session_id, const char *guest_path,
     rq.body_case = SBX__CONTROL__REQUEST__BODY_FILE_WRITE;
     rq.file_write = &fw;
     if (client_send(c, &rq, err) < 0) {
-        wrap(err, "upload");
-        return -1;
+        return sbx_wrap(err, "upload");
     }
 
-    sbx_error local = {0};
+    sbx_err local = {0};
     bool local_failed = false;
     cleanup_reply Sbx__Control__Reply *r = NULL;
     for (uint64_t off = 0;;) {
@@ -161,12 +160,12 @@ static int upload(sbx_client *c, const char *session_id, const char *guest_path,
             n = 0;
         } else if (EVP_DigestUpdate(md, data, n) != 1) {
             local_failed = true;
-            fail(&local, SBX_ERR_INTERNAL, false, "sha256 failed");
+            sbx_fail(&local, SBX_ERR_INTERNAL, "sha256 failed");
             n = 0;
         }
         size_t zn = ZSTD_compressCCtx(z, zbuf, zcap, data, n, ZSTD_LEVEL);
         if (ZSTD_isError(zn)) /* only for bad arguments; nothing to send that would be right */
-            return fail(err, SBX_ERR_INTERNAL, false, "zstd: %s", ZSTD_getErrorName(zn));
+            return sbx_fail(err, SBX_ERR_INTERNAL, "zstd: %s", ZSTD_getErrorName(zn));
         off += n;
         Sbx__Control__FileChunk ch = SBX__CONTROL__FILE_CHUNK__INIT;
         ch.zdata.data = zbuf;
@@ -177,14 +176,12 @@ static int upload(sbx_client *c, const char *session_id, const char *guest_path,
         crq.body_case = SBX__CONTROL__REQUEST__BODY_FILE_CHUNK;
         crq.file_chunk = &ch;
         if (client_send(c, &crq, err) < 0) {
-            wrap(err, "upload");
-            return -1;
+            return sbx_wrap(err, "upload");
         }
         if (ch.last)
             break;
         if (early_reply(c, rq.id, &r, err) < 0) {
-            wrap(err, "upload");
-            return -1;
+            return sbx_wrap(err, "upload");
         }
         if (r)
             break;
@@ -193,27 +190,25 @@ static int upload(sbx_client *c, const char *session_id, const char *guest_path,
         uint8_t got[SHA256_LEN];
         if (sha_final(md, got) < 0) {
             local_failed = true;
-            fail(&local, SBX_ERR_INTERNAL, false, "sha256 failed");
+            sbx_fail(&local, SBX_ERR_INTERNAL, "sha256 failed");
         } else if (memcmp(got, sha, SHA256_LEN)) {
             /* sbxd will find the same mismatch and refuse; say what really happened. */
             local_failed = true;
-            fail(&local, SBX_ERR_LOCAL_FILE, false, "`%s` changed while it was being sent",
-                 src->name);
+            sbx_fail(&local, SBX_ERR_LOCAL_FILE, "`%s` changed while it was being sent", src->name);
         }
     }
     if (!r && client_recv_for(c, rq.id, -1, &r, err) < 0) {
-        wrap(err, "upload");
-        return -1;
+        return sbx_wrap(err, "upload");
     }
     if (r->body_case == SBX__CONTROL__REPLY__BODY_FILE_DONE) {
         if (local_failed)
             return give(err, &local);
         const Sbx__Control__FileDone *d = r->file_done;
         if (d->size != size || d->sha256.len != SHA256_LEN || memcmp(d->sha256.data, sha, 32))
-            return fail(err, SBX_ERR_PROTOCOL, false,
-                        "upload: sbxd confirmed %llu bytes with a different sha256 than the "
-                        "%llu bytes sent",
-                        (unsigned long long)d->size, (unsigned long long)size);
+            return sbx_fail(err, SBX_ERR_PROTOCOL,
+                            "upload: sbxd confirmed %llu bytes with a different sha256 than the "
+                            "%llu bytes sent",
+                            (unsigned long long)d->size, (unsigned long long)size);
         return 0;
     }
     if (r->body_case == SBX__CONTROL__REPLY__BODY_ERROR) {
@@ -224,75 +219,87 @@ static int upload(sbx_client *c, const char *session_id, const char *guest_path,
     return unexpected(c, r, "waiting for an upload to finish", err);
 }
 
-int sbx_file_write(sbx_client *c, const char *session_id, const char *guest_path, const void *data,
-                   size_t len, sbx_error *err)
+static int file_write(sbx_client *c, const char *session_id, const char *guest_path,
+                      const void *data, size_t len, sbx_err *err)
 {
     if (check_file_args(c, session_id, guest_path, err) < 0)
         return -1;
     if (len > SBX_MAX_FILE)
-        return fail(err, SBX_ERR_VM_CONFIG, false,
-                    "%zu bytes is over the file limit of %u (50 MiB)", len, SBX_MAX_FILE);
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%zu bytes is over the file limit of %u (50 MiB)",
+                        len, SBX_MAX_FILE);
     if (!data && len)
-        return fail(err, SBX_ERR_VM_CONFIG, false, "no data given");
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "no data given");
     uint8_t sha[SHA256_LEN];
     unsigned n = 0;
     if (EVP_Digest(len ? data : "", len, sha, &n, EVP_sha256(), NULL) != 1)
-        return fail(err, SBX_ERR_INTERNAL, false, "sha256 failed");
+        return sbx_fail(err, SBX_ERR_INTERNAL, "sha256 failed");
     struct upload_src src = {.mem = len ? data : (const uint8_t *)"", .fd = -1, .name = "data"};
     return upload(c, session_id, guest_path, len, sha, &src, err);
 }
 
-int sbx_file_write_path(sbx_client *c, const char *session_id, const char *guest_path,
-                        const char *local_path, sbx_error *err)
+int sbx_file_write(sbx_client *c, const char *session_id, const char *guest_path, const void *data,
+                   size_t len, sbx_error *err)
+{
+    sbx_err e = {0};
+    return error_out(file_write(c, session_id, guest_path, data, len, &e), &e, err);
+}
+
+static int file_write_path(sbx_client *c, const char *session_id, const char *guest_path,
+                           const char *local_path, sbx_err *err)
 {
     if (check_file_args(c, session_id, guest_path, err) < 0)
         return -1;
     if (!local_path || !*local_path)
-        return fail(err, SBX_ERR_LOCAL_FILE, false, "no local file given");
+        return sbx_fail(err, SBX_ERR_LOCAL_FILE, "no local file given");
     cleanup_close int fd = open(local_path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
-        return fail(err, SBX_ERR_LOCAL_FILE, false, "open `%s`: %s", local_path, strerror(errno));
+        return sbx_fail(err, SBX_ERR_LOCAL_FILE, "open `%s`: %s", local_path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) < 0)
-        return fail(err, SBX_ERR_LOCAL_FILE, false, "stat `%s`: %s", local_path, strerror(errno));
+        return sbx_fail(err, SBX_ERR_LOCAL_FILE, "stat `%s`: %s", local_path, strerror(errno));
     /* It is read twice (hash, then send): that takes a file that stays put. */
     if (!S_ISREG(st.st_mode))
-        return fail(err, SBX_ERR_LOCAL_FILE, false, "`%s` is not a regular file", local_path);
+        return sbx_fail(err, SBX_ERR_LOCAL_FILE, "`%s` is not a regular file", local_path);
     if ((uint64_t)st.st_size > SBX_MAX_FILE)
-        return fail(err, SBX_ERR_VM_CONFIG, false,
-                    "`%s` is %lld bytes; the file limit is %u (50 MiB)", local_path,
-                    (long long)st.st_size, SBX_MAX_FILE);
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "`%s` is %lld bytes; the file limit is %u (50 MiB)",
+                        local_path, (long long)st.st_size, SBX_MAX_FILE);
 
     /* Pass one: size and sha256, which FileWrite announces before the first chunk. */
     cleanup_md EVP_MD_CTX *md = sha_new();
     cleanup_free uint8_t *buf = malloc(SBX_FILE_CHUNK);
     if (!md || !buf)
-        return fail(err, SBX_ERR_INTERNAL, false, "out of memory");
+        return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory");
     uint64_t size = 0;
     for (;;) {
         ssize_t r = read(fd, buf, SBX_FILE_CHUNK);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
-            return fail(err, SBX_ERR_LOCAL_FILE, false, "read `%s`: %s", local_path,
-                        strerror(errno));
+            return sbx_fail(err, SBX_ERR_LOCAL_FILE, "read `%s`: %s", local_path, strerror(errno));
         if (r == 0)
             break;
         size += (uint64_t)r;
         if (size > SBX_MAX_FILE)
-            return fail(err, SBX_ERR_VM_CONFIG, false,
-                        "`%s` grew over the file limit of %u bytes (50 MiB)", local_path,
-                        SBX_MAX_FILE);
+            return sbx_fail(err, SBX_ERR_VM_CONFIG,
+                            "`%s` grew over the file limit of %u bytes (50 MiB)", local_path,
+                            SBX_MAX_FILE);
         if (EVP_DigestUpdate(md, buf, (size_t)r) != 1)
-            return fail(err, SBX_ERR_INTERNAL, false, "sha256 failed");
+            return sbx_fail(err, SBX_ERR_INTERNAL, "sha256 failed");
     }
     uint8_t sha[SHA256_LEN];
     if (sha_final(md, sha) < 0)
-        return fail(err, SBX_ERR_INTERNAL, false, "sha256 failed");
+        return sbx_fail(err, SBX_ERR_INTERNAL, "sha256 failed");
     if (lseek(fd, 0, SEEK_SET) < 0)
-        return fail(err, SBX_ERR_LOCAL_FILE, false, "seek `%s`: %s", local_path, strerror(errno));
+        return sbx_fail(err, SBX_ERR_LOCAL_FILE, "seek `%s`: %s", local_path, strerror(errno));
     struct upload_src src = {.fd = fd, .name = local_path};
     return upload(c, session_id, guest_path, size, sha, &src, err);
+}
+
+int sbx_file_write_path(sbx_client *c, const char *session_id, const char *guest_path,
+                        const char *local_path, sbx_error *err)
+{
+    sbx_err e = {0};
+    return error_out(file_write_path(c, session_id, guest_path, local_path, &e), &e, err);
 }
 
 /* Where the bytes of a download go: a growing buffer, or a file. */
@@ -303,7 +310,7 @@ struct download_sink {
     const char *name;
 };
 
-static int sink_put(struct download_sink *s, const uint8_t *d, size_t n, sbx_error *err)
+static int sink_put(struct download_sink *s, const uint8_t *d, size_t n, sbx_err *err)
 {
     if (s->fd >= 0) {
         for (size_t done = 0; done < n;) {
@@ -311,8 +318,8 @@ static int sink_put(struct download_sink *s, const uint8_t *d, size_t n, sbx_err
             if (w < 0 && errno == EINTR)
                 continue;
             if (w < 0)
-                return fail(err, SBX_ERR_LOCAL_FILE, false, "write `%s`: %s", s->name,
-                            strerror(errno));
+                return sbx_fail(err, SBX_ERR_LOCAL_FILE, "write `%s`: %s", s->name,
+                                strerror(errno));
             done += (size_t)w;
         }
         return 0;
@@ -325,7 +332,7 @@ static int sink_put(struct download_sink *s, const uint8_t *d, size_t n, sbx_err
             ncap = SBX_MAX_FILE + 1u;
         uint8_t *nb = realloc(s->buf, ncap);
         if (!nb)
-            return fail(err, SBX_ERR_INTERNAL, false, "out of memory for the file");
+            return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory for the file");
         s->buf = nb;
         s->cap = ncap;
     }
@@ -335,17 +342,17 @@ static int sink_put(struct download_sink *s, const uint8_t *d, size_t n, sbx_err
 }
 
 /* The daemon broke the transfer's rules: nothing more on this connection can be trusted. */
-__attribute__((format(printf, 3, 4))) static int bad_transfer(sbx_client *c, sbx_error *err,
+__attribute__((format(printf, 3, 4))) static int bad_transfer(sbx_client *c, sbx_err *err,
                                                               const char *fmt, ...)
 {
     c->broken = true;
     if (err) {
-        char msg[sizeof err->message];
+        char msg[sizeof err->msg];
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(msg, sizeof msg, fmt, ap);
         va_end(ap);
-        fail(err, SBX_ERR_PROTOCOL, false, "download: %s", msg);
+        sbx_fail(err, SBX_ERR_PROTOCOL, "download: %s", msg);
     }
     return -1;
 }
@@ -355,13 +362,13 @@ __attribute__((format(printf, 3, 4))) static int bad_transfer(sbx_client *c, sbx
  * guest cannot make us allocate more than the 50 MiB cap in total. A sink that fails (disk
  * full) does not stop the reading: the rest is drained so the connection stays usable. */
 static int download(sbx_client *c, const char *session_id, const char *guest_path,
-                    struct download_sink *sink, sbx_error *err)
+                    struct download_sink *sink, sbx_err *err)
 {
     cleanup_dctx ZSTD_DCtx *z = ZSTD_createDCtx();
     cleanup_md EVP_MD_CTX *md = sha_new();
     cleanup_free uint8_t *buf = malloc(SBX_FILE_CHUNK);
     if (!z || !md || !buf)
-        return fail(err, SBX_ERR_INTERNAL, false, "out of memory");
+        return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory");
     Sbx__Control__FileRead fr = SBX__CONTROL__FILE_READ__INIT;
     fr.session_id = (char *)session_id;
     fr.path = (char *)guest_path;
@@ -370,17 +377,15 @@ static int download(sbx_client *c, const char *session_id, const char *guest_pat
     rq.body_case = SBX__CONTROL__REQUEST__BODY_FILE_READ;
     rq.file_read = &fr;
     if (client_send(c, &rq, err) < 0) {
-        wrap(err, "download");
-        return -1;
+        return sbx_wrap(err, "download");
     }
     uint64_t total = 0;
     bool last_seen = false, sink_failed = false;
-    sbx_error local = {0};
+    sbx_err local = {0};
     for (;;) {
         cleanup_reply Sbx__Control__Reply *r = NULL;
         if (client_recv_for(c, rq.id, -1, &r, err) < 0) {
-            wrap(err, "download");
-            return -1;
+            return sbx_wrap(err, "download");
         }
         switch (r->body_case) {
         case SBX__CONTROL__REPLY__BODY_FILE_CHUNK: {
@@ -403,7 +408,7 @@ static int download(sbx_client *c, const char *session_id, const char *guest_pat
                                     SBX_MAX_FILE);
             total += n;
             if (EVP_DigestUpdate(md, buf, n) != 1)
-                return fail(err, SBX_ERR_INTERNAL, false, "sha256 failed");
+                return sbx_fail(err, SBX_ERR_INTERNAL, "sha256 failed");
             if (!sink_failed && sink_put(sink, buf, n, &local) < 0)
                 sink_failed = true;
             last_seen = r->file_chunk->last;
@@ -415,16 +420,17 @@ static int download(sbx_client *c, const char *session_id, const char *guest_pat
             const Sbx__Control__FileDone *d = r->file_done;
             uint8_t got[SHA256_LEN];
             if (sha_final(md, got) < 0)
-                return fail(err, SBX_ERR_INTERNAL, false, "sha256 failed");
+                return sbx_fail(err, SBX_ERR_INTERNAL, "sha256 failed");
             if (d->size != total || d->sha256.len != SHA256_LEN ||
                 memcmp(d->sha256.data, got, SHA256_LEN)) {
                 char hg[2 * SHA256_LEN + 1];
                 hex(hg, got, SHA256_LEN);
-                return fail(err, SBX_ERR_COMMUNICATION, true,
-                            "download of `%s` is damaged: received %llu bytes with sha256 %s, "
-                            "sbxd announced %llu bytes%s",
-                            guest_path, (unsigned long long)total, hg, (unsigned long long)d->size,
-                            d->size == total ? " with another sha256" : "");
+                return sbx_fail(err, SBX_ERR_COMMUNICATION | ERR_TRANSIENT,
+                                "download of `%s` is damaged: received %llu bytes with sha256 %s, "
+                                "sbxd announced %llu bytes%s",
+                                guest_path, (unsigned long long)total, hg,
+                                (unsigned long long)d->size,
+                                d->size == total ? " with another sha256" : "");
             }
             return 0;
         }
@@ -438,8 +444,8 @@ static int download(sbx_client *c, const char *session_id, const char *guest_pat
     }
 }
 
-int sbx_file_read(sbx_client *c, const char *session_id, const char *guest_path, char **data,
-                  size_t *len, sbx_error *err)
+static int file_read(sbx_client *c, const char *session_id, const char *guest_path, char **data,
+                     size_t *len, sbx_err *err)
 {
     *data = NULL;
     *len = 0;
@@ -455,6 +461,13 @@ int sbx_file_read(sbx_client *c, const char *session_id, const char *guest_path,
     *data = (char *)s.buf;
     *len = s.len;
     return 0;
+}
+
+int sbx_file_read(sbx_client *c, const char *session_id, const char *guest_path, char **data,
+                  size_t *len, sbx_error *err)
+{
+    sbx_err e = {0};
+    return error_out(file_read(c, session_id, guest_path, data, len, &e), &e, err);
 }
 
 /* The file a download is written to until it has checked out. Preferably an unnamed O_TMPFILE,
@@ -483,21 +496,21 @@ static int part_name(char *out, size_t n, const char *dir, const char *base)
     return r < 0 || (size_t)r >= n ? -1 : 0;
 }
 
-int sbx_file_read_path(sbx_client *c, const char *session_id, const char *guest_path,
-                       const char *local_path, sbx_error *err)
+static int file_read_path(sbx_client *c, const char *session_id, const char *guest_path,
+                          const char *local_path, sbx_err *err)
 {
     if (check_file_args(c, session_id, guest_path, err) < 0)
         return -1;
     if (!local_path || !*local_path)
-        return fail(err, SBX_ERR_LOCAL_FILE, false, "no local file given");
+        return sbx_fail(err, SBX_ERR_LOCAL_FILE, "no local file given");
     struct stat st;
     if (stat(local_path, &st) == 0 && S_ISDIR(st.st_mode))
-        return fail(err, SBX_ERR_LOCAL_FILE, false, "`%s` is a directory", local_path);
+        return sbx_fail(err, SBX_ERR_LOCAL_FILE, "`%s` is a directory", local_path);
     char dir[PATH_MAX];
     const char *slash = strrchr(local_path, '/');
     const char *base = slash ? slash + 1 : local_path;
     if (!*base)
-        return fail(err, SBX_ERR_LOCAL_FILE, false, "`%s` names a directory", local_path);
+        return sbx_fail(err, SBX_ERR_LOCAL_FILE, "`%s` names a directory", local_path);
     if (!slash)
         snprintf(dir, sizeof dir, ".");
     else if (slash == local_path)
@@ -505,7 +518,7 @@ int sbx_file_read_path(sbx_client *c, const char *session_id, const char *guest_
     else if ((size_t)(slash - local_path) < sizeof dir)
         snprintf(dir, sizeof dir, "%.*s", (int)(slash - local_path), local_path);
     else
-        return fail(err, SBX_ERR_LOCAL_FILE, false, "`%.200s...`: path too long", local_path);
+        return sbx_fail(err, SBX_ERR_LOCAL_FILE, "`%.200s...`: path too long", local_path);
 
     cleanup_part struct part_file part = {.fd = -1};
     /* Giving the unnamed file a name later goes through /proc (linkat without privileges). */
@@ -513,20 +526,20 @@ int sbx_file_read_path(sbx_client *c, const char *session_id, const char *guest_
     if (unnamed) {
         part.fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0666);
         if (part.fd < 0 && errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
-            return fail(err, SBX_ERR_LOCAL_FILE, false, "create a file in `%s`: %s", dir,
-                        strerror(errno));
+            return sbx_fail(err, SBX_ERR_LOCAL_FILE, "create a file in `%s`: %s", dir,
+                            strerror(errno));
         unnamed = part.fd >= 0;
     }
     for (int tries = 0; part.fd < 0; tries++) {
         if (part_name(part.path, sizeof part.path, dir, base) < 0)
-            return fail(err, SBX_ERR_LOCAL_FILE, false, "`%.200s...`: path too long", dir);
+            return sbx_fail(err, SBX_ERR_LOCAL_FILE, "`%.200s...`: path too long", dir);
         part.fd = open(part.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
         if (part.fd < 0) {
             int e = errno;
             part.path[0] = '\0';
             if (e != EEXIST || tries > 16)
-                return fail(err, SBX_ERR_LOCAL_FILE, false, "create a file in `%s`: %s", dir,
-                            strerror(e));
+                return sbx_fail(err, SBX_ERR_LOCAL_FILE, "create a file in `%s`: %s", dir,
+                                strerror(e));
         }
     }
 
@@ -534,31 +547,37 @@ int sbx_file_read_path(sbx_client *c, const char *session_id, const char *guest_
     if (download(c, session_id, guest_path, &s, err) < 0)
         return -1;
     if (fsync(part.fd) < 0)
-        return fail(err, SBX_ERR_LOCAL_FILE, false, "write `%s`: %s", local_path, strerror(errno));
+        return sbx_fail(err, SBX_ERR_LOCAL_FILE, "write `%s`: %s", local_path, strerror(errno));
     if (unnamed) {
         char proc[64];
         snprintf(proc, sizeof proc, "/proc/self/fd/%d", part.fd);
         for (int tries = 0;; tries++) {
             if (part_name(part.path, sizeof part.path, dir, base) < 0)
-                return fail(err, SBX_ERR_LOCAL_FILE, false, "`%.200s...`: path too long", dir);
+                return sbx_fail(err, SBX_ERR_LOCAL_FILE, "`%.200s...`: path too long", dir);
             if (linkat(AT_FDCWD, proc, AT_FDCWD, part.path, AT_SYMLINK_FOLLOW) == 0)
                 break;
             int e = errno;
             part.path[0] = '\0';
             if (e != EEXIST || tries > 16)
-                return fail(err, SBX_ERR_LOCAL_FILE, false, "create a file in `%s`: %s", dir,
-                            strerror(e));
+                return sbx_fail(err, SBX_ERR_LOCAL_FILE, "create a file in `%s`: %s", dir,
+                                strerror(e));
         }
     }
     if (rename(part.path, local_path) < 0)
-        return fail(err, SBX_ERR_LOCAL_FILE, false, "rename to `%s`: %s", local_path,
-                    strerror(errno));
+        return sbx_fail(err, SBX_ERR_LOCAL_FILE, "rename to `%s`: %s", local_path, strerror(errno));
     part.path[0] = '\0';
     return 0;
 }
 
-int sbx_file_list(sbx_client *c, const char *session_id, const char *path, sbx_file_entry **out,
-                  size_t *n, sbx_error *err)
+int sbx_file_read_path(sbx_client *c, const char *session_id, const char *guest_path,
+                       const char *local_path, sbx_error *err)
+{
+    sbx_err e = {0};
+    return error_out(file_read_path(c, session_id, guest_path, local_path, &e), &e, err);
+}
+
+static int file_list(sbx_client *c, const char *session_id, const char *path, sbx_file_entry **out,
+                     size_t *n, sbx_err *err)
 {
     *out = NULL;
     *n = 0;
@@ -590,7 +609,7 @@ int sbx_file_list(sbx_client *c, const char *session_id, const char *path, sbx_f
         bytes += (ls->entries[i]->name ? strlen(ls->entries[i]->name) : 0) + 1;
     sbx_file_entry *e = malloc(bytes);
     if (!e)
-        return fail(err, SBX_ERR_INTERNAL, false, "out of memory");
+        return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory");
     char *names = (char *)(e + ls->n_entries);
     for (size_t i = 0; i < ls->n_entries; i++) {
         const Sbx__Control__FileEntry *fe = ls->entries[i];
@@ -604,6 +623,13 @@ int sbx_file_list(sbx_client *c, const char *session_id, const char *path, sbx_f
     *out = e;
     *n = ls->n_entries;
     return 0;
+}
+
+int sbx_file_list(sbx_client *c, const char *session_id, const char *path, sbx_file_entry **out,
+                  size_t *n, sbx_error *err)
+{
+    sbx_err e = {0};
+    return error_out(file_list(c, session_id, path, out, n, &e), &e, err);
 }
 
 void sbx_file_list_free(sbx_file_entry *entries)

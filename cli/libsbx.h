@@ -253,18 +253,19 @@ typedef struct {
 /* Open a session: boots its VM and returns once it is ready. Checked against the limits first
  * (SBX_ERR_VM_CONFIG without contacting the daemon). */
 SBX_API int sbx_session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session_info *out,
-                     sbx_error *err);
+                             sbx_error *err);
 /* Run code in a session and wait for its result; state left by earlier execs is there. code_len
  * 0: strlen(code). timeout_seconds 0: the session's default. on_output (optional) streams
  * output exactly as in sbx_run_opts. The result's exec_count and interpreter_reset are set.
  * A timed-out exec is a result (timed_out), not an error; the session stays open. On success
  * *out must be released with sbx_result_free; on failure it is zeroed. */
-SBX_API int sbx_session_exec(sbx_client *c, const char *session_id, const char *code, size_t code_len,
-                     uint32_t timeout_seconds, sbx_output_fn on_output, void *userdata,
-                     sbx_result *out, sbx_error *err);
+SBX_API int sbx_session_exec(sbx_client *c, const char *session_id, const char *code,
+                             size_t code_len, uint32_t timeout_seconds, sbx_output_fn on_output,
+                             void *userdata, sbx_result *out, sbx_error *err);
 /* Close a session and destroy its VM. *exec_count (if not NULL) gets how many execs it ran.
  * A session that is already gone is SBX_ERR_SESSION_CLOSED. */
-SBX_API int sbx_session_close(sbx_client *c, const char *session_id, uint64_t *exec_count, sbx_error *err);
+SBX_API int sbx_session_close(sbx_client *c, const char *session_id, uint64_t *exec_count,
+                              sbx_error *err);
 /* The sessions sbxd holds (every user's that this daemon serves). *out is an array of *n
  * entries (NULL when there are none) to release with sbx_session_list_free. */
 SBX_API int sbx_session_list(sbx_client *c, sbx_session_info **out, size_t *n, sbx_error *err);
@@ -282,21 +283,21 @@ SBX_API void sbx_session_list_free(sbx_session_info *list);
 #define SBX_FILE_MAX (50u << 20) /* 50 MiB */
 
 /* Write len bytes of data to guest_path in the session (created or replaced). */
-SBX_API int sbx_file_write(sbx_client *c, const char *session_id, const char *guest_path, const void *data,
-                   size_t len, sbx_error *err);
+SBX_API int sbx_file_write(sbx_client *c, const char *session_id, const char *guest_path,
+                           const void *data, size_t len, sbx_error *err);
 /* The same from a local file, streamed without holding it in memory. A file that changes while
  * it is being sent is refused (SBX_ERR_LOCAL_FILE) and nothing is written in the guest. */
 SBX_API int sbx_file_write_path(sbx_client *c, const char *session_id, const char *guest_path,
-                        const char *local_path, sbx_error *err);
+                                const char *local_path, sbx_error *err);
 /* Read guest_path into memory: *data gets a malloc'd buffer of *len bytes plus a NUL after them
  * (for convenience; the file may itself contain NULs); free() it. */
-SBX_API int sbx_file_read(sbx_client *c, const char *session_id, const char *guest_path, char **data,
-                  size_t *len, sbx_error *err);
+SBX_API int sbx_file_read(sbx_client *c, const char *session_id, const char *guest_path,
+                          char **data, size_t *len, sbx_error *err);
 /* Read guest_path into local_path. The bytes go to a temporary file beside local_path, which
  * replaces local_path only after size and SHA-256 have checked out; on any failure local_path
  * is left as it was and no partial file remains. The new file gets mode 0666 less the umask. */
 SBX_API int sbx_file_read_path(sbx_client *c, const char *session_id, const char *guest_path,
-                       const char *local_path, sbx_error *err);
+                               const char *local_path, sbx_error *err);
 
 /* One entry of a directory listing. */
 typedef struct {
@@ -308,8 +309,8 @@ typedef struct {
 /* List the directory at path in the session; "" or NULL: the sandbox home. *out is an array of
  * *n entries (NULL when empty), names included in the same allocation; release it with
  * sbx_file_list_free. */
-SBX_API int sbx_file_list(sbx_client *c, const char *session_id, const char *path, sbx_file_entry **out,
-                  size_t *n, sbx_error *err);
+SBX_API int sbx_file_list(sbx_client *c, const char *session_id, const char *path,
+                          sbx_file_entry **out, size_t *n, sbx_error *err);
 SBX_API void sbx_file_list_free(sbx_file_entry *entries);
 
 /* ---- helpers ---- */

@@ -18,6 +18,11 @@ _Static_assert(SBX_FILE_MAX == SBX_MAX_FILE, "libsbx.h and sbx_limits.h disagree
 
 #define STATUS_TIMEOUT_MS 15000
 
+/* Inside libsbx an error is an sbx_err (sbx_fail, sbx_wrap) whose code is the public error kind,
+ * plus ERR_TRANSIENT when the same call may succeed if retried. error_out turns it into the
+ * public sbx_error, at the API's edge and nowhere else. */
+#define ERR_TRANSIENT (1 << 30)
+
 typedef char socket_path_buf[sizeof(((struct sockaddr_un *)0)->sun_path)];
 
 struct sbx_client {
@@ -42,26 +47,23 @@ static inline void reply_freep(Sbx__Control__Reply **r)
 /* ---- client.c ---- */
 
 void copy_text(char *dst, size_t n, const char *src);
-__attribute__((format(printf, 4, 5))) int fail(sbx_error *e, int kind, bool transient,
-                                               const char *fmt, ...);
-void wrap(sbx_error *e, const char *prefix);
-int from_reply_error(sbx_error *e, const Sbx__Control__Error *re);
-int reply_error(sbx_client *c, const Sbx__Control__Error *re, sbx_error *err);
-int unexpected(sbx_client *c, const Sbx__Control__Reply *r, const char *waiting_for,
-               sbx_error *err);
+int error_out(int rc, const sbx_err *e, sbx_error *out);
+int from_reply_error(sbx_err *e, const Sbx__Control__Error *re);
+int reply_error(sbx_client *c, const Sbx__Control__Error *re, sbx_err *err);
+int unexpected(sbx_client *c, const Sbx__Control__Reply *r, const char *waiting_for, sbx_err *err);
 int unix_connect(const char *path, int *out);
-int client_send(sbx_client *c, const Sbx__Control__Request *rq, sbx_error *err);
-int client_recv(sbx_client *c, int timeout_ms, Sbx__Control__Reply **out, sbx_error *err);
+int client_send(sbx_client *c, const Sbx__Control__Request *rq, sbx_err *err);
+int client_recv(sbx_client *c, int timeout_ms, Sbx__Control__Reply **out, sbx_err *err);
 int client_recv_for(sbx_client *c, uint64_t id, int timeout_ms, Sbx__Control__Reply **out,
-                    sbx_error *err);
-int client_ready(const sbx_client *c, sbx_error *err);
+                    sbx_err *err);
+int client_ready(const sbx_client *c, sbx_err *err);
 int request(sbx_client *c, Sbx__Control__Request *rq, int timeout_ms, const char *what,
-            Sbx__Control__Reply **out, sbx_error *err);
+            Sbx__Control__Reply **out, sbx_err *err);
 
 /* ---- autostart.c ---- */
 
 void socket_dir(const char *sock, char *dir, size_t n);
-int autostart(const char *sock, const sbx_connect_opts *o, int *out, sbx_error *err);
+int autostart(const char *sock, const sbx_connect_opts *o, int *out, sbx_err *err);
 
 /* ---- run.c ---- */
 
@@ -72,12 +74,12 @@ struct output_cb {
 };
 
 int exec_wait(sbx_client *c, uint64_t id, const struct output_cb *cb, sbx_result *out,
-              sbx_error *err);
-int check_env(const sbx_env *env, size_t n, sbx_error *err);
+              sbx_err *err);
+int check_env(const sbx_env *env, size_t n, sbx_err *err);
 Sbx__Control__EnvVar **env_msgs(const sbx_env *env, size_t n);
 
 /* ---- session.c ---- */
 
-int check_session_id(const char *id, sbx_error *err);
+int check_session_id(const char *id, sbx_err *err);
 
 #endif

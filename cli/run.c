@@ -60,14 +60,14 @@ static int take_stream(char **dst, size_t *dlen, const ProtobufCBinaryData *res,
 }
 
 static int result_fill(sbx_result *out, const Sbx__Control__ExecResult *r, struct sink sinks[2],
-                       const struct output_cb *cb, sbx_error *err)
+                       const struct output_cb *cb, sbx_err *err)
 {
     if (take_stream(&out->stdout_buf, &out->stdout_len, &r->stdout, &sinks[0], cb,
                     SBX_STREAM_STDOUT) < 0 ||
         take_stream(&out->stderr_buf, &out->stderr_len, &r->stderr, &sinks[1], cb,
                     SBX_STREAM_STDERR) < 0) {
         sbx_result_free(out);
-        return fail(err, SBX_ERR_INTERNAL, false, "out of memory for the result");
+        return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory for the result");
     }
     out->exit_code = r->exit_code;
     out->timed_out = r->timed_out;
@@ -91,15 +91,14 @@ static int result_fill(sbx_result *out, const Sbx__Control__ExecResult *r, struc
 }
 
 /* The replies of one run or session exec, up to its result or error. */
-int exec_wait(sbx_client *c, uint64_t id, const struct output_cb *cb, sbx_result *out,
-              sbx_error *err)
+int exec_wait(sbx_client *c, uint64_t id, const struct output_cb *cb, sbx_result *out, sbx_err *err)
 {
     struct sink sinks[2] = {{.limit = SBX_MAX_STDOUT}, {.limit = SBX_MAX_STDERR}};
     int rc = 1;
     while (rc == 1) {
         cleanup_reply Sbx__Control__Reply *r = NULL;
         if (client_recv_for(c, id, -1, &r, err) < 0) {
-            wrap(err, "during the run");
+            sbx_wrap(err, "during the run");
             rc = -1;
             break;
         }
@@ -130,35 +129,35 @@ int exec_wait(sbx_client *c, uint64_t id, const struct output_cb *cb, sbx_result
     return rc;
 }
 
-int check_env(const sbx_env *env, size_t n, sbx_error *err)
+int check_env(const sbx_env *env, size_t n, sbx_err *err)
 {
     char why[256];
     if (limits_check_env_count(n, why, sizeof why) < 0)
-        return fail(err, SBX_ERR_VM_CONFIG, false, "%s", why);
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why);
     for (size_t i = 0; i < n; i++) {
         if (!env[i].key || !env[i].value)
-            return fail(err, SBX_ERR_VM_CONFIG, false, "environment variable %zu has no %s", i,
-                        env[i].key ? "value" : "name");
+            return sbx_fail(err, SBX_ERR_VM_CONFIG, "environment variable %zu has no %s", i,
+                            env[i].key ? "value" : "name");
         if (limits_check_env(env[i].key, env[i].value, why, sizeof why) < 0)
-            return fail(err, SBX_ERR_VM_CONFIG, false, "%s", why);
+            return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why);
     }
     return 0;
 }
 
 /* The same checks sbxd makes, so a bad request fails here with the same kind and no round
  * trip; the daemon still checks for itself. */
-static int run_validate(const sbx_run_opts *o, const char *lang, size_t code_len, sbx_error *err)
+static int run_validate(const sbx_run_opts *o, const char *lang, size_t code_len, sbx_err *err)
 {
     char why[256];
     if (!limits_language_ok(lang))
-        return fail(err, SBX_ERR_VM_CONFIG, false,
-                    "unknown language `%.64s` (python, javascript or raw)", lang);
+        return sbx_fail(err, SBX_ERR_VM_CONFIG,
+                        "unknown language `%.64s` (python, javascript or raw)", lang);
     if (!o->code)
-        return fail(err, SBX_ERR_VM_CONFIG, false, "no code given");
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "no code given");
     if (limits_check_code((const uint8_t *)o->code, code_len, why, sizeof why) < 0 ||
         (o->timeout_seconds && limits_check_timeout(o->timeout_seconds, why, sizeof why) < 0) ||
         (o->memory_mb && limits_check_memory(o->memory_mb, why, sizeof why) < 0))
-        return fail(err, SBX_ERR_VM_CONFIG, false, "%s", why);
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why);
     return check_env(o->env, o->n_env, err);
 }
 /* EnvVar messages pointing at the caller's strings; free() the array (one allocation). */
@@ -178,7 +177,7 @@ Sbx__Control__EnvVar **env_msgs(const sbx_env *env, size_t n)
     return p;
 }
 
-int sbx_run(sbx_client *c, const sbx_run_opts *o, sbx_result *out, sbx_error *err)
+static int run_code(sbx_client *c, const sbx_run_opts *o, sbx_result *out, sbx_err *err)
 {
     memset(out, 0, sizeof *out);
     const char *lang = o->language ? o->language : "python";
@@ -187,7 +186,7 @@ int sbx_run(sbx_client *c, const sbx_run_opts *o, sbx_result *out, sbx_error *er
         return -1;
     cleanup_free Sbx__Control__EnvVar **varp = env_msgs(o->env, o->n_env);
     if (!varp)
-        return fail(err, SBX_ERR_INTERNAL, false, "out of memory");
+        return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory");
     Sbx__Control__RunRequest run = SBX__CONTROL__RUN_REQUEST__INIT;
     run.language = (char *)lang;
     run.code.data = (uint8_t *)o->code;
@@ -205,6 +204,12 @@ int sbx_run(sbx_client *c, const sbx_run_opts *o, sbx_result *out, sbx_error *er
         return -1;
     struct output_cb cb = {o->on_output, o->userdata};
     return exec_wait(c, rq.id, &cb, out, err);
+}
+
+int sbx_run(sbx_client *c, const sbx_run_opts *o, sbx_result *out, sbx_error *err)
+{
+    sbx_err e = {0};
+    return error_out(run_code(c, o, out, &e), &e, err);
 }
 
 void sbx_result_free(sbx_result *r)

@@ -2,22 +2,22 @@
  * session state of its own: sbxd owns a session, the client only names it by id. */
 #include "libsbx_int.h"
 
-int check_session_id(const char *id, sbx_error *err)
+int check_session_id(const char *id, sbx_err *err)
 {
     if (!id || !*id)
-        return fail(err, SBX_ERR_VM_CONFIG, false, "no session id given");
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "no session id given");
     if (strlen(id) >= SBX_SESSION_ID_MAX)
-        return fail(err, SBX_ERR_VM_CONFIG, false, "`%.64s...` is too long for a session id", id);
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "`%.64s...` is too long for a session id", id);
     return 0;
 }
 
-static int info_fill(sbx_session_info *out, const Sbx__Control__SessionInfo *si, sbx_error *err)
+static int info_fill(sbx_session_info *out, const Sbx__Control__SessionInfo *si, sbx_err *err)
 {
     memset(out, 0, sizeof *out);
     size_t n = si->session_id ? strlen(si->session_id) : 0;
     /* An id we would have to cut could never be used again: refuse it rather than mangle it. */
     if (n == 0 || n >= sizeof out->session_id)
-        return fail(err, SBX_ERR_PROTOCOL, false, "sbxd sent a session id of %zu bytes", n);
+        return sbx_fail(err, SBX_ERR_PROTOCOL, "sbxd sent a session id of %zu bytes", n);
     copy_text(out->session_id, sizeof out->session_id, si->session_id);
     copy_text(out->language, sizeof out->language, si->language);
     out->memory_mb = si->memory_mb;
@@ -31,8 +31,8 @@ static int info_fill(sbx_session_info *out, const Sbx__Control__SessionInfo *si,
     return 0;
 }
 
-int sbx_session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session_info *out,
-                     sbx_error *err)
+static int session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session_info *out,
+                        sbx_err *err)
 {
     static const sbx_session_opts defaults;
     const sbx_session_opts *o = opts ? opts : &defaults;
@@ -40,18 +40,18 @@ int sbx_session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session_in
     const char *lang = o->language ? o->language : "python";
     char why[256];
     if (!limits_language_ok(lang))
-        return fail(err, SBX_ERR_VM_CONFIG, false,
-                    "unknown language `%.64s` (python, javascript or raw)", lang);
+        return sbx_fail(err, SBX_ERR_VM_CONFIG,
+                        "unknown language `%.64s` (python, javascript or raw)", lang);
     if ((o->timeout_seconds && limits_check_timeout(o->timeout_seconds, why, sizeof why) < 0) ||
         (o->memory_mb && limits_check_memory(o->memory_mb, why, sizeof why) < 0) ||
         (o->idle_timeout_seconds &&
          limits_check_idle_timeout(o->idle_timeout_seconds, why, sizeof why) < 0))
-        return fail(err, SBX_ERR_VM_CONFIG, false, "%s", why);
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why);
     if (check_env(o->env, o->n_env, err) < 0)
         return -1;
     cleanup_free Sbx__Control__EnvVar **varp = env_msgs(o->env, o->n_env);
     if (!varp)
-        return fail(err, SBX_ERR_INTERNAL, false, "out of memory");
+        return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory");
     Sbx__Control__SessionOpen so = SBX__CONTROL__SESSION_OPEN__INIT;
     so.language = (char *)lang;
     so.memory_mb = o->memory_mb;
@@ -71,20 +71,27 @@ int sbx_session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session_in
     return info_fill(out, r->session, err);
 }
 
-int sbx_session_exec(sbx_client *c, const char *session_id, const char *code, size_t code_len,
-                     uint32_t timeout_seconds, sbx_output_fn on_output, void *userdata,
-                     sbx_result *out, sbx_error *err)
+int sbx_session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session_info *out,
+                     sbx_error *err)
+{
+    sbx_err e = {0};
+    return error_out(session_open(c, opts, out, &e), &e, err);
+}
+
+static int session_exec(sbx_client *c, const char *session_id, const char *code, size_t code_len,
+                        uint32_t timeout_seconds, sbx_output_fn on_output, void *userdata,
+                        sbx_result *out, sbx_err *err)
 {
     memset(out, 0, sizeof *out);
     char why[256];
     if (check_session_id(session_id, err) < 0)
         return -1;
     if (!code)
-        return fail(err, SBX_ERR_VM_CONFIG, false, "no code given");
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "no code given");
     size_t len = code_len ? code_len : strlen(code);
     if (limits_check_code((const uint8_t *)code, len, why, sizeof why) < 0 ||
         (timeout_seconds && limits_check_timeout(timeout_seconds, why, sizeof why) < 0))
-        return fail(err, SBX_ERR_VM_CONFIG, false, "%s", why);
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why);
     if (client_ready(c, err) < 0)
         return -1;
     Sbx__Control__SessionExec se = SBX__CONTROL__SESSION_EXEC__INIT;
@@ -103,7 +110,17 @@ int sbx_session_exec(sbx_client *c, const char *session_id, const char *code, si
     return exec_wait(c, rq.id, &cb, out, err);
 }
 
-int sbx_session_close(sbx_client *c, const char *session_id, uint64_t *exec_count, sbx_error *err)
+int sbx_session_exec(sbx_client *c, const char *session_id, const char *code, size_t code_len,
+                     uint32_t timeout_seconds, sbx_output_fn on_output, void *userdata,
+                     sbx_result *out, sbx_error *err)
+{
+    sbx_err e = {0};
+    return error_out(
+        session_exec(c, session_id, code, code_len, timeout_seconds, on_output, userdata, out, &e),
+        &e, err);
+}
+
+static int session_close(sbx_client *c, const char *session_id, uint64_t *exec_count, sbx_err *err)
 {
     if (exec_count)
         *exec_count = 0;
@@ -124,7 +141,13 @@ int sbx_session_close(sbx_client *c, const char *session_id, uint64_t *exec_coun
     return 0;
 }
 
-int sbx_session_list(sbx_client *c, sbx_session_info **out, size_t *n, sbx_error *err)
+int sbx_session_close(sbx_client *c, const char *session_id, uint64_t *exec_count, sbx_error *err)
+{
+    sbx_err e = {0};
+    return error_out(session_close(c, session_id, exec_count, &e), &e, err);
+}
+
+static int session_list(sbx_client *c, sbx_session_info **out, size_t *n, sbx_err *err)
 {
     *out = NULL;
     *n = 0;
@@ -142,13 +165,19 @@ int sbx_session_list(sbx_client *c, sbx_session_info **out, size_t *n, sbx_error
         return 0;
     cleanup_free sbx_session_info *list = calloc(k, sizeof *list);
     if (!list)
-        return fail(err, SBX_ERR_INTERNAL, false, "out of memory");
+        return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory");
     for (size_t i = 0; i < k; i++)
         if (info_fill(&list[i], r->session_listing->sessions[i], err) < 0)
             return -1;
     *out = steal_ptr(&list);
     *n = k;
     return 0;
+}
+
+int sbx_session_list(sbx_client *c, sbx_session_info **out, size_t *n, sbx_error *err)
+{
+    sbx_err e = {0};
+    return error_out(session_list(c, out, n, &e), &e, err);
 }
 
 void sbx_session_list_free(sbx_session_info *list)

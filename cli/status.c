@@ -2,7 +2,7 @@
  * daemon is cut to fit and cleaned of control characters, never passed through raw. */
 #include "libsbx_int.h"
 
-int sbx_status(sbx_client *c, sbx_status_info *out, sbx_error *err)
+static int status_get(sbx_client *c, sbx_status_info *out, sbx_err *err)
 {
     memset(out, 0, sizeof *out);
     if (client_ready(c, err) < 0)
@@ -14,8 +14,7 @@ int sbx_status(sbx_client *c, sbx_status_info *out, sbx_error *err)
     rq.status = &st;
     cleanup_reply Sbx__Control__Reply *r = NULL;
     if (client_send(c, &rq, err) < 0 || client_recv_for(c, rq.id, STATUS_TIMEOUT_MS, &r, err) < 0) {
-        wrap(err, "status");
-        return -1;
+        return sbx_wrap(err, "status");
     }
     if (r->body_case == SBX__CONTROL__REPLY__BODY_ERROR)
         return from_reply_error(err, r->error);
@@ -68,4 +67,10 @@ int sbx_status(sbx_client *c, sbx_status_info *out, sbx_error *err)
         out->limits.clients_dropped = l->clients_dropped;
     }
     return 0;
+}
+
+int sbx_status(sbx_client *c, sbx_status_info *out, sbx_error *err)
+{
+    sbx_err e = {0};
+    return error_out(status_get(c, out, &e), &e, err);
 }
