@@ -173,9 +173,9 @@ static int cmd_session(const args *a)
 int main(int argc, char **argv)
 {
     args a;
-    char why[512];
-    if (args_parse(argc, argv, &a, why, sizeof why) < 0) {
-        fprintf(stderr, "sbx: %s (see %s --help)\n", why, args_command_name(&a));
+    sbx_err why = {0};
+    if (args_parse(argc, argv, &a, &why) < 0) {
+        fprintf(stderr, "sbx: %s (see %s --help)\n", why.msg, args_command_name(&a));
         args_free(&a);
         return EXIT_USAGE;
     }

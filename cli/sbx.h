@@ -23,6 +23,7 @@ int connect_client(const args *a, bool show_progress, sbx_client **out, sbx_erro
 /* ---- sbx_output.c ---- */
 
 int error_exit(const sbx_error *e);
+__attribute__((format(printf, 2, 3))) void error_wrap(sbx_error *e, const char *fmt, ...);
 void print_error(const sbx_error *e);
 void fmt_ms(char *out, size_t n, uint64_t ms);
 void fmt_duration(char *out, size_t n, uint64_t ms);
@@ -45,8 +46,8 @@ int cmd_run(const args *a);
 
 /* ---- sbx_session.c ---- */
 
-int check_upload_source(const char *path, char *why, size_t n);
-int download_target(const args_transfer *t, char *out, size_t n, char *why, size_t wn);
+int check_upload_source(const char *path, sbx_err *why);
+int download_target(const args_transfer *t, char *out, size_t n, sbx_err *why);
 int cmd_session_new(const args *a);
 int cmd_session_exec(const args *a);
 int cmd_session_ls(const args *a);

@@ -10,6 +10,22 @@ int error_exit(const sbx_error *e)
                                                                                     : EXIT_SANDBOX;
 }
 
+/* libsbx hands out its public sbx_error; context goes before its message the way sbx_wrap puts
+ * it before any other error's. */
+void error_wrap(sbx_error *e, const char *fmt, ...)
+{
+    _Static_assert(sizeof e->message == sizeof((sbx_err *)0)->msg, "message sizes differ");
+    char ctx[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx, sizeof ctx, fmt, ap);
+    va_end(ap);
+    sbx_err w = {.code = e->kind};
+    memcpy(w.msg, e->message, sizeof w.msg);
+    sbx_wrap(&w, "%s", ctx);
+    memcpy(e->message, w.msg, sizeof e->message);
+}
+
 void print_error(const sbx_error *e)
 {
     fprintf(stderr, "sbx: %s: %s\n", sbx_error_kind_name(e->kind), e->message);

@@ -34,18 +34,6 @@ static int run_one(const args *a, const sbx_env *env, run_source *src)
 
 /* ---- one source with --upload/--download: through a session ---- */
 
-/* Prefix context to an error's message. */
-__attribute__((format(printf, 2, 3))) static void error_context(sbx_error *e, const char *fmt, ...)
-{
-    char prefix[256], old[sizeof e->message];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
-    va_end(ap);
-    memcpy(old, e->message, sizeof old);
-    snprintf(e->message, sizeof e->message, "%s: %s", prefix, old);
-}
-
 /* Closes the run's session when sbx is interrupted: a session outlives its client, so without
  * this ^C would leave the VM running until its idle timeout. The signals are blocked everywhere
  * and taken with sigwait on this thread, which may then use libsbx like any other code.
@@ -141,7 +129,7 @@ static int session_run_steps(const args *a, const sbx_env *env, run_source *src,
     for (size_t i = 0; i < a->n_uploads && code < 0; i++) {
         const args_transfer *t = &a->uploads[i];
         if (sbx_file_write_path(c, info.session_id, t->guest, t->local, &e) < 0) {
-            error_context(&e, "upload `%.100s` to `%.100s`", t->local, t->guest);
+            error_wrap(&e, "upload `%.100s` to `%.100s`", t->local, t->guest);
             code = report_error(a, src, &e);
         }
     }
@@ -177,10 +165,10 @@ static int session_run_steps(const args *a, const sbx_env *env, run_source *src,
 
 static int run_session(const args *a, const sbx_env *env, run_source *src)
 {
-    char why[PATH_MAX + 256];
+    sbx_err why = {0};
     for (size_t i = 0; i < a->n_uploads; i++)
-        if (check_upload_source(a->uploads[i].local, why, sizeof why) < 0) {
-            fprintf(stderr, "sbx: --upload: %s\n", why);
+        if (check_upload_source(a->uploads[i].local, &why) < 0) {
+            fprintf(stderr, "sbx: --upload: %s\n", why.msg);
             return EXIT_USAGE;
         }
     cleanup_free char(*targets)[PATH_MAX] = calloc(a->n_downloads ? a->n_downloads : 1, PATH_MAX);
@@ -189,8 +177,8 @@ static int run_session(const args *a, const sbx_env *env, run_source *src)
         return EXIT_SANDBOX;
     }
     for (size_t i = 0; i < a->n_downloads; i++)
-        if (download_target(&a->downloads[i], targets[i], PATH_MAX, why, sizeof why) < 0) {
-            fprintf(stderr, "sbx: --download: %s\n", why);
+        if (download_target(&a->downloads[i], targets[i], PATH_MAX, &why) < 0) {
+            fprintf(stderr, "sbx: --download: %s\n", why.msg);
             return EXIT_USAGE;
         }
 
@@ -374,7 +362,7 @@ static int run_many(const args *a, const sbx_env *env, job *jobs, size_t n)
 /* ---- commands ---- */
 int cmd_run(const args *a)
 {
-    char why[512];
+    sbx_err why = {0};
     cleanup_free job *jobs = calloc(a->n_sources, sizeof *jobs);
     cleanup_free sbx_env *env = calloc(a->n_env ? a->n_env : 1, sizeof *env);
     if (!jobs || !env) {
@@ -387,11 +375,11 @@ int cmd_run(const args *a)
     }
     int code = -1;
     for (size_t i = 0; i < a->n_sources && code < 0; i++) {
-        if (args_source_resolve(&a->sources[i], a->language, &jobs[i].src, why, sizeof why) < 0) {
-            fprintf(stderr, "sbx: %s (see sbx run --help)\n", why);
+        if (args_source_resolve(&a->sources[i], a->language, &jobs[i].src, &why) < 0) {
+            fprintf(stderr, "sbx: %s (see sbx run --help)\n", why.msg);
             code = EXIT_USAGE;
-        } else if (args_source_load(&jobs[i].src, stdin, why, sizeof why) < 0) {
-            fprintf(stderr, "sbx: %s\n", why);
+        } else if (args_source_load(&jobs[i].src, stdin, &why) < 0) {
+            fprintf(stderr, "sbx: %s\n", why.msg);
             code = EXIT_USAGE;
         }
     }

@@ -6,19 +6,15 @@
 #include <sys/stat.h>
 
 /* The checks of a local file to upload that can be made before a VM is booted for nothing. */
-int check_upload_source(const char *path, char *why, size_t n)
+int check_upload_source(const char *path, sbx_err *why)
 {
     struct stat st;
-    if (stat(path, &st) < 0) {
-        snprintf(why, n, "`%s`: %s", path, strerror(errno));
-        return -1;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        snprintf(why, n, "`%s` is not a regular file", path);
-        return -1;
-    }
+    if (stat(path, &st) < 0)
+        return sbx_fail(why, errno, "`%s`: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return sbx_fail(why, 0, "`%s` is not a regular file", path);
     if ((uint64_t)st.st_size > SBX_MAX_FILE) {
-        snprintf(why, n, "`%s` is %lld bytes; the file limit is %u (50 MiB)", path,
+        sbx_fail(why, 0, "`%s` is %lld bytes; the file limit is %u (50 MiB)", path,
                  (long long)st.st_size, SBX_MAX_FILE);
         return -1;
     }
@@ -28,7 +24,7 @@ int check_upload_source(const char *path, char *why, size_t n)
 /* Where a download is saved: LOCAL, or GUEST's name inside LOCAL when that is an existing
  * directory (as cp does). Its directory must exist: finding that out after the run would
  * waste the run. */
-int download_target(const args_transfer *t, char *out, size_t n, char *why, size_t wn)
+int download_target(const args_transfer *t, char *out, size_t n, sbx_err *why)
 {
     struct stat st;
     const char *slash = strrchr(t->guest, '/');
@@ -36,32 +32,25 @@ int download_target(const args_transfer *t, char *out, size_t n, char *why, size
     size_t ll = strlen(t->local);
     int r;
     if (stat(t->local, &st) == 0 && S_ISDIR(st.st_mode)) {
-        if (!*gbase || !strcmp(gbase, ".")) {
-            snprintf(why, wn, "`%s` has no file name to save in directory `%s`", t->guest,
-                     t->local);
-            return -1;
-        }
+        if (!*gbase || !strcmp(gbase, "."))
+            return sbx_fail(why, 0, "`%s` has no file name to save in directory `%s`", t->guest,
+                            t->local);
         r = snprintf(out, n, "%s%s%s", t->local, t->local[ll - 1] == '/' ? "" : "/", gbase);
-    } else if (t->local[ll - 1] == '/') {
-        snprintf(why, wn, "no directory `%s` to save `%s` in", t->local, t->guest);
-        return -1;
-    } else {
+    } else if (t->local[ll - 1] == '/')
+        return sbx_fail(why, 0, "no directory `%s` to save `%s` in", t->local, t->guest);
+    else {
         r = snprintf(out, n, "%s", t->local);
     }
-    if (r < 0 || (size_t)r >= n) {
-        snprintf(why, wn, "`%.200s...`: path too long", t->local);
-        return -1;
-    }
+    if (r < 0 || (size_t)r >= n)
+        return sbx_fail(why, 0, "`%.200s...`: path too long", t->local);
     char dir[PATH_MAX];
     const char *ds = strrchr(out, '/');
     if (!ds)
         snprintf(dir, sizeof dir, ".");
     else
         snprintf(dir, sizeof dir, "%.*s", ds == out ? 1 : (int)(ds - out), out);
-    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        snprintf(why, wn, "no directory `%s` to save `%s` in", dir, t->guest);
-        return -1;
-    }
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+        return sbx_fail(why, 0, "no directory `%s` to save `%s` in", dir, t->guest);
     return 0;
 }
 /* ---- sessions ---- */
@@ -135,14 +124,14 @@ int cmd_session_new(const args *a)
 
 int cmd_session_exec(const args *a)
 {
-    char why[512];
+    sbx_err why = {0};
     run_source src;
-    if (args_source_resolve(&a->sources[0], NULL, &src, why, sizeof why) < 0) {
-        fprintf(stderr, "sbx: %s (see sbx session --help)\n", why);
+    if (args_source_resolve(&a->sources[0], NULL, &src, &why) < 0) {
+        fprintf(stderr, "sbx: %s (see sbx session --help)\n", why.msg);
         return EXIT_USAGE;
     }
-    if (args_source_load(&src, stdin, why, sizeof why) < 0) {
-        fprintf(stderr, "sbx: %s\n", why);
+    if (args_source_load(&src, stdin, &why) < 0) {
+        fprintf(stderr, "sbx: %s\n", why.msg);
         args_source_free(&src);
         return EXIT_USAGE;
     }
@@ -246,10 +235,10 @@ int cmd_session_close(const args *a)
 
 int cmd_session_upload(const args *a)
 {
-    char why[PATH_MAX + 256];
+    sbx_err why = {0};
     const args_transfer *t = &a->uploads[0];
-    if (check_upload_source(t->local, why, sizeof why) < 0) {
-        fprintf(stderr, "sbx: %s\n", why);
+    if (check_upload_source(t->local, &why) < 0) {
+        fprintf(stderr, "sbx: %s\n", why.msg);
         return EXIT_USAGE;
     }
     sbx_client *c = NULL;
@@ -273,10 +262,11 @@ int cmd_session_upload(const args *a)
 
 int cmd_session_download(const args *a)
 {
-    char why[PATH_MAX + 256], target[PATH_MAX];
+    sbx_err why = {0};
+    char target[PATH_MAX];
     const args_transfer *t = &a->downloads[0];
-    if (download_target(t, target, sizeof target, why, sizeof why) < 0) {
-        fprintf(stderr, "sbx: %s\n", why);
+    if (download_target(t, target, sizeof target, &why) < 0) {
+        fprintf(stderr, "sbx: %s\n", why.msg);
         return EXIT_USAGE;
     }
     sbx_client *c = NULL;
