@@ -1,5 +1,6 @@
 /* sbx's argument parsing and source loading. The parser only looks at argv, so that every
- * option, form and error can be checked by tests/unit/test_cli_args.c without a daemon. */
+ * option, form and error can be checked by tests/unit/test_cli_args.c without a daemon; it never
+ * talks to the daemon, and only args_source_* touch files. */
 #include "args.h"
 
 #include "common.h"

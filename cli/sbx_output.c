@@ -170,7 +170,7 @@ int json_print(json_t *j)
     return 0;
 }
 
-/* ---- one source ---- */
+/* ---- the end of one run or exec ---- */
 
 /* A summary for a session exec, which has no boot of its own. */
 static void print_session_summary(const sbx_result *r)
