@@ -22,8 +22,9 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c supervisor/spawn.c \
 	supervisor/assets.c
 WORKER_SRC = vmworker/worker.c vmworker/qemu.c vmworker/jail.c vmworker/qmp.c vmworker/balloon.c
-LIBSBX_SRC = cli/libsbx.c
-SBX_SRC = cli/sbx.c cli/args.c
+LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli/status.c \
+	cli/utf8.c
+SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c
 AGENT_SRC = agent/agent.c agent/sandbox.c agent/repl.c agent/files.c agent/zram.c
 
 # Header dependencies of every object, written by the compiler (-MMD -MP).
@@ -51,9 +52,21 @@ $(BUILD)/$(1)/sbxd: $$(SBXD_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ)
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
 $(BUILD)/$(1)/sbx-vmworker: $$(WORKER_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ)
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
-$(BUILD)/$(1)/libsbx.a: $$(LIBSBX_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ)
-	ar rcs $$@ $$^
-$(BUILD)/$(1)/sbx: $$(SBX_SRC:%.c=$(BUILD)/$(1)/%.o) $(BUILD)/$(1)/libsbx.a
+# libsbx and the shared code it uses are built with hidden visibility (libsbx.h marks the API
+# visible), linked into one object whose hidden symbols are then made local: a program that
+# links libsbx.a meets sbx_* alone, never frame_send or paths_which.
+$(BUILD)/$(1)/libsbx/%.o: %.c $(GEN_H) $(wildcard common/*.h proto/*.h cli/*.h)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS_COMMON) $(2) -fvisibility=hidden -c $$< -o $$@
+$(BUILD)/$(1)/libsbx/gen/%.o: $(BUILD)/gen/%.c $(GEN_H)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS_COMMON) $(2) -fvisibility=hidden -Wno-error -c $$< -o $$@
+$(BUILD)/$(1)/libsbx.a: $$(LIBSBX_SRC:%.c=$(BUILD)/$(1)/libsbx/%.o) \
+		$$(COMMON_SRC:%.c=$(BUILD)/$(1)/libsbx/%.o) $(BUILD)/$(1)/libsbx/gen/control.pb-c.o
+	$$(LD) -r -o $(BUILD)/$(1)/libsbx.o $$^
+	objcopy --localize-hidden $(BUILD)/$(1)/libsbx.o
+	rm -f $$@ && ar rcs $$@ $(BUILD)/$(1)/libsbx.o
+$(BUILD)/$(1)/sbx: $$(SBX_SRC:%.c=$(BUILD)/$(1)/%.o) $(BUILD)/$(1)/libsbx.a $$($(1)_COMMON_OBJ)
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
 endef
 
@@ -81,7 +94,8 @@ $(BUILD)/tests/test_frame: tests/unit/test_frame.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_limits: tests/unit/test_limits.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_paths: tests/unit/test_paths.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_config: tests/unit/test_config.c $(BUILD)/asan/supervisor/config.o $(asan_COMMON_OBJ)
-$(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.o $(BUILD)/asan/libsbx.a
+$(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.o $(BUILD)/asan/libsbx.a \
+	$(asan_COMMON_OBJ)
 $(BUILD)/tests/test_balloon: tests/unit/test_balloon.c $(BUILD)/asan/vmworker/balloon.o $(asan_COMMON_OBJ)
 $(UNIT_TESTS:%=$(BUILD)/tests/%):
 	@mkdir -p $(dir $@)

@@ -1,5 +1,6 @@
 /* sbx's argument parsing and source loading. The parser only looks at argv, so that every
- * option, form and error can be checked by tests/unit/test_cli_args.c without a daemon. */
+ * option, form and error can be checked by tests/unit/test_cli_args.c without a daemon; it never
+ * talks to the daemon, and only args_source_* touch files. */
 #include "args.h"
 
 #include "common.h"
@@ -126,15 +127,6 @@ static const struct {
 };
 #define SESSION_CMD_LIST "new, exec, ls, close, upload, download, files"
 
-__attribute__((format(printf, 3, 4))) static int bad(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 static const opt *find_long(const opt *tab, const char *name, size_t len)
 {
     for (; tab->name; tab++)
@@ -153,17 +145,17 @@ static const opt *find_short(const opt *tab, char c)
 
 /* A whole number for option `name`; anything but plain digits (sign, space, suffix) is refused
  * rather than half-read as strtoul would. */
-static int parse_u32(const char *name, const char *text, uint32_t *out, char *err, size_t errlen)
+static int parse_u32(const char *name, const char *text, uint32_t *out, sbx_err *err)
 {
     uint64_t v = 0;
     if (!*text)
-        return bad(err, errlen, "--%s needs a whole number, not an empty value", name);
+        return sbx_fail(err, 0, "--%s needs a whole number, not an empty value", name);
     for (const char *p = text; *p; p++) {
         if (*p < '0' || *p > '9')
-            return bad(err, errlen, "--%s needs a whole number, not `%.64s`", name, text);
+            return sbx_fail(err, 0, "--%s needs a whole number, not `%.64s`", name, text);
         v = v * 10 + (uint64_t)(*p - '0');
         if (v > UINT32_MAX)
-            return bad(err, errlen, "--%s `%.64s` is out of range", name, text);
+            return sbx_fail(err, 0, "--%s `%.64s` is out of range", name, text);
     }
     *out = (uint32_t)v;
     return 0;
@@ -179,24 +171,24 @@ static const char *language_static(const char *lang)
     return NULL;
 }
 
-static int add_env(args *a, const char *kv, char *err, size_t errlen)
+static int add_env(args *a, const char *kv, sbx_err *err)
 {
     const char *eq = strchr(kv, '=');
     if (!eq)
-        return bad(err, errlen, "--env wants KEY=VALUE, not `%.64s`", kv);
+        return sbx_fail(err, 0, "--env wants KEY=VALUE, not `%.64s`", kv);
     cleanup_free char *key = strndup(kv, (size_t)(eq - kv));
     if (!key)
-        return bad(err, errlen, "out of memory");
+        return sbx_fail(err, 0, "out of memory");
     char why[256];
     if (limits_check_env(key, eq + 1, why, sizeof why) < 0)
-        return bad(err, errlen, "--env: %s", why);
+        return sbx_fail(err, 0, "--env: %s", why);
     for (size_t i = 0; i < a->n_env; i++)
         if (!strcmp(a->env[i].key, key)) {
             a->env[i].value = eq + 1;
             return 0;
         }
     if (limits_check_env_count(a->n_env + 1, why, sizeof why) < 0)
-        return bad(err, errlen, "--env: %s", why);
+        return sbx_fail(err, 0, "--env: %s", why);
     a->env[a->n_env].key = steal_ptr(&key);
     a->env[a->n_env].value = eq + 1;
     a->n_env++;
@@ -210,30 +202,29 @@ static void add_source(args *a, const char *text, bool inline_only)
     a->n_sources++;
 }
 
-static int check_guest(const char *what, const char *arg, const char *guest, char *err,
-                       size_t errlen)
+static int check_guest(const char *what, const char *arg, const char *guest, sbx_err *err)
 {
     char why[320];
     if (limits_check_guest_path(guest, why, sizeof why) < 0)
-        return bad(err, errlen, "%s `%.200s`: %s", what, arg, why);
+        return sbx_fail(err, 0, "%s `%.200s`: %s", what, arg, why);
     return 0;
 }
 
 /* The name a downloaded file gets here when no local path is given: the guest path's last
  * component, which must be a plain name. */
-static int default_local(const char *what, const char *guest, char **out, char *err, size_t errlen)
+static int default_local(const char *what, const char *guest, char **out, sbx_err *err)
 {
     const char *slash = strrchr(guest, '/');
     const char *base = slash ? slash + 1 : guest;
     if (!*base || !strcmp(base, "."))
-        return bad(err, errlen, "%s `%.200s`: no file name to save it under; give a local path",
-                   what, guest);
+        return sbx_fail(err, 0, "%s `%.200s`: no file name to save it under; give a local path",
+                        what, guest);
     *out = strdup(base);
-    return *out ? 0 : bad(err, errlen, "out of memory");
+    return *out ? 0 : sbx_fail(err, 0, "out of memory");
 }
 
 static int add_transfer(args_transfer *list, size_t *n, const char *local, size_t local_len,
-                        const char *guest, size_t guest_len, char *err, size_t errlen)
+                        const char *guest, size_t guest_len, sbx_err *err)
 {
     args_transfer *t = &list[*n];
     t->local = strndup(local, local_len);
@@ -242,7 +233,7 @@ static int add_transfer(args_transfer *list, size_t *n, const char *local, size_
         free(t->local);
         free(t->guest);
         t->local = t->guest = NULL;
-        return bad(err, errlen, "out of memory");
+        return sbx_fail(err, 0, "out of memory");
     }
     (*n)++;
     return 0;
@@ -250,46 +241,45 @@ static int add_transfer(args_transfer *list, size_t *n, const char *local, size_
 
 /* --upload LOCAL:GUEST. Split at the last ':', so a local path may hold colons; a guest path
  * given this way may not (`sbx session upload` takes any). */
-static int add_upload(args *a, const char *val, char *err, size_t errlen)
+static int add_upload(args *a, const char *val, sbx_err *err)
 {
     const char *colon = strrchr(val, ':');
     if (!colon || colon == val || !colon[1])
-        return bad(err, errlen, "--upload wants LOCAL:GUEST, not `%.200s`", val);
-    if (check_guest("--upload", val, colon + 1, err, errlen) < 0)
+        return sbx_fail(err, 0, "--upload wants LOCAL:GUEST, not `%.200s`", val);
+    if (check_guest("--upload", val, colon + 1, err) < 0)
         return -1;
     return add_transfer(a->uploads, &a->n_uploads, val, (size_t)(colon - val), colon + 1,
-                        strlen(colon + 1), err, errlen);
+                        strlen(colon + 1), err);
 }
 
 /* --download GUEST[:LOCAL]. Split at the first ':', for the same reason. */
-static int add_download(args *a, const char *val, char *err, size_t errlen)
+static int add_download(args *a, const char *val, sbx_err *err)
 {
     const char *colon = strchr(val, ':');
     size_t glen = colon ? (size_t)(colon - val) : strlen(val);
     if (glen == 0 || (colon && !colon[1]))
-        return bad(err, errlen, "--download wants GUEST or GUEST:LOCAL, not `%.200s`", val);
+        return sbx_fail(err, 0, "--download wants GUEST or GUEST:LOCAL, not `%.200s`", val);
     cleanup_free char *guest = strndup(val, glen);
     if (!guest)
-        return bad(err, errlen, "out of memory");
-    if (check_guest("--download", val, guest, err, errlen) < 0)
+        return sbx_fail(err, 0, "out of memory");
+    if (check_guest("--download", val, guest, err) < 0)
         return -1;
     cleanup_free char *local = NULL;
     if (colon)
         local = strdup(colon + 1);
-    else if (default_local("--download", guest, &local, err, errlen) < 0)
+    else if (default_local("--download", guest, &local, err) < 0)
         return -1;
     if (!local)
-        return bad(err, errlen, "out of memory");
+        return sbx_fail(err, 0, "out of memory");
     /* Two downloads to one place: the second would silently replace the first. */
     for (size_t i = 0; i < a->n_downloads; i++)
         if (!strcmp(a->downloads[i].local, local))
-            return bad(err, errlen, "two --download options save to `%.200s`", local);
-    return add_transfer(a->downloads, &a->n_downloads, local, strlen(local), guest, glen, err,
-                        errlen);
+            return sbx_fail(err, 0, "two --download options save to `%.200s`", local);
+    return add_transfer(a->downloads, &a->n_downloads, local, strlen(local), guest, glen, err);
 }
 
 /* Apply one option. Returns 0, 1 when parsing should stop here (help, version), or -1. */
-static int apply(args *a, const opt *o, const char *val, char *err, size_t errlen)
+static int apply(args *a, const opt *o, const char *val, sbx_err *err)
 {
     char why[256];
     switch (o->id) {
@@ -304,7 +294,7 @@ static int apply(args *a, const opt *o, const char *val, char *err, size_t errle
         return 1;
     case OPT_SOCKET:
         if (!*val)
-            return bad(err, errlen, "--socket needs a path");
+            return sbx_fail(err, 0, "--socket needs a path");
         a->socket_path = val;
         return 0;
     case OPT_JSON:
@@ -316,55 +306,54 @@ static int apply(args *a, const opt *o, const char *val, char *err, size_t errle
     case OPT_LANGUAGE:
         a->language = language_static(val);
         if (!a->language)
-            return bad(err, errlen, "unknown language `%.64s` (python, javascript or raw)", val);
+            return sbx_fail(err, 0, "unknown language `%.64s` (python, javascript or raw)", val);
         return 0;
     case OPT_CODE:
         add_source(a, val, true);
         return 0;
     case OPT_TIMEOUT:
-        if (parse_u32(o->name, val, &a->timeout_s, err, errlen) < 0)
+        if (parse_u32(o->name, val, &a->timeout_s, err) < 0)
             return -1;
         if (limits_check_timeout(a->timeout_s, why, sizeof why) < 0)
-            return bad(err, errlen, "%s", why);
+            return sbx_fail(err, 0, "%s", why);
         return 0;
     case OPT_MEMORY:
-        if (parse_u32(o->name, val, &a->memory_mb, err, errlen) < 0)
+        if (parse_u32(o->name, val, &a->memory_mb, err) < 0)
             return -1;
         if (limits_check_memory(a->memory_mb, why, sizeof why) < 0)
-            return bad(err, errlen, "%s", why);
+            return sbx_fail(err, 0, "%s", why);
         return 0;
     case OPT_ENV:
-        return add_env(a, val, err, errlen);
+        return add_env(a, val, err);
     case OPT_CONCURRENCY: {
         uint32_t j;
-        if (parse_u32(o->name, val, &j, err, errlen) < 0)
+        if (parse_u32(o->name, val, &j, err) < 0)
             return -1;
         if (j < ARGS_CONCURRENCY_MIN || j > ARGS_CONCURRENCY_MAX)
-            return bad(err, errlen, "concurrency %u is out of range (%u-%u)", j,
-                       ARGS_CONCURRENCY_MIN, ARGS_CONCURRENCY_MAX);
+            return sbx_fail(err, 0, "concurrency %u is out of range (%u-%u)", j,
+                            ARGS_CONCURRENCY_MIN, ARGS_CONCURRENCY_MAX);
         a->concurrency = j;
         return 0;
     }
     case OPT_UPLOAD:
-        return add_upload(a, val, err, errlen);
+        return add_upload(a, val, err);
     case OPT_DOWNLOAD:
-        return add_download(a, val, err, errlen);
+        return add_download(a, val, err);
     case OPT_IDLE_TIMEOUT:
-        if (parse_u32(o->name, val, &a->idle_timeout_s, err, errlen) < 0)
+        if (parse_u32(o->name, val, &a->idle_timeout_s, err) < 0)
             return -1;
         if (limits_check_idle_timeout(a->idle_timeout_s, why, sizeof why) < 0)
-            return bad(err, errlen, "%s", why);
+            return sbx_fail(err, 0, "%s", why);
         return 0;
     case OPT_LATER:
         break;
     }
-    return bad(err, errlen, "--%s is not available yet in this version", o->name);
+    return sbx_fail(err, 0, "--%s is not available yet in this version", o->name);
 }
 
 /* One argument that starts with '-' (and is not "-" or "--"). May consume the next argument as
  * the option's value. Returns like apply. */
-static int parse_option(args *a, const opt *tab, int argc, char *const argv[], int *i, char *err,
-                        size_t errlen)
+static int parse_option(args *a, const opt *tab, int argc, char *const argv[], int *i, sbx_err *err)
 {
     const char *s = argv[*i];
     if (s[1] == '-') {
@@ -372,60 +361,60 @@ static int parse_option(args *a, const opt *tab, int argc, char *const argv[], i
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
         const opt *o = find_long(tab, name, len);
         if (!o)
-            return bad(err, errlen, "unknown option `--%.*s`", (int)(len > 64 ? 64 : len), name);
+            return sbx_fail(err, 0, "unknown option `--%.*s`", (int)(len > 64 ? 64 : len), name);
         if (o->id == OPT_LATER)
-            return apply(a, o, NULL, err, errlen);
+            return apply(a, o, NULL, err);
         if (!o->has_value) {
             if (eq)
-                return bad(err, errlen, "--%s takes no value", o->name);
-            return apply(a, o, NULL, err, errlen);
+                return sbx_fail(err, 0, "--%s takes no value", o->name);
+            return apply(a, o, NULL, err);
         }
         if (eq)
-            return apply(a, o, eq + 1, err, errlen);
+            return apply(a, o, eq + 1, err);
         if (*i + 1 >= argc)
-            return bad(err, errlen, "--%s needs a value", o->name);
-        return apply(a, o, argv[++*i], err, errlen);
+            return sbx_fail(err, 0, "--%s needs a value", o->name);
+        return apply(a, o, argv[++*i], err);
     }
     /* Short options: flags may be grouped (-qj4); a value is the rest of the argument or, when
      * nothing is left, the next one. */
     for (const char *p = s + 1; *p; p++) {
         const opt *o = find_short(tab, *p);
         if (!o)
-            return bad(err, errlen, "unknown option `-%c`", *p);
+            return sbx_fail(err, 0, "unknown option `-%c`", *p);
         if (o->id == OPT_LATER || !o->has_value) {
-            int rc = apply(a, o, NULL, err, errlen);
+            int rc = apply(a, o, NULL, err);
             if (rc != 0)
                 return rc;
             continue;
         }
         if (p[1])
-            return apply(a, o, p + 1, err, errlen);
+            return apply(a, o, p + 1, err);
         if (*i + 1 >= argc)
-            return bad(err, errlen, "-%c/--%s needs a value", o->short_name, o->name);
-        return apply(a, o, argv[++*i], err, errlen);
+            return sbx_fail(err, 0, "-%c/--%s needs a value", o->short_name, o->name);
+        return apply(a, o, argv[++*i], err);
     }
     return 0;
 }
 
 /* A session id argument: the daemon decides which exist; this only refuses what cannot be one
  * (an empty $(sbx session new) that failed, most often). */
-static int check_session_id(const char *id, char *err, size_t errlen)
+static int check_session_id(const char *id, sbx_err *err)
 {
     if (!*id)
-        return bad(err, errlen, "the session id is empty");
+        return sbx_fail(err, 0, "the session id is empty");
     if (strlen(id) >= SBX_SESSION_ID_MAX)
-        return bad(err, errlen, "`%.64s...` is too long for a session id", id);
+        return sbx_fail(err, 0, "`%.64s...` is too long for a session id", id);
     for (const char *p = id; *p; p++)
         if ((unsigned char)*p <= ' ' || *p == 0x7f)
-            return bad(err, errlen,
-                       "`%.64s` is not a session id (it holds a space or control "
-                       "character)",
-                       id);
+            return sbx_fail(err, 0,
+                            "`%.64s` is not a session id (it holds a space or control "
+                            "character)",
+                            id);
     return 0;
 }
 
 /* The positional arguments of a session subcommand, after the options were taken out. */
-static int session_positionals(args *a, const char *const *pos, size_t n, char *err, size_t errlen)
+static int session_positionals(args *a, const char *const *pos, size_t n, sbx_err *err)
 {
     static const char *const usage[] = {
         [ARGS_SESSION_NEW] = "new takes no arguments",
@@ -461,17 +450,17 @@ static int session_positionals(args *a, const char *const *pos, size_t n, char *
         return 0;
     }
     if (a->session_cmd == ARGS_SESSION_EXEC && a->n_sources > 1)
-        return bad(err, errlen, "exec runs one piece of code; -c was given %zu times",
-                   a->n_sources);
+        return sbx_fail(err, 0, "exec runs one piece of code; -c was given %zu times",
+                        a->n_sources);
     if (n > max)
-        return bad(err, errlen, "session %s (got an extra `%.64s`)", usage[a->session_cmd],
-                   pos[max]);
+        return sbx_fail(err, 0, "session %s (got an extra `%.64s`)", usage[a->session_cmd],
+                        pos[max]);
     if (n < min)
-        return bad(err, errlen, "session %s", usage[a->session_cmd]);
+        return sbx_fail(err, 0, "session %s", usage[a->session_cmd]);
     if (max == 0)
         return 0;
     a->session_id = pos[0];
-    if (check_session_id(pos[0], err, errlen) < 0)
+    if (check_session_id(pos[0], err) < 0)
         return -1;
     switch (a->session_cmd) {
     case ARGS_SESSION_EXEC:
@@ -480,29 +469,29 @@ static int session_positionals(args *a, const char *const *pos, size_t n, char *
         return 0;
     case ARGS_SESSION_UPLOAD:
         if (!*pos[1])
-            return bad(err, errlen, "upload: the local path is empty");
-        if (check_guest("upload to", pos[2], pos[2], err, errlen) < 0)
+            return sbx_fail(err, 0, "upload: the local path is empty");
+        if (check_guest("upload to", pos[2], pos[2], err) < 0)
             return -1;
         return add_transfer(a->uploads, &a->n_uploads, pos[1], strlen(pos[1]), pos[2],
-                            strlen(pos[2]), err, errlen);
+                            strlen(pos[2]), err);
     case ARGS_SESSION_DOWNLOAD: {
-        if (check_guest("download", pos[1], pos[1], err, errlen) < 0)
+        if (check_guest("download", pos[1], pos[1], err) < 0)
             return -1;
         cleanup_free char *local = NULL;
         if (n == 3 && !*pos[2])
-            return bad(err, errlen, "download: the local path is empty");
+            return sbx_fail(err, 0, "download: the local path is empty");
         if (n == 3)
             local = strdup(pos[2]);
-        else if (default_local("download", pos[1], &local, err, errlen) < 0)
+        else if (default_local("download", pos[1], &local, err) < 0)
             return -1;
         if (!local)
-            return bad(err, errlen, "out of memory");
+            return sbx_fail(err, 0, "out of memory");
         return add_transfer(a->downloads, &a->n_downloads, local, strlen(local), pos[1],
-                            strlen(pos[1]), err, errlen);
+                            strlen(pos[1]), err);
     }
     case ARGS_SESSION_FILES:
         /* "" and "." both mean the sandbox home. */
-        if (n == 2 && *pos[1] && check_guest("files", pos[1], pos[1], err, errlen) < 0)
+        if (n == 2 && *pos[1] && check_guest("files", pos[1], pos[1], err) < 0)
             return -1;
         a->guest_dir = n == 2 && *pos[1] ? pos[1] : NULL;
         return 0;
@@ -511,11 +500,11 @@ static int session_positionals(args *a, const char *const *pos, size_t n, char *
     }
 }
 
-int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen)
+int args_parse(int argc, char *const argv[], args *a, sbx_err *err)
 {
     memset(a, 0, sizeof *a);
     a->concurrency = ARGS_CONCURRENCY_DEFAULT;
-    err[0] = '\0';
+    *err = (sbx_err){0};
     /* No option adds more than one source, variable or transfer, so argc bounds every array. */
     a->sources = calloc((size_t)argc + 1, sizeof *a->sources);
     a->env = calloc((size_t)argc + 1, sizeof *a->env);
@@ -523,7 +512,7 @@ int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen)
     a->downloads = calloc((size_t)argc + 1, sizeof *a->downloads);
     cleanup_free const char **pos = calloc((size_t)argc + 1, sizeof *pos);
     if (!a->sources || !a->env || !a->uploads || !a->downloads || !pos)
-        return bad(err, errlen, "out of memory");
+        return sbx_fail(err, 0, "out of memory");
     size_t n_pos = 0;
 
     int i = 1;
@@ -531,12 +520,12 @@ int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen)
         const char *s = argv[i];
         if (s[0] != '-' || !s[1])
             break;
-        int rc = parse_option(a, global_opts, argc, argv, &i, err, errlen);
+        int rc = parse_option(a, global_opts, argc, argv, &i, err);
         if (rc != 0)
             return rc < 0 ? -1 : 0;
     }
     if (i >= argc)
-        return bad(err, errlen, "no command given (commands: run, session, status)");
+        return sbx_fail(err, 0, "no command given (commands: run, session, status)");
     const opt *tab = NULL;
     if (!strcmp(argv[i], "run")) {
         a->cmd = ARGS_CMD_RUN;
@@ -552,18 +541,18 @@ int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen)
             return 0;
         }
         if (i >= argc)
-            return bad(err, errlen, "no session command given (" SESSION_CMD_LIST ")");
+            return sbx_fail(err, 0, "no session command given (" SESSION_CMD_LIST ")");
         for (size_t k = 0; k < ARRAY_LEN(session_cmds); k++)
             if (!strcmp(argv[i], session_cmds[k].name)) {
                 a->session_cmd = session_cmds[k].cmd;
                 tab = session_cmds[k].tab;
             }
         if (!tab)
-            return bad(err, errlen, "unknown session command `%.64s` (" SESSION_CMD_LIST ")",
-                       argv[i]);
+            return sbx_fail(err, 0, "unknown session command `%.64s` (" SESSION_CMD_LIST ")",
+                            argv[i]);
     } else {
-        return bad(err, errlen, "unknown command `%.64s` (commands: run, session, status)",
-                   argv[i]);
+        return sbx_fail(err, 0, "unknown command `%.64s` (commands: run, session, status)",
+                        argv[i]);
     }
 
     bool options_done = false, stdin_seen = false;
@@ -574,35 +563,35 @@ int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen)
             continue;
         }
         if (!options_done && s[0] == '-' && s[1]) {
-            int rc = parse_option(a, tab, argc, argv, &i, err, errlen);
+            int rc = parse_option(a, tab, argc, argv, &i, err);
             if (rc != 0)
                 return rc < 0 ? -1 : 0;
             continue;
         }
         if (a->cmd == ARGS_CMD_STATUS)
-            return bad(err, errlen, "`sbx status` takes no arguments (got `%.64s`)", s);
+            return sbx_fail(err, 0, "`sbx status` takes no arguments (got `%.64s`)", s);
         if (a->cmd == ARGS_CMD_SESSION)
             pos[n_pos++] = s;
         else
             add_source(a, s, false);
     }
     if (a->cmd == ARGS_CMD_SESSION)
-        return session_positionals(a, pos, n_pos, err, errlen);
+        return session_positionals(a, pos, n_pos, err);
     if (a->cmd == ARGS_CMD_RUN) {
         if (a->n_sources == 0)
-            return bad(err, errlen,
-                       "no code to run: give SOURCE arguments, -c CODE, or - to read "
-                       "standard input");
+            return sbx_fail(err, 0,
+                            "no code to run: give SOURCE arguments, -c CODE, or - to read "
+                            "standard input");
         if ((a->n_uploads || a->n_downloads) && a->n_sources != 1)
-            return bad(err, errlen,
-                       "--upload and --download work with one source (got %zu); use a "
-                       "session for more",
-                       a->n_sources);
+            return sbx_fail(err, 0,
+                            "--upload and --download work with one source (got %zu); use a "
+                            "session for more",
+                            a->n_sources);
         for (size_t k = 0; k < a->n_sources; k++) {
             if (a->sources[k].inline_only || strcmp(a->sources[k].text, "-"))
                 continue;
             if (stdin_seen)
-                return bad(err, errlen, "`-` (standard input) can be given only once");
+                return sbx_fail(err, 0, "`-` (standard input) can be given only once");
             stdin_seen = true;
         }
     }
@@ -681,15 +670,15 @@ bool args_looks_like_path(const char *s)
     return true;
 }
 
-int args_source_resolve(const args_source *in, const char *language_opt, run_source *out, char *err,
-                        size_t errlen)
+int args_source_resolve(const args_source *in, const char *language_opt, run_source *out,
+                        sbx_err *err)
 {
     memset(out, 0, sizeof *out);
     out->arg = in->text;
     const char *lang = language_opt ? language_static(language_opt) : NULL;
     if (language_opt && !lang)
-        return bad(err, errlen, "unknown language `%.64s` (python, javascript or raw)",
-                   language_opt);
+        return sbx_fail(err, 0, "unknown language `%.64s` (python, javascript or raw)",
+                        language_opt);
     if (in->inline_only) {
         out->kind = SOURCE_INLINE;
     } else if (!strcmp(in->text, "-")) {
@@ -705,8 +694,8 @@ int args_source_resolve(const args_source *in, const char *language_opt, run_sou
                 lang = args_language_for_path(in->text);
         } else if (args_looks_like_path(in->text)) {
             if (exists)
-                return bad(err, errlen, "`%.200s` is a directory", in->text);
-            return bad(err, errlen, "file not found: %.200s", in->text);
+                return sbx_fail(err, 0, "`%.200s` is a directory", in->text);
+            return sbx_fail(err, 0, "file not found: %.200s", in->text);
         } else {
             out->kind = SOURCE_INLINE;
         }
@@ -743,7 +732,7 @@ static int read_capped(FILE *fp, char **out, size_t *len)
     return 0;
 }
 
-int args_source_load(run_source *s, FILE *stdin_fp, char *err, size_t errlen)
+int args_source_load(run_source *s, FILE *stdin_fp, sbx_err *err)
 {
     char why[256];
     const char *name = s->arg;
@@ -752,23 +741,23 @@ int args_source_load(run_source *s, FILE *stdin_fp, char *err, size_t errlen)
         s->code_len = strlen(s->arg);
         s->code = strdup(s->arg);
         if (!s->code)
-            return bad(err, errlen, "out of memory");
+            return sbx_fail(err, 0, "out of memory");
     } else if (s->kind == SOURCE_STDIN) {
         name = "standard input";
         if (read_capped(stdin_fp, &s->code, &s->code_len) < 0)
-            return bad(err, errlen, "read standard input: %s", strerror(errno));
+            return sbx_fail(err, errno, "read standard input: %s", strerror(errno));
     } else {
         cleanup_fclose FILE *fp = fopen(s->arg, "rbe");
         if (!fp)
-            return bad(err, errlen, "open `%.200s`: %s", s->arg, strerror(errno));
+            return sbx_fail(err, errno, "open `%.200s`: %s", s->arg, strerror(errno));
         if (read_capped(fp, &s->code, &s->code_len) < 0)
-            return bad(err, errlen, "read `%.200s`: %s", s->arg, strerror(errno));
+            return sbx_fail(err, errno, "read `%.200s`: %s", s->arg, strerror(errno));
     }
     if (limits_check_code((const uint8_t *)s->code, s->code_len, why, sizeof why) < 0) {
         if (s->code_len > SBX_MAX_CODE) /* we stopped reading at the limit */
-            return bad(err, errlen, "%.200s: code is over the limit of %u bytes (1 MiB)", name,
-                       SBX_MAX_CODE);
-        return bad(err, errlen, "%.200s: %s", name, why);
+            return sbx_fail(err, 0, "%.200s: code is over the limit of %u bytes (1 MiB)", name,
+                            SBX_MAX_CODE);
+        return sbx_fail(err, 0, "%.200s: %s", name, why);
     }
     return 0;
 }

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "common.h"
+
 #define ARGS_CONCURRENCY_DEFAULT 10u
 #define ARGS_CONCURRENCY_MIN 1u
 #define ARGS_CONCURRENCY_MAX 100u
@@ -82,7 +84,7 @@ typedef struct {
 /* Parse argv (argv[0] is the program). Returns 0, or -1 with a message (no "sbx: " prefix) in
  * err. a->cmd (and a->session_cmd) is set as far as it was recognised even on error, so the
  * caller can point at the right --help. Release with args_free in both cases. */
-int args_parse(int argc, char *const argv[], args *a, char *err, size_t errlen);
+int args_parse(int argc, char *const argv[], args *a, sbx_err *err);
 void args_free(args *a);
 /* The command's name for messages: "sbx run", "sbx session exec", ... or "sbx". */
 const char *args_command_name(const args *a);
@@ -111,11 +113,11 @@ const char *args_language_for_path(const char *path);
 bool args_looks_like_path(const char *s);
 /* Decide what a source is (stats it) and its language (language_opt, else by extension, else
  * python). -1 with a message for a path-like argument that does not exist or is a directory. */
-int args_source_resolve(const args_source *in, const char *language_opt, run_source *out, char *err,
-                        size_t errlen);
+int args_source_resolve(const args_source *in, const char *language_opt, run_source *out,
+                        sbx_err *err);
 /* Read the code of a resolved source (stdin_fp for `-`) and check it against the code limits.
  * -1 with a message naming the source. */
-int args_source_load(run_source *s, FILE *stdin_fp, char *err, size_t errlen);
+int args_source_load(run_source *s, FILE *stdin_fp, sbx_err *err);
 /* A short name for headers: the path, "<stdin>", or the first line of inline code, cut. */
 void args_source_label(const run_source *s, char *out, size_t n);
 void args_source_free(run_source *s);

@@ -15,6 +15,10 @@
 extern "C" {
 #endif
 
+/* The API is all libsbx exports: it is built with hidden visibility, and libsbx.a keeps only
+ * what is marked so global. */
+#define SBX_API __attribute__((visibility("default")))
+
 /* Error kinds. 1..12 carry the daemon's ErrorKind numbers (proto/control.proto) unchanged, so a
  * binding can forward them; the client-side kinds start at 100. */
 typedef enum {
@@ -45,7 +49,7 @@ typedef struct {
 
 /* The exception name the reference project uses for a kind ("VmConfigError", "VmTimeoutError",
  * ...); "SandboxError" for kinds it does not know. Never NULL, static storage. */
-const char *sbx_error_kind_name(int kind);
+SBX_API const char *sbx_error_kind_name(int kind);
 
 /* ---- connecting ---- */
 
@@ -76,18 +80,18 @@ typedef struct {
  * directory belongs to this user and nobody else can write it, and the daemon on it runs as this
  * user or root (SO_PEERCRED); otherwise SBX_ERR_PERMISSION, before a single byte is sent. A socket
  * named by socket_path or $EXEC_SANDBOX_SOCKET may be served by any uid: sbx_status reports it. */
-int sbx_connect(const char *socket_path, unsigned flags, sbx_client **out, sbx_error *err);
+SBX_API int sbx_connect(const char *socket_path, unsigned flags, sbx_client **out, sbx_error *err);
 /* The same, with a progress callback and a client name. */
-int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *err);
+SBX_API int sbx_connect_ex(const sbx_connect_opts *opts, sbx_client **out, sbx_error *err);
 /* The socket path this client connected to. */
-const char *sbx_client_socket(const sbx_client *c);
+SBX_API const char *sbx_client_socket(const sbx_client *c);
 /* The server string the daemon sent in its Hello reply (e.g. "sbxd/0.1.0"). */
-const char *sbx_client_server(const sbx_client *c);
+SBX_API const char *sbx_client_server(const sbx_client *c);
 /* False once the connection is lost or out of step with the daemon (after a transient
  * SBX_ERR_COMMUNICATION or an SBX_ERR_PROTOCOL): close it and connect again. */
-bool sbx_client_usable(const sbx_client *c);
+SBX_API bool sbx_client_usable(const sbx_client *c);
 /* Close the connection and free the client. NULL is accepted. */
-void sbx_close(sbx_client *c);
+SBX_API void sbx_close(sbx_client *c);
 
 /* ---- running code ---- */
 
@@ -159,9 +163,9 @@ typedef struct {
  * first (SBX_ERR_VM_CONFIG without contacting the daemon). A connection lost during the run is
  * a transient SBX_ERR_COMMUNICATION and leaves the client unusable: close it and reconnect.
  * On success *out must be released with sbx_result_free; on failure *out is zeroed. */
-int sbx_run(sbx_client *c, const sbx_run_opts *opts, sbx_result *out, sbx_error *err);
+SBX_API int sbx_run(sbx_client *c, const sbx_run_opts *opts, sbx_result *out, sbx_error *err);
 /* Release what a result owns and zero it. Safe on a zeroed result. */
-void sbx_result_free(sbx_result *r);
+SBX_API void sbx_result_free(sbx_result *r);
 
 /* ---- daemon status ---- */
 
@@ -210,7 +214,7 @@ typedef struct {
 } sbx_status_info;
 
 /* Ask the daemon for its status. */
-int sbx_status(sbx_client *c, sbx_status_info *out, sbx_error *err);
+SBX_API int sbx_status(sbx_client *c, sbx_status_info *out, sbx_error *err);
 
 /* ---- sessions ---- */
 
@@ -248,23 +252,24 @@ typedef struct {
 
 /* Open a session: boots its VM and returns once it is ready. Checked against the limits first
  * (SBX_ERR_VM_CONFIG without contacting the daemon). */
-int sbx_session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session_info *out,
-                     sbx_error *err);
+SBX_API int sbx_session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session_info *out,
+                             sbx_error *err);
 /* Run code in a session and wait for its result; state left by earlier execs is there. code_len
  * 0: strlen(code). timeout_seconds 0: the session's default. on_output (optional) streams
  * output exactly as in sbx_run_opts. The result's exec_count and interpreter_reset are set.
  * A timed-out exec is a result (timed_out), not an error; the session stays open. On success
  * *out must be released with sbx_result_free; on failure it is zeroed. */
-int sbx_session_exec(sbx_client *c, const char *session_id, const char *code, size_t code_len,
-                     uint32_t timeout_seconds, sbx_output_fn on_output, void *userdata,
-                     sbx_result *out, sbx_error *err);
+SBX_API int sbx_session_exec(sbx_client *c, const char *session_id, const char *code,
+                             size_t code_len, uint32_t timeout_seconds, sbx_output_fn on_output,
+                             void *userdata, sbx_result *out, sbx_error *err);
 /* Close a session and destroy its VM. *exec_count (if not NULL) gets how many execs it ran.
  * A session that is already gone is SBX_ERR_SESSION_CLOSED. */
-int sbx_session_close(sbx_client *c, const char *session_id, uint64_t *exec_count, sbx_error *err);
+SBX_API int sbx_session_close(sbx_client *c, const char *session_id, uint64_t *exec_count,
+                              sbx_error *err);
 /* The sessions sbxd holds (every user's that this daemon serves). *out is an array of *n
  * entries (NULL when there are none) to release with sbx_session_list_free. */
-int sbx_session_list(sbx_client *c, sbx_session_info **out, size_t *n, sbx_error *err);
-void sbx_session_list_free(sbx_session_info *list);
+SBX_API int sbx_session_list(sbx_client *c, sbx_session_info **out, size_t *n, sbx_error *err);
+SBX_API void sbx_session_list_free(sbx_session_info *list);
 
 /* ---- files in a session ---- */
 
@@ -278,21 +283,21 @@ void sbx_session_list_free(sbx_session_info *list);
 #define SBX_FILE_MAX (50u << 20) /* 50 MiB */
 
 /* Write len bytes of data to guest_path in the session (created or replaced). */
-int sbx_file_write(sbx_client *c, const char *session_id, const char *guest_path, const void *data,
-                   size_t len, sbx_error *err);
+SBX_API int sbx_file_write(sbx_client *c, const char *session_id, const char *guest_path,
+                           const void *data, size_t len, sbx_error *err);
 /* The same from a local file, streamed without holding it in memory. A file that changes while
  * it is being sent is refused (SBX_ERR_LOCAL_FILE) and nothing is written in the guest. */
-int sbx_file_write_path(sbx_client *c, const char *session_id, const char *guest_path,
-                        const char *local_path, sbx_error *err);
+SBX_API int sbx_file_write_path(sbx_client *c, const char *session_id, const char *guest_path,
+                                const char *local_path, sbx_error *err);
 /* Read guest_path into memory: *data gets a malloc'd buffer of *len bytes plus a NUL after them
  * (for convenience; the file may itself contain NULs); free() it. */
-int sbx_file_read(sbx_client *c, const char *session_id, const char *guest_path, char **data,
-                  size_t *len, sbx_error *err);
+SBX_API int sbx_file_read(sbx_client *c, const char *session_id, const char *guest_path,
+                          char **data, size_t *len, sbx_error *err);
 /* Read guest_path into local_path. The bytes go to a temporary file beside local_path, which
  * replaces local_path only after size and SHA-256 have checked out; on any failure local_path
  * is left as it was and no partial file remains. The new file gets mode 0666 less the umask. */
-int sbx_file_read_path(sbx_client *c, const char *session_id, const char *guest_path,
-                       const char *local_path, sbx_error *err);
+SBX_API int sbx_file_read_path(sbx_client *c, const char *session_id, const char *guest_path,
+                               const char *local_path, sbx_error *err);
 
 /* One entry of a directory listing. */
 typedef struct {
@@ -304,16 +309,16 @@ typedef struct {
 /* List the directory at path in the session; "" or NULL: the sandbox home. *out is an array of
  * *n entries (NULL when empty), names included in the same allocation; release it with
  * sbx_file_list_free. */
-int sbx_file_list(sbx_client *c, const char *session_id, const char *path, sbx_file_entry **out,
-                  size_t *n, sbx_error *err);
-void sbx_file_list_free(sbx_file_entry *entries);
+SBX_API int sbx_file_list(sbx_client *c, const char *session_id, const char *path,
+                          sbx_file_entry **out, size_t *n, sbx_error *err);
+SBX_API void sbx_file_list_free(sbx_file_entry *entries);
 
 /* ---- helpers ---- */
 
 /* A copy of len bytes as valid UTF-8, each invalid sequence replaced by U+FFFD (embedded NULs
  * are kept), NUL-terminated; *out_len (if not NULL) gets its length. For callers that must emit
  * text (JSON) from output bytes. NULL when out of memory; free() the result. */
-char *sbx_utf8_sanitize(const char *data, size_t len, size_t *out_len);
+SBX_API char *sbx_utf8_sanitize(const char *data, size_t len, size_t *out_len);
 
 #ifdef __cplusplus
 }

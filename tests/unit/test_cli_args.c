@@ -16,7 +16,7 @@
 #include <limits.h>
 #include <sys/stat.h>
 
-static char errbuf[512];
+static sbx_err err;
 
 /* Parse a NULL-terminated list of arguments (after "sbx"). */
 static int parse_v(args *a, const char *first, va_list ap)
@@ -27,8 +27,8 @@ static int parse_v(args *a, const char *first, va_list ap)
     for (const char *s = first; s; s = va_arg(ap, const char *))
         argv[argc++] = (char *)s;
     argv[argc] = NULL;
-    errbuf[0] = '\0';
-    return args_parse(argc, argv, a, errbuf, sizeof errbuf);
+    err = (sbx_err){0};
+    return args_parse(argc, argv, a, &err);
 }
 
 static int parse(args *a, const char *first, ...)
@@ -48,8 +48,8 @@ static void expect_error(const char *needle, const char *first, ...)
     va_start(ap, first);
     int rc = parse_v(&a, first, ap);
     va_end(ap);
-    if (rc != -1 || !strstr(errbuf, needle))
-        fail_msg("expected error containing \"%s\", got rc=%d \"%s\"", needle, rc, errbuf);
+    if (rc != -1 || !strstr(err.msg, needle))
+        fail_msg("expected error containing \"%s\", got rc=%d \"%s\"", needle, rc, err.msg);
     args_free(&a);
 }
 
@@ -59,8 +59,8 @@ static void test_no_command(void **state)
 {
     args a;
     char *argv[] = {"sbx", NULL};
-    assert_int_equal(args_parse(1, argv, &a, errbuf, sizeof errbuf), -1);
-    assert_non_null(strstr(errbuf, "no command"));
+    assert_int_equal(args_parse(1, argv, &a, &err), -1);
+    assert_non_null(strstr(err.msg, "no command"));
     assert_int_equal(a.cmd, ARGS_CMD_NONE);
     args_free(&a);
     expect_error("unknown command `frobnicate` (commands: run, session, status)", "frobnicate",
@@ -375,14 +375,14 @@ static void test_env_count(void **state)
     /* Exactly the limit is fine (all but the last pair)... */
     char *last_e = argv[argc - 3], *last_kv = argv[argc - 2];
     argv[argc - 3] = "x";
-    assert_int_equal(args_parse(argc - 2, argv, &a, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_parse(argc - 2, argv, &a, &err), 0);
     assert_int_equal(a.n_env, SBX_MAX_ENV);
     args_free(&a);
     /* ...one more is not. */
     argv[argc - 3] = last_e;
     argv[argc - 2] = last_kv;
-    assert_int_equal(args_parse(argc, argv, &a, errbuf, sizeof errbuf), -1);
-    assert_non_null(strstr(errbuf, "101 environment variables; the limit is 100"));
+    assert_int_equal(args_parse(argc, argv, &a, &err), -1);
+    assert_non_null(strstr(err.msg, "101 environment variables; the limit is 100"));
     args_free(&a);
 }
 
@@ -410,8 +410,8 @@ static void test_later_features(void **state)
         args a;
         int rc = cases[i].next ? parse(&a, "run", cases[i].arg, cases[i].next, "x", NULL)
                                : parse(&a, "run", cases[i].arg, "x", NULL);
-        if (rc != -1 || strcmp(errbuf, want))
-            fail_msg("%s: rc=%d \"%s\"", cases[i].arg, rc, errbuf);
+        if (rc != -1 || strcmp(err.msg, want))
+            fail_msg("%s: rc=%d \"%s\"", cases[i].arg, rc, err.msg);
         args_free(&a);
     }
     /* Grouped with a flag before it. */
@@ -823,8 +823,8 @@ static void test_resolve(void **state)
     for (size_t i = 0; i < ARRAY_LEN(ok); i++) {
         args_source in = {ok[i].text, ok[i].inl};
         run_source s;
-        if (args_source_resolve(&in, ok[i].lang_opt, &s, errbuf, sizeof errbuf) < 0)
-            fail_msg("case %zu (%s): %s", i, ok[i].text, errbuf);
+        if (args_source_resolve(&in, ok[i].lang_opt, &s, &err) < 0)
+            fail_msg("case %zu (%s): %s", i, ok[i].text, err.msg);
         assert_int_equal(s.kind, ok[i].kind);
         assert_string_equal(s.language, ok[i].lang);
         assert_ptr_equal(s.arg, ok[i].text);
@@ -833,20 +833,20 @@ static void test_resolve(void **state)
 
     run_source s;
     args_source in = {missing, false};
-    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), -1);
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), -1);
     char want[256];
     snprintf(want, sizeof want, "file not found: %s", missing);
-    assert_string_equal(errbuf, want);
+    assert_string_equal(err.msg, want);
     in.text = "nope.js";
-    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), -1);
-    assert_string_equal(errbuf, "file not found: nope.js");
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), -1);
+    assert_string_equal(err.msg, "file not found: nope.js");
 
     char dirpy[128];
     snprintf(dirpy, sizeof dirpy, "%s/pkg.py", t->dir);
     assert_int_equal(mkdir(dirpy, 0700), 0);
     in.text = dirpy;
-    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), -1);
-    assert_non_null(strstr(errbuf, "is a directory"));
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), -1);
+    assert_non_null(strstr(err.msg, "is a directory"));
 }
 
 static void test_load(void **state)
@@ -858,37 +858,37 @@ static void test_load(void **state)
     args_source in = {path, false};
 
     write_file(path, "print('hi')\n", 12);
-    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
-    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), 0);
+    assert_int_equal(args_source_load(&s, NULL, &err), 0);
     assert_int_equal(s.code_len, 12);
     assert_string_equal(s.code, "print('hi')\n");
     args_source_free(&s);
 
     write_file(path, "", 0);
-    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
-    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), -1);
-    assert_non_null(strstr(errbuf, "code is empty"));
-    assert_non_null(strstr(errbuf, path));
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), 0);
+    assert_int_equal(args_source_load(&s, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "code is empty"));
+    assert_non_null(strstr(err.msg, path));
     args_source_free(&s);
 
     write_file(path, "a\0b", 3);
-    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
-    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), -1);
-    assert_non_null(strstr(errbuf, "NUL"));
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), 0);
+    assert_int_equal(args_source_load(&s, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "NUL"));
     args_source_free(&s);
 
     /* Exactly 1 MiB loads; one byte more does not. */
     char *big = malloc(SBX_MAX_CODE + 1);
     memset(big, '#', SBX_MAX_CODE + 1);
     write_file(path, big, SBX_MAX_CODE);
-    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
-    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), 0);
+    assert_int_equal(args_source_load(&s, NULL, &err), 0);
     assert_int_equal(s.code_len, SBX_MAX_CODE);
     args_source_free(&s);
     write_file(path, big, SBX_MAX_CODE + 1);
-    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
-    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), -1);
-    assert_non_null(strstr(errbuf, "over the limit"));
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), 0);
+    assert_int_equal(args_source_load(&s, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "over the limit"));
     args_source_free(&s);
     free(big);
 
@@ -896,30 +896,30 @@ static void test_load(void **state)
     char text[] = "print(42)\n";
     FILE *fp = fmemopen(text, strlen(text), "r");
     in.text = "-";
-    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
-    assert_int_equal(args_source_load(&s, fp, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), 0);
+    assert_int_equal(args_source_load(&s, fp, &err), 0);
     assert_string_equal(s.code, "print(42)\n");
     args_source_free(&s);
     fclose(fp);
     char empty[1] = "";
     fp = fmemopen(empty, 0, "r");
-    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
-    assert_int_equal(args_source_load(&s, fp, errbuf, sizeof errbuf), -1);
-    assert_string_equal(errbuf, "standard input: code is empty");
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), 0);
+    assert_int_equal(args_source_load(&s, fp, &err), -1);
+    assert_string_equal(err.msg, "standard input: code is empty");
     args_source_free(&s);
     fclose(fp);
 
     /* Inline. */
     in = (args_source){"print(1)", true};
-    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
-    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), 0);
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), 0);
+    assert_int_equal(args_source_load(&s, NULL, &err), 0);
     assert_string_equal(s.code, "print(1)");
     assert_int_equal(s.code_len, 8);
     args_source_free(&s);
     in = (args_source){"", true};
-    assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
-    assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), -1);
-    assert_string_equal(errbuf, "inline code: code is empty");
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), 0);
+    assert_int_equal(args_source_load(&s, NULL, &err), -1);
+    assert_string_equal(err.msg, "inline code: code is empty");
     args_source_free(&s);
 
     /* Unreadable file (skip when running as root, who reads anything). */
@@ -927,9 +927,9 @@ static void test_load(void **state)
         write_file(path, "x", 1);
         chmod(path, 0);
         in = (args_source){path, false};
-        assert_int_equal(args_source_resolve(&in, NULL, &s, errbuf, sizeof errbuf), 0);
-        assert_int_equal(args_source_load(&s, NULL, errbuf, sizeof errbuf), -1);
-        assert_non_null(strstr(errbuf, "Permission denied"));
+        assert_int_equal(args_source_resolve(&in, NULL, &s, &err), 0);
+        assert_int_equal(args_source_load(&s, NULL, &err), -1);
+        assert_non_null(strstr(err.msg, "Permission denied"));
         args_source_free(&s);
     }
 }
