@@ -42,27 +42,27 @@ int paths_default_socket(char *out, size_t n)
 int paths_cache_dir(char *out, size_t n, sbx_err *err)
 {
     const char *s = getenv("EXEC_SANDBOX_CACHE_DIR");
-    const char *fmt = "%s";
+    const char *suffix = "";
     if (!s || !*s) {
         s = getenv("XDG_CACHE_HOME");
-        fmt = "%s/exec-sandbox";
+        suffix = "/exec-sandbox";
     }
     if (!s || !*s) {
         s = getenv("HOME");
-        fmt = "%s/.cache/exec-sandbox";
+        suffix = "/.cache/exec-sandbox";
     }
     /* No home (a system service): root's cache goes where the FHS puts caches; anyone else must
      * say. Never the shared /tmp, where another user could create the directory first. */
     if ((!s || !*s) && geteuid() == 0) {
         s = PATHS_SYSTEM_CACHE_DIR;
-        fmt = "%s";
+        suffix = "";
     }
     if (!s || !*s)
         return sbx_fail(err, ENOENT,
                         "no cache directory: $HOME is not set; set EXEC_SANDBOX_CACHE_DIR (or "
                         "cache_dir, --cache-dir) to a directory of uid %u that others cannot write",
                         (unsigned)geteuid());
-    if (fit(snprintf(out, n, fmt, s), n) < 0)
+    if (fit(snprintf(out, n, "%s%s", s, suffix), n) < 0)
         return sbx_fail(err, ENAMETOOLONG,
                         "cache directory path `%s...` is too long (at most %zu "
                         "bytes)",
