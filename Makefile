@@ -16,7 +16,7 @@ GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
 COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c
 SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor/request.c \
-	supervisor/run.c \
+	supervisor/run.c supervisor/conn.c \
 	supervisor/sched.c \
 	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
 	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c supervisor/spawn.c \
@@ -123,7 +123,7 @@ $(BUILD)/fuzz/fuzz_qmp: tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c $(G
 		$(GEN_C) -lprotobuf-c -ljansson
 # The life of control connections: sbxd's control, request and session rooms on a real loop
 # against a fake scheduler (the input is a script of connects, writes, closes, VM answers).
-CONN_FUZZ_SRC = tests/fuzz/fuzz_control_conn.c supervisor/control.c supervisor/request.c \
+CONN_FUZZ_SRC = tests/fuzz/fuzz_control_conn.c supervisor/control.c supervisor/conn.c supervisor/request.c \
 	supervisor/session.c supervisor/config.c proto/frame.c common/sbx_limits.c common/paths.c
 $(BUILD)/fuzz/fuzz_control_conn: $(CONN_FUZZ_SRC) $(GEN_C) $(GEN_H) supervisor/*.h common/*.h proto/*.h
 	@mkdir -p $(dir $@)

@@ -1,8 +1,8 @@
-/* The control socket and the life of each connection: accept (bounded by max_connections, with
- * a back-off when the process is out of descriptors), authenticate by SO_PEERCRED, read frames
- * under a deadline (Hello within hello_timeout_seconds, any frame once begun within
- * frame_timeout_seconds), queue replies (write readiness is asked of libev only while output is
- * queued, and a client that lets more than max_client_buffer_mb pile up is dropped).
+/* The control socket and the life of each client: accept (bounded by max_connections, with a
+ * back-off when the process is out of descriptors), authenticate by SO_PEERCRED, read frames
+ * (conn.c) under a deadline (Hello within hello_timeout_seconds, any frame once begun within
+ * frame_timeout_seconds), queue replies (a client that lets more than max_client_buffer_mb pile
+ * up is dropped).
  *
  * A connection is never freed under a caller. Closing one only marks it dead, stops its
  * watchers and closes its socket; replies to a dead connection are dropped. The scheduler,
@@ -16,7 +16,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "frame.h"
+#include "conn.h"
 #include "paths.h"
 #include "sbxd.h"
 
@@ -26,11 +26,8 @@
 #define REFUSED_MAX_CONNECTIONS 16
 
 struct client {
-    int fd;
-    ev_io rio, wio;
+    conn conn;
     ev_timer deadline; /* Hello, a frame in progress, or the last reply of a closing client */
-    frame_reader rd;
-    frame_writer wr;
     client_peer peer;
     bool closing; /* close once the queue is flushed */
     bool dead;    /* closed: waiting for the reaper */
@@ -71,8 +68,6 @@ static void reap_cb(EV_P_ ev_prepare *w, int revents)
         run_client_gone(c);
         session_client_gone(c);
         pool_client_gone(c);
-        frame_reader_free(&c->rd);
-        frame_writer_free(&c->wr);
         free(c);
     }
     ev_prepare_stop(EV_A_ w);
@@ -85,11 +80,8 @@ static void client_close(client *c)
     if (c->dead)
         return;
     c->dead = true;
-    ev_io_stop(EV_DEFAULT, &c->rio);
-    ev_io_stop(EV_DEFAULT, &c->wio);
+    conn_close(&c->conn);
     ev_timer_stop(EV_DEFAULT, &c->deadline);
-    close(c->fd);
-    c->fd = -1;
     for (client **p = &clients; *p; p = &(*p)->next)
         if (*p == c) {
             *p = c->next;
@@ -124,43 +116,23 @@ static void deadline_cb(EV_P_ ev_timer *w, int revents)
     client_close(c);
 }
 
-static void client_flush(client *c)
-{
-    int rc = frame_writer_flush(&c->wr, c->fd);
-    if (rc < 0) {
-        /* A client that went away is no news; anything else is. */
-        if (errno != EPIPE && errno != ECONNRESET)
-            slog("client pid %d: write: %s; closing", (int)c->peer.pid, strerror(errno));
-        client_close(c);
-    } else if (rc == 1) {
-        ev_io_start(EV_DEFAULT, &c->wio);
-    } else {
-        ev_io_stop(EV_DEFAULT, &c->wio);
-        if (c->closing)
-            client_close(c);
-    }
-}
-
 void control_send(client *c, Sbx__Control__Reply *r)
 {
     if (!c || c->dead)
         return;
     size_t add = protobuf_c_message_get_packed_size(&r->base) + FRAME_HDR;
-    if (frame_writer_queued(&c->wr) + add > (size_t)cfg.max_client_buffer_mb << 20) {
+    if (conn_queued(&c->conn) + add > (size_t)cfg.max_client_buffer_mb << 20) {
         slog("client pid %d: does not read its replies (%zu bytes queued, limit %u MiB); "
              "dropping it",
-             (int)c->peer.pid, frame_writer_queued(&c->wr), cfg.max_client_buffer_mb);
+             (int)c->peer.pid, conn_queued(&c->conn), cfg.max_client_buffer_mb);
         dropped_total++;
         client_close(c);
         return;
     }
-    if (frame_writer_put(&c->wr, &r->base) < 0) {
+    if (conn_send(&c->conn, &r->base) < 0) {
         slog("client pid %d: cannot queue reply: %s; closing", (int)c->peer.pid, strerror(errno));
         client_close(c);
-        return;
     }
-    if (!ev_is_active(&c->wio))
-        client_flush(c);
 }
 
 /* After a read: Hello has its own deadline from accept; later, only a frame in progress has
@@ -169,7 +141,7 @@ static void update_deadline(client *c)
 {
     if (c->closing || !c->peer.helloed)
         return;
-    if (frame_reader_pending(&c->rd) == 0)
+    if (conn_partial(&c->conn) == 0)
         ev_timer_stop(EV_DEFAULT, &c->deadline);
     else if (!ev_is_active(&c->deadline))
         set_deadline(c, cfg.frame_timeout_seconds);
@@ -180,59 +152,76 @@ static void start_closing(client *c)
     if (c->dead) /* its reply could not be sent: already closed */
         return;
     c->closing = true;
-    ev_io_stop(EV_DEFAULT, &c->rio);
-    if (!frame_writer_queued(&c->wr))
+    conn_stop_reading(&c->conn);
+    if (!conn_queued(&c->conn))
         client_close(c);
     else
         set_deadline(c, CLIENT_LINGER_S);
 }
 
-static void client_read_cb(EV_P_ ev_io *w, int revents)
+/* ---- the connection's side (conn_ops) ---- */
+
+static bool client_frame(void *owner, const uint8_t *data, size_t len)
 {
-    client *c = w->data;
-    ssize_t n = frame_reader_fill(&c->rd, c->fd);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-        return;
-    if (n <= 0) {
-        if (frame_reader_pending(&c->rd))
-            slog("client pid %d: connection closed inside a frame", (int)c->peer.pid);
+    client *c = owner;
+    switch (request_handle(c, &c->peer, data, len)) {
+    case REQUEST_OK:
+        break;
+    case REQUEST_HELLOED:
+        c->peer.helloed = true;
+        ev_timer_stop(EV_DEFAULT, &c->deadline);
+        break;
+    case REQUEST_CLOSE_AFTER_REPLY:
+        start_closing(c);
+        break;
+    case REQUEST_CLOSE:
         client_close(c);
-        return;
+        break;
     }
-    sbxd_activity();
-    const uint8_t *f;
-    size_t len;
-    int r;
-    while (!c->dead && !c->closing && (r = frame_reader_next(&c->rd, &f, &len)) != 0) {
-        if (r < 0) {
-            slog("client pid %d: frame over the %zu-byte limit; closing", (int)c->peer.pid,
-                 c->rd.max_frame);
-            client_close(c);
-            return;
-        }
-        switch (request_handle(c, &c->peer, f, len)) {
-        case REQUEST_OK:
-            break;
-        case REQUEST_HELLOED:
-            c->peer.helloed = true;
-            ev_timer_stop(EV_DEFAULT, &c->deadline);
-            break;
-        case REQUEST_CLOSE_AFTER_REPLY:
-            start_closing(c);
-            break;
-        case REQUEST_CLOSE:
-            client_close(c);
-            break;
-        }
-    }
-    if (!c->dead)
-        update_deadline(c);
+    return !c->dead && !c->closing;
 }
 
-static void client_write_cb(EV_P_ ev_io *w, int revents)
+static void client_ended(void *owner, int err)
 {
-    client_flush(w->data);
+    client *c = owner;
+    if (err == EMSGSIZE)
+        slog("client pid %d: frame over the %zu-byte limit; closing", (int)c->peer.pid,
+             c->conn.rd.max_frame);
+    else if (conn_partial(&c->conn))
+        slog("client pid %d: connection closed inside a frame", (int)c->peer.pid);
+    client_close(c);
 }
+
+static void client_write_failed(void *owner, int err)
+{
+    client *c = owner;
+    /* A client that went away is no news; anything else is. */
+    if (err != EPIPE && err != ECONNRESET)
+        slog("client pid %d: write: %s; closing", (int)c->peer.pid, strerror(err));
+    client_close(c);
+}
+
+static void client_drained(void *owner)
+{
+    client *c = owner;
+    if (c->closing)
+        client_close(c);
+}
+
+static void client_after_read(void *owner)
+{
+    client *c = owner;
+    sbxd_activity();
+    update_deadline(c);
+}
+
+static const conn_ops client_conn = {
+    .frame = client_frame,
+    .ended = client_ended,
+    .write_failed = client_write_failed,
+    .drained = client_drained,
+    .after_read = client_after_read,
+};
 
 /* Our own user and root always; others only when listed in allowed_uids. */
 static bool uid_allowed(uid_t uid)
@@ -256,14 +245,10 @@ client *control_adopt(int fd, uid_t uid, pid_t pid)
         close(fd);
         return NULL;
     }
-    c->fd = fd;
     c->peer.uid = uid;
     c->peer.pid = pid;
-    frame_reader_init(&c->rd, FRAME_MAX_CONTROL);
-    ev_io_init(&c->rio, client_read_cb, fd, EV_READ);
-    ev_io_init(&c->wio, client_write_cb, fd, EV_WRITE);
     ev_timer_init(&c->deadline, deadline_cb, cfg.hello_timeout_seconds, 0.);
-    c->rio.data = c->wio.data = c->deadline.data = c;
+    c->deadline.data = c;
     c->next = clients;
     clients = c;
     nclients++;
@@ -272,10 +257,10 @@ client *control_adopt(int fd, uid_t uid, pid_t pid)
         /* Answer its Hello (with its id) rather than hang up while it is still writing. */
         slog("refused client pid %d uid %u (not allowed)", (int)pid, (unsigned)uid);
         c->peer.refused = true;
-        c->rd.max_frame = REFUSED_MAX_FRAME;
         nrefused_uid++;
     }
-    ev_io_start(EV_DEFAULT, &c->rio);
+    conn_init(&c->conn, fd, c->peer.refused ? REFUSED_MAX_FRAME : FRAME_MAX_CONTROL, &client_conn,
+              c);
     ev_timer_start(EV_DEFAULT, &c->deadline);
     return c;
 }

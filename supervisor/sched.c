@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "cgroup.h"
-#include "frame.h"
+#include "conn.h"
 #include "paths.h"
 #include "sbxd.h"
 #include "snapshot.h"
@@ -33,15 +33,12 @@ typedef struct job {
     uint64_t req_id;
     uint64_t t_accept, t_dispatch;
     pid_t pid;
-    int fd;
-    ev_io rio, wio;
+    conn link; /* to its worker; link.fd is -1 until the worker runs and after it ends */
     ev_child child;
     ev_timer qtimer;
     ev_timer deadline; /* sbxd's own: a worker that does not answer in time is killed */
     uint32_t deadline_s;
     int32_t uid_slot; /* index into the VM uid range while running, else -1 */
-    frame_reader rd;
-    frame_writer wr;
     char run_dir[256];
     cgroup_vm cg;
     bool closing;
@@ -96,14 +93,11 @@ static void job_free(job *j)
         ev_timer_stop(EV_DEFAULT, &j->qtimer);
         nqueued--;
     } else {
-        ev_io_stop(EV_DEFAULT, &j->rio);
-        ev_io_stop(EV_DEFAULT, &j->wio);
+        conn_close(&j->link);
         ev_child_stop(EV_DEFAULT, &j->child);
         ev_timer_stop(EV_DEFAULT, &j->deadline);
         if (j->uid_slot >= 0) /* the worker is reaped: its QEMU died with its pid namespace */
             spawn_uid_free(j->uid_slot);
-        if (j->fd >= 0)
-            close(j->fd);
         /* What QEMU left there, and the jail's (empty) mount point. */
         if (j->run_dir[0] && paths_rm_tree_at(AT_FDCWD, j->run_dir, 2) < 0)
             slog("vm %llu: cannot remove `%s`: %s", (unsigned long long)j->seq, j->run_dir,
@@ -114,8 +108,6 @@ static void job_free(job *j)
             nclosing--;
     }
     job_unlink(j);
-    frame_reader_free(&j->rd);
-    frame_writer_free(&j->wr);
     free(j);
     sbxd_activity();
 }
@@ -173,7 +165,7 @@ static job *job_new(void)
     job *j = calloc(1, sizeof *j);
     if (j) {
         j->seq = ++seq;
-        j->fd = -1;
+        j->link.fd = -1;
         j->uid_slot = -1;
     }
     return j;
@@ -226,7 +218,6 @@ static void job_enqueue(job *j)
     if (nrunning >= cfg.max_concurrent_vms)
         slog("vm %llu: waiting for a slot (%s)", (unsigned long long)j->seq, job_kind(j));
     j->state = JOB_QUEUED;
-    j->fd = -1;
     j->t_accept = now_ms();
     ev_timer_init(&j->qtimer, qtimer_cb, cfg.queue_timeout_seconds, 0);
     j->qtimer.data = j;
@@ -260,15 +251,12 @@ job *sched_open_vm(const char *language, uint32_t memory_mb, const vm_owner_ops 
 
 int sched_vm_send(job *j, Sbx__Worker__ToWorker *m)
 {
-    if (j->state != JOB_RUNNING || j->fd < 0) {
+    if (j->state != JOB_RUNNING) {
         errno = ENOTCONN;
         return -1;
     }
     m->id = j->req_id;
-    if (frame_writer_put(&j->wr, &m->base) < 0)
-        return -1;
-    ev_io_start(EV_DEFAULT, &j->wio);
-    return 0;
+    return conn_send(&j->link, &m->base);
 }
 
 bool sched_vm_started(const job *j)
@@ -355,71 +343,58 @@ static void child_cb(EV_P_ ev_child *w, int revents)
     job *j = w->data;
     j->pid = -1;
     /* Read what the worker wrote before it died: its result may still be in the socket. */
-    for (;;) {
-        ssize_t n = frame_reader_fill(&j->rd, j->fd);
-        const uint8_t *f;
-        size_t len;
-        while (frame_reader_next(&j->rd, &f, &len) == 1) {
-            Sbx__Worker__FromWorker *m = sbx__worker__from_worker__unpack(NULL, len, f);
-            if (m) {
-                job_forward(j, m);
-                sbx__worker__from_worker__free_unpacked(m, NULL);
-            }
-        }
-        if (n <= 0)
-            break;
-    }
+    conn_drain(&j->link);
     job_finish(j, w->rstatus);
 }
 
-static void worker_read_cb(EV_P_ ev_io *w, int revents)
+/* ---- the link to the worker (conn_ops): its frames go to the owner; when it breaks, the
+ * worker is killed and its exit (child_cb) reports ---- */
+
+static bool link_frame(void *owner, const uint8_t *data, size_t len)
 {
-    job *j = w->data;
-    ssize_t n = frame_reader_fill(&j->rd, j->fd);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-        return;
-    if (n <= 0) {
-        /* EOF: the child watcher reports how it ended. */
-        ev_io_stop(EV_DEFAULT, &j->rio);
-        return;
-    }
-    const uint8_t *f;
-    size_t len;
-    int r;
-    while ((r = frame_reader_next(&j->rd, &f, &len)) == 1) {
-        Sbx__Worker__FromWorker *m = sbx__worker__from_worker__unpack(NULL, len, f);
-        if (!m) {
-            slog("vm %llu: undecodable frame from worker; killing it", (unsigned long long)j->seq);
+    job *j = owner;
+    Sbx__Worker__FromWorker *m = sbx__worker__from_worker__unpack(NULL, len, data);
+    if (!m) {
+        slog("vm %llu: undecodable frame from worker; killing it", (unsigned long long)j->seq);
+        if (j->pid > 0)
             kill(j->pid, SIGKILL);
-            ev_io_stop(EV_DEFAULT, &j->rio);
-            return;
-        }
-        if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED) {
-            slog("vm %llu: booted in %llu ms (%s)", (unsigned long long)j->seq,
-                 (unsigned long long)m->booted->boot_ms, job_kind(j));
-        }
-        job_forward(j, m);
-        sbx__worker__from_worker__free_unpacked(m, NULL);
+        conn_stop_reading(&j->link);
+        return false;
     }
-    if (r < 0) {
-        slog("vm %llu: oversized frame from worker; killing it", (unsigned long long)j->seq);
-        kill(j->pid, SIGKILL);
-        ev_io_stop(EV_DEFAULT, &j->rio);
-    }
+    if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_BOOTED)
+        slog("vm %llu: booted in %llu ms (%s)", (unsigned long long)j->seq,
+             (unsigned long long)m->booted->boot_ms, job_kind(j));
+    job_forward(j, m);
+    sbx__worker__from_worker__free_unpacked(m, NULL);
+    return true;
 }
 
-static void worker_write_cb(EV_P_ ev_io *w, int revents)
+static void link_ended(void *owner, int err)
 {
-    job *j = w->data;
-    int rc = frame_writer_flush(&j->wr, j->fd);
-    if (rc != 1)
-        ev_io_stop(EV_DEFAULT, &j->wio);
+    job *j = owner;
+    if (err == EMSGSIZE) {
+        slog("vm %llu: oversized frame from worker; killing it", (unsigned long long)j->seq);
+        if (j->pid > 0)
+            kill(j->pid, SIGKILL);
+    }
+    /* EOF: the child watcher reports how it ended. */
 }
+
+static void link_write_failed(void *owner, int err)
+{
+    /* The worker is gone or going: its exit reports it. */
+}
+
+static const conn_ops link_conn = {
+    .frame = link_frame,
+    .ended = link_ended,
+    .write_failed = link_write_failed,
+};
 
 static int queue_to_worker(job *j, Sbx__Worker__ToWorker *m)
 {
     m->id = j->req_id;
-    return frame_writer_put(&j->wr, &m->base);
+    return conn_send(&j->link, &m->base);
 }
 
 /* Start a worker for j (already counted as running). Returns -1 after answering j. */
@@ -459,12 +434,12 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
         job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "%s", err.msg);
         return -1;
     }
-    if (spawn_worker(&j->cg, j->seq, userns, &j->pid, &j->fd, &err) < 0) {
+    int fd;
+    if (spawn_worker(&j->cg, j->seq, userns, &j->pid, &fd, &err) < 0) {
         job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "start VM worker: %s",
                   err.msg);
         return -1;
     }
-    frame_reader_init(&j->rd, FRAME_MAX_WORKER);
     Sbx__Control__Hello h = SBX__CONTROL__HELLO__INIT;
     h.protocol_version = SBX_PROTOCOL_VERSION;
     h.client = "sbxd/" SBX_VERSION;
@@ -493,12 +468,9 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     Sbx__Worker__ToWorker m2 = SBX__WORKER__TO_WORKER__INIT;
     m2.body_case = SBX__WORKER__TO_WORKER__BODY_START;
     m2.start = &vc;
-    ev_io_init(&j->rio, worker_read_cb, j->fd, EV_READ);
-    ev_io_init(&j->wio, worker_write_cb, j->fd, EV_WRITE);
+    conn_init(&j->link, fd, FRAME_MAX_WORKER, &link_conn, j);
     ev_child_init(&j->child, child_cb, j->pid, 0);
-    j->rio.data = j->wio.data = j->child.data = j;
-    ev_io_start(EV_DEFAULT, &j->rio);
-    ev_io_start(EV_DEFAULT, &j->wio);
+    j->child.data = j;
     ev_child_start(EV_DEFAULT, &j->child);
     /* The owner's first request goes behind the start (its watchers exist from here on). */
     if (queue_to_worker(j, &m1) < 0 || queue_to_worker(j, &m2) < 0 ||
