@@ -19,7 +19,7 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 WORKER_SRC = vmworker/worker.c vmworker/qemu.c vmworker/jail.c vmworker/qmp.c vmworker/balloon.c
 LIBSBX_SRC = cli/libsbx.c
 SBX_SRC = cli/sbx.c cli/args.c
-AGENT_SRC = agent/agent.c agent/sandbox.c agent/repl.c agent/files.c agent/zram.c
+AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/exec.c agent/sandbox.c agent/repl.c agent/files.c agent/zram.c
 
 .PHONY: fuzz all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan
 

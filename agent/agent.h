@@ -131,6 +131,64 @@ void files_pump(struct chan *c);
 /* The host went away: drop any transfer in progress (and its partial file). */
 void files_abort(void);
 
+/* ---- main loop and dispatch (agent.c) ------------------------------------------------------- */
+
+#define AGENT_CHUNK (64u * 1024u)
+
+struct run {
+    pid_t pid; /* 0: no exec in progress; keep_state: the REPL's */
+    uint64_t id;
+    struct repl *repl; /* keep_state: the REPL running it */
+    int fd[2];         /* one-shot: read ends of stdout, stderr; -1 once at EOF */
+    size_t cap[2], sent[2];
+    bool trunc[2];
+    uint64_t start_ms, deadline_ms, kill_ms, exit_ms, drain_until_ms;
+    bool term_sent, kill_sent, timed_out, exited;
+    bool reset;   /* keep_state: the REPL had ended since the last exec, its state with it */
+    bool have_rc; /* keep_state: the REPL reported the code's exit code */
+    int rc;
+    int status;
+};
+
+struct agent {
+    struct chan ch;
+    struct run run;
+    int sigfd;
+    int rng_fd;
+    bool net_done; /* hostname and loopback, deferred until the first Ready */
+    char kernel[65];
+};
+
+void agent_handle(struct agent *a, const uint8_t *data, size_t len);
+
+/* ---- log and host channel (chan.c) ---------------------------------------------------------- */
+
+__attribute__((format(printf, 1, 2), noreturn)) void agent_fatal(const char *fmt, ...);
+void chan_flush(struct chan *c);
+void chan_read(struct agent *a);
+void agent_ready(struct agent *a, uint64_t id);
+
+/* ---- boot (boot.c) -------------------------------------------------------------------------- */
+
+extern int initrd_dev_fd;
+int boot_early(sbx_err *err);
+int boot_mount_newroot(sbx_err *err);
+int boot_open_port(sbx_err *err);
+void boot_net_and_name(void);
+int boot_switch_root(sbx_err *err);
+int boot_hide_cmdline(sbx_err *err);
+void agent_hello(struct agent *a, const Sbx__Agent__Hello *h);
+
+/* ---- exec (exec.c) -------------------------------------------------------------------------- */
+
+int run_pipe_read(struct agent *a, int *fd, int s, bool to_exec);
+int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *in, sbx_err *err);
+void run_repl_result(struct agent *a, int rc);
+void run_timers(struct agent *a, uint64_t now);
+void agent_reap(struct agent *a);
+void agent_warm(struct agent *a, uint64_t id, const Sbx__Agent__Warm *w);
+void agent_warm_done(struct agent *a, struct repl *rp, bool ok);
+
 /* zram.c: compressed swap in guest RAM, set up once after the first Ready. */
 void zram_swap_on(int dev_dir_fd);
 
