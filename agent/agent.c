@@ -1,26 +1,21 @@
-/* sbx-agent: PID 1 of the guest. Boots the sandbox (mounts, root switch, /dev built from scratch),
- * answers the host over the virtio-serial port "sbx.agent", and runs untrusted code as uid 1000
- * with no_new_privs, streaming its output under caps and a deadline: one-shot in a fresh
- * interpreter, or in a persistent REPL (repl.c). It also reseeds the RNG and sets the clock on
- * each Hello, and moves files in and out of the home (files.c). Everything happens in one poll
- * loop, so the host channel keeps being served while code runs.
+/* sbx-agent: PID 1 of the guest. Boots the sandbox (boot.c), answers the host over the
+ * virtio-serial port "sbx.agent" (chan.c), and runs untrusted code as uid 1000 (exec.c, repl.c,
+ * sandbox.c) and moves files in and out of the home (files.c). This room is the one poll loop and
+ * the dispatch of host messages to those rooms; it holds no state of theirs.
  *
  * PID 1 must never return: a fatal error is logged to the kernel console and ends the VM with
  * reboot(2) (QEMU runs with -no-reboot, so that is a power-off). */
 #include "agent.h"
-#include "sbx_limits.h"
 
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 
 /* Backpressure: above this many queued bytes stop reading the child's pipes (the child then
- * blocks on its own writes), and above the second stop reading host frames too. */
+ * blocks on its own writes); chan.c stops reading host frames above a higher mark. */
 #define AGENT_QUEUE_PAUSE_PIPES (4u << 20)
-#define AGENT_QUEUE_PAUSE_PORT (8u << 20)
 
 /* protobuf-c cuts a string at an embedded NUL without a word. For the messages that carry
  * paths, a message that does not encode back to its own size held one (or was not in canonical
@@ -30,50 +25,46 @@ static bool agent_canonical(const Sbx__Agent__HostMsg *m, size_t len)
     return sbx__agent__host_msg__get_packed_size(m) == len;
 }
 
-void agent_handle(struct agent *a, const uint8_t *data, size_t len)
+static void agent_handle(struct chan *c, const uint8_t *data, size_t len)
 {
     Sbx__Agent__HostMsg *m = sbx__agent__host_msg__unpack(NULL, len, data);
     if (!m) {
-        chan_failure(&a->ch, 0, "undecodable frame of %zu bytes", len);
+        chan_failure(c, 0, "undecodable frame of %zu bytes", len);
         return;
     }
     sbx_err err = {0};
     switch (m->body_case) {
     case SBX__AGENT__HOST_MSG__BODY_HELLO:
-        agent_hello(a, m->hello);
-        agent_ready(a, m->id);
-        if (!a->net_done) {
-            a->net_done = true;
-            boot_net_and_name();
-            zram_swap_on(initrd_dev_fd);
-        }
+        boot_hello(m->hello);
+        chan_ready(c, m->id);
+        boot_late();
         break;
     case SBX__AGENT__HOST_MSG__BODY_EXEC:
-        if (a->run.pid)
-            chan_failure(&a->ch, m->id, "busy: an exec is already running");
-        else if (run_start(a, m->id, m->exec, &err) < 0)
-            chan_failure(&a->ch, m->id, "exec: %s", err.msg);
+        if (exec_busy())
+            chan_failure(c, m->id, "busy: an exec is already running");
+        else if (exec_start(c, m->id, m->exec, &err) < 0)
+            chan_failure(c, m->id, "exec: %s", err.msg);
         break;
     case SBX__AGENT__HOST_MSG__BODY_WARM:
-        agent_warm(a, m->id, m->warm);
+        exec_warm(c, m->id, m->warm);
         break;
     case SBX__AGENT__HOST_MSG__BODY_FILE_WRITE:
     case SBX__AGENT__HOST_MSG__BODY_FILE_READ:
     case SBX__AGENT__HOST_MSG__BODY_FILE_LIST:
         if (!agent_canonical(m, len))
-            chan_failure(&a->ch, m->id, "malformed file request (a NUL in the path?)");
+            chan_failure(c, m->id, "malformed file request (a NUL in the path?)");
         else if (m->body_case == SBX__AGENT__HOST_MSG__BODY_FILE_WRITE)
-            files_write(&a->ch, m->id, m->file_write);
+            files_write(c, m->id, m->file_write);
         else if (m->body_case == SBX__AGENT__HOST_MSG__BODY_FILE_READ)
-            files_read(&a->ch, m->id, m->file_read);
+            files_read(c, m->id, m->file_read);
         else
-            files_list(&a->ch, m->id, m->file_list);
+            files_list(c, m->id, m->file_list);
         break;
     case SBX__AGENT__HOST_MSG__BODY_FILE_CHUNK:
-        files_chunk(&a->ch, m->id, m->file_chunk);
+        files_chunk(c, m->id, m->file_chunk);
         break;
     default:
-        chan_failure(&a->ch, m->id, "unexpected message (body %d)", (int)m->body_case);
+        chan_failure(c, m->id, "unexpected message (body %d)", (int)m->body_case);
         break;
     }
     sbx__agent__host_msg__free_unpacked(m, NULL);
@@ -81,53 +72,23 @@ void agent_handle(struct agent *a, const uint8_t *data, size_t len)
 
 /* ---- loop --------------------------------------------------------------------------------- */
 
-/* Per REPL: stdout, stderr, results. */
-enum { PFD_SIG, PFD_PORT, PFD_OUT, PFD_ERR, PFD_REPL, PFD_N = PFD_REPL + 3 * REPL_N };
+enum { PFD_PORT, PFD_EXEC, PFD_N = PFD_EXEC + EXEC_PFD_N };
 
-static void agent_loop(struct agent *a)
+static void agent_loop(struct chan *c)
 {
-    struct chan *c = &a->ch;
-    struct run *r = &a->run;
     for (;;) {
         uint64_t now = now_ms();
-        run_timers(a, now);
+        exec_timers(c, now);
         if (files_ready(c))
             files_pump(c);
-        size_t queued = frame_writer_queued(&c->wr);
+        size_t queued = chan_queued(c);
         struct pollfd p[PFD_N];
         for (int i = 0; i < PFD_N; i++)
             p[i] = (struct pollfd){.fd = -1};
-        p[PFD_SIG] = (struct pollfd){.fd = a->sigfd, .events = POLLIN};
-        uint64_t next = UINT64_MAX;
-        if (now >= c->retry_at) {
-            p[PFD_PORT].fd = c->fd;
-            p[PFD_PORT].events =
-                (queued < AGENT_QUEUE_PAUSE_PORT ? POLLIN : 0) | (queued > 0 ? POLLOUT : 0);
-        } else {
-            next = c->retry_at;
-        }
-        bool pipes = queued < AGENT_QUEUE_PAUSE_PIPES;
-        if (r->pid) {
-            for (int s = 0; s < 2 && pipes; s++)
-                if (r->fd[s] >= 0)
-                    p[PFD_OUT + s] = (struct pollfd){.fd = r->fd[s], .events = POLLIN};
-            uint64_t t = r->exited      ? r->drain_until_ms
-                         : r->kill_sent ? UINT64_MAX
-                         : r->term_sent ? r->kill_ms
-                                        : r->deadline_ms;
-            if (t < next)
-                next = t;
-        }
-        for (int i = 0; i < REPL_N; i++) {
-            struct repl *rp = &repls[i];
-            /* Output between execs is read (and dropped) whatever the queue holds. */
-            bool mine = r->pid && r->repl == rp;
-            for (int s = 0; s < 2; s++)
-                if (rp->out[s] >= 0 && (pipes || !mine))
-                    p[PFD_REPL + 3 * i + s] = (struct pollfd){.fd = rp->out[s], .events = POLLIN};
-            if (rp->result >= 0)
-                p[PFD_REPL + 3 * i + 2] = (struct pollfd){.fd = rp->result, .events = POLLIN};
-        }
+        uint64_t next = chan_poll_set(c, now, &p[PFD_PORT]);
+        uint64_t t = exec_poll_set(&p[PFD_EXEC], queued < AGENT_QUEUE_PAUSE_PIPES);
+        if (t < next)
+            next = t;
         if (files_ready(c))
             next = now;
         int timeout = -1;
@@ -139,31 +100,9 @@ static void agent_loop(struct agent *a)
                 continue;
             agent_fatal("poll: %s", strerror(errno));
         }
-        if (p[PFD_SIG].revents)
-            agent_reap(a);
-        short pr = p[PFD_PORT].revents;
-        if (pr & POLLOUT)
-            chan_flush(c);
-        if (pr & (POLLIN | POLLHUP | POLLERR))
-            chan_read(a);
-        for (int s = 0; s < 2; s++)
-            if (p[PFD_OUT + s].revents && r->pid && !r->repl && r->fd[s] >= 0)
-                run_pipe_read(a, &r->fd[s], s, true);
-        for (int i = 0; i < REPL_N; i++) {
-            struct repl *rp = &repls[i];
-            bool mine = r->pid && r->repl == rp;
-            for (int s = 0; s < 2; s++)
-                if (p[PFD_REPL + 3 * i + s].revents && rp->out[s] >= 0)
-                    run_pipe_read(a, &rp->out[s], s, mine);
-            if (p[PFD_REPL + 3 * i + 2].revents && rp->result >= 0) {
-                int rc;
-                int got = repl_read_result(rp, &rc);
-                if (got == 1 && mine && !r->exited)
-                    run_repl_result(a, rc);
-                else if (got == 1 && rp->warming)
-                    agent_warm_done(a, rp, true);
-            }
-        }
+        exec_poll_sig(c, &p[PFD_EXEC]);
+        chan_poll_event(c, p[PFD_PORT].revents);
+        exec_poll_events(c, &p[PFD_EXEC]);
     }
 }
 
@@ -184,25 +123,19 @@ int main(int argc, char **argv)
     if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
         agent_fatal("sigprocmask: %s", strerror(errno));
     signal(SIGPIPE, SIG_IGN);
-    static struct agent a;
-    a.run.fd[0] = a.run.fd[1] = -1;
-    a.rng_fd = -1;
-    a.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (a.sigfd < 0)
+    int sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sigfd < 0)
         agent_fatal("signalfd: %s", strerror(errno));
-    struct utsname u;
-    if (uname(&u) == 0)
-        snprintf(a.kernel, sizeof a.kernel, "%s", u.release);
+    exec_init(sigfd);
     if (boot_mount_newroot(&err) < 0)
         agent_fatal("%s", err.msg);
-    a.ch.fd = boot_open_port(&err);
-    if (a.ch.fd < 0)
+    int port = boot_open_port(&err);
+    if (port < 0)
         agent_fatal("%s", err.msg);
     /* The REPL wrappers stay in the initramfs, which the root switch puts out of reach. */
     repl_set_source(open("/repl", O_PATH | O_DIRECTORY | O_CLOEXEC));
     if (boot_switch_root(&err) < 0 || boot_hide_cmdline(&err) < 0)
         agent_fatal("%s", err.msg);
-    frame_reader_init(&a.ch.rd, FRAME_MAX_AGENT);
-    agent_loop(&a);
+    agent_loop(chan_open(port, agent_handle));
     agent_fatal("main loop returned");
 }

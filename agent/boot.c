@@ -1,4 +1,7 @@
-/* Moved from agent.c: what PID 1 sets up. */
+/* What PID 1 sets up, and nothing it runs: the mounts and the root switch, a /dev built from
+ * scratch, the agent's port, the hidden kernel command line, hostname, loopback and swap, and the
+ * RNG seed and clock of each Hello. It must never leave the code a way to the initramfs, the disk
+ * or the port. */
 #include "agent.h"
 
 #include <dirent.h>
@@ -23,7 +26,15 @@
 #define AGENT_SEED_MIN 16
 #define AGENT_SEED_MAX 512
 
-int initrd_dev_fd = -1;
+/* The initramfs /dev: the console, the port and urandom are opened from it, and the code never
+ * sees it. */
+static int initrd_dev_fd = -1;
+static int rng_fd = -1;
+
+int boot_dev_dir(void)
+{
+    return initrd_dev_fd;
+}
 
 static void sleep_ms(unsigned ms)
 {
@@ -208,7 +219,7 @@ int boot_open_port(sbx_err *err)
 
 /* Costs ~10 ms under TCG (loopback up), so it runs right after the first Ready is on its way
  * rather than before it; any exec is handled after it. */
-void boot_net_and_name(void)
+static void boot_net_and_name(void)
 {
     if (sethostname("sandbox", 7) < 0)
         agent_log("sethostname: %s", strerror(errno));
@@ -223,6 +234,18 @@ void boot_net_and_name(void)
     ifr.ifr_flags |= IFF_UP;
     if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
         agent_log("loopback up: %s", strerror(errno));
+}
+
+/* Once, after the first Ready is on its way: hostname, loopback and zram swap (milliseconds under
+ * TCG that the first answer need not wait for). */
+void boot_late(void)
+{
+    static bool done;
+    if (done)
+        return;
+    done = true;
+    boot_net_and_name();
+    zram_swap_on(initrd_dev_fd);
 }
 
 int boot_switch_root(sbx_err *err)
@@ -278,7 +301,7 @@ int boot_hide_cmdline(sbx_err *err)
 
 /* Seed and clock, on every Hello: after a memory snapshot is restored, VMs that share its
  * memory must not share their RNG state, and the guest clock is as old as the snapshot. */
-void agent_hello(struct agent *a, const Sbx__Agent__Hello *h)
+void boot_hello(const Sbx__Agent__Hello *h)
 {
     if (h->seed.len >= AGENT_SEED_MIN && h->seed.len <= AGENT_SEED_MAX) {
         union {
@@ -288,14 +311,14 @@ void agent_hello(struct agent *a, const Sbx__Agent__Hello *h)
         u.info.entropy_count = (int)h->seed.len * 8;
         u.info.buf_size = (int)h->seed.len;
         memcpy(u.info.buf, h->seed.data, h->seed.len);
-        if (a->rng_fd < 0)
-            a->rng_fd = openat(initrd_dev_fd, "urandom", O_WRONLY | O_CLOEXEC);
-        if (a->rng_fd < 0 || ioctl(a->rng_fd, RNDADDENTROPY, &u.info) < 0)
+        if (rng_fd < 0)
+            rng_fd = openat(initrd_dev_fd, "urandom", O_WRONLY | O_CLOEXEC);
+        if (rng_fd < 0 || ioctl(rng_fd, RNDADDENTROPY, &u.info) < 0)
             agent_log("seeding the RNG: %s", strerror(errno));
         /* Adding entropy alone leaves the crng's key as it was until its next scheduled reseed
          * (up to a minute away), so every VM restored from one snapshot would draw the same
          * bytes: reseed it from the pool, which now holds this VM's seed, at once. */
-        else if (ioctl(a->rng_fd, RNDRESEEDCRNG) < 0)
+        else if (ioctl(rng_fd, RNDRESEEDCRNG) < 0)
             agent_log("reseeding the RNG: %s", strerror(errno));
         explicit_bzero(&u, sizeof u);
     } else if (h->seed.len) {

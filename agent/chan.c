@@ -1,13 +1,20 @@
-/* Moved from agent.c: the log and the host channel. */
+/* The log (kernel console) and the one host channel: frames in and out of the virtio port, the
+ * oversized-frame drop, the host going away and coming back, and the Ready greeting. It never
+ * interprets a request (agent.c dispatches them) and never blocks on the port. */
 #include "agent.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <sys/reboot.h>
+#include <sys/utsname.h>
 
 /* While the host side of the port is closed, read() returns 0 and poll() says POLLHUP at once:
  * look again after this long instead of spinning. */
 #define AGENT_PORT_RETRY_MS 10
+/* Backpressure: above this many queued bytes stop reading host frames (agent.c stops reading
+ * the child's pipes earlier, at AGENT_QUEUE_PAUSE_PIPES). */
+#define AGENT_QUEUE_PAUSE_PORT (8u << 20)
 
 /* The kernel console (ttyS0), opened on first use from the initramfs /dev: opening the UART
  * costs a couple of ms of boot under TCG and is rarely needed. */
@@ -27,8 +34,8 @@ void agent_log(const char *fmt, ...)
     if ((size_t)n > sizeof buf - 2)
         n = (int)sizeof buf - 2;
     buf[n++] = '\n';
-    if (console_fd < 0 && initrd_dev_fd >= 0)
-        console_fd = openat(initrd_dev_fd, "console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
+    if (console_fd < 0 && boot_dev_dir() >= 0)
+        console_fd = openat(boot_dev_dir(), "console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
     ssize_t w = write(console_fd >= 0 ? console_fd : 2, buf, (size_t)n);
     (void)w;
 }
@@ -56,7 +63,35 @@ static uint64_t boottime_ms(void)
 
 /* ---- host channel ------------------------------------------------------------------------- */
 
-void chan_flush(struct chan *c)
+struct chan {
+    int fd;
+    frame_reader rd;
+    frame_writer wr;
+    uint64_t retry_at; /* host side closed: do not poll the port before this time */
+    uint64_t skip;     /* bytes of an oversized frame still to throw away */
+    bool connected;    /* bytes have come from the current host connection */
+    chan_handler *handle;
+    char kernel[65]; /* the release, for Ready */
+};
+
+struct chan *chan_open(int fd, chan_handler *handle)
+{
+    static struct chan c;
+    c.fd = fd;
+    c.handle = handle;
+    struct utsname u;
+    if (uname(&u) == 0)
+        snprintf(c.kernel, sizeof c.kernel, "%s", u.release);
+    frame_reader_init(&c.rd, FRAME_MAX_AGENT);
+    return &c;
+}
+
+size_t chan_queued(const struct chan *c)
+{
+    return frame_writer_queued(&c->wr);
+}
+
+static void chan_flush(struct chan *c)
 {
     if (frame_writer_queued(&c->wr) == 0)
         return;
@@ -136,9 +171,8 @@ static void chan_host_gone(struct chan *c)
     files_abort();
 }
 
-void chan_read(struct agent *a)
+static void chan_read(struct chan *c)
 {
-    struct chan *c = &a->ch;
     if (c->skip > 0) {
         static uint8_t scratch[AGENT_CHUNK];
         size_t want = c->skip < sizeof scratch ? (size_t)c->skip : sizeof scratch;
@@ -176,19 +210,37 @@ void chan_read(struct agent *a)
                 break;
             continue;
         }
-        agent_handle(a, data, len);
+        c->handle(c, data, len);
     }
 }
 
-void agent_ready(struct agent *a, uint64_t id)
+uint64_t chan_poll_set(struct chan *c, uint64_t now, struct pollfd *p)
+{
+    if (now < c->retry_at)
+        return c->retry_at;
+    size_t queued = frame_writer_queued(&c->wr);
+    p->fd = c->fd;
+    p->events = (queued < AGENT_QUEUE_PAUSE_PORT ? POLLIN : 0) | (queued > 0 ? POLLOUT : 0);
+    return UINT64_MAX;
+}
+
+void chan_poll_event(struct chan *c, short revents)
+{
+    if (revents & POLLOUT)
+        chan_flush(c);
+    if (revents & (POLLIN | POLLHUP | POLLERR))
+        chan_read(c);
+}
+
+void chan_ready(struct chan *c, uint64_t id)
 {
     Sbx__Agent__Ready rd = SBX__AGENT__READY__INIT;
     rd.protocol_version = SBX_PROTOCOL_VERSION;
-    rd.kernel = a->kernel;
+    rd.kernel = c->kernel;
     rd.uptime_ms = boottime_ms();
     Sbx__Agent__GuestMsg m = SBX__AGENT__GUEST_MSG__INIT;
     m.id = id;
     m.body_case = SBX__AGENT__GUEST_MSG__BODY_READY;
     m.ready = &rd;
-    chan_send(&a->ch, &m);
+    chan_send(c, &m);
 }

@@ -1,8 +1,11 @@
-/* Moved from agent.c: running code. */
+/* Running code: the one exec in progress (one-shot or in a REPL) with its caps, deadline and
+ * reaping, and Warm. Every child of PID 1 is reaped here. It never reads host frames or touches
+ * the filesystem beyond the code files it writes (boot.c, files.c own those). */
 #include "agent.h"
 #include "sbx_limits.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -12,6 +15,34 @@
 #define AGENT_DRAIN_MS 200
 
 /* ---- exec --------------------------------------------------------------------------------- */
+
+struct run {
+    pid_t pid; /* 0: no exec in progress; keep_state: the REPL's */
+    uint64_t id;
+    struct repl *repl; /* keep_state: the REPL running it */
+    int fd[2];         /* one-shot: read ends of stdout, stderr; -1 once at EOF */
+    size_t cap[2], sent[2];
+    bool trunc[2];
+    uint64_t start_ms, deadline_ms, kill_ms, exit_ms, drain_until_ms;
+    bool term_sent, kill_sent, timed_out, exited;
+    bool reset;   /* keep_state: the REPL had ended since the last exec, its state with it */
+    bool have_rc; /* keep_state: the REPL reported the code's exit code */
+    int rc;
+    int status;
+};
+
+static struct run run = {.fd = {-1, -1}};
+static int sigfd = -1; /* SIGCHLD */
+
+void exec_init(int sigchld_fd)
+{
+    sigfd = sigchld_fd;
+}
+
+bool exec_busy(void)
+{
+    return run.pid != 0;
+}
 
 /* An exec runs either as a fresh interpreter process (one-shot), or in the language's REPL
  * (keep_state, repl.c). Either way its output streams under the caps, and the deadline sends
@@ -133,6 +164,9 @@ static pid_t run_spawn_oneshot(const Sbx__Agent__Exec *x, int fd[2], sbx_err *er
     return pid;
 }
 
+static void exec_reap(struct chan *c);
+static void warm_done(struct chan *c, struct repl *rp, bool ok);
+
 /* Editors on some systems save UTF-8 with a byte-order mark. Python and Bun skip one; bash
  * takes it as part of the first word ("\xef\xbb\xbfecho: command not found"). One place for all
  * languages, one-shot and REPL alike: the code handed to any interpreter starts after the mark.
@@ -148,9 +182,9 @@ static ProtobufCBinaryData run_code_without_bom(ProtobufCBinaryData code)
     return code;
 }
 
-int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *in, sbx_err *err)
+int exec_start(struct chan *c, uint64_t id, const Sbx__Agent__Exec *in, sbx_err *err)
 {
-    struct run *r = &a->run;
+    struct run *r = &run;
     if (run_validate(in, err) < 0)
         return -1;
     /* A shallow copy, read only: the fields still point into the unpacked message. */
@@ -163,15 +197,15 @@ int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *in, sbx_err 
     pid_t pid;
     uint64_t start = now_ms();
     if (x->keep_state) {
-        rp = &repls[repl_lang(x->language)];
+        rp = repl_get(repl_lang(x->language));
         /* A REPL that ended while idle is noticed now, so the code goes to a fresh one. */
-        agent_reap(a);
+        exec_reap(c);
         if (rp->lost) {
             reset = true;
             rp->lost = false;
         }
         /* The exec's command supersedes the warm's: answer the warm now. */
-        agent_warm_done(a, rp, true);
+        warm_done(c, rp, true);
         if (repl_start(rp, err) < 0 || repl_send(rp, x, err) < 0)
             return -1;
         rp->used = true;
@@ -197,9 +231,9 @@ int run_start(struct agent *a, uint64_t id, const Sbx__Agent__Exec *in, sbx_err 
 }
 
 /* Output of the exec in progress, under its caps. */
-static void run_emit(struct agent *a, int s, const uint8_t *buf, size_t n)
+static void run_emit(struct chan *c, int s, const uint8_t *buf, size_t n)
 {
-    struct run *r = &a->run;
+    struct run *r = &run;
     size_t room = r->cap[s] - r->sent[s];
     size_t take = n < room ? n : room;
     if (take < n)
@@ -215,11 +249,11 @@ static void run_emit(struct agent *a, int s, const uint8_t *buf, size_t n)
     m.id = r->id;
     m.body_case = SBX__AGENT__GUEST_MSG__BODY_OUTPUT;
     m.output = &o;
-    chan_send(&a->ch, &m);
+    chan_send(c, &m);
 }
 
 /* One read from an output pipe: 1 bytes went on, 0 nothing there, -1 EOF (the fd is closed). */
-int run_pipe_read(struct agent *a, int *fd, int s, bool to_exec)
+static int run_pipe_read(struct chan *c, int *fd, int s, bool to_exec)
 {
     static uint8_t buf[AGENT_CHUNK];
     ssize_t n = read(*fd, buf, sizeof buf);
@@ -236,13 +270,13 @@ int run_pipe_read(struct agent *a, int *fd, int s, bool to_exec)
     }
     /* A REPL's output between execs (a thread, a timer) belongs to no exec: dropped. */
     if (to_exec)
-        run_emit(a, s, buf, (size_t)n);
+        run_emit(c, s, buf, (size_t)n);
     return 1;
 }
 
-static void run_finish(struct agent *a)
+static void run_finish(struct chan *c)
 {
-    struct run *r = &a->run;
+    struct run *r = &run;
     Sbx__Agent__ExecDone d = SBX__AGENT__EXEC_DONE__INIT;
     if (r->repl && r->exited && !r->have_rc) {
         /* It may have reported before ending. */
@@ -269,7 +303,7 @@ static void run_finish(struct agent *a)
     m.id = r->id;
     m.body_case = SBX__AGENT__GUEST_MSG__BODY_DONE;
     m.done = &d;
-    chan_send(&a->ch, &m);
+    chan_send(c, &m);
     for (int s = 0; s < 2; s++)
         if (r->fd[s] >= 0)
             close(r->fd[s]);
@@ -280,9 +314,9 @@ static void run_finish(struct agent *a)
 
 /* The REPL reported the exec's result: everything the code wrote before is already in the
  * pipes (the wrapper flushed first), so take it, clean up after the code, and end the exec. */
-void run_repl_result(struct agent *a, int rc)
+static void run_repl_result(struct chan *c, int rc)
 {
-    struct run *r = &a->run;
+    struct run *r = &run;
     struct repl *rp = r->repl;
     r->exit_ms = now_ms();
     r->have_rc = true;
@@ -291,10 +325,10 @@ void run_repl_result(struct agent *a, int rc)
      * thread still printing must not keep the exec open. */
     for (int s = 0; s < 2; s++)
         for (int i = 0; i < 32 && rp->out[s] >= 0; i++)
-            if (run_pipe_read(a, &rp->out[s], s, true) <= 0)
+            if (run_pipe_read(c, &rp->out[s], s, true) <= 0)
                 break;
     repl_sweep(rp);
-    run_finish(a);
+    run_finish(c);
 }
 
 static int *run_out_fd(struct run *r, int s)
@@ -303,9 +337,9 @@ static int *run_out_fd(struct run *r, int s)
 }
 
 /* Deadlines: SIGTERM at the timeout, SIGKILL after the grace, and an end to draining. */
-void run_timers(struct agent *a, uint64_t now)
+void exec_timers(struct chan *c, uint64_t now)
 {
-    struct run *r = &a->run;
+    struct run *r = &run;
     if (!r->pid)
         return;
     if (!r->exited) {
@@ -320,14 +354,14 @@ void run_timers(struct agent *a, uint64_t now)
         return;
     }
     if ((*run_out_fd(r, 0) < 0 && *run_out_fd(r, 1) < 0) || now >= r->drain_until_ms)
-        run_finish(a);
+        run_finish(c);
 }
 
 /* A REPL ended: during its exec, that exec ends with its status; while idle, its state is lost
  * and the next exec will say so. */
-static void agent_repl_ended(struct agent *a, struct repl *rp, int status)
+static void run_repl_ended(struct chan *c, struct repl *rp, int status)
 {
-    struct run *r = &a->run;
+    struct run *r = &run;
     if (r->pid && r->repl == rp && !r->exited) {
         r->exited = true;
         r->status = status;
@@ -338,16 +372,16 @@ static void agent_repl_ended(struct agent *a, struct repl *rp, int status)
     }
     if (rp->used)
         rp->lost = true;
-    agent_warm_done(a, rp, false);
+    warm_done(c, rp, false);
     repl_close(rp);
 }
 
-void agent_reap(struct agent *a)
+static void exec_reap(struct chan *c)
 {
     struct signalfd_siginfo si;
-    while (read(a->sigfd, &si, sizeof si) == (ssize_t)sizeof si)
+    while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si)
         ;
-    struct run *r = &a->run;
+    struct run *r = &run;
     /* Kill what a process left behind before reaping it, so its pid (its group's id) cannot be
      * reused in between. */
     if (r->pid && !r->repl && !r->exited) {
@@ -359,7 +393,7 @@ void agent_reap(struct agent *a)
         }
     }
     for (int i = 0; i < REPL_N; i++) {
-        struct repl *rp = &repls[i];
+        struct repl *rp = repl_get(i);
         siginfo_t ci = {0};
         if (rp->pid && waitid(P_PID, (id_t)rp->pid, &ci, WEXITED | WNOHANG | WNOWAIT) == 0 &&
             ci.si_pid == rp->pid) {
@@ -382,36 +416,36 @@ void agent_reap(struct agent *a)
             continue;
         }
         for (int i = 0; i < REPL_N; i++)
-            if (repls[i].pid == p)
-                agent_repl_ended(a, &repls[i], st);
+            if (repl_get(i)->pid == p)
+                run_repl_ended(c, repl_get(i), st);
     }
 }
 
 /* Warm answers Ready (with the Warm's id) only once the REPL has run an empty command: its
  * interpreter has started, loaded its wrapper and waits for the next command. A memory snapshot
  * taken after that answer never holds a half-started REPL. */
-void agent_warm(struct agent *a, uint64_t id, const Sbx__Agent__Warm *w)
+void exec_warm(struct chan *c, uint64_t id, const Sbx__Agent__Warm *w)
 {
     int l = repl_lang(w->language);
     if (l < 0) {
-        chan_failure(&a->ch, id, "warm: unknown language `%.32s` (python, javascript or raw)",
+        chan_failure(c, id, "warm: unknown language `%.32s` (python, javascript or raw)",
                      w->language);
         return;
     }
     sbx_err err = {0};
-    struct repl *rp = &repls[l];
-    agent_reap(a);
-    if (a->run.pid && a->run.repl == rp) {
-        agent_ready(a, id); /* busy with an exec: it is as warm as it gets */
+    struct repl *rp = repl_get(l);
+    exec_reap(c);
+    if (run.pid && run.repl == rp) {
+        chan_ready(c, id); /* busy with an exec: it is as warm as it gets */
         return;
     }
     if (rp->warming) {
-        chan_failure(&a->ch, rp->warm_id, "warm: superseded by another warm");
+        chan_failure(c, rp->warm_id, "warm: superseded by another warm");
         rp->warming = false;
     }
     Sbx__Agent__Exec empty = SBX__AGENT__EXEC__INIT;
     if (repl_start(rp, &err) < 0 || repl_send(rp, &empty, &err) < 0) {
-        chan_failure(&a->ch, id, "warm: %s", err.msg);
+        chan_failure(c, id, "warm: %s", err.msg);
         return;
     }
     rp->warming = true;
@@ -419,16 +453,78 @@ void agent_warm(struct agent *a, uint64_t id, const Sbx__Agent__Warm *w)
 }
 
 /* The REPL answered the warm's empty command (ok), or ended before it could (!ok). */
-void agent_warm_done(struct agent *a, struct repl *rp, bool ok)
+static void warm_done(struct chan *c, struct repl *rp, bool ok)
 {
     if (!rp->warming)
         return;
     rp->warming = false;
     if (ok)
-        agent_ready(a, rp->warm_id);
+        chan_ready(c, rp->warm_id);
     else
-        chan_failure(&a->ch, rp->warm_id, "warm: the %s REPL ended while starting",
+        chan_failure(c, rp->warm_id, "warm: the %s REPL ended while starting",
                      rp->lang == REPL_PYTHON       ? "python"
                      : rp->lang == REPL_JAVASCRIPT ? "javascript"
                                                    : "raw");
+}
+
+/* ---- the loop's poll set ------------------------------------------------------------------ */
+
+/* This room's slice of it: SIGCHLD, the one-shot exec's stdout and stderr, then per REPL its
+ * stdout, stderr and results (EXEC_PFD_N in all). */
+enum { XFD_SIG, XFD_OUT, XFD_ERR, XFD_REPL };
+
+uint64_t exec_poll_set(struct pollfd *p, bool pipes)
+{
+    struct run *r = &run;
+    uint64_t next = UINT64_MAX;
+    p[XFD_SIG] = (struct pollfd){.fd = sigfd, .events = POLLIN};
+    if (r->pid) {
+        for (int s = 0; s < 2 && pipes; s++)
+            if (r->fd[s] >= 0)
+                p[XFD_OUT + s] = (struct pollfd){.fd = r->fd[s], .events = POLLIN};
+        next = r->exited      ? r->drain_until_ms
+               : r->kill_sent ? UINT64_MAX
+               : r->term_sent ? r->kill_ms
+                              : r->deadline_ms;
+    }
+    for (int i = 0; i < REPL_N; i++) {
+        struct repl *rp = repl_get(i);
+        /* Output between execs is read (and dropped) whatever the queue holds. */
+        bool mine = r->pid && r->repl == rp;
+        for (int s = 0; s < 2; s++)
+            if (rp->out[s] >= 0 && (pipes || !mine))
+                p[XFD_REPL + 3 * i + s] = (struct pollfd){.fd = rp->out[s], .events = POLLIN};
+        if (rp->result >= 0)
+            p[XFD_REPL + 3 * i + 2] = (struct pollfd){.fd = rp->result, .events = POLLIN};
+    }
+    return next;
+}
+
+void exec_poll_sig(struct chan *c, const struct pollfd *p)
+{
+    if (p[XFD_SIG].revents)
+        exec_reap(c);
+}
+
+void exec_poll_events(struct chan *c, const struct pollfd *p)
+{
+    struct run *r = &run;
+    for (int s = 0; s < 2; s++)
+        if (p[XFD_OUT + s].revents && r->pid && !r->repl && r->fd[s] >= 0)
+            run_pipe_read(c, &r->fd[s], s, true);
+    for (int i = 0; i < REPL_N; i++) {
+        struct repl *rp = repl_get(i);
+        bool mine = r->pid && r->repl == rp;
+        for (int s = 0; s < 2; s++)
+            if (p[XFD_REPL + 3 * i + s].revents && rp->out[s] >= 0)
+                run_pipe_read(c, &rp->out[s], s, mine);
+        if (p[XFD_REPL + 3 * i + 2].revents && rp->result >= 0) {
+            int rc;
+            int got = repl_read_result(rp, &rc);
+            if (got == 1 && mine && !r->exited)
+                run_repl_result(c, rc);
+            else if (got == 1 && rp->warming)
+                warm_done(c, rp, true);
+        }
+    }
 }

@@ -399,7 +399,7 @@ fail:
 
 bool files_ready(const struct chan *c)
 {
-    return x.kind == XFER_READ && frame_writer_queued(&c->wr) < FILES_READ_QUEUE;
+    return x.kind == XFER_READ && chan_queued(c) < FILES_READ_QUEUE;
 }
 
 static ssize_t read_some(int fd, uint8_t *p, size_t n)

@@ -34,7 +34,7 @@ static const struct {
     [REPL_RAW] = {"raw", "/bin/bash", "repl.sh"},
 };
 
-struct repl repls[REPL_N] = {
+static struct repl repls[REPL_N] = {
     [REPL_PYTHON] = {.lang = REPL_PYTHON, .out = {-1, -1}, .cmd = -1, .result = -1},
     [REPL_JAVASCRIPT] = {.lang = REPL_JAVASCRIPT, .out = {-1, -1}, .cmd = -1, .result = -1},
     [REPL_RAW] = {.lang = REPL_RAW, .out = {-1, -1}, .cmd = -1, .result = -1},
@@ -42,6 +42,11 @@ struct repl repls[REPL_N] = {
 
 static int source_dir = -1;
 static bool installed[REPL_N];
+
+struct repl *repl_get(int lang)
+{
+    return &repls[lang];
+}
 
 void repl_set_source(int dirfd)
 {
