@@ -1,10 +1,11 @@
-/* sbx-agent: PID 1 of the guest. Boots the sandbox (boot.c), answers the host over the
- * virtio-serial port "sbx.agent" (chan.c), and runs untrusted code as uid 1000 (exec.c, repl.c,
- * sandbox.c) and moves files in and out of the home (files.c). This room is the one poll loop and
- * the dispatch of host messages to those rooms; it holds no state of theirs.
+/* sbx-agent, PID 1 of the guest: main() in boot order, the one poll loop, and the dispatch of
+ * host messages to the rooms that serve them. It holds no state of theirs, and must never return:
+ * a fatal error ends the VM (agent_fatal: reboot(2), a power-off under QEMU's -no-reboot).
  *
- * PID 1 must never return: a fatal error is logged to the kernel console and ends the VM with
- * reboot(2) (QEMU runs with -no-reboot, so that is a power-off). */
+ * The rooms: boot.c sets the sandbox up, chan.c talks to the host over the virtio-serial port
+ * "sbx.agent" and logs, exec.c runs code (one-shot, or in a REPL of repl.c) as uid 1000 through
+ * sandbox.c, files.c moves files in and out of the home, zram.c adds swap. Everything happens in
+ * this one loop, so the host channel keeps being served while code runs. */
 #include "agent.h"
 
 #include <fcntl.h>

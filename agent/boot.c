@@ -1,7 +1,6 @@
-/* What PID 1 sets up, and nothing it runs: the mounts and the root switch, a /dev built from
- * scratch, the agent's port, the hidden kernel command line, hostname, loopback and swap, and the
- * RNG seed and clock of each Hello. It must never leave the code a way to the initramfs, the disk
- * or the port. */
+/* What PID 1 sets up: mounts, root switch, a /dev from scratch, the port, the hidden kernel
+ * command line, hostname and loopback, and each Hello's RNG seed and clock. It must never leave
+ * the code a way to the initramfs, the disk, the port or the command line. */
 #include "agent.h"
 
 #include <dirent.h>

@@ -1,4 +1,5 @@
-/* File transfer and listing, confined to the sandbox home (/home/user).
+/* File transfer and listing, confined to the sandbox home (/home/user). It must never resolve a
+ * path outside the home nor act on one with root's privileges.
  *
  * The home belongs to the code, which may have filled it with symlinks to anywhere, FIFOs, or
  * directories renamed under our feet. So every path is resolved by the kernel with openat2()

@@ -1,6 +1,6 @@
 /* Persistent interpreters for keep_state execs: one REPL process per language, started on the
- * first such exec (or a Warm), that keeps variables, functions, imports, the working directory
- * and so on from one exec to the next.
+ * first such exec (or a Warm), that keeps its state from one exec to the next. It never talks to
+ * the host nor decides when an exec ends (exec.c does); it never trusts what the REPL writes.
  *
  * The protocol with a REPL (the wrappers are agent/repl/repl.{py,js,sh}):
  *   - it runs as uid 1000 like any code (sandbox.c), stdin /dev/null, its stdout and stderr
