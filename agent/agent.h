@@ -1,6 +1,6 @@
-/* What the rooms of sbx-agent share: the sandbox constants, logging, the host channel, and the
- * interfaces of sandbox.c (processes of the sandbox user), repl.c (persistent interpreters) and
- * files.c (file transfer confined to the home). */
+/* What the rooms of sbx-agent offer each other: the sandbox constants, and the functions of
+ * chan.c (log, host channel), boot.c, exec.c, sandbox.c, repl.c, files.c and zram.c. No room
+ * reaches into another's variables: each keeps its state private behind these functions. */
 #ifndef SBX_AGENT_H
 #define SBX_AGENT_H
 
@@ -8,6 +8,7 @@
 #include "common.h"
 #include "frame.h"
 
+#include <poll.h>
 #include <sys/types.h>
 
 #define AGENT_CODE_DIR "/run/sbx"
@@ -15,22 +16,46 @@
 #define AGENT_UID 1000
 #define AGENT_GID 1000
 
+#define AGENT_CHUNK (64u * 1024u) /* one read of a pipe or of the port */
+
+/* ---- log and host channel (chan.c) ---------------------------------------------------------- */
+
+/* To the kernel console. */
 __attribute__((format(printf, 1, 2))) void agent_log(const char *fmt, ...);
+/* Log, then end the VM (PID 1 must never return). */
+__attribute__((format(printf, 1, 2), noreturn)) void agent_fatal(const char *fmt, ...);
 
-/* ---- host channel (agent.c) ----------------------------------------------------------------- */
-
-struct chan {
-    int fd;
-    frame_reader rd;
-    frame_writer wr;
-    uint64_t retry_at; /* host side closed: do not poll the port before this time */
-    uint64_t skip;     /* bytes of an oversized frame still to throw away */
-    bool connected;    /* bytes have come from the current host connection */
-};
-
+/* The one channel to the host. Frames that arrive go to the handler, one at a time. */
+struct chan;
+typedef void chan_handler(struct chan *c, const uint8_t *data, size_t len);
+struct chan *chan_open(int fd, chan_handler *handle);
 void chan_send(struct chan *c, Sbx__Agent__GuestMsg *m);
 __attribute__((format(printf, 3, 4))) void chan_failure(struct chan *c, uint64_t id,
                                                         const char *fmt, ...);
+/* Ready: the protocol version, the kernel release, the uptime. */
+void chan_ready(struct chan *c, uint64_t id);
+/* Bytes queued for the host. */
+size_t chan_queued(const struct chan *c);
+/* The port's entry in the loop's poll set (left at fd -1 while the host side is closed); returns
+ * when the loop must look again (UINT64_MAX: no deadline). */
+uint64_t chan_poll_set(struct chan *c, uint64_t now, struct pollfd *p);
+void chan_poll_event(struct chan *c, short revents);
+
+/* ---- what PID 1 sets up (boot.c) ------------------------------------------------------------ */
+
+/* In order: devtmpfs and fds 0-2; the new root with its mounts and /dev; the port (returns its
+ * fd); the root switch; the kernel command line hidden. Each fails with err (fatal to PID 1). */
+int boot_early(sbx_err *err);
+int boot_mount_newroot(sbx_err *err);
+int boot_open_port(sbx_err *err);
+int boot_switch_root(sbx_err *err);
+int boot_hide_cmdline(sbx_err *err);
+/* The initramfs /dev (out of the code's reach), or -1 before boot_early. */
+int boot_dev_dir(void);
+/* Each Hello: reseed the RNG, set the clock. */
+void boot_hello(const Sbx__Agent__Hello *h);
+/* After each Ready to a Hello; does its work once: hostname, loopback, zram swap. */
+void boot_late(void);
 
 /* ---- processes of the sandbox user (sandbox.c) ---------------------------------------------- */
 
@@ -96,8 +121,8 @@ struct repl {
     uint64_t warm_id;
 };
 
-extern struct repl repls[REPL_N];
-
+/* The REPL of a language (REPL_*). */
+struct repl *repl_get(int lang);
 /* REPL_* for a language name, -1 if unknown. */
 int repl_lang(const char *language);
 /* Install the wrapper the first time (from the initramfs) and start the interpreter. */
@@ -117,6 +142,26 @@ void repl_close(struct repl *r);
 size_t repl_live_pids(pid_t *out, pid_t except);
 /* The initramfs folder holding the wrappers, opened at boot before the root switch. */
 void repl_set_source(int dirfd);
+
+/* ---- running code (exec.c) ----------------------------------------------------------------- */
+
+/* The signalfd that reports SIGCHLD: every child of PID 1 is reaped here. */
+void exec_init(int sigchld_fd);
+/* An exec is in progress (one at a time). */
+bool exec_busy(void);
+/* Start an exec (its answers, output then ExecDone, come later through the loop). */
+int exec_start(struct chan *c, uint64_t id, const Sbx__Agent__Exec *x, sbx_err *err);
+/* Start a language's REPL; Ready answers once it waits for code. */
+void exec_warm(struct chan *c, uint64_t id, const Sbx__Agent__Warm *w);
+/* The exec's deadline, grace and drain. */
+void exec_timers(struct chan *c, uint64_t now);
+/* exec.c's slice of the loop's poll set (EXEC_PFD_N entries); `pipes`: the host queue has room
+ * for more output. Returns the next deadline (UINT64_MAX: none). After poll: exec_poll_sig
+ * before the port is served, exec_poll_events after. */
+#define EXEC_PFD_N (3 + 3 * REPL_N)
+uint64_t exec_poll_set(struct pollfd *p, bool pipes);
+void exec_poll_sig(struct chan *c, const struct pollfd *p);
+void exec_poll_events(struct chan *c, const struct pollfd *p);
 
 /* ---- files (files.c) ------------------------------------------------------------------------ */
 

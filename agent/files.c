@@ -1,4 +1,5 @@
-/* File transfer and listing, confined to the sandbox home (/home/user).
+/* File transfer and listing, confined to the sandbox home (/home/user). It must never resolve a
+ * path outside the home nor act on one with root's privileges.
  *
  * The home belongs to the code, which may have filled it with symlinks to anywhere, FIFOs, or
  * directories renamed under our feet. So every path is resolved by the kernel with openat2()
@@ -11,6 +12,7 @@
  * nothing of it. A FileRead is pumped from the main loop while the channel's queue is short, so
  * a 50 MiB file never sits in memory and the exec's output keeps flowing. */
 #include "agent.h"
+#include "sbx_limits.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -27,9 +29,6 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
-#define FILES_MAX (50u << 20)
-#define FILES_CHUNK (256u << 10)
-#define FILES_PATH_MAX 255u
 #define FILES_LIST_MAX 10000u
 /* A listing must fit one frame the host accepts (FRAME_MAX_AGENT) with room to spare. */
 #define FILES_LIST_BYTES (2u << 20)
@@ -41,7 +40,7 @@ static struct {
     uint64_t id;
     int dir; /* write: the target's folder */
     int fd;  /* write: the temporary file; read: the file */
-    char name[FILES_PATH_MAX + 1], tmp[64];
+    char name[SBX_MAX_PATH + 1], tmp[64];
     uint64_t size, done; /* write: announced size; both: bytes so far */
     uint8_t want[SHA256_DIGEST_LENGTH];
     SHA256_CTX sha;
@@ -54,8 +53,8 @@ static uint64_t refused_id;
 static bool refused;
 
 static int home_fd = -1;
-static uint8_t plain[FILES_CHUNK];
-static uint8_t packed[ZSTD_COMPRESSBOUND(FILES_CHUNK)];
+static uint8_t plain[SBX_FILE_CHUNK];
+static uint8_t packed[ZSTD_COMPRESSBOUND(SBX_FILE_CHUNK)];
 static ZSTD_DCtx *dctx;
 static ZSTD_CCtx *cctx;
 
@@ -105,27 +104,16 @@ static int path_fail(sbx_err *err, const char *path, int e)
     return sbx_fail(err, e, "`%s`: %s", path, strerror(e));
 }
 
-/* Relative, at most 255 bytes, no empty, `.` or `..` component. (A NUL cannot reach here: the
- * dispatcher refuses a message whose strings are cut short by one.) */
+/* The shared check (relative, at most SBX_MAX_PATH bytes, no empty, `.` or `..` component);
+ * a listing may also name the home itself with "". (A NUL cannot reach here: the dispatcher
+ * refuses a message whose strings are cut short by one.) */
 static int path_check(const char *path, bool may_be_empty, sbx_err *err)
 {
-    size_t len = strlen(path);
-    if (len == 0)
-        return may_be_empty ? 0 : sbx_fail(err, EINVAL, "empty path");
-    if (len > FILES_PATH_MAX)
-        return sbx_fail(err, ENAMETOOLONG, "path of %zu bytes (the limit is %u)", len,
-                        FILES_PATH_MAX);
-    if (path[0] == '/')
-        return sbx_fail(err, EINVAL, "`%s` is absolute; paths are relative to %s", path,
-                        AGENT_HOME);
-    for (const char *p = path; *p;) {
-        size_t n = strcspn(p, "/");
-        if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
-            return sbx_fail(err, EINVAL, "`%s`: empty, `.` or `..` component", path);
-        p += n;
-        if (*p == '/' && !*++p)
-            return sbx_fail(err, EINVAL, "`%s`: empty, `.` or `..` component", path);
-    }
+    char why[384];
+    if (may_be_empty && !*path)
+        return 0;
+    if (limits_check_guest_path(path, why, sizeof why) < 0)
+        return sbx_fail(err, EINVAL, "%s", why);
     return 0;
 }
 
@@ -133,9 +121,9 @@ static int path_check(const char *path, bool may_be_empty, sbx_err *err)
  * component in *name. Each step is resolved from the home again, beneath it. */
 static int open_parent(const char *path, char *name, sbx_err *err)
 {
-    char prefix[FILES_PATH_MAX + 1];
+    char prefix[SBX_MAX_PATH + 1];
     const char *slash = strrchr(path, '/');
-    snprintf(name, FILES_PATH_MAX + 1, "%s", slash ? slash + 1 : path);
+    snprintf(name, SBX_MAX_PATH + 1, "%s", slash ? slash + 1 : path);
     int dir = open_beneath(".", O_PATH | O_DIRECTORY, 0);
     if (dir < 0)
         return path_fail(err, ".", errno);
@@ -148,7 +136,7 @@ static int open_parent(const char *path, char *name, sbx_err *err)
         prefix[i + n] = '\0';
         int next = open_beneath(prefix, O_PATH | O_DIRECTORY, 0);
         if (next < 0 && errno == ENOENT) {
-            char comp[FILES_PATH_MAX + 1];
+            char comp[SBX_MAX_PATH + 1];
             memcpy(comp, path + i, n);
             comp[n] = '\0';
             if (mkdirat(dir, comp, 0755) < 0 && errno != EEXIST) {
@@ -228,9 +216,9 @@ void files_write(struct chan *c, uint64_t id, const Sbx__Agent__FileWrite *w)
     sbx_err err = {0};
     if (path_check(w->path, false, &err) < 0)
         goto fail;
-    if (w->size > FILES_MAX) {
+    if (w->size > SBX_MAX_FILE) {
         sbx_fail(&err, EFBIG, "`%s`: %llu bytes is over the limit of %u MiB", w->path,
-                 (unsigned long long)w->size, FILES_MAX >> 20);
+                 (unsigned long long)w->size, SBX_MAX_FILE >> 20);
         goto fail;
     }
     if (w->sha256.len != SHA256_DIGEST_LENGTH) {
@@ -283,7 +271,7 @@ static int write_all(int fd, const uint8_t *p, size_t n, sbx_err *err)
     return 0;
 }
 
-/* One chunk: exactly one zstd frame of at most FILES_CHUNK bytes. */
+/* One chunk: exactly one zstd frame of at most SBX_FILE_CHUNK bytes. */
 static ssize_t unpack_chunk(const ProtobufCBinaryData *z, sbx_err *err)
 {
     if (!dctx && !(dctx = ZSTD_createDCtx()))
@@ -292,9 +280,10 @@ static ssize_t unpack_chunk(const ProtobufCBinaryData *z, sbx_err *err)
     if (ZSTD_isError(framed) || framed != z->len)
         return sbx_fail(err, EINVAL, "chunk of %zu bytes is not one zstd frame", z->len);
     unsigned long long want = ZSTD_getFrameContentSize(z->data, z->len);
-    if (want == ZSTD_CONTENTSIZE_ERROR || (want != ZSTD_CONTENTSIZE_UNKNOWN && want > FILES_CHUNK))
+    if (want == ZSTD_CONTENTSIZE_ERROR ||
+        (want != ZSTD_CONTENTSIZE_UNKNOWN && want > SBX_FILE_CHUNK))
         return sbx_fail(err, EINVAL, "chunk announces %llu bytes (the limit is %u)", want,
-                        FILES_CHUNK);
+                        SBX_FILE_CHUNK);
     size_t n = ZSTD_decompressDCtx(dctx, plain, sizeof plain, z->data, z->len);
     if (ZSTD_isError(n))
         return sbx_fail(err, EINVAL, "zstd: %s%s", ZSTD_getErrorName(n),
@@ -383,9 +372,9 @@ void files_read(struct chan *c, uint64_t id, const Sbx__Agent__FileRead *r)
         sbx_fail(&err, EINVAL, "`%s` is not a regular file", r->path);
         goto fail;
     }
-    if ((uint64_t)st.st_size > FILES_MAX) {
+    if ((uint64_t)st.st_size > SBX_MAX_FILE) {
         sbx_fail(&err, EFBIG, "`%s` holds %llu bytes, over the limit of %u MiB", r->path,
-                 (unsigned long long)st.st_size, FILES_MAX >> 20);
+                 (unsigned long long)st.st_size, SBX_MAX_FILE >> 20);
         goto fail;
     }
     x.kind = XFER_READ;
@@ -399,7 +388,7 @@ fail:
 
 bool files_ready(const struct chan *c)
 {
-    return x.kind == XFER_READ && frame_writer_queued(&c->wr) < FILES_READ_QUEUE;
+    return x.kind == XFER_READ && chan_queued(c) < FILES_READ_QUEUE;
 }
 
 static ssize_t read_some(int fd, uint8_t *p, size_t n)
@@ -451,9 +440,9 @@ void files_pump(struct chan *c)
         ssize_t n = read_chunk(&last, &err);
         if (n < 0)
             goto fail;
-        if (x.done + (uint64_t)n > FILES_MAX) {
+        if (x.done + (uint64_t)n > SBX_MAX_FILE) {
             sbx_fail(&err, EFBIG, "`%s` grew over the limit of %u MiB while being read", x.name,
-                     FILES_MAX >> 20);
+                     SBX_MAX_FILE >> 20);
             goto fail;
         }
         x.done += (uint64_t)n;

@@ -1,6 +1,6 @@
 /* Persistent interpreters for keep_state execs: one REPL process per language, started on the
- * first such exec (or a Warm), that keeps variables, functions, imports, the working directory
- * and so on from one exec to the next.
+ * first such exec (or a Warm), that keeps its state from one exec to the next. It never talks to
+ * the host nor decides when an exec ends (exec.c does); it never trusts what the REPL writes.
  *
  * The protocol with a REPL (the wrappers are agent/repl/repl.{py,js,sh}):
  *   - it runs as uid 1000 like any code (sandbox.c), stdin /dev/null, its stdout and stderr
@@ -34,7 +34,7 @@ static const struct {
     [REPL_RAW] = {"raw", "/bin/bash", "repl.sh"},
 };
 
-struct repl repls[REPL_N] = {
+static struct repl repls[REPL_N] = {
     [REPL_PYTHON] = {.lang = REPL_PYTHON, .out = {-1, -1}, .cmd = -1, .result = -1},
     [REPL_JAVASCRIPT] = {.lang = REPL_JAVASCRIPT, .out = {-1, -1}, .cmd = -1, .result = -1},
     [REPL_RAW] = {.lang = REPL_RAW, .out = {-1, -1}, .cmd = -1, .result = -1},
@@ -42,6 +42,11 @@ struct repl repls[REPL_N] = {
 
 static int source_dir = -1;
 static bool installed[REPL_N];
+
+struct repl *repl_get(int lang)
+{
+    return &repls[lang];
+}
 
 void repl_set_source(int dirfd)
 {

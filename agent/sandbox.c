@@ -1,5 +1,6 @@
 /* Processes of the sandbox user: how one is started (uid 1000, no_new_privs, its own session,
- * a clean environment, in a cgroup of ours) and how whatever it leaves behind is killed.
+ * a clean environment, in a cgroup of ours) and how whatever it leaves behind is killed. Nothing
+ * started here may keep root's identity, a capability or a descriptor of the agent's.
  *
  * cgroup v2 is mounted detached (fsmount without a mount point), so the tree is reachable only
  * through the agent's descriptors and appears nowhere in the code's view of the filesystem.

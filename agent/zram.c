@@ -1,6 +1,6 @@
-/* Compressed swap in guest RAM (zram, lz4): idle and cold pages of the code compress instead of
- * pushing the guest into the OOM killer, so a VM holds a little more than its RAM size. Set up
- * once, after the first Ready (it costs a few milliseconds under TCG). */
+/* Compressed swap in guest RAM (zram, lz4), set up once after the first Ready: idle pages of the
+ * code compress instead of pushing the guest into the OOM killer. A failure here is logged, never
+ * fatal: the VM then serves without swap. */
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
