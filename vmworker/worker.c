@@ -26,41 +26,15 @@
 #include "balloon.h"
 #include "worker.pb-c.h"
 
-/* Time the guest gets past its own timeout to SIGTERM, SIGKILL, drain and report before the
- * host stops waiting and kills the VM. */
-#define HOST_GRACE_MS 5000
 #define HELLO_RESEND_MS 1000
-#define CONSOLE_TAIL 2048
 
-typedef struct {
-    uint8_t *data;
-    size_t len, cap, limit;
-    bool truncated;
-} outbuf;
-
-typedef struct {
-    int ctl; /* sbxd */
-    frame_reader ctl_rd;
-    int sigfd;
-    qemu_vm vm;
-    int agent;
-    frame_reader ag_rd;
-    int con;
-    char con_tail[CONSOLE_TAIL];
-    size_t con_len;
-    Sbx__Worker__VmConfig *cfg;
-    uint64_t req_id;
-    uint64_t t_start;
-    bool idle; /* waiting for sbxd's next request: time for the balloon (balloon.h) */
-} worker;
-
-static worker W = {.ctl = -1, .sigfd = -1, .agent = -1, .con = -1, .vm = {.pid = -1}};
+worker W = {.ctl = -1, .sigfd = -1, .agent = -1, .con = -1, .vm = {.pid = -1}};
 /* QEMU's control socket, open from boot to exit (connected before the seccomp filter). */
-static qmp_conn qmp = {.fd = -1};
+qmp_conn qmp = {.fd = -1};
 /* How this VM started ("cold" or "restore"), and why a restore asked for was given up. */
-static const char *start_mode = "cold";
-static char restore_error[512];
-static bool restore_timed_out;
+const char *start_mode = "cold";
+char restore_error[512];
+bool restore_timed_out;
 
 void wlog(const char *fmt, ...)
 {
@@ -72,14 +46,14 @@ void wlog(const char *fmt, ...)
     va_end(ap);
 }
 
-static void send_ctl(Sbx__Worker__FromWorker *m)
+void send_ctl(Sbx__Worker__FromWorker *m)
 {
     m->id = W.req_id;
     if (frame_send(W.ctl, &m->base) < 0)
         wlog("write to sbxd: %s", strerror(errno));
 }
 
-static void cleanup_vm(void)
+void cleanup_vm(void)
 {
     qemu_kill(&W.vm);
     if (W.cfg && W.cfg->run_dir && *W.cfg->run_dir) {
@@ -103,8 +77,8 @@ static void send_error(Sbx__Control__ErrorKind kind, bool transient, const char 
 }
 
 /* The VM cannot go on: report, remove it, exit. */
-__attribute__((noreturn, format(printf, 3, 4))) static void
-fail(Sbx__Control__ErrorKind kind, bool transient, const char *fmt, ...)
+__attribute__((noreturn, format(printf, 3, 4))) void fail(Sbx__Control__ErrorKind kind,
+                                                          bool transient, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
@@ -118,8 +92,8 @@ fail(Sbx__Control__ErrorKind kind, bool transient, const char *fmt, ...)
 }
 
 /* An error for the current request that leaves the VM usable (sessions carry on). */
-__attribute__((format(printf, 3, 4))) static void reply_error(Sbx__Control__ErrorKind kind,
-                                                              bool transient, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) void reply_error(Sbx__Control__ErrorKind kind, bool transient,
+                                                       const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
@@ -130,7 +104,7 @@ __attribute__((format(printf, 3, 4))) static void reply_error(Sbx__Control__Erro
 }
 
 /* Why the VM is gone, for messages: QEMU's own words, else the guest console's last line. */
-static const char *vm_gone_reason(char *buf, size_t n)
+const char *vm_gone_reason(char *buf, size_t n)
 {
     qemu_log_tail(&W.vm, buf, n);
     if (!buf[0] && W.con_len) {
@@ -144,7 +118,7 @@ static const char *vm_gone_reason(char *buf, size_t n)
     return buf[0] ? buf : "no message";
 }
 
-static void console_read(void)
+void console_read(void)
 {
     char buf[4096];
     ssize_t n = read(W.con, buf, sizeof buf);
@@ -173,8 +147,6 @@ static void console_read(void)
  * frame that does not go in by then means a guest that stopped reading: it must not hold the
  * worker, its slot or a session forever. */
 #define AGENT_WRITE_MS 10000
-
-static bool reap_signals(int *st);
 
 /* One frame to the guest agent (a non-blocking socket), written by deadline or not at all. */
 static int agent_write(const ProtobufCMessage *m, uint64_t deadline, sbx_err *err)
@@ -209,7 +181,7 @@ static int agent_write(const ProtobufCMessage *m, uint64_t deadline, sbx_err *er
     return rc != 0 ? -1 : 0;
 }
 
-static void send_agent(Sbx__Agent__HostMsg *m)
+void send_agent(Sbx__Agent__HostMsg *m)
 {
     sbx_err err = {0};
     if (agent_write(&m->base, now_ms() + AGENT_WRITE_MS, &err) < 0)
@@ -220,14 +192,14 @@ static void send_agent(Sbx__Agent__HostMsg *m)
 
 /* The agent's socket never blocks the worker: reads already expect EAGAIN, writes go through
  * agent_write. */
-static void agent_nonblock(void)
+void agent_nonblock(void)
 {
     int fl = fcntl(W.agent, F_GETFL);
     if (fl < 0 || fcntl(W.agent, F_SETFL, fl | O_NONBLOCK) < 0)
         fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "agent socket: %s", strerror(errno));
 }
 
-static int try_send_hello(sbx_err *err)
+int try_send_hello(sbx_err *err)
 {
     /* Fresh randomness and the host's clock with every Hello: a guest restored from a shared
      * snapshot must not reuse another VM's RNG state or a stale time. */
@@ -260,7 +232,7 @@ static void send_hello(void)
 
 /* The signalfd is readable: SIGTERM/SIGINT end the worker and its VM; returns true, with QEMU's
  * wait status in *st, when QEMU has exited. */
-static bool reap_signals(int *st)
+bool reap_signals(int *st)
 {
     struct signalfd_siginfo si;
     while (read(W.sigfd, &si, sizeof si) == sizeof si)
@@ -275,12 +247,10 @@ static bool reap_signals(int *st)
     return false;
 }
 
-enum { EV_NONE, EV_CTL, EV_AGENT, EV_TIMEOUT };
-
 /* Wait for the next frame from sbxd (when want_ctl; otherwise sbxd's frames stay buffered for
  * later) or the agent, until deadline. Handles the console, signals and QEMU's death on the way.
  * *frame points into the reader's buffer. */
-static int next_event(uint64_t deadline, bool want_ctl, const uint8_t **frame, size_t *len)
+int next_event(uint64_t deadline, bool want_ctl, const uint8_t **frame, size_t *len)
 {
     for (;;) {
         int r;
@@ -372,10 +342,10 @@ static Sbx__Worker__ToWorker *recv_ctl(Sbx__Worker__ToWorker__BodyCase want, uin
 
 /* Each request to the agent gets its own id; replies with another id are stale (a late answer
  * to an abandoned request) and are dropped. */
-static uint64_t agent_seq;
+uint64_t agent_seq;
 
 /* The next reply from the agent to request `id`, until deadline; NULL on timeout. */
-static Sbx__Agent__GuestMsg *recv_agent(uint64_t id, uint64_t deadline)
+Sbx__Agent__GuestMsg *recv_agent(uint64_t id, uint64_t deadline)
 {
     const uint8_t *f;
     size_t n;
@@ -393,29 +363,6 @@ static Sbx__Agent__GuestMsg *recv_agent(uint64_t id, uint64_t deadline)
             return g;
         sbx__agent__guest_msg__free_unpacked(g, NULL);
     }
-}
-
-static void outbuf_add(outbuf *b, const uint8_t *d, size_t n)
-{
-    size_t room = b->limit - b->len;
-    if (n > room) {
-        n = room;
-        b->truncated = true;
-    }
-    if (!n)
-        return;
-    if (b->len + n > b->cap) {
-        size_t nc = b->cap ? b->cap * 2 : 65536;
-        while (nc < b->len + n)
-            nc *= 2;
-        uint8_t *p = realloc(b->data, nc);
-        if (!p)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
-        b->data = p;
-        b->cap = nc;
-    }
-    memcpy(b->data + b->len, d, n);
-    b->len += n;
 }
 
 static void boot(uint64_t *boot_ms)
@@ -483,319 +430,6 @@ qemu_failed : {
 }
 }
 
-static void forward_chunk(uint32_t stream, const uint8_t *d, size_t n)
-{
-    Sbx__Control__OutputChunk c = SBX__CONTROL__OUTPUT_CHUNK__INIT;
-    c.stream =
-        stream == 2 ? SBX__CONTROL__STREAM__STREAM_STDERR : SBX__CONTROL__STREAM__STREAM_STDOUT;
-    c.data.data = (uint8_t *)d;
-    c.data.len = n;
-    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
-    m.body_case = SBX__WORKER__FROM_WORKER__BODY_CHUNK;
-    m.chunk = &c;
-    send_ctl(&m);
-}
-
-/* Test-only triggers (sbxd's test_hooks, never on in production): the code of a run names a
- * syscall for the worker to make under its filter. Forbidden ones must get it killed by SIGSYS;
- * the allowed read-only open must not. */
-static void test_hook(const char *code, size_t len)
-{
-    static const struct {
-        const char *name;
-        const char *path;
-        int flags; /* -1: socket(AF_INET) instead of openat */
-    } hooks[] = {
-        {"__sbx_test_hook__:seccomp", NULL, -1},
-        {"__sbx_test_hook__:openat-creat", "/tmp/sbx-test-hook", O_RDONLY | O_CREAT},
-        {"__sbx_test_hook__:openat-trunc", JAIL_VM_DIR "/qemu.log", O_RDONLY | O_TRUNC},
-        {"__sbx_test_hook__:openat-write", JAIL_VM_DIR "/qemu.log", O_WRONLY},
-        {"__sbx_test_hook__:openat-append", JAIL_VM_DIR "/qemu.log", O_RDONLY | O_APPEND},
-        {"__sbx_test_hook__:openat-read", "/proc/self/stat", O_RDONLY},
-    };
-    static const char flood[] = "__sbx_test_hook__:log-flood";
-    if (len == sizeof flood - 1 && !memcmp(code, flood, len)) {
-        /* A chatty worker: one 1 MiB line, then 8 MiB of short ones, on stderr. */
-        static char chunk[65536];
-        memset(chunk, 'x', sizeof chunk);
-        for (int i = 0; i < 16; i++)
-            fwrite(chunk, 1, sizeof chunk, stderr);
-        for (int i = 0; i < (8 << 20) / 100; i++)
-            fprintf(stderr,
-                    "\ntest hook: log flood line %d ..........................................", i);
-        fputc('\n', stderr);
-        wlog("test hook: log flood written");
-        return;
-    }
-    for (size_t i = 0; i < ARRAY_LEN(hooks); i++) {
-        if (len != strlen(hooks[i].name) || memcmp(code, hooks[i].name, len))
-            continue;
-        if (hooks[i].flags < 0) {
-            wlog("test hook: making a forbidden syscall");
-            syscall(SYS_socket, AF_INET, SOCK_STREAM, 0);
-            return;
-        }
-        wlog("test hook: openat `%s` flags %#o", hooks[i].path, (unsigned)hooks[i].flags);
-        int fd =
-            (int)syscall(SYS_openat, AT_FDCWD, hooks[i].path, hooks[i].flags | O_CLOEXEC, 0600);
-        wlog("test hook: openat returned %d (%s)", fd, fd < 0 ? strerror(errno) : "open");
-        if (fd >= 0)
-            close(fd);
-        return;
-    }
-}
-
-static void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms)
-{
-    /* Re-check what sbxd already validated: the worker trusts nobody with lengths. */
-    char msg[256];
-    if (limits_check_code(req->code.data, req->code.len, msg, sizeof msg) < 0 ||
-        limits_check_env_count(req->n_env, msg, sizeof msg) < 0) {
-        reply_error(SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "%s", msg);
-        return;
-    }
-
-    if (W.cfg->test_hooks)
-        test_hook((const char *)req->code.data, req->code.len);
-    Sbx__Agent__EnvVar *envs = calloc(req->n_env ? req->n_env : 1, sizeof *envs);
-    Sbx__Agent__EnvVar **envp = calloc(req->n_env ? req->n_env : 1, sizeof *envp);
-    if (!envs || !envp)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
-    for (size_t i = 0; i < req->n_env; i++) {
-        sbx__agent__env_var__init(&envs[i]);
-        envs[i].key = req->env[i]->key;
-        envs[i].value = req->env[i]->value;
-        envp[i] = &envs[i];
-    }
-    Sbx__Agent__Exec ex = SBX__AGENT__EXEC__INIT;
-    ex.language = req->language;
-    ex.code = req->code;
-    ex.timeout_ms = req->timeout_ms;
-    ex.n_env = req->n_env;
-    ex.env = envp;
-    ex.max_stdout = SBX_MAX_STDOUT;
-    ex.max_stderr = SBX_MAX_STDERR;
-    /* A restored VM's REPL is warm already (that is what the snapshot holds): a one-shot run
-     * goes to it instead of a fresh interpreter. The VM is still this run's alone. */
-    ex.keep_state = req->keep_state || !strcmp(start_mode, "restore");
-    Sbx__Agent__HostMsg hm = SBX__AGENT__HOST_MSG__INIT;
-    hm.id = ++agent_seq;
-    hm.body_case = SBX__AGENT__HOST_MSG__BODY_EXEC;
-    hm.exec = &ex;
-    uint64_t t_exec = now_ms();
-    send_agent(&hm);
-    free(envs);
-    free(envp);
-
-    outbuf out = {.limit = SBX_MAX_STDOUT}, errb = {.limit = SBX_MAX_STDERR};
-    Sbx__Control__ExecResult res = SBX__CONTROL__EXEC_RESULT__INIT;
-    uint64_t deadline = t_exec + req->timeout_ms + HOST_GRACE_MS;
-    bool done = false, vm_lost = false;
-    while (!done) {
-        Sbx__Agent__GuestMsg *g = recv_agent(hm.id, deadline);
-        if (!g) {
-            /* The guest stopped answering: it loses the VM (and a session with it). */
-            wlog("guest did not finish %d ms after its timeout; killing the VM", HOST_GRACE_MS);
-            res.timed_out = true;
-            res.exit_code = 128 + SIGKILL;
-            res.execution_time_ms = now_ms() - t_exec;
-            vm_lost = true;
-            break;
-        }
-        switch (g->body_case) {
-        case SBX__AGENT__GUEST_MSG__BODY_OUTPUT: {
-            outbuf *b = g->output->stream == 2 ? &errb : &out;
-            size_t before = b->len;
-            outbuf_add(b, g->output->data.data, g->output->data.len);
-            /* Forward only what fits under the cap, so the stream matches the result. */
-            if (req->stream && b->len > before)
-                forward_chunk(g->output->stream, b->data + before, b->len - before);
-            break;
-        }
-        case SBX__AGENT__GUEST_MSG__BODY_DONE:
-            res.exit_code = g->done->exit_code;
-            res.timed_out = g->done->timed_out;
-            res.interpreter_reset = g->done->interpreter_reset && req->keep_state;
-            out.truncated |= g->done->stdout_truncated;
-            errb.truncated |= g->done->stderr_truncated;
-            res.execution_time_ms = g->done->execution_time_ms;
-            done = true;
-            break;
-        case SBX__AGENT__GUEST_MSG__BODY_FAILURE: {
-            reply_error(SBX__CONTROL__ERROR_KIND__ERROR_GUEST_AGENT, false, "guest agent: %.500s",
-                        g->failure->message ? g->failure->message : "");
-            sbx__agent__guest_msg__free_unpacked(g, NULL);
-            free(out.data);
-            free(errb.data);
-            return;
-        }
-        default:
-            break;
-        }
-        sbx__agent__guest_msg__free_unpacked(g, NULL);
-    }
-    uint64_t t_end = now_ms();
-    qemu_usage(&W.vm, &res.external_cpu_time_ms, &res.external_memory_peak_mb);
-    if (!W.cfg->session || vm_lost)
-        cleanup_vm();
-
-    Sbx__Control__Timing tm = SBX__CONTROL__TIMING__INIT;
-    tm.setup_ms = setup_ms;
-    tm.boot_ms = boot_ms;
-    tm.execute_ms = t_end - t_exec;
-    tm.total_ms = t_end - W.t_start;
-    res.timing = &tm;
-    res.stdout.data = out.data;
-    res.stdout.len = out.len;
-    res.stderr.data = errb.data;
-    res.stderr.len = errb.len;
-    res.stdout_truncated = out.truncated;
-    res.stderr_truncated = errb.truncated;
-    res.accelerator = W.cfg->accel;
-    res.start_mode = (char *)start_mode;
-    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
-    m.body_case = SBX__WORKER__FROM_WORKER__BODY_RESULT;
-    m.result = &res;
-    send_ctl(&m);
-    free(out.data);
-    free(errb.data);
-    if (W.cfg->session && vm_lost)
-        exit(1); /* sbxd closes the session: its VM is gone */
-}
-
-/* How long the guest may take to answer a file request before the host gives up on the VM. */
-#define FILE_REPLY_MS 120000
-
-static void send_file_reply(Sbx__Agent__GuestMsg *g)
-{
-    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
-    Sbx__Control__FileChunk c = SBX__CONTROL__FILE_CHUNK__INIT;
-    Sbx__Control__FileDone d = SBX__CONTROL__FILE_DONE__INIT;
-    Sbx__Control__FileListing l = SBX__CONTROL__FILE_LISTING__INIT;
-    Sbx__Control__FileEntry *ents = NULL, **entp = NULL;
-    switch (g->body_case) {
-    case SBX__AGENT__GUEST_MSG__BODY_FILE_CHUNK:
-        c.zdata = g->file_chunk->zdata;
-        c.last = g->file_chunk->last;
-        m.body_case = SBX__WORKER__FROM_WORKER__BODY_FILE_CHUNK;
-        m.file_chunk = &c;
-        break;
-    case SBX__AGENT__GUEST_MSG__BODY_FILE_DONE:
-        d.size = g->file_done->size;
-        d.sha256 = g->file_done->sha256;
-        m.body_case = SBX__WORKER__FROM_WORKER__BODY_FILE_DONE;
-        m.file_done = &d;
-        break;
-    case SBX__AGENT__GUEST_MSG__BODY_LISTING: {
-        size_t n = g->listing->n_entries;
-        ents = calloc(n ? n : 1, sizeof *ents);
-        entp = calloc(n ? n : 1, sizeof *entp);
-        if (!ents || !entp)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
-        for (size_t i = 0; i < n; i++) {
-            sbx__control__file_entry__init(&ents[i]);
-            ents[i].name = g->listing->entries[i]->name;
-            ents[i].is_dir = g->listing->entries[i]->is_dir;
-            ents[i].size = g->listing->entries[i]->size;
-            entp[i] = &ents[i];
-        }
-        l.n_entries = n;
-        l.entries = entp;
-        m.body_case = SBX__WORKER__FROM_WORKER__BODY_FILE_LISTING;
-        m.file_listing = &l;
-        break;
-    }
-    default:
-        return;
-    }
-    send_ctl(&m);
-    free(ents);
-    free(entp);
-}
-
-/* Relay one file request and its replies. Uploads: the header, then sbxd's chunks as they
- * come; downloads and listings: the guest's answers until the final one. */
-static void run_file_op(Sbx__Worker__ToWorker *m)
-{
-    Sbx__Agent__HostMsg hm = SBX__AGENT__HOST_MSG__INIT;
-    Sbx__Agent__FileWrite fw = SBX__AGENT__FILE_WRITE__INIT;
-    Sbx__Agent__FileRead fr = SBX__AGENT__FILE_READ__INIT;
-    Sbx__Agent__FileList fl = SBX__AGENT__FILE_LIST__INIT;
-    hm.id = ++agent_seq;
-    bool upload = m->body_case == SBX__WORKER__TO_WORKER__BODY_FILE_WRITE;
-    if (upload) {
-        fw.path = m->file_write->path;
-        fw.size = m->file_write->size;
-        fw.sha256 = m->file_write->sha256;
-        hm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_WRITE;
-        hm.file_write = &fw;
-    } else if (m->body_case == SBX__WORKER__TO_WORKER__BODY_FILE_READ) {
-        fr.path = m->file_read->path;
-        hm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_READ;
-        hm.file_read = &fr;
-    } else {
-        fl.path = m->file_list->path;
-        hm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_LIST;
-        hm.file_list = &fl;
-    }
-    send_agent(&hm);
-    uint64_t req = W.req_id;
-    bool chunks_done = !upload;
-    for (;;) {
-        const uint8_t *f;
-        size_t n;
-        int ev = next_event(now_ms() + FILE_REPLY_MS, !chunks_done, &f, &n);
-        if (ev == EV_TIMEOUT)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                 "the guest did not answer a file request for %d s", FILE_REPLY_MS / 1000);
-        if (ev == EV_CTL) {
-            Sbx__Worker__ToWorker *c = sbx__worker__to_worker__unpack(NULL, n, f);
-            if (!c || c->body_case != SBX__WORKER__TO_WORKER__BODY_FILE_CHUNK || c->id != req)
-                fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
-                     "sbxd sent something other than the upload's chunks");
-            chunks_done = c->file_chunk->last;
-            {
-                Sbx__Agent__FileChunk ac = SBX__AGENT__FILE_CHUNK__INIT;
-                ac.zdata = c->file_chunk->zdata;
-                ac.last = c->file_chunk->last;
-                Sbx__Agent__HostMsg cm = SBX__AGENT__HOST_MSG__INIT;
-                cm.id = hm.id;
-                cm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_CHUNK;
-                cm.file_chunk = &ac;
-                send_agent(&cm);
-            }
-            sbx__worker__to_worker__free_unpacked(c, NULL);
-            continue;
-        }
-        const uint8_t *gf = f;
-        Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, gf);
-        if (!g)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                 "undecodable frame from the guest agent");
-        if (g->id != hm.id) {
-            sbx__agent__guest_msg__free_unpacked(g, NULL);
-            continue;
-        }
-        bool final = g->body_case == SBX__AGENT__GUEST_MSG__BODY_FILE_DONE ||
-                     g->body_case == SBX__AGENT__GUEST_MSG__BODY_LISTING;
-        if (g->body_case == SBX__AGENT__GUEST_MSG__BODY_FAILURE) {
-            /* Refused: answer now. Chunks still on their way reach the main loop, which drops
-             * them, and the agent's late replies carry this request's id, which is dropped. */
-            W.req_id = req;
-            reply_error(SBX__CONTROL__ERROR_KIND__ERROR_GUEST_AGENT, false, "%.500s",
-                        g->failure->message ? g->failure->message : "file request refused");
-            sbx__agent__guest_msg__free_unpacked(g, NULL);
-            return;
-        } else {
-            W.req_id = req;
-            send_file_reply(g);
-        }
-        sbx__agent__guest_msg__free_unpacked(g, NULL);
-        if (final)
-            return;
-    }
-}
-
 static void noop_handler(int sig) {}
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -853,209 +487,6 @@ static void enter_jail(Sbx__Worker__VmConfig *c)
     set_str(&c->qemu, JAIL_QEMU);
     if (js.snapshot_dir)
         set_str(&c->snapshot_dir, JAIL_SNAPSHOT);
-}
-
-/* ---- memory snapshots -------------------------------------------------------------------- */
-
-/* A restore that takes longer than this is given up for a cold boot (sbxd usually says). */
-#define RESTORE_TIMEOUT_MS 5000
-#define RESTORE_HELLO_MS 250
-/* Template steps: the REPL's warm-up, and saving the device state. */
-#define TEMPLATE_STEP_MS 60000
-
-/* The guest agent's Ready to a fresh Hello on a restored VM, until deadline. Nothing here is
- * fatal: every failure becomes a cold boot. */
-static int restore_wait_ready(uint64_t deadline, sbx_err *err)
-{
-    uint64_t next_hello = 0;
-    for (;;) {
-        const uint8_t *f;
-        size_t n;
-        int r = frame_reader_next(&W.ag_rd, &f, &n);
-        if (r < 0)
-            return sbx_fail(err, EMSGSIZE, "the guest agent sent an oversized frame");
-        if (r == 1) {
-            Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, f);
-            if (!g)
-                return sbx_fail(err, EPROTO, "undecodable frame from the guest agent");
-            bool ready = g->body_case == SBX__AGENT__GUEST_MSG__BODY_READY;
-            uint32_t v = ready ? g->ready->protocol_version : 0;
-            sbx__agent__guest_msg__free_unpacked(g, NULL);
-            if (ready && v != SBX_PROTOCOL_VERSION)
-                return sbx_fail(err, EPROTO, "the snapshot's agent speaks protocol %u, host %d", v,
-                                SBX_PROTOCOL_VERSION);
-            if (ready)
-                return 0;
-            continue;
-        }
-        uint64_t now = now_ms();
-        if (now >= deadline)
-            return sbx_fail(err, ETIMEDOUT, "the guest agent did not answer within %u ms",
-                            W.cfg->restore_timeout_ms ? W.cfg->restore_timeout_ms
-                                                      : RESTORE_TIMEOUT_MS);
-        /* Hello again now and then: it is idempotent, and a guest resuming may see the channel
-         * close and reopen around the first one. */
-        if (now >= next_hello) {
-            if (try_send_hello(err) < 0)
-                return -1;
-            next_hello = now + RESTORE_HELLO_MS;
-        }
-        uint64_t until = next_hello < deadline ? next_hello : deadline;
-        struct pollfd p[3] = {{.fd = W.sigfd, .events = POLLIN},
-                              {.fd = W.agent, .events = POLLIN},
-                              {.fd = W.con, .events = POLLIN}};
-        if (poll(p, 3, (int)(until - now)) < 0) {
-            if (errno == EINTR)
-                continue;
-            return sbx_fail(err, errno, "poll: %s", strerror(errno));
-        }
-        if (p[2].revents)
-            console_read();
-        int st;
-        if (p[0].revents && reap_signals(&st))
-            return sbx_fail(err, ECHILD, "QEMU %s %d",
-                            WIFSIGNALED(st) ? "was killed by signal" : "exited with status",
-                            WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
-        if (p[1].revents) {
-            ssize_t got = frame_reader_fill(&W.ag_rd, W.agent);
-            if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR))
-                return sbx_fail(err, EPIPE, "the guest agent channel closed");
-        }
-    }
-}
-
-/* Start from the snapshot: QEMU maps its RAM file copy-on-write and waits (-incoming defer),
- * QMP loads the device state (x-ignore-shared: the RAM is in the file, not the stream), the
- * guest resumes where the template stood, and answers a Hello that gives it its own seed and
- * the host's clock. On failure QEMU is gone, the run directory is as before, restore_error
- * says why, and the caller boots cold. */
-static bool boot_restore(uint64_t *boot_ms)
-{
-    sbx_err err = {0};
-    uint32_t limit = W.cfg->restore_timeout_ms ? W.cfg->restore_timeout_ms : RESTORE_TIMEOUT_MS;
-    char uri[PATH_MAX + 8];
-    snprintf(uri, sizeof uri, "file:%s/state", W.cfg->snapshot_dir);
-    if (qemu_spawn(W.cfg, &W.vm, &err) < 0)
-        goto failed;
-    uint64_t deadline = W.vm.t_spawn + limit;
-    if (qmp_open(&qmp, &W.vm, deadline, &err) < 0)
-        goto failed;
-    int rc = qmp_exec(
-        &qmp, "migrate-set-capabilities",
-        json_pack("{s:[{s:s, s:b}]}", "capabilities", "capability", "x-ignore-shared", "state", 1),
-        NULL, deadline, &err);
-    if (rc == 0)
-        rc = qmp_exec(&qmp, "migrate-incoming", json_pack("{s:s}", "uri", uri), NULL, deadline,
-                      &err);
-    /* The load goes on inside QEMU; a broken state file makes it exit with the reason. */
-    unlink(W.vm.qmp_sock);
-    if (rc < 0)
-        goto failed;
-    W.con = qemu_connect(&W.vm, W.vm.console_sock, deadline, &err);
-    if (W.con < 0)
-        goto failed;
-    W.agent = qemu_connect(&W.vm, W.vm.agent_sock, deadline, &err);
-    if (W.agent < 0)
-        goto failed;
-    agent_nonblock();
-    frame_reader_init(&W.ag_rd, FRAME_MAX_AGENT);
-    if (restore_wait_ready(deadline, &err) < 0)
-        goto failed;
-    *boot_ms = now_ms() - W.vm.t_spawn;
-    start_mode = "restore";
-    return true;
-failed : {
-    char why[512];
-    restore_timed_out = err.code == ETIMEDOUT;
-    snprintf(restore_error, sizeof restore_error, "%s (%s)", err.msg,
-             vm_gone_reason(why, sizeof why));
-    qmp_close(&qmp);
-    qemu_kill(&W.vm);
-    if (W.agent >= 0)
-        close(W.agent);
-    if (W.con >= 0)
-        close(W.con);
-    W.agent = W.con = -1;
-    W.con_len = 0;
-    frame_reader_free(&W.ag_rd);
-    unlink(W.vm.agent_sock);
-    unlink(W.vm.console_sock);
-    unlink(W.vm.qmp_sock);
-    return false;
-}
-}
-
-/* A template VM, booted cold with its RAM in snapshot_dir/mem: warm the language's REPL (the
- * agent answers the Warm once the REPL has run an empty command), save the device state with
- * the VM running (stopping it first would leave restored VMs paused), report, and stop. */
-__attribute__((noreturn)) static void make_template(uint64_t boot_ms)
-{
-    sbx_err err = {0};
-    uint64_t t_warm = now_ms(), deadline = t_warm + TEMPLATE_STEP_MS;
-    Sbx__Agent__Warm w = SBX__AGENT__WARM__INIT;
-    w.language = W.cfg->language;
-    Sbx__Agent__HostMsg hm = SBX__AGENT__HOST_MSG__INIT;
-    hm.id = ++agent_seq;
-    hm.body_case = SBX__AGENT__HOST_MSG__BODY_WARM;
-    hm.warm = &w;
-    send_agent(&hm);
-    for (bool warm = false; !warm;) {
-        const uint8_t *f;
-        size_t n;
-        if (next_event(deadline, false, &f, &n) == EV_TIMEOUT)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_SNAPSHOT, true,
-                 "template: the %s REPL did not start within %d s", W.cfg->language,
-                 TEMPLATE_STEP_MS / 1000);
-        Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, f);
-        if (!g)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                 "undecodable frame from the guest agent");
-        if (g->id == hm.id && g->body_case == SBX__AGENT__GUEST_MSG__BODY_FAILURE)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_SNAPSHOT, true, "template: %.400s",
-                 g->failure->message ? g->failure->message : "warm failed");
-        warm = g->id == hm.id && g->body_case == SBX__AGENT__GUEST_MSG__BODY_READY;
-        sbx__agent__guest_msg__free_unpacked(g, NULL);
-    }
-    uint64_t t_save = now_ms();
-    char uri[PATH_MAX + 8];
-    snprintf(uri, sizeof uri, "file:%s/state", W.cfg->snapshot_dir);
-    int rc = qmp_exec(
-        &qmp, "migrate-set-capabilities",
-        json_pack("{s:[{s:s, s:b}]}", "capabilities", "capability", "x-ignore-shared", "state", 1),
-        NULL, deadline, &err);
-    if (rc == 0)
-        rc = qmp_exec(&qmp, "migrate", json_pack("{s:s}", "uri", uri), NULL, deadline, &err);
-    /* Poll: the MIGRATION event needs a capability of its own, and this takes milliseconds. */
-    for (bool done = false; rc == 0 && !done;) {
-        json_t *r = NULL;
-        rc = qmp_exec(&qmp, "query-migrate", NULL, &r, deadline, &err);
-        const char *st = json_string_value(json_object_get(r, "status"));
-        const char *desc = json_string_value(json_object_get(r, "error-desc"));
-        if (rc == 0 && st && (!strcmp(st, "failed") || !strcmp(st, "cancelled")))
-            rc = sbx_fail(&err, EIO, "migration %s: %.300s", st, desc ? desc : "no reason given");
-        done = rc == 0 && st && !strcmp(st, "completed");
-        json_decref(r);
-        if (rc == 0 && !done) {
-            struct timespec ts = {0, 2 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-        }
-    }
-    if (rc < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_SNAPSHOT, true, "template: save: %s", err.msg);
-    uint64_t t_done = now_ms();
-    Sbx__Worker__SnapshotSaved sv = SBX__WORKER__SNAPSHOT_SAVED__INIT;
-    sv.qemu_version = qmp.version;
-    sv.boot_ms = boot_ms;
-    sv.warm_ms = t_save - t_warm;
-    sv.save_ms = t_done - t_save;
-    qmp_close(&qmp);
-    /* The VM stays paused after the save: its RAM file is final. */
-    cleanup_vm();
-    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
-    m.body_case = SBX__WORKER__FROM_WORKER__BODY_SNAPSHOT_SAVED;
-    m.snapshot_saved = &sv;
-    send_ctl(&m);
-    exit(0);
 }
 
 /* The worker's own seccomp filter, once QEMU runs and every socket to it is connected. */
