@@ -1,28 +1,17 @@
-/* vmworker relay */
+/* The relay: one exec or one file request at a time between sbxd and the guest agent, with the
+ * host's caps and deadlines. It never trusts a length from either side, and never ends the VM
+ * itself: an error that stops the VM goes up to main as a value. */
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <sys/signalfd.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "agent.pb-c.h"
-#include "frame.h"
 #include "jail.h"
 #include "sbx_limits.h"
-#include "qemu.h"
-#include "qmp.h"
 #include "worker.h"
-#include "balloon.h"
-#include "worker.pb-c.h"
 
 /* Time the guest gets past its own timeout to SIGTERM, SIGKILL, drain and report before the
  * host stops waiting and kills the VM. */
@@ -34,7 +23,7 @@ typedef struct {
     bool truncated;
 } outbuf;
 
-static void outbuf_add(outbuf *b, const uint8_t *d, size_t n)
+static int outbuf_add(outbuf *b, const uint8_t *d, size_t n, vm_err *err)
 {
     size_t room = b->limit - b->len;
     if (n > room) {
@@ -42,19 +31,20 @@ static void outbuf_add(outbuf *b, const uint8_t *d, size_t n)
         b->truncated = true;
     }
     if (!n)
-        return;
+        return 0;
     if (b->len + n > b->cap) {
         size_t nc = b->cap ? b->cap * 2 : 65536;
         while (nc < b->len + n)
             nc *= 2;
         uint8_t *p = realloc(b->data, nc);
         if (!p)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+            return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
         b->data = p;
         b->cap = nc;
     }
     memcpy(b->data + b->len, d, n);
     b->len += n;
+    return 0;
 }
 
 static void forward_chunk(uint32_t stream, const uint8_t *d, size_t n)
@@ -119,22 +109,22 @@ static void test_hook(const char *code, size_t len)
     }
 }
 
-void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms)
+int run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms, vm_err *err)
 {
     /* Re-check what sbxd already validated: the worker trusts nobody with lengths. */
     char msg[256];
     if (limits_check_code(req->code.data, req->code.len, msg, sizeof msg) < 0 ||
         limits_check_env_count(req->n_env, msg, sizeof msg) < 0) {
         reply_error(SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "%s", msg);
-        return;
+        return 0;
     }
 
     if (W.cfg->test_hooks)
         test_hook((const char *)req->code.data, req->code.len);
-    Sbx__Agent__EnvVar *envs = calloc(req->n_env ? req->n_env : 1, sizeof *envs);
-    Sbx__Agent__EnvVar **envp = calloc(req->n_env ? req->n_env : 1, sizeof *envp);
+    cleanup_free Sbx__Agent__EnvVar *envs = calloc(req->n_env ? req->n_env : 1, sizeof *envs);
+    cleanup_free Sbx__Agent__EnvVar **envp = calloc(req->n_env ? req->n_env : 1, sizeof *envp);
     if (!envs || !envp)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+        return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
     for (size_t i = 0; i < req->n_env; i++) {
         sbx__agent__env_var__init(&envs[i]);
         envs[i].key = req->env[i]->key;
@@ -157,17 +147,20 @@ void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms
     hm.body_case = SBX__AGENT__HOST_MSG__BODY_EXEC;
     hm.exec = &ex;
     uint64_t t_exec = now_ms();
-    send_agent(&hm);
-    free(envs);
-    free(envp);
+    if (send_agent(&hm, err) < 0)
+        return -1;
 
     outbuf out = {.limit = SBX_MAX_STDOUT}, errb = {.limit = SBX_MAX_STDERR};
     Sbx__Control__ExecResult res = SBX__CONTROL__EXEC_RESULT__INIT;
     uint64_t deadline = t_exec + req->timeout_ms + HOST_GRACE_MS;
     bool done = false, vm_lost = false;
+    int rc = 0;
     while (!done) {
-        Sbx__Agent__GuestMsg *g = recv_agent(hm.id, deadline);
-        if (!g) {
+        Sbx__Agent__GuestMsg *g = NULL;
+        rc = recv_agent(hm.id, deadline, &g, err);
+        if (rc < 0)
+            break;
+        if (rc == 0) {
             /* The guest stopped answering: it loses the VM (and a session with it). */
             wlog("guest did not finish %d ms after its timeout; killing the VM", HOST_GRACE_MS);
             res.timed_out = true;
@@ -180,7 +173,11 @@ void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms
         case SBX__AGENT__GUEST_MSG__BODY_OUTPUT: {
             outbuf *b = g->output->stream == 2 ? &errb : &out;
             size_t before = b->len;
-            outbuf_add(b, g->output->data.data, g->output->data.len);
+            if (outbuf_add(b, g->output->data.data, g->output->data.len, err) < 0) {
+                rc = -1;
+                done = true;
+                break;
+            }
             /* Forward only what fits under the cap, so the stream matches the result. */
             if (req->stream && b->len > before)
                 forward_chunk(g->output->stream, b->data + before, b->len - before);
@@ -201,12 +198,17 @@ void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms
             sbx__agent__guest_msg__free_unpacked(g, NULL);
             free(out.data);
             free(errb.data);
-            return;
+            return 0;
         }
         default:
             break;
         }
         sbx__agent__guest_msg__free_unpacked(g, NULL);
+    }
+    if (rc < 0) {
+        free(out.data);
+        free(errb.data);
+        return -1;
     }
     uint64_t t_end = now_ms();
     qemu_usage(&W.vm, &res.external_cpu_time_ms, &res.external_memory_peak_mb);
@@ -233,14 +235,13 @@ void run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms
     send_ctl(&m);
     free(out.data);
     free(errb.data);
-    if (W.cfg->session && vm_lost)
-        exit(1); /* sbxd closes the session: its VM is gone */
+    return W.cfg->session && vm_lost ? 1 : 0;
 }
 
 /* How long the guest may take to answer a file request before the host gives up on the VM. */
 #define FILE_REPLY_MS 120000
 
-static void send_file_reply(Sbx__Agent__GuestMsg *g)
+static int send_file_reply(Sbx__Agent__GuestMsg *g, vm_err *err)
 {
     Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
     Sbx__Control__FileChunk c = SBX__CONTROL__FILE_CHUNK__INIT;
@@ -264,8 +265,11 @@ static void send_file_reply(Sbx__Agent__GuestMsg *g)
         size_t n = g->listing->n_entries;
         ents = calloc(n ? n : 1, sizeof *ents);
         entp = calloc(n ? n : 1, sizeof *entp);
-        if (!ents || !entp)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+        if (!ents || !entp) {
+            free(ents);
+            free(entp);
+            return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+        }
         for (size_t i = 0; i < n; i++) {
             sbx__control__file_entry__init(&ents[i]);
             ents[i].name = g->listing->entries[i]->name;
@@ -280,16 +284,17 @@ static void send_file_reply(Sbx__Agent__GuestMsg *g)
         break;
     }
     default:
-        return;
+        return 0;
     }
     send_ctl(&m);
     free(ents);
     free(entp);
+    return 0;
 }
 
 /* Relay one file request and its replies. Uploads: the header, then sbxd's chunks as they
  * come; downloads and listings: the guest's answers until the final one. */
-void run_file_op(Sbx__Worker__ToWorker *m)
+int run_file_op(Sbx__Worker__ToWorker *m, vm_err *err)
 {
     Sbx__Agent__HostMsg hm = SBX__AGENT__HOST_MSG__INIT;
     Sbx__Agent__FileWrite fw = SBX__AGENT__FILE_WRITE__INIT;
@@ -312,40 +317,45 @@ void run_file_op(Sbx__Worker__ToWorker *m)
         hm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_LIST;
         hm.file_list = &fl;
     }
-    send_agent(&hm);
+    if (send_agent(&hm, err) < 0)
+        return -1;
     uint64_t req = W.req_id;
     bool chunks_done = !upload;
     for (;;) {
         const uint8_t *f;
         size_t n;
-        int ev = next_event(now_ms() + FILE_REPLY_MS, !chunks_done, &f, &n);
+        int ev = next_event(now_ms() + FILE_REPLY_MS, !chunks_done, &f, &n, err);
+        if (ev == EV_ERROR)
+            return -1;
         if (ev == EV_TIMEOUT)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                 "the guest did not answer a file request for %d s", FILE_REPLY_MS / 1000);
+            return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                           "the guest did not answer a file request for %d s",
+                           FILE_REPLY_MS / 1000);
         if (ev == EV_CTL) {
             Sbx__Worker__ToWorker *c = sbx__worker__to_worker__unpack(NULL, n, f);
-            if (!c || c->body_case != SBX__WORKER__TO_WORKER__BODY_FILE_CHUNK || c->id != req)
-                fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
-                     "sbxd sent something other than the upload's chunks");
-            chunks_done = c->file_chunk->last;
-            {
-                Sbx__Agent__FileChunk ac = SBX__AGENT__FILE_CHUNK__INIT;
-                ac.zdata = c->file_chunk->zdata;
-                ac.last = c->file_chunk->last;
-                Sbx__Agent__HostMsg cm = SBX__AGENT__HOST_MSG__INIT;
-                cm.id = hm.id;
-                cm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_CHUNK;
-                cm.file_chunk = &ac;
-                send_agent(&cm);
+            if (!c || c->body_case != SBX__WORKER__TO_WORKER__BODY_FILE_CHUNK || c->id != req) {
+                if (c)
+                    sbx__worker__to_worker__free_unpacked(c, NULL);
+                return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                               "sbxd sent something other than the upload's chunks");
             }
+            chunks_done = c->file_chunk->last;
+            Sbx__Agent__FileChunk ac = SBX__AGENT__FILE_CHUNK__INIT;
+            ac.zdata = c->file_chunk->zdata;
+            ac.last = c->file_chunk->last;
+            Sbx__Agent__HostMsg cm = SBX__AGENT__HOST_MSG__INIT;
+            cm.id = hm.id;
+            cm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_CHUNK;
+            cm.file_chunk = &ac;
+            int rc = send_agent(&cm, err);
             sbx__worker__to_worker__free_unpacked(c, NULL);
+            if (rc < 0)
+                return -1;
             continue;
         }
-        const uint8_t *gf = f;
-        Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, gf);
+        Sbx__Agent__GuestMsg *g = agent_unpack(f, n, err);
         if (!g)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                 "undecodable frame from the guest agent");
+            return -1;
         if (g->id != hm.id) {
             sbx__agent__guest_msg__free_unpacked(g, NULL);
             continue;
@@ -359,13 +369,14 @@ void run_file_op(Sbx__Worker__ToWorker *m)
             reply_error(SBX__CONTROL__ERROR_KIND__ERROR_GUEST_AGENT, false, "%.500s",
                         g->failure->message ? g->failure->message : "file request refused");
             sbx__agent__guest_msg__free_unpacked(g, NULL);
-            return;
-        } else {
-            W.req_id = req;
-            send_file_reply(g);
+            return 0;
         }
+        W.req_id = req;
+        int rc = send_file_reply(g, err);
         sbx__agent__guest_msg__free_unpacked(g, NULL);
+        if (rc < 0)
+            return -1;
         if (final)
-            return;
+            return 0;
     }
 }

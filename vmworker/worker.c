@@ -1,40 +1,28 @@
-/* sbx-vmworker: one per VM. Started by sbxd with one socketpair end (--fd N); boots one QEMU,
- * relays between sbxd and the guest agent, enforces the host-side deadline, measures the VM
- * from outside, and removes everything it created. Exits when its one job is done. */
+/* sbx-vmworker: one per VM. Started by sbxd with one socketpair end (--fd N); sets up the jail,
+ * boots one QEMU, then waits for events and hands each request to the relay. The one place that
+ * dies (main, through die()); nothing below it exits on an error, and nothing it made outlives it.
+ */
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/signalfd.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "agent.pb-c.h"
-#include "frame.h"
-#include "jail.h"
-#include "sbx_limits.h"
-#include "qemu.h"
-#include "qmp.h"
-#include "worker.h"
 #include "balloon.h"
-#include "worker.pb-c.h"
+#include "jail.h"
+#include "worker.h"
 
 #define HELLO_RESEND_MS 1000
 
 worker W = {.ctl = -1, .sigfd = -1, .agent = -1, .con = -1, .vm = {.pid = -1}};
-/* QEMU's control socket, open from boot to exit (connected before the seccomp filter). */
 qmp_conn qmp = {.fd = -1};
-/* How this VM started ("cold" or "restore"), and why a restore asked for was given up. */
 const char *start_mode = "cold";
-char restore_error[512];
-bool restore_timed_out;
 
 void wlog(const char *fmt, ...)
 {
@@ -44,6 +32,24 @@ void wlog(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+}
+
+/* The worker's one error formatter: vm_fail and reply_error. */
+static void vm_verr(vm_err *err, Sbx__Control__ErrorKind kind, bool transient, const char *fmt,
+                    va_list ap)
+{
+    err->kind = kind;
+    err->transient = transient;
+    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+}
+
+int vm_fail(vm_err *err, Sbx__Control__ErrorKind kind, bool transient, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vm_verr(err, kind, transient, fmt, ap);
+    va_end(ap);
+    return -1;
 }
 
 void send_ctl(Sbx__Worker__FromWorker *m)
@@ -64,46 +70,43 @@ void cleanup_vm(void)
     }
 }
 
-static void send_error(Sbx__Control__ErrorKind kind, bool transient, const char *msg)
+/* sbxd asked the VM to end (SIGTERM, or it closed our link): nobody to report to. */
+__attribute__((noreturn)) static void stop_now(void)
+{
+    cleanup_vm();
+    exit(1);
+}
+
+static void send_error(const vm_err *err)
 {
     Sbx__Control__Error e = SBX__CONTROL__ERROR__INIT;
-    e.kind = kind;
-    e.transient = transient;
-    e.message = (char *)msg;
+    e.kind = err->kind;
+    e.transient = err->transient;
+    e.message = (char *)err->msg;
     Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
     m.body_case = SBX__WORKER__FROM_WORKER__BODY_ERROR;
     m.error = &e;
     send_ctl(&m);
 }
 
-/* The VM cannot go on: report, remove it, exit. */
-__attribute__((noreturn, format(printf, 3, 4))) void fail(Sbx__Control__ErrorKind kind,
-                                                          bool transient, const char *fmt, ...)
+/* The VM cannot go on: report, remove it, exit. The one place that dies; main alone calls it. */
+__attribute__((noreturn)) static void die(const vm_err *err)
 {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    wlog("%s", msg);
-    send_error(kind, transient, msg);
-    cleanup_vm();
-    exit(1);
+    wlog("%s", err->msg);
+    send_error(err);
+    stop_now();
 }
 
-/* An error for the current request that leaves the VM usable (sessions carry on). */
-__attribute__((format(printf, 3, 4))) void reply_error(Sbx__Control__ErrorKind kind, bool transient,
-                                                       const char *fmt, ...)
+void reply_error(Sbx__Control__ErrorKind kind, bool transient, const char *fmt, ...)
 {
-    char msg[1024];
+    vm_err err;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vm_verr(&err, kind, transient, fmt, ap);
     va_end(ap);
-    send_error(kind, transient, msg);
+    send_error(&err);
 }
 
-/* Why the VM is gone, for messages: QEMU's own words, else the guest console's last line. */
 const char *vm_gone_reason(char *buf, size_t n)
 {
     qemu_log_tail(&W.vm, buf, n);
@@ -142,11 +145,31 @@ void console_read(void)
     }
 }
 
+bool reap_signals(int *st)
+{
+    struct signalfd_siginfo si;
+    while (read(W.sigfd, &si, sizeof si) == sizeof si)
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+            stop_now();
+    if (W.vm.pid > 0 && waitpid(W.vm.pid, st, WNOHANG) == W.vm.pid) {
+        W.vm.pid = -1;
+        return true;
+    }
+    return false;
+}
+
 /* The longest the guest may take to accept one frame. The agent reads its channel all the
  * time, and the host never writes while the guest streams (requests are serialised), so a
  * frame that does not go in by then means a guest that stopped reading: it must not hold the
  * worker, its slot or a session forever. */
 #define AGENT_WRITE_MS 10000
+
+/* A guest channel that failed: timed out (it stopped reading) or broken. */
+static Sbx__Control__ErrorKind agent_err_kind(const sbx_err *e)
+{
+    return e->code == ETIMEDOUT ? SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT
+                                : SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION;
+}
 
 /* One frame to the guest agent (a non-blocking socket), written by deadline or not at all. */
 static int agent_write(const ProtobufCMessage *m, uint64_t deadline, sbx_err *err)
@@ -181,25 +204,34 @@ static int agent_write(const ProtobufCMessage *m, uint64_t deadline, sbx_err *er
     return rc != 0 ? -1 : 0;
 }
 
-void send_agent(Sbx__Agent__HostMsg *m)
+int send_agent(Sbx__Agent__HostMsg *m, vm_err *err)
 {
-    sbx_err err = {0};
-    if (agent_write(&m->base, now_ms() + AGENT_WRITE_MS, &err) < 0)
-        fail(err.code == ETIMEDOUT ? SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT
-                                   : SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION,
-             true, "%s; VM stopped", err.msg);
+    sbx_err e = {0};
+    if (agent_write(&m->base, now_ms() + AGENT_WRITE_MS, &e) < 0)
+        return vm_fail(err, agent_err_kind(&e), true, "%s; VM stopped", e.msg);
+    return 0;
 }
 
-/* The agent's socket never blocks the worker: reads already expect EAGAIN, writes go through
- * agent_write. */
-void agent_nonblock(void)
+int guest_connect(uint64_t deadline, sbx_err *e, vm_err *err)
 {
+    W.con = qemu_connect(&W.vm, W.vm.console_sock, deadline, e);
+    if (W.con < 0)
+        return -1;
+    W.agent = qemu_connect(&W.vm, W.vm.agent_sock, deadline, e);
+    if (W.agent < 0)
+        return -1;
+    /* The agent's socket never blocks the worker: reads already expect EAGAIN, writes go
+     * through agent_write, which has a deadline. */
     int fl = fcntl(W.agent, F_GETFL);
-    if (fl < 0 || fcntl(W.agent, F_SETFL, fl | O_NONBLOCK) < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "agent socket: %s", strerror(errno));
+    if (fl < 0 || fcntl(W.agent, F_SETFL, fl | O_NONBLOCK) < 0) {
+        vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "agent socket: %s",
+                strerror(errno));
+        return -2;
+    }
+    return 0;
 }
 
-int try_send_hello(sbx_err *err)
+int send_hello(vm_err *err)
 {
     /* Fresh randomness and the host's clock with every Hello: a guest restored from a shared
      * snapshot must not reuse another VM's RNG state or a stale time. */
@@ -207,7 +239,8 @@ int try_send_hello(sbx_err *err)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     if (getrandom(seed, sizeof seed, 0) != (ssize_t)sizeof seed)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "getrandom: %s", strerror(errno));
+        return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "getrandom: %s",
+                       strerror(errno));
     Sbx__Agent__Hello h = SBX__AGENT__HELLO__INIT;
     h.protocol_version = SBX_PROTOCOL_VERSION;
     h.seed.data = seed;
@@ -216,53 +249,35 @@ int try_send_hello(sbx_err *err)
     Sbx__Agent__HostMsg m = SBX__AGENT__HOST_MSG__INIT;
     m.body_case = SBX__AGENT__HOST_MSG__BODY_HELLO;
     m.hello = &h;
-    int rc = agent_write(&m.base, now_ms() + AGENT_WRITE_MS, err);
+    sbx_err e = {0};
+    int rc = agent_write(&m.base, now_ms() + AGENT_WRITE_MS, &e);
     explicit_bzero(seed, sizeof seed);
-    return rc;
+    return rc < 0 ? vm_fail(err, agent_err_kind(&e), true, "%s", e.msg) : 0;
 }
 
-static void send_hello(void)
+Sbx__Agent__GuestMsg *agent_unpack(const uint8_t *f, size_t n, vm_err *err)
 {
-    sbx_err err = {0};
-    if (try_send_hello(&err) < 0)
-        fail(err.code == ETIMEDOUT ? SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT
-                                   : SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION,
-             true, "%s", err.msg);
+    Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, f);
+    if (!g)
+        vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                "undecodable frame from the guest agent");
+    return g;
 }
 
-/* The signalfd is readable: SIGTERM/SIGINT end the worker and its VM; returns true, with QEMU's
- * wait status in *st, when QEMU has exited. */
-bool reap_signals(int *st)
-{
-    struct signalfd_siginfo si;
-    while (read(W.sigfd, &si, sizeof si) == sizeof si)
-        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-            cleanup_vm();
-            exit(1);
-        }
-    if (W.vm.pid > 0 && waitpid(W.vm.pid, st, WNOHANG) == W.vm.pid) {
-        W.vm.pid = -1;
-        return true;
-    }
-    return false;
-}
-
-/* Wait for the next frame from sbxd (when want_ctl; otherwise sbxd's frames stay buffered for
- * later) or the agent, until deadline. Handles the console, signals and QEMU's death on the way.
- * *frame points into the reader's buffer. */
-int next_event(uint64_t deadline, bool want_ctl, const uint8_t **frame, size_t *len)
+int next_event(uint64_t deadline, bool want_ctl, const uint8_t **frame, size_t *len, vm_err *err)
 {
     for (;;) {
         int r;
         if (W.agent >= 0 && (r = frame_reader_next(&W.ag_rd, frame, len)) != 0) {
             if (r < 0)
-                fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                     "guest agent sent an oversized frame; VM stopped");
+                return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                               "guest agent sent an oversized frame; VM stopped");
             return EV_AGENT;
         }
         if (want_ctl && (r = frame_reader_next(&W.ctl_rd, frame, len)) != 0) {
             if (r < 0)
-                fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false, "oversized frame from sbxd");
+                return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                               "oversized frame from sbxd");
             return EV_CTL;
         }
         uint64_t now = now_ms();
@@ -285,7 +300,8 @@ int next_event(uint64_t deadline, bool want_ctl, const uint8_t **frame, size_t *
         if (poll(p, 5, wait) < 0) {
             if (errno == EINTR)
                 continue;
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "poll: %s", strerror(errno));
+            return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "poll: %s",
+                           strerror(errno));
         }
         if (p[3].revents)
             console_read();
@@ -297,110 +313,122 @@ int next_event(uint64_t deadline, bool want_ctl, const uint8_t **frame, size_t *
             if (W.con >= 0)
                 console_read();
             char why[512];
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                 "the VM stopped unexpectedly (QEMU %s %d): %s",
-                 WIFSIGNALED(st) ? "killed by signal" : "exited with status",
-                 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), vm_gone_reason(why, sizeof why));
+            return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                           "the VM stopped unexpectedly (QEMU %s %d): %s",
+                           WIFSIGNALED(st) ? "killed by signal" : "exited with status",
+                           WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
+                           vm_gone_reason(why, sizeof why));
         }
         if (p[0].revents) {
             ssize_t n = frame_reader_fill(&W.ctl_rd, W.ctl);
-            if (n == 0 || (n < 0 && errno != EAGAIN)) {
-                /* sbxd went away or cancelled the run: nothing to report to. */
-                cleanup_vm();
-                exit(1);
-            }
+            if (n == 0 || (n < 0 && errno != EAGAIN))
+                stop_now(); /* sbxd went away or cancelled the run */
         }
         if (W.agent >= 0 && p[2].revents) {
             ssize_t n = frame_reader_fill(&W.ag_rd, W.agent);
             if (n == 0 || (n < 0 && errno != EAGAIN)) {
                 char why[512];
-                fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                     "guest agent channel closed: %s", vm_gone_reason(why, sizeof why));
+                return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                               "guest agent channel closed: %s", vm_gone_reason(why, sizeof why));
             }
         }
     }
 }
 
 /* The next request from sbxd. want: the one body expected, or 0 for any. */
-static Sbx__Worker__ToWorker *recv_ctl(Sbx__Worker__ToWorker__BodyCase want, uint64_t deadline)
+static Sbx__Worker__ToWorker *recv_ctl(Sbx__Worker__ToWorker__BodyCase want, uint64_t deadline,
+                                       vm_err *err)
 {
     const uint8_t *f;
     size_t n;
     for (;;) {
-        int ev = next_event(deadline, true, &f, &n);
-        if (ev == EV_TIMEOUT)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "sbxd sent nothing in time");
+        int ev = next_event(deadline, true, &f, &n, err);
+        if (ev == EV_ERROR)
+            return NULL;
+        if (ev == EV_TIMEOUT) {
+            vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true,
+                    "sbxd sent nothing in time");
+            return NULL;
+        }
         if (ev != EV_CTL)
             continue; /* a guest frame nobody asked for: ignore */
         Sbx__Worker__ToWorker *m = sbx__worker__to_worker__unpack(NULL, n, f);
-        if (!m || (want && m->body_case != want))
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false, "unexpected frame from sbxd");
+        if (!m || (want && m->body_case != want)) {
+            vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                    "unexpected frame from sbxd");
+            return NULL;
+        }
         W.req_id = m->id;
         return m;
     }
 }
 
-/* Each request to the agent gets its own id; replies with another id are stale (a late answer
- * to an abandoned request) and are dropped. */
 uint64_t agent_seq;
 
-/* The next reply from the agent to request `id`, until deadline; NULL on timeout. */
-Sbx__Agent__GuestMsg *recv_agent(uint64_t id, uint64_t deadline)
+int recv_agent(uint64_t id, uint64_t deadline, Sbx__Agent__GuestMsg **out, vm_err *err)
 {
     const uint8_t *f;
     size_t n;
     for (;;) {
-        int ev = next_event(deadline, false, &f, &n);
+        int ev = next_event(deadline, false, &f, &n, err);
+        if (ev == EV_ERROR)
+            return -1;
         if (ev == EV_TIMEOUT)
-            return NULL;
+            return 0;
         if (ev != EV_AGENT)
             continue;
-        Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, f);
+        Sbx__Agent__GuestMsg *g = agent_unpack(f, n, err);
         if (!g)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                 "undecodable frame from the guest agent");
-        if (g->id == id && g->body_case != SBX__AGENT__GUEST_MSG__BODY_READY)
-            return g;
+            return -1;
+        if (g->id == id && g->body_case != SBX__AGENT__GUEST_MSG__BODY_READY) {
+            *out = g;
+            return 1;
+        }
         sbx__agent__guest_msg__free_unpacked(g, NULL);
     }
 }
 
-static void boot(uint64_t *boot_ms)
+/* Boot cold: QEMU, its sockets, then Hellos until the agent is Ready. */
+static int boot(uint64_t *boot_ms, vm_err *err)
 {
-    sbx_err err = {0};
-    if (qemu_spawn(W.cfg, &W.vm, &err) < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "start QEMU: %s", err.msg);
+    sbx_err e = {0};
+    if (qemu_spawn(W.cfg, &W.vm, &e) < 0)
+        return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "start QEMU: %s",
+                       e.msg);
     uint64_t deadline = W.vm.t_spawn + W.cfg->boot_timeout_ms;
-    W.con = qemu_connect(&W.vm, W.vm.console_sock, deadline, &err);
-    if (W.con < 0)
+    int rc = guest_connect(deadline, &e, err);
+    if (rc == -2)
+        return -1;
+    if (rc < 0)
         goto qemu_failed;
-    W.agent = qemu_connect(&W.vm, W.vm.agent_sock, deadline, &err);
-    if (W.agent < 0)
-        goto qemu_failed;
-    agent_nonblock();
     /* QMP: a template needs it to save; any other VM can run without (no idle reclaim). */
-    if (qmp_open(&qmp, &W.vm, deadline, &err) < 0) {
+    if (qmp_open(&qmp, &W.vm, deadline, &e) < 0) {
         if (W.cfg->start_mode && !strcmp(W.cfg->start_mode, "template"))
             goto qemu_failed;
-        wlog("warning: %s; this VM runs without QMP (no idle memory reclaim)", err.msg);
+        wlog("warning: %s; this VM runs without QMP (no idle memory reclaim)", e.msg);
     }
     unlink(W.vm.qmp_sock); /* ours alone from now on */
     frame_reader_init(&W.ag_rd, FRAME_MAX_AGENT);
-    send_hello();
+    if (send_hello(err) < 0)
+        return -1;
     uint64_t next_hello = now_ms() + HELLO_RESEND_MS;
     for (;;) {
         const uint8_t *f;
         size_t n;
         uint64_t until = next_hello < deadline ? next_hello : deadline;
-        int ev = next_event(until, false, &f, &n);
+        int ev = next_event(until, false, &f, &n, err);
+        if (ev == EV_ERROR)
+            return -1;
         if (ev == EV_TIMEOUT) {
             if (now_ms() >= deadline) {
                 char why[512];
-                fail(SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT, true,
-                     "the VM did not boot within %u ms (%s accelerator): %s",
-                     W.cfg->boot_timeout_ms, W.cfg->accel, vm_gone_reason(why, sizeof why));
+                return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT, true,
+                               "the VM did not boot within %u ms (%s accelerator): %s",
+                               W.cfg->boot_timeout_ms, W.cfg->accel,
+                               vm_gone_reason(why, sizeof why));
             }
-            send_hello();
+            if (send_hello(err) < 0)
+                return -1;
             next_hello = now_ms() + HELLO_RESEND_MS;
             continue;
         }
@@ -408,25 +436,24 @@ static void boot(uint64_t *boot_ms)
             continue;
         Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, f);
         if (!g)
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
-                 "undecodable frame from the guest agent during boot");
+            return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION, true,
+                           "undecodable frame from the guest agent during boot");
         if (g->body_case == SBX__AGENT__GUEST_MSG__BODY_READY) {
             uint32_t v = g->ready->protocol_version;
             sbx__agent__guest_msg__free_unpacked(g, NULL);
             if (v != SBX_PROTOCOL_VERSION)
-                fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
-                     "guest agent speaks protocol %u, host %d: rebuild the assets", v,
-                     SBX_PROTOCOL_VERSION);
+                return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                               "guest agent speaks protocol %u, host %d: rebuild the assets", v,
+                               SBX_PROTOCOL_VERSION);
             *boot_ms = now_ms() - W.vm.t_spawn;
-            return;
+            return 0;
         }
         sbx__agent__guest_msg__free_unpacked(g, NULL);
     }
 qemu_failed : {
     char why[512];
-    fail(err.code == ETIMEDOUT ? SBX__CONTROL__ERROR_KIND__ERROR_VM_TIMEOUT
-                               : SBX__CONTROL__ERROR_KIND__ERROR_COMMUNICATION,
-         true, "start VM: %s: %s", err.msg, vm_gone_reason(why, sizeof why));
+    return vm_fail(err, agent_err_kind(&e), true, "start VM: %s: %s", e.msg,
+                   vm_gone_reason(why, sizeof why));
 }
 }
 
@@ -444,21 +471,22 @@ int __lsan_is_turned_off(void)
 #endif
 
 /* Replace a string of the unpacked config (protobuf-c frees them with free()). */
-static void set_str(char **field, const char *v)
+static int set_str(char **field, const char *v, vm_err *err)
 {
     char *n = strdup(v);
     if (!n)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+        return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
     free(*field);
     *field = n;
+    return 0;
 }
 
 /* The one place the worker narrows itself (and, by inheritance, QEMU): namespaces were made by
  * sbxd; here the private root, the VM's uid, no capabilities, no_new_privs. */
-static void enter_jail(Sbx__Worker__VmConfig *c)
+static int enter_jail(Sbx__Worker__VmConfig *c, vm_err *err)
 {
     if (!c->jail)
-        return;
+        return 0;
     bool snap =
         c->start_mode && (!strcmp(c->start_mode, "restore") || !strcmp(c->start_mode, "template"));
     jail_spec js = {.run_dir = c->run_dir,
@@ -474,63 +502,155 @@ static void enter_jail(Sbx__Worker__VmConfig *c)
                     .uid = c->vm_uid,
                     .gid = c->vm_gid};
     if (!c->qemu || c->qemu[0] != '/')
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "QEMU path must be absolute");
-    sbx_err err = {0};
-    if (jail_enter(&js, &err) < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "%s", err.msg);
+        return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false,
+                       "QEMU path must be absolute");
+    sbx_err e = {0};
+    if (jail_enter(&js, &e) < 0)
+        return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "%s", e.msg);
     /* Changing credentials cleared the parent-death signal. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    set_str(&c->run_dir, JAIL_VM_DIR);
-    set_str(&c->kernel, JAIL_KERNEL);
-    set_str(&c->initrd, JAIL_INITRD);
-    set_str(&c->rootfs, JAIL_ROOTFS);
-    set_str(&c->qemu, JAIL_QEMU);
+    if (set_str(&c->run_dir, JAIL_VM_DIR, err) < 0 || set_str(&c->kernel, JAIL_KERNEL, err) < 0 ||
+        set_str(&c->initrd, JAIL_INITRD, err) < 0 || set_str(&c->rootfs, JAIL_ROOTFS, err) < 0 ||
+        set_str(&c->qemu, JAIL_QEMU, err) < 0)
+        return -1;
     if (js.snapshot_dir)
-        set_str(&c->snapshot_dir, JAIL_SNAPSHOT);
+        return set_str(&c->snapshot_dir, JAIL_SNAPSHOT, err);
+    return 0;
 }
 
 /* The worker's own seccomp filter, once QEMU runs and every socket to it is connected. */
-static void lock_down(void)
+static int lock_down(vm_err *err)
 {
-    sbx_err err = {0};
-    if (W.cfg->jail && jail_seccomp(&err) < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "%s", err.msg);
+    sbx_err e = {0};
+    if (W.cfg->jail && jail_seccomp(&e) < 0)
+        return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "%s", e.msg);
+    return 0;
 }
 
 /* QEMU runs as our uid: whatever takes it over must not reach the worker (ptrace, /proc/1/mem,
  * process_vm_readv), and QEMU gets a filter of its own under its -sandbox (jail.c). Not
  * dumpable must come after jail_enter: changing uid resets it to fs.suid_dumpable. */
-static void confine_qemu(void)
+static int confine_qemu(vm_err *err)
 {
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "make the worker non-dumpable: %s",
-             strerror(errno));
-    sbx_err err = {0};
-    if (jail_qemu_filter(&W.vm.confine_arg, &err) < 0)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "%s", err.msg);
+        return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false,
+                       "make the worker non-dumpable: %s", strerror(errno));
+    sbx_err e = {0};
+    if (jail_qemu_filter(&W.vm.confine_arg, &e) < 0)
+        return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, false, "%s", e.msg);
     W.vm.confine = jail_qemu_confine;
+    return 0;
 }
 
-/* Boot, restore, or make a template, as sbxd asked. A failed restore is a cold boot in the same
- * slot: the run never sees it, beyond start_mode "cold" and the warning sbxd logs. */
-static void start_vm(uint64_t *boot_ms)
+/* Boot, restore, or make a template, as sbxd asked; 1 when the job is done (a template). A
+ * failed restore is a cold boot in the same slot: the run never sees it, beyond start_mode
+ * "cold" and the warning sbxd logs. */
+static int start_vm(uint64_t *boot_ms, vm_err *err)
 {
     const char *mode = W.cfg->start_mode ? W.cfg->start_mode : "";
     if (!strcmp(mode, "restore")) {
         uint64_t t0 = now_ms();
-        if (boot_restore(boot_ms))
-            return;
+        int r = snapshot_restore(boot_ms, err);
+        if (r != 0)
+            return r < 0 ? -1 : 0;
         wlog("warning: restore from the memory snapshot failed; booting cold: %s", restore_error);
-        set_str(&W.cfg->start_mode, "cold");
-        boot(boot_ms);
+        if (set_str(&W.cfg->start_mode, "cold", err) < 0 || boot(boot_ms, err) < 0)
+            return -1;
         *boot_ms += W.vm.t_spawn - t0; /* the attempt counts */
-        return;
+        return 0;
     }
-    boot(boot_ms);
+    if (boot(boot_ms, err) < 0)
+        return -1;
     if (!strcmp(mode, "template")) {
-        lock_down();
-        make_template(*boot_ms);
+        if (lock_down(err) < 0 || snapshot_make_template(*boot_ms, err) < 0)
+            return -1;
+        return 1;
     }
+    return 0;
+}
+
+/* Requests until the job is done: one exec for a run; for a session, requests until sbxd
+ * closes it (it kills us when the session ends or idles out, so there is no deadline here).
+ * Returns 1 when a session lost its VM. */
+static int serve(uint64_t boot_ms, uint64_t setup_ms, vm_err *err)
+{
+    bool first = true;
+    /* Idle reclaim, when sbxd asks for it (sessions), for VMs that booted cold (see qemu.c for
+     * restored ones). */
+    balloon_init(&qmp, W.cfg->memory_mb,
+                 W.cfg->session && !strcmp(start_mode, "cold") ? W.cfg->reclaim_idle_ms : 0);
+    do {
+        uint64_t deadline = W.cfg->session ? UINT64_MAX : now_ms() + 30000;
+        balloon_idle_start();
+        W.idle = W.cfg->session;
+        Sbx__Worker__ToWorker *rq = recv_ctl(0, deadline, err);
+        W.idle = false;
+        if (!rq)
+            return -1;
+        balloon_wake();
+        int rc = 0;
+        switch (rq->body_case) {
+        case SBX__WORKER__TO_WORKER__BODY_EXEC:
+            rc = run_exec(rq->exec, first ? boot_ms : 0, first ? setup_ms : 0, err);
+            first = false;
+            break;
+        case SBX__WORKER__TO_WORKER__BODY_FILE_WRITE:
+        case SBX__WORKER__TO_WORKER__BODY_FILE_READ:
+        case SBX__WORKER__TO_WORKER__BODY_FILE_LIST:
+            if (W.cfg->session)
+                rc = run_file_op(rq, err);
+            else
+                reply_error(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                            "file requests need a session");
+            break;
+        case SBX__WORKER__TO_WORKER__BODY_FILE_CHUNK:
+            break; /* the rest of an upload that was refused already */
+        default:
+            rc = vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                         "unexpected request from sbxd");
+        }
+        sbx__worker__to_worker__free_unpacked(rq, NULL);
+        if (rc != 0)
+            return rc;
+    } while (W.cfg->session);
+    return 0;
+}
+
+static void send_booted(uint64_t boot_ms, uint64_t setup_ms)
+{
+    Sbx__Worker__Booted b = SBX__WORKER__BOOTED__INIT;
+    b.boot_ms = boot_ms;
+    b.setup_ms = setup_ms;
+    b.qemu_pid = (uint32_t)W.vm.pid;
+    b.start_mode = (char *)start_mode;
+    b.restore_error = restore_error;
+    b.restore_timed_out = restore_timed_out;
+    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
+    m.body_case = SBX__WORKER__FROM_WORKER__BODY_BOOTED;
+    m.booted = &b;
+    send_ctl(&m);
+}
+
+/* sbxd's Hello, and ours back. */
+static int handshake(vm_err *err)
+{
+    Sbx__Worker__ToWorker *hello =
+        recv_ctl(SBX__WORKER__TO_WORKER__BODY_HELLO, now_ms() + 30000, err);
+    if (!hello)
+        return -1;
+    uint32_t v = hello->hello->protocol_version;
+    sbx__worker__to_worker__free_unpacked(hello, NULL);
+    if (v != SBX_PROTOCOL_VERSION)
+        return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
+                       "sbxd speaks protocol %u, worker %d", v, SBX_PROTOCOL_VERSION);
+    Sbx__Control__HelloOk ok = SBX__CONTROL__HELLO_OK__INIT;
+    ok.protocol_version = SBX_PROTOCOL_VERSION;
+    ok.server = "sbx-vmworker/" SBX_VERSION;
+    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
+    m.body_case = SBX__WORKER__FROM_WORKER__BODY_HELLO;
+    m.hello = &ok;
+    send_ctl(&m);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -564,39 +684,25 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &ss, NULL);
     W.sigfd = signalfd(-1, &ss, SFD_CLOEXEC | SFD_NONBLOCK);
 
-    Sbx__Worker__ToWorker *hello = recv_ctl(SBX__WORKER__TO_WORKER__BODY_HELLO, now_ms() + 30000);
-    uint32_t v = hello->hello->protocol_version;
-    sbx__worker__to_worker__free_unpacked(hello, NULL);
-    if (v != SBX_PROTOCOL_VERSION)
-        fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false, "sbxd speaks protocol %u, worker %d",
-             v, SBX_PROTOCOL_VERSION);
-    Sbx__Control__HelloOk ok = SBX__CONTROL__HELLO_OK__INIT;
-    ok.protocol_version = SBX_PROTOCOL_VERSION;
-    ok.server = "sbx-vmworker/" SBX_VERSION;
-    Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
-    m.body_case = SBX__WORKER__FROM_WORKER__BODY_HELLO;
-    m.hello = &ok;
-    send_ctl(&m);
-
-    Sbx__Worker__ToWorker *start = recv_ctl(SBX__WORKER__TO_WORKER__BODY_START, now_ms() + 30000);
+    vm_err err = {0};
+    if (handshake(&err) < 0)
+        die(&err);
+    Sbx__Worker__ToWorker *start =
+        recv_ctl(SBX__WORKER__TO_WORKER__BODY_START, now_ms() + 30000, &err);
+    if (!start)
+        die(&err);
     W.cfg = start->start;
-    enter_jail(W.cfg);
-    confine_qemu();
+    if (enter_jail(W.cfg, &err) < 0 || confine_qemu(&err) < 0)
+        die(&err);
     uint64_t setup_ms = now_ms() - W.t_start, boot_ms = 0;
-    start_vm(&boot_ms);
-    lock_down();
-
-    Sbx__Worker__Booted b = SBX__WORKER__BOOTED__INIT;
-    b.boot_ms = boot_ms;
-    b.setup_ms = setup_ms;
-    b.qemu_pid = (uint32_t)W.vm.pid;
-    b.start_mode = (char *)start_mode;
-    b.restore_error = restore_error;
-    b.restore_timed_out = restore_timed_out;
-    Sbx__Worker__FromWorker bm = SBX__WORKER__FROM_WORKER__INIT;
-    bm.body_case = SBX__WORKER__FROM_WORKER__BODY_BOOTED;
-    bm.booted = &b;
-    send_ctl(&bm);
+    int rc = start_vm(&boot_ms, &err);
+    if (rc < 0)
+        die(&err);
+    if (rc > 0)
+        exit(0); /* a template: saved and reported */
+    if (lock_down(&err) < 0)
+        die(&err);
+    send_booted(boot_ms, setup_ms);
     if (W.cfg->probe) {
         cleanup_vm();
         sbx__worker__to_worker__free_unpacked(start, NULL);
@@ -604,41 +710,11 @@ int main(int argc, char **argv)
         frame_reader_free(&W.ag_rd);
         return 0;
     }
-    /* One exec for a run; for a session, requests until sbxd closes it (it kills us when the
-     * session ends or idles out, so there is no deadline here). */
-    bool first = true;
-    /* Idle reclaim, when sbxd asks for it (sessions), for VMs that booted cold (see qemu.c for
-     * restored ones). */
-    balloon_init(&qmp, W.cfg->memory_mb,
-                 W.cfg->session && !strcmp(start_mode, "cold") ? W.cfg->reclaim_idle_ms : 0);
-    do {
-        uint64_t deadline = W.cfg->session ? UINT64_MAX : now_ms() + 30000;
-        balloon_idle_start();
-        W.idle = W.cfg->session;
-        Sbx__Worker__ToWorker *rq = recv_ctl(0, deadline);
-        W.idle = false;
-        balloon_wake();
-        switch (rq->body_case) {
-        case SBX__WORKER__TO_WORKER__BODY_EXEC:
-            run_exec(rq->exec, first ? boot_ms : 0, first ? setup_ms : 0);
-            first = false;
-            break;
-        case SBX__WORKER__TO_WORKER__BODY_FILE_WRITE:
-        case SBX__WORKER__TO_WORKER__BODY_FILE_READ:
-        case SBX__WORKER__TO_WORKER__BODY_FILE_LIST:
-            if (W.cfg->session)
-                run_file_op(rq);
-            else
-                reply_error(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false,
-                            "file requests need a session");
-            break;
-        case SBX__WORKER__TO_WORKER__BODY_FILE_CHUNK:
-            break; /* the rest of an upload that was refused already */
-        default:
-            fail(SBX__CONTROL__ERROR_KIND__ERROR_PROTOCOL, false, "unexpected request from sbxd");
-        }
-        sbx__worker__to_worker__free_unpacked(rq, NULL);
-    } while (W.cfg->session);
+    rc = serve(boot_ms, setup_ms, &err);
+    if (rc < 0)
+        die(&err);
+    if (rc > 0)
+        exit(1); /* sbxd closes the session: its VM is gone */
     sbx__worker__to_worker__free_unpacked(start, NULL);
     frame_reader_free(&W.ctl_rd);
     frame_reader_free(&W.ag_rd);
