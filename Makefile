@@ -16,7 +16,7 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 	supervisor/sched.c \
 	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
 	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c
-WORKER_SRC = vmworker/worker.c vmworker/relay.c vmworker/snapshot.c vmworker/qemu.c vmworker/jail.c vmworker/qmp.c vmworker/balloon.c
+WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapshot.c vmworker/qemu.c vmworker/jail.c vmworker/qmp.c vmworker/balloon.c
 LIBSBX_SRC = cli/libsbx.c
 SBX_SRC = cli/sbx.c cli/args.c
 AGENT_SRC = agent/agent.c agent/sandbox.c agent/repl.c agent/files.c agent/zram.c

@@ -58,19 +58,18 @@ __attribute__((format(printf, 4, 5))) int vm_fail(vm_err *err, Sbx__Control__Err
 /* One line on stderr (sbxd's log), prefixed with the worker's pid. */
 __attribute__((format(printf, 1, 2))) void wlog(const char *fmt, ...);
 
-/* worker.c: the channels and the event wait */
+/* chan.c: the channels */
 void send_ctl(Sbx__Worker__FromWorker *m);
+/* Report err to sbxd for the current request. */
+void send_error(const vm_err *err);
 /* An error for the current request that leaves the VM usable (sessions carry on). */
 __attribute__((format(printf, 3, 4))) void reply_error(Sbx__Control__ErrorKind kind, bool transient,
                                                        const char *fmt, ...);
-/* Kill QEMU and remove what the worker made in the run directory (idempotent). */
-void cleanup_vm(void);
 /* Why the VM is gone, for messages: QEMU's own words, else the guest console's last line. */
 const char *vm_gone_reason(char *buf, size_t n);
 void console_read(void);
-/* The signalfd is readable: SIGTERM/SIGINT end the worker and its VM; returns true, with QEMU's
- * wait status in *st, when QEMU has exited. */
-bool reap_signals(int *st);
+/* A channel to the VM that failed: VmTimeout when it timed out (ETIMEDOUT), else Communication. */
+Sbx__Control__ErrorKind agent_err_kind(const sbx_err *e);
 /* Connect to the guest's console and agent sockets QEMU serves, until deadline: -1 when QEMU
  * did not open them (e), -2 when the VM cannot go on (err). */
 int guest_connect(uint64_t deadline, sbx_err *e, vm_err *err);
@@ -81,6 +80,12 @@ int send_hello(vm_err *err);
 /* Decode a frame from the guest agent. */
 Sbx__Agent__GuestMsg *agent_unpack(const uint8_t *f, size_t n, vm_err *err);
 
+/* worker.c: the event wait */
+/* Kill QEMU and remove what the worker made in the run directory (idempotent). */
+void cleanup_vm(void);
+/* The signalfd is readable: SIGTERM/SIGINT end the worker and its VM; returns true, with QEMU's
+ * wait status in *st, when QEMU has exited. */
+bool reap_signals(int *st);
 enum { EV_ERROR = -1, EV_NONE, EV_CTL, EV_AGENT, EV_TIMEOUT };
 /* Wait for the next frame from sbxd (when want_ctl; otherwise sbxd's frames stay buffered for
  * later) or the agent, until deadline. Handles the console, signals and QEMU's death on the way.
