@@ -1,6 +1,6 @@
-/* The worker's channels: frames to sbxd, frames to and from the guest agent (a write has a
- * deadline), the guest console's tail, and the error that goes up to main. Nothing here waits
- * for an event or ends the VM: that is worker.c's. */
+/* The worker's channels: frames to sbxd, frames to and from the guest agent (every write has a
+ * deadline), the guest console's tail, and the error value that goes up to main. Nothing here
+ * decides that the VM ends. */
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>

@@ -1,7 +1,6 @@
-/* sbx-vmworker: one per VM. Started by sbxd with one socketpair end (--fd N); sets up the jail,
- * boots one QEMU, then waits for events and hands each request to the relay. The one place that
- * dies (main, through die()); nothing below it exits on an error, and nothing it made outlives it.
- */
+/* sbx-vmworker: one per VM, started by sbxd with one socketpair end (--fd N): jail, one QEMU,
+ * then the event wait that hands each request to the relay. main is the one place that dies;
+ * nothing below it exits on an error, and nothing the worker made outlives it. */
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
