@@ -94,7 +94,7 @@ int next_event(uint64_t deadline, bool want_ctl, const uint8_t **frame, size_t *
 /* The next reply from the agent to request `id`, until deadline: 1 with *g, 0 on timeout. */
 int recv_agent(uint64_t id, uint64_t deadline, Sbx__Agent__GuestMsg **g, vm_err *err);
 
-/* relay.c: returns -1 when the VM cannot go on; run_exec returns 1 when it lost the VM. */
+/* relay.c: -1 when the VM cannot go on; run_exec returns 1 when a session lost its VM. */
 int run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms, vm_err *err);
 int run_file_op(Sbx__Worker__ToWorker *m, vm_err *err);
 
