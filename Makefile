@@ -21,7 +21,8 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
 	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c supervisor/spawn.c \
 	supervisor/assets.c
-WORKER_SRC = vmworker/worker.c vmworker/qemu.c vmworker/jail.c vmworker/qmp.c vmworker/balloon.c
+WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapshot.c vmworker/qemu.c \
+	vmworker/jail.c vmworker/qmp.c vmworker/balloon.c
 LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli/status.c \
 	cli/utf8.c
 SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c

@@ -1,6 +1,7 @@
 /* Idle-VM memory reclaim through the virtio-balloon (see balloon.h). A small state machine run
  * from the worker's idle wait, one short QMP command per step, so that a request arriving
- * meanwhile waits at most one QMP round trip. */
+ * meanwhile waits at most one QMP round trip. It never waits on the guest, and never takes memory
+ * the guest says it uses. */
 #include "balloon.h"
 
 #include <string.h>

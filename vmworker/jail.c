@@ -1,5 +1,6 @@
 /* Mount namespace root, credentials and seccomp for the worker, and the seccomp filter QEMU gets
- * on top of its own -sandbox. */
+ * on top of its own -sandbox. It never reports success with a capability left or a host path
+ * writable that the VM does not need. */
 #include "jail.h"
 #include "worker.h"
 

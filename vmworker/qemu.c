@@ -1,4 +1,5 @@
-/* QEMU command line, process start and /proc measurements. */
+/* QEMU command line, process start and /proc measurements. It holds no worker state (the QMP
+ * fuzzer links it without worker.c), and never puts a path with a comma on the command line. */
 #include "qemu.h"
 
 #include <fcntl.h>

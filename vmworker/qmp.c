@@ -1,4 +1,5 @@
-/* QMP client: the few steps a worker needs (greeting, negotiation, a command and its reply). */
+/* QMP client: the few steps a worker needs (greeting, negotiation, a command and its reply). It
+ * never parses a line longer than QMP_LINE_MAX, and never talks to a peer that is not our QEMU. */
 #include "qmp.h"
 
 #include <poll.h>
