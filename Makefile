@@ -4,14 +4,15 @@ CC ?= cc
 # Debian's interpreter: the tests use Debian's python3-protobuf (scripts/setup-host.sh).
 PYTHON ?= /usr/bin/python3
 BUILD ?= build
-CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation \
+CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes -Wformat=2 \
+	-Wno-unused-parameter -Wno-format-truncation \
 	-iquote $(BUILD)/gen -iquote common -iquote proto -iquote cli -g
 CFLAGS ?= -O2
 # Libraries from pkg-config where they ship a .pc file (libev does not).
 PKGS = libprotobuf-c jansson libseccomp libcap-ng libzstd libcrypto
 LIBS_HOST = -lev $(shell pkg-config --libs $(PKGS)) -pthread
 CFLAGS_COMMON += $(shell pkg-config --cflags $(PKGS))
-PROTOS = control worker agent
+PROTOS = files control worker agent
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
 COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c
@@ -64,7 +65,8 @@ $(BUILD)/$(1)/libsbx/gen/%.o: $(BUILD)/gen/%.c $(GEN_H)
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(CFLAGS_COMMON) $(2) -fvisibility=hidden -Wno-error -c $$< -o $$@
 $(BUILD)/$(1)/libsbx.a: $$(LIBSBX_SRC:%.c=$(BUILD)/$(1)/libsbx/%.o) \
-		$$(COMMON_SRC:%.c=$(BUILD)/$(1)/libsbx/%.o) $(BUILD)/$(1)/libsbx/gen/control.pb-c.o
+		$$(COMMON_SRC:%.c=$(BUILD)/$(1)/libsbx/%.o) $(BUILD)/$(1)/libsbx/gen/control.pb-c.o \
+		$(BUILD)/$(1)/libsbx/gen/files.pb-c.o
 	$$(LD) -r -o $(BUILD)/$(1)/libsbx.o $$^
 	objcopy --localize-hidden $(BUILD)/$(1)/libsbx.o
 	rm -f $$@ && ar rcs $$@ $(BUILD)/$(1)/libsbx.o
@@ -88,7 +90,7 @@ asan: $(BUILD)/asan/sbxd $(BUILD)/asan/sbx-vmworker $(BUILD)/asan/sbx
 # The guest agent is PID 1 in the VM: static, no sanitizer.
 $(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) agent/*.h common/*.h proto/*.h
 	$(CC) $(CFLAGS_COMMON) -O2 -static -o $@ $(AGENT_SRC) $(COMMON_SRC) \
-		$(BUILD)/gen/agent.pb-c.c -l:libprotobuf-c.a -l:libzstd.a -l:libcrypto.a
+		$(BUILD)/gen/files.pb-c.c $(BUILD)/gen/agent.pb-c.c -l:libprotobuf-c.a -l:libzstd.a -l:libcrypto.a
 
 # Unit tests (cmocka), built with ASan/UBSan.
 UNIT_TESTS = test_frame test_limits test_config test_cli_args test_balloon test_paths

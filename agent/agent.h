@@ -69,7 +69,7 @@ void env_list_free(struct env_list *e);
 
 /* The base environment of every sandbox process, then the request's variables (validated by
  * the caller); a request variable with a base name replaces the base one. */
-int sandbox_env(struct env_list *e, Sbx__Agent__EnvVar **vars, size_t nvars, sbx_err *err);
+int sandbox_env(struct env_list *e, Sbx__Files__EnvVar **vars, size_t nvars, sbx_err *err);
 
 /* The cgroups user processes are started in, so that everything they leave behind can be killed
  * at once however it detached itself (setsid, double fork). */
@@ -166,7 +166,7 @@ void exec_poll_events(struct chan *c, const struct pollfd *p);
 /* ---- files (files.c) ------------------------------------------------------------------------ */
 
 void files_write(struct chan *c, uint64_t id, const Sbx__Agent__FileWrite *w);
-void files_chunk(struct chan *c, uint64_t id, const Sbx__Agent__FileChunk *k);
+void files_chunk(struct chan *c, uint64_t id, const Sbx__Files__FileChunk *k);
 void files_read(struct chan *c, uint64_t id, const Sbx__Agent__FileRead *r);
 void files_list(struct chan *c, uint64_t id, const Sbx__Agent__FileList *l);
 /* A FileRead in progress has its next chunk due (the channel's queue is short): the loop then

@@ -88,23 +88,23 @@ static int run_write_code(const char *path, const uint8_t *code, size_t len, sbx
 
 static int run_validate(const Sbx__Agent__Exec *x, sbx_err *err)
 {
-    char why[256];
+    sbx_err why_err = {0};
     if (!x->language || !limits_language_ok(x->language))
         return sbx_fail(err, EINVAL, "unknown language `%.32s` (python, javascript or raw)",
                         x->language ? x->language : "");
-    if (limits_check_code(x->code.data, x->code.len, why, sizeof why) < 0)
-        return sbx_fail(err, EINVAL, "%s", why);
+    if (limits_check_code(x->code.data, x->code.len, &why_err) < 0)
+        return sbx_fail(err, EINVAL, "%s", why_err.msg);
     if (x->timeout_ms > SBX_TIMEOUT_MAX * 1000u)
         return sbx_fail(err, EINVAL, "timeout %u ms is over the limit of %u s", x->timeout_ms,
                         SBX_TIMEOUT_MAX);
-    if (limits_check_env_count(x->n_env, why, sizeof why) < 0)
-        return sbx_fail(err, EINVAL, "%s", why);
+    if (limits_check_env_count(x->n_env, &why_err) < 0)
+        return sbx_fail(err, EINVAL, "%s", why_err.msg);
     for (size_t i = 0; i < x->n_env; i++) {
-        const Sbx__Agent__EnvVar *v = x->env[i];
+        const Sbx__Files__EnvVar *v = x->env[i];
         if (!v || !v->key || !v->value)
             return sbx_fail(err, EINVAL, "environment variable %zu is incomplete", i);
-        if (limits_check_env(v->key, v->value, why, sizeof why) < 0)
-            return sbx_fail(err, EINVAL, "%s", why);
+        if (limits_check_env(v->key, v->value, &why_err) < 0)
+            return sbx_fail(err, EINVAL, "%s", why_err.msg);
     }
     return 0;
 }

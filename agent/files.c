@@ -109,11 +109,11 @@ static int path_fail(sbx_err *err, const char *path, int e)
  * refuses a message whose strings are cut short by one.) */
 static int path_check(const char *path, bool may_be_empty, sbx_err *err)
 {
-    char why[384];
+    sbx_err why_err = {0};
     if (may_be_empty && !*path)
         return 0;
-    if (limits_check_guest_path(path, why, sizeof why) < 0)
-        return sbx_fail(err, EINVAL, "%s", why);
+    if (limits_check_guest_path(path, &why_err) < 0)
+        return sbx_fail(err, EINVAL, "%s", why_err.msg);
     return 0;
 }
 
@@ -198,7 +198,7 @@ static void abandon_previous(struct chan *c)
 
 static void send_done(struct chan *c, uint64_t id, uint64_t size, const uint8_t *digest)
 {
-    Sbx__Agent__FileDone d = SBX__AGENT__FILE_DONE__INIT;
+    Sbx__Files__FileDone d = SBX__FILES__FILE_DONE__INIT;
     d.size = size;
     d.sha256.data = (uint8_t *)digest;
     d.sha256.len = SHA256_DIGEST_LENGTH;
@@ -292,7 +292,7 @@ static ssize_t unpack_chunk(const ProtobufCBinaryData *z, sbx_err *err)
     return (ssize_t)n;
 }
 
-void files_chunk(struct chan *c, uint64_t id, const Sbx__Agent__FileChunk *k)
+void files_chunk(struct chan *c, uint64_t id, const Sbx__Files__FileChunk *k)
 {
     if (x.kind != XFER_WRITE || x.id != id) {
         if (refused && refused_id == id)
@@ -457,7 +457,7 @@ void files_pump(struct chan *c)
             sbx_fail(&err, EIO, "zstd: %s", ZSTD_getErrorName(z));
             goto fail;
         }
-        Sbx__Agent__FileChunk k = SBX__AGENT__FILE_CHUNK__INIT;
+        Sbx__Files__FileChunk k = SBX__FILES__FILE_CHUNK__INIT;
         k.zdata.data = packed;
         k.zdata.len = z;
         k.last = last;
@@ -538,8 +538,8 @@ void files_list(struct chan *c, uint64_t id, const Sbx__Agent__FileList *l)
     }
     as_root();
     qsort(e, n, sizeof *e, entry_cmp);
-    Sbx__Agent__FileEntry *fe = calloc(n ? n : 1, sizeof *fe);
-    Sbx__Agent__FileEntry **fp = calloc(n ? n : 1, sizeof *fp);
+    Sbx__Files__FileEntry *fe = calloc(n ? n : 1, sizeof *fe);
+    Sbx__Files__FileEntry **fp = calloc(n ? n : 1, sizeof *fp);
     if (!fe || !fp) {
         free(fe);
         free(fp);
@@ -547,13 +547,13 @@ void files_list(struct chan *c, uint64_t id, const Sbx__Agent__FileList *l)
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        sbx__agent__file_entry__init(&fe[i]);
+        sbx__files__file_entry__init(&fe[i]);
         fe[i].name = e[i].name;
         fe[i].is_dir = e[i].is_dir;
         fe[i].size = e[i].size;
         fp[i] = &fe[i];
     }
-    Sbx__Agent__FileListing ls = SBX__AGENT__FILE_LISTING__INIT;
+    Sbx__Files__FileListing ls = SBX__FILES__FILE_LISTING__INIT;
     ls.n_entries = n;
     ls.entries = fp;
     Sbx__Agent__GuestMsg m = SBX__AGENT__GUEST_MSG__INIT;

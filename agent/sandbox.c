@@ -28,7 +28,7 @@ void env_list_free(struct env_list *e)
     e->n = 0;
 }
 
-int sandbox_env(struct env_list *e, Sbx__Agent__EnvVar **vars, size_t nvars, sbx_err *err)
+int sandbox_env(struct env_list *e, Sbx__Files__EnvVar **vars, size_t nvars, sbx_err *err)
 {
     static const char *const base[] = {
         "PATH=/usr/local/bin:/usr/bin:/bin",

@@ -179,16 +179,16 @@ static int add_env(args *a, const char *kv, sbx_err *err)
     cleanup_free char *key = strndup(kv, (size_t)(eq - kv));
     if (!key)
         return sbx_fail(err, 0, "out of memory");
-    char why[256];
-    if (limits_check_env(key, eq + 1, why, sizeof why) < 0)
-        return sbx_fail(err, 0, "--env: %s", why);
+    sbx_err why_err = {0};
+    if (limits_check_env(key, eq + 1, &why_err) < 0)
+        return sbx_fail(err, 0, "--env: %s", why_err.msg);
     for (size_t i = 0; i < a->n_env; i++)
         if (!strcmp(a->env[i].key, key)) {
             a->env[i].value = eq + 1;
             return 0;
         }
-    if (limits_check_env_count(a->n_env + 1, why, sizeof why) < 0)
-        return sbx_fail(err, 0, "--env: %s", why);
+    if (limits_check_env_count(a->n_env + 1, &why_err) < 0)
+        return sbx_fail(err, 0, "--env: %s", why_err.msg);
     a->env[a->n_env].key = steal_ptr(&key);
     a->env[a->n_env].value = eq + 1;
     a->n_env++;
@@ -204,9 +204,9 @@ static void add_source(args *a, const char *text, bool inline_only)
 
 static int check_guest(const char *what, const char *arg, const char *guest, sbx_err *err)
 {
-    char why[320];
-    if (limits_check_guest_path(guest, why, sizeof why) < 0)
-        return sbx_fail(err, 0, "%s `%.200s`: %s", what, arg, why);
+    sbx_err why_err = {0};
+    if (limits_check_guest_path(guest, &why_err) < 0)
+        return sbx_fail(err, 0, "%s `%.200s`: %s", what, arg, why_err.msg);
     return 0;
 }
 
@@ -281,7 +281,7 @@ static int add_download(args *a, const char *val, sbx_err *err)
 /* Apply one option. Returns 0, 1 when parsing should stop here (help, version), or -1. */
 static int apply(args *a, const opt *o, const char *val, sbx_err *err)
 {
-    char why[256];
+    sbx_err why_err = {0};
     switch (o->id) {
     case OPT_HELP:
         if (a->cmd == ARGS_CMD_NONE)
@@ -314,14 +314,14 @@ static int apply(args *a, const opt *o, const char *val, sbx_err *err)
     case OPT_TIMEOUT:
         if (parse_u32(o->name, val, &a->timeout_s, err) < 0)
             return -1;
-        if (limits_check_timeout(a->timeout_s, why, sizeof why) < 0)
-            return sbx_fail(err, 0, "%s", why);
+        if (limits_check_timeout(a->timeout_s, &why_err) < 0)
+            return sbx_fail(err, 0, "%s", why_err.msg);
         return 0;
     case OPT_MEMORY:
         if (parse_u32(o->name, val, &a->memory_mb, err) < 0)
             return -1;
-        if (limits_check_memory(a->memory_mb, why, sizeof why) < 0)
-            return sbx_fail(err, 0, "%s", why);
+        if (limits_check_memory(a->memory_mb, &why_err) < 0)
+            return sbx_fail(err, 0, "%s", why_err.msg);
         return 0;
     case OPT_ENV:
         return add_env(a, val, err);
@@ -342,8 +342,8 @@ static int apply(args *a, const opt *o, const char *val, sbx_err *err)
     case OPT_IDLE_TIMEOUT:
         if (parse_u32(o->name, val, &a->idle_timeout_s, err) < 0)
             return -1;
-        if (limits_check_idle_timeout(a->idle_timeout_s, why, sizeof why) < 0)
-            return sbx_fail(err, 0, "%s", why);
+        if (limits_check_idle_timeout(a->idle_timeout_s, &why_err) < 0)
+            return sbx_fail(err, 0, "%s", why_err.msg);
         return 0;
     case OPT_LATER:
         break;
@@ -734,7 +734,7 @@ static int read_capped(FILE *fp, char **out, size_t *len)
 
 int args_source_load(run_source *s, FILE *stdin_fp, sbx_err *err)
 {
-    char why[256];
+    sbx_err why_err = {0};
     const char *name = s->arg;
     if (s->kind == SOURCE_INLINE) {
         name = "inline code";
@@ -753,11 +753,11 @@ int args_source_load(run_source *s, FILE *stdin_fp, sbx_err *err)
         if (read_capped(fp, &s->code, &s->code_len) < 0)
             return sbx_fail(err, errno, "read `%.200s`: %s", s->arg, strerror(errno));
     }
-    if (limits_check_code((const uint8_t *)s->code, s->code_len, why, sizeof why) < 0) {
+    if (limits_check_code((const uint8_t *)s->code, s->code_len, &why_err) < 0) {
         if (s->code_len > SBX_MAX_CODE) /* we stopped reading at the limit */
             return sbx_fail(err, 0, "%.200s: code is over the limit of %u bytes (1 MiB)", name,
                             SBX_MAX_CODE);
-        return sbx_fail(err, 0, "%.200s: %s", name, why);
+        return sbx_fail(err, 0, "%.200s: %s", name, why_err.msg);
     }
     return 0;
 }

@@ -64,11 +64,11 @@ static void hex(char *out, const uint8_t *d, size_t n)
 static int check_file_args(sbx_client *c, const char *session_id, const char *guest_path,
                            sbx_err *err)
 {
-    char why[320];
+    sbx_err why_err = {0};
     if (check_session_id(session_id, err) < 0)
         return -1;
-    if (limits_check_guest_path(guest_path, why, sizeof why) < 0)
-        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why);
+    if (limits_check_guest_path(guest_path, &why_err) < 0)
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why_err.msg);
     return client_ready(c, err);
 }
 
@@ -167,7 +167,7 @@ static int upload(sbx_client *c, const char *session_id, const char *guest_path,
         if (ZSTD_isError(zn)) /* only for bad arguments; nothing to send that would be right */
             return sbx_fail(err, SBX_ERR_INTERNAL, "zstd: %s", ZSTD_getErrorName(zn));
         off += n;
-        Sbx__Control__FileChunk ch = SBX__CONTROL__FILE_CHUNK__INIT;
+        Sbx__Files__FileChunk ch = SBX__FILES__FILE_CHUNK__INIT;
         ch.zdata.data = zbuf;
         ch.zdata.len = zn;
         ch.last = local_failed || off == size;
@@ -203,7 +203,7 @@ static int upload(sbx_client *c, const char *session_id, const char *guest_path,
     if (r->body_case == SBX__CONTROL__REPLY__BODY_FILE_DONE) {
         if (local_failed)
             return give(err, &local);
-        const Sbx__Control__FileDone *d = r->file_done;
+        const Sbx__Files__FileDone *d = r->file_done;
         if (d->size != size || d->sha256.len != SHA256_LEN || memcmp(d->sha256.data, sha, 32))
             return sbx_fail(err, SBX_ERR_PROTOCOL,
                             "upload: sbxd confirmed %llu bytes with a different sha256 than the "
@@ -417,7 +417,7 @@ static int download(sbx_client *c, const char *session_id, const char *guest_pat
         case SBX__CONTROL__REPLY__BODY_FILE_DONE: {
             if (sink_failed)
                 return give(err, &local);
-            const Sbx__Control__FileDone *d = r->file_done;
+            const Sbx__Files__FileDone *d = r->file_done;
             uint8_t got[SHA256_LEN];
             if (sha_final(md, got) < 0)
                 return sbx_fail(err, SBX_ERR_INTERNAL, "sha256 failed");
@@ -600,7 +600,7 @@ static int file_list(sbx_client *c, const char *session_id, const char *path, sb
         return -1;
     if (r->body_case != SBX__CONTROL__REPLY__BODY_FILE_LISTING)
         return unexpected(c, r, "waiting for a file listing", err);
-    const Sbx__Control__FileListing *ls = r->file_listing;
+    const Sbx__Files__FileListing *ls = r->file_listing;
     if (ls->n_entries == 0)
         return 0;
     /* One allocation: the entries, then their names. Bounded by the reply's frame cap. */
@@ -612,7 +612,7 @@ static int file_list(sbx_client *c, const char *session_id, const char *path, sb
         return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory");
     char *names = (char *)(e + ls->n_entries);
     for (size_t i = 0; i < ls->n_entries; i++) {
-        const Sbx__Control__FileEntry *fe = ls->entries[i];
+        const Sbx__Files__FileEntry *fe = ls->entries[i];
         size_t len = fe->name ? strlen(fe->name) : 0;
         memcpy(names, fe->name ? fe->name : "", len + 1);
         e[i].name = names;

@@ -76,7 +76,7 @@ struct output_cb {
 int exec_wait(sbx_client *c, uint64_t id, const struct output_cb *cb, sbx_result *out,
               sbx_err *err);
 int check_env(const sbx_env *env, size_t n, sbx_err *err);
-Sbx__Control__EnvVar **env_msgs(const sbx_env *env, size_t n);
+Sbx__Files__EnvVar **env_msgs(const sbx_env *env, size_t n);
 
 /* ---- session.c ---- */
 

@@ -131,15 +131,15 @@ int exec_wait(sbx_client *c, uint64_t id, const struct output_cb *cb, sbx_result
 
 int check_env(const sbx_env *env, size_t n, sbx_err *err)
 {
-    char why[256];
-    if (limits_check_env_count(n, why, sizeof why) < 0)
-        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why);
+    sbx_err why_err = {0};
+    if (limits_check_env_count(n, &why_err) < 0)
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why_err.msg);
     for (size_t i = 0; i < n; i++) {
         if (!env[i].key || !env[i].value)
             return sbx_fail(err, SBX_ERR_VM_CONFIG, "environment variable %zu has no %s", i,
                             env[i].key ? "value" : "name");
-        if (limits_check_env(env[i].key, env[i].value, why, sizeof why) < 0)
-            return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why);
+        if (limits_check_env(env[i].key, env[i].value, &why_err) < 0)
+            return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why_err.msg);
     }
     return 0;
 }
@@ -148,28 +148,28 @@ int check_env(const sbx_env *env, size_t n, sbx_err *err)
  * trip; the daemon still checks for itself. */
 static int run_validate(const sbx_run_opts *o, const char *lang, size_t code_len, sbx_err *err)
 {
-    char why[256];
+    sbx_err why_err = {0};
     if (!limits_language_ok(lang))
         return sbx_fail(err, SBX_ERR_VM_CONFIG,
                         "unknown language `%.64s` (python, javascript or raw)", lang);
     if (!o->code)
         return sbx_fail(err, SBX_ERR_VM_CONFIG, "no code given");
-    if (limits_check_code((const uint8_t *)o->code, code_len, why, sizeof why) < 0 ||
-        (o->timeout_seconds && limits_check_timeout(o->timeout_seconds, why, sizeof why) < 0) ||
-        (o->memory_mb && limits_check_memory(o->memory_mb, why, sizeof why) < 0))
-        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why);
+    if (limits_check_code((const uint8_t *)o->code, code_len, &why_err) < 0 ||
+        (o->timeout_seconds && limits_check_timeout(o->timeout_seconds, &why_err) < 0) ||
+        (o->memory_mb && limits_check_memory(o->memory_mb, &why_err) < 0))
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why_err.msg);
     return check_env(o->env, o->n_env, err);
 }
 /* EnvVar messages pointing at the caller's strings; free() the array (one allocation). */
-Sbx__Control__EnvVar **env_msgs(const sbx_env *env, size_t n)
+Sbx__Files__EnvVar **env_msgs(const sbx_env *env, size_t n)
 {
     size_t k = n ? n : 1;
-    Sbx__Control__EnvVar **p = calloc(1, k * sizeof *p + k * sizeof **p);
+    Sbx__Files__EnvVar **p = calloc(1, k * sizeof *p + k * sizeof **p);
     if (!p)
         return NULL;
-    Sbx__Control__EnvVar *vars = (Sbx__Control__EnvVar *)(p + k);
+    Sbx__Files__EnvVar *vars = (Sbx__Files__EnvVar *)(p + k);
     for (size_t i = 0; i < n; i++) {
-        sbx__control__env_var__init(&vars[i]);
+        sbx__files__env_var__init(&vars[i]);
         vars[i].key = (char *)env[i].key;
         vars[i].value = (char *)env[i].value;
         p[i] = &vars[i];
@@ -184,7 +184,7 @@ static int run_code(sbx_client *c, const sbx_run_opts *o, sbx_result *out, sbx_e
     size_t code_len = o->code_len ? o->code_len : (o->code ? strlen(o->code) : 0);
     if (run_validate(o, lang, code_len, err) < 0 || client_ready(c, err) < 0)
         return -1;
-    cleanup_free Sbx__Control__EnvVar **varp = env_msgs(o->env, o->n_env);
+    cleanup_free Sbx__Files__EnvVar **varp = env_msgs(o->env, o->n_env);
     if (!varp)
         return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory");
     Sbx__Control__RunRequest run = SBX__CONTROL__RUN_REQUEST__INIT;

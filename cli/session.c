@@ -38,18 +38,18 @@ static int session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session
     const sbx_session_opts *o = opts ? opts : &defaults;
     memset(out, 0, sizeof *out);
     const char *lang = o->language ? o->language : "python";
-    char why[256];
+    sbx_err why_err = {0};
     if (!limits_language_ok(lang))
         return sbx_fail(err, SBX_ERR_VM_CONFIG,
                         "unknown language `%.64s` (python, javascript or raw)", lang);
-    if ((o->timeout_seconds && limits_check_timeout(o->timeout_seconds, why, sizeof why) < 0) ||
-        (o->memory_mb && limits_check_memory(o->memory_mb, why, sizeof why) < 0) ||
+    if ((o->timeout_seconds && limits_check_timeout(o->timeout_seconds, &why_err) < 0) ||
+        (o->memory_mb && limits_check_memory(o->memory_mb, &why_err) < 0) ||
         (o->idle_timeout_seconds &&
-         limits_check_idle_timeout(o->idle_timeout_seconds, why, sizeof why) < 0))
-        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why);
+         limits_check_idle_timeout(o->idle_timeout_seconds, &why_err) < 0))
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why_err.msg);
     if (check_env(o->env, o->n_env, err) < 0)
         return -1;
-    cleanup_free Sbx__Control__EnvVar **varp = env_msgs(o->env, o->n_env);
+    cleanup_free Sbx__Files__EnvVar **varp = env_msgs(o->env, o->n_env);
     if (!varp)
         return sbx_fail(err, SBX_ERR_INTERNAL, "out of memory");
     Sbx__Control__SessionOpen so = SBX__CONTROL__SESSION_OPEN__INIT;
@@ -83,15 +83,15 @@ static int session_exec(sbx_client *c, const char *session_id, const char *code,
                         sbx_result *out, sbx_err *err)
 {
     memset(out, 0, sizeof *out);
-    char why[256];
+    sbx_err why_err = {0};
     if (check_session_id(session_id, err) < 0)
         return -1;
     if (!code)
         return sbx_fail(err, SBX_ERR_VM_CONFIG, "no code given");
     size_t len = code_len ? code_len : strlen(code);
-    if (limits_check_code((const uint8_t *)code, len, why, sizeof why) < 0 ||
-        (timeout_seconds && limits_check_timeout(timeout_seconds, why, sizeof why) < 0))
-        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why);
+    if (limits_check_code((const uint8_t *)code, len, &why_err) < 0 ||
+        (timeout_seconds && limits_check_timeout(timeout_seconds, &why_err) < 0))
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why_err.msg);
     if (client_ready(c, err) < 0)
         return -1;
     Sbx__Control__SessionExec se = SBX__CONTROL__SESSION_EXEC__INIT;

@@ -1,6 +1,8 @@
 /* Request validation against the contract's limits. */
 #include "sbx_limits.h"
 
+#include <errno.h>
+
 #include <stdio.h>
 #include <string.h>
 
@@ -9,37 +11,37 @@ bool limits_language_ok(const char *lang)
     return lang && (!strcmp(lang, "python") || !strcmp(lang, "javascript") || !strcmp(lang, "raw"));
 }
 
-int limits_check_code(const uint8_t *code, size_t len, char *err, size_t errlen)
+int limits_check_code(const uint8_t *code, size_t len, sbx_err *err)
 {
     if (len == 0) {
-        snprintf(err, errlen, "code is empty");
+        sbx_fail(err, EINVAL, "code is empty");
         return -1;
     }
     if (len > SBX_MAX_CODE) {
-        snprintf(err, errlen, "code is %zu bytes; the limit is %u (1 MiB)", len, SBX_MAX_CODE);
+        sbx_fail(err, EINVAL, "code is %zu bytes; the limit is %u (1 MiB)", len, SBX_MAX_CODE);
         return -1;
     }
     if (memchr(code, '\0', len)) {
-        snprintf(err, errlen, "code contains a NUL byte");
+        sbx_fail(err, EINVAL, "code contains a NUL byte");
         return -1;
     }
     return 0;
 }
 
-int limits_check_timeout(uint32_t s, char *err, size_t errlen)
+int limits_check_timeout(uint32_t s, sbx_err *err)
 {
     if (s < SBX_TIMEOUT_MIN || s > SBX_TIMEOUT_MAX) {
-        snprintf(err, errlen, "timeout %u s is out of range (%u-%u s)", s, SBX_TIMEOUT_MIN,
+        sbx_fail(err, EINVAL, "timeout %u s is out of range (%u-%u s)", s, SBX_TIMEOUT_MIN,
                  SBX_TIMEOUT_MAX);
         return -1;
     }
     return 0;
 }
 
-int limits_check_memory(uint32_t mb, char *err, size_t errlen)
+int limits_check_memory(uint32_t mb, sbx_err *err)
 {
     if (mb < SBX_MEMORY_MIN || mb > SBX_MEMORY_MAX) {
-        snprintf(err, errlen, "memory %u MB is out of range (%u-%u MB)", mb, SBX_MEMORY_MIN,
+        sbx_fail(err, EINVAL, "memory %u MB is out of range (%u-%u MB)", mb, SBX_MEMORY_MIN,
                  SBX_MEMORY_MAX);
         return -1;
     }
@@ -73,15 +75,15 @@ static bool env_name_is(const char *key, const char *name)
     return strlen(key) == strlen(name) && env_name_starts(key, name);
 }
 
-int limits_check_env(const char *key, const char *value, char *err, size_t errlen)
+int limits_check_env(const char *key, const char *value, sbx_err *err)
 {
     size_t kl = strlen(key);
     if (kl == 0 || kl > SBX_MAX_ENV_KEY) {
-        snprintf(err, errlen, "environment variable name must be 1-%u characters", SBX_MAX_ENV_KEY);
+        sbx_fail(err, EINVAL, "environment variable name must be 1-%u characters", SBX_MAX_ENV_KEY);
         return -1;
     }
     if (!((key[0] >= 'A' && key[0] <= 'Z') || (key[0] >= 'a' && key[0] <= 'z') || key[0] == '_')) {
-        snprintf(err, errlen, "environment variable name `%.64s` must start with a letter or _",
+        sbx_fail(err, EINVAL, "environment variable name `%.64s` must start with a letter or _",
                  key);
         return -1;
     }
@@ -89,18 +91,18 @@ int limits_check_env(const char *key, const char *value, char *err, size_t errle
         char c = key[i];
         if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
               c == '_')) {
-            snprintf(err, errlen,
+            sbx_fail(err, EINVAL,
                      "environment variable name `%.64s` may hold only letters, digits and _", key);
             return -1;
         }
     }
     if (env_name_starts(key, "LD_")) {
-        snprintf(err, errlen, "environment variable `%.64s` is not allowed (dynamic loader)", key);
+        sbx_fail(err, EINVAL, "environment variable `%.64s` is not allowed (dynamic loader)", key);
         return -1;
     }
     for (size_t i = 0; i < sizeof denied_env / sizeof denied_env[0]; i++)
         if (env_name_is(key, denied_env[i])) {
-            snprintf(err, errlen,
+            sbx_fail(err, EINVAL,
                      "environment variable `%s` is not allowed (it changes how the "
                      "sandbox starts the code)",
                      key);
@@ -108,52 +110,52 @@ int limits_check_env(const char *key, const char *value, char *err, size_t errle
         }
     size_t vl = strlen(value);
     if (vl > SBX_MAX_ENV_VALUE) {
-        snprintf(err, errlen, "value of `%.64s` is %zu bytes; the limit is %u", key, vl,
+        sbx_fail(err, EINVAL, "value of `%.64s` is %zu bytes; the limit is %u", key, vl,
                  SBX_MAX_ENV_VALUE);
         return -1;
     }
     if (strpbrk(value, "\n\r")) {
-        snprintf(err, errlen, "value of `%.64s` contains a newline", key);
+        sbx_fail(err, EINVAL, "value of `%.64s` contains a newline", key);
         return -1;
     }
     return 0;
 }
 
-int limits_check_env_count(size_t n, char *err, size_t errlen)
+int limits_check_env_count(size_t n, sbx_err *err)
 {
     if (n > SBX_MAX_ENV) {
-        snprintf(err, errlen, "%zu environment variables; the limit is %u", n, SBX_MAX_ENV);
+        sbx_fail(err, EINVAL, "%zu environment variables; the limit is %u", n, SBX_MAX_ENV);
         return -1;
     }
     return 0;
 }
 
-int limits_check_idle_timeout(uint32_t s, char *err, size_t errlen)
+int limits_check_idle_timeout(uint32_t s, sbx_err *err)
 {
     if (s < SBX_IDLE_TIMEOUT_MIN || s > SBX_IDLE_TIMEOUT_MAX) {
-        snprintf(err, errlen, "idle timeout %u s is out of range (%u-%u s)", s,
+        sbx_fail(err, EINVAL, "idle timeout %u s is out of range (%u-%u s)", s,
                  SBX_IDLE_TIMEOUT_MIN, SBX_IDLE_TIMEOUT_MAX);
         return -1;
     }
     return 0;
 }
 
-int limits_check_guest_path(const char *path, char *err, size_t errlen)
+int limits_check_guest_path(const char *path, sbx_err *err)
 {
     /* A C string cannot hold a NUL; callers that get paths as counted bytes (protobuf) must
      * compare strlen with the byte count to catch an embedded one. */
     size_t n = path ? strlen(path) : 0;
     if (n == 0) {
-        snprintf(err, errlen, "the file path is empty");
+        sbx_fail(err, EINVAL, "the file path is empty");
         return -1;
     }
     if (n > SBX_MAX_PATH) {
-        snprintf(err, errlen, "file path `%.64s...` is %zu bytes; the limit is %u", path, n,
+        sbx_fail(err, EINVAL, "file path `%.64s...` is %zu bytes; the limit is %u", path, n,
                  SBX_MAX_PATH);
         return -1;
     }
     if (path[0] == '/') {
-        snprintf(err, errlen,
+        sbx_fail(err, EINVAL,
                  "file path `%.255s` is absolute; give it relative to the sandbox home", path);
         return -1;
     }
@@ -162,11 +164,11 @@ int limits_check_guest_path(const char *path, char *err, size_t errlen)
     for (const char *p = path;;) {
         size_t len = strcspn(p, "/");
         if (len == 2 && p[0] == '.' && p[1] == '.') {
-            snprintf(err, errlen, "file path `%.255s` may not contain a `..` component", path);
+            sbx_fail(err, EINVAL, "file path `%.255s` may not contain a `..` component", path);
             return -1;
         }
         if (len == 0 || (len == 1 && p[0] == '.')) {
-            snprintf(err, errlen,
+            sbx_fail(err, EINVAL,
                      "file path `%.255s` has an empty or `.` component; write it as a plain "
                      "relative path (dir/file)",
                      path);

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common.h"
+
 #define SBX_MAX_CODE (1u << 20)
 #define SBX_MAX_STDOUT (1u << 20)
 #define SBX_MAX_STDERR (100u * 1024u)
@@ -29,15 +31,15 @@
 
 /* Returns true for python, javascript, raw. */
 bool limits_language_ok(const char *lang);
-/* Each returns 0, or -1 with a message in err (size errlen) that says what is wrong. */
-int limits_check_code(const uint8_t *code, size_t len, char *err, size_t errlen);
-int limits_check_timeout(uint32_t seconds, char *err, size_t errlen);
-int limits_check_memory(uint32_t mb, char *err, size_t errlen);
-int limits_check_env(const char *key, const char *value, char *err, size_t errlen);
-int limits_check_env_count(size_t n, char *err, size_t errlen);
-int limits_check_idle_timeout(uint32_t seconds, char *err, size_t errlen);
+/* Each returns 0, or -1 with err saying what is wrong (EINVAL). */
+int limits_check_code(const uint8_t *code, size_t len, sbx_err *err);
+int limits_check_timeout(uint32_t seconds, sbx_err *err);
+int limits_check_memory(uint32_t mb, sbx_err *err);
+int limits_check_env(const char *key, const char *value, sbx_err *err);
+int limits_check_env_count(size_t n, sbx_err *err);
+int limits_check_idle_timeout(uint32_t seconds, sbx_err *err);
 /* A path in a session's sandbox home: relative, 1..SBX_MAX_PATH bytes, no ".." component. The
  * guest confines paths for itself as well; this is the early, same-for-everyone refusal. */
-int limits_check_guest_path(const char *path, char *err, size_t errlen);
+int limits_check_guest_path(const char *path, sbx_err *err);
 
 #endif

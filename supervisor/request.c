@@ -55,9 +55,9 @@ static int default_language(char **lang)
 /* What runs and sessions share: a language (default python), a VM (memory, default timeout) and
  * an environment. Defaults are filled in; returns 0, or -1 after replying with a VmConfigError. */
 static int check_vm_request(client *c, uint64_t id, char **language, uint32_t *memory_mb,
-                            uint32_t *timeout_seconds, Sbx__Control__EnvVar **env, size_t n_env)
+                            uint32_t *timeout_seconds, Sbx__Files__EnvVar **env, size_t n_env)
 {
-    char msg[300];
+    sbx_err lim = {0};
     const Sbx__Control__ErrorKind bad = SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG;
     if (default_language(language) < 0)
         return -1;
@@ -70,15 +70,14 @@ static int check_vm_request(client *c, uint64_t id, char **language, uint32_t *m
         *timeout_seconds = cfg.default_timeout_seconds;
     if (!*memory_mb)
         *memory_mb = cfg.default_memory_mb;
-    if (limits_check_timeout(*timeout_seconds, msg, sizeof msg) < 0 ||
-        limits_check_memory(*memory_mb, msg, sizeof msg) < 0 ||
-        limits_check_env_count(n_env, msg, sizeof msg) < 0) {
-        control_send_error(c, id, bad, false, "%s", msg);
+    if (limits_check_timeout(*timeout_seconds, &lim) < 0 ||
+        limits_check_memory(*memory_mb, &lim) < 0 || limits_check_env_count(n_env, &lim) < 0) {
+        control_send_error(c, id, bad, false, "%s", lim.msg);
         return -1;
     }
     for (size_t i = 0; i < n_env; i++)
-        if (limits_check_env(env[i]->key, env[i]->value, msg, sizeof msg) < 0) {
-            control_send_error(c, id, bad, false, "%s", msg);
+        if (limits_check_env(env[i]->key, env[i]->value, &lim) < 0) {
+            control_send_error(c, id, bad, false, "%s", lim.msg);
             return -1;
         }
     return 0;
@@ -87,12 +86,12 @@ static int check_vm_request(client *c, uint64_t id, char **language, uint32_t *m
 /* Validate and fill defaults. Returns 0, or -1 after replying with a VmConfigError. */
 static int check_run(client *c, uint64_t id, Sbx__Control__RunRequest *run)
 {
-    char msg[256];
+    sbx_err lim = {0};
     if (check_vm_request(c, id, &run->language, &run->memory_mb, &run->timeout_seconds, run->env,
                          run->n_env) < 0)
         return -1;
-    if (limits_check_code(run->code.data, run->code.len, msg, sizeof msg) < 0) {
-        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "%s", msg);
+    if (limits_check_code(run->code.data, run->code.len, &lim) < 0) {
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "%s", lim.msg);
         return -1;
     }
     return 0;
@@ -102,7 +101,7 @@ static int check_run(client *c, uint64_t id, Sbx__Control__RunRequest *run)
  * after replying with a VmConfigError. */
 static int check_session(client *c, uint64_t id, Sbx__Control__Request *r)
 {
-    char msg[300];
+    sbx_err lim = {0};
     const Sbx__Control__ErrorKind bad = SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG;
     const char *path = NULL;
     bool empty_ok = false;
@@ -114,17 +113,17 @@ static int check_session(client *c, uint64_t id, Sbx__Control__Request *r)
             return -1;
         if (!o->idle_timeout_seconds)
             o->idle_timeout_seconds = cfg.session_idle_timeout_seconds;
-        if (limits_check_idle_timeout(o->idle_timeout_seconds, msg, sizeof msg) < 0) {
-            control_send_error(c, id, bad, false, "%s", msg);
+        if (limits_check_idle_timeout(o->idle_timeout_seconds, &lim) < 0) {
+            control_send_error(c, id, bad, false, "%s", lim.msg);
             return -1;
         }
         return 0;
     }
     case SBX__CONTROL__REQUEST__BODY_SESSION_EXEC: {
         Sbx__Control__SessionExec *e = r->session_exec;
-        if (limits_check_code(e->code.data, e->code.len, msg, sizeof msg) < 0 ||
-            (e->timeout_seconds && limits_check_timeout(e->timeout_seconds, msg, sizeof msg) < 0)) {
-            control_send_error(c, id, bad, false, "%s", msg);
+        if (limits_check_code(e->code.data, e->code.len, &lim) < 0 ||
+            (e->timeout_seconds && limits_check_timeout(e->timeout_seconds, &lim) < 0)) {
+            control_send_error(c, id, bad, false, "%s", lim.msg);
             return -1;
         }
         return 0;
@@ -161,8 +160,8 @@ static int check_session(client *c, uint64_t id, Sbx__Control__Request *r)
     }
     if (empty_ok && (!path || !*path))
         return 0;
-    if (limits_check_guest_path(path, msg, sizeof msg) < 0) {
-        control_send_error(c, id, bad, false, "%s", msg);
+    if (limits_check_guest_path(path, &lim) < 0) {
+        control_send_error(c, id, bad, false, "%s", lim.msg);
         return -1;
     }
     return 0;

@@ -187,7 +187,7 @@ static void touch(session *s)
     }
 }
 
-static void send_chunk_to_vm(session *s, Sbx__Control__FileChunk *ch)
+static void send_chunk_to_vm(session *s, Sbx__Files__FileChunk *ch)
 {
     Sbx__Worker__ToWorker m = SBX__WORKER__TO_WORKER__INIT;
     m.body_case = SBX__WORKER__TO_WORKER__BODY_FILE_CHUNK;
@@ -598,7 +598,7 @@ void session_client_gone(client *c)
                 if (o->req->body_case == SBX__CONTROL__REQUEST__BODY_FILE_WRITE && !o->last_seen) {
                     /* The rest will never come: end it here, the guest refuses the short file
                      * (size and sha256) and the session goes on. */
-                    Sbx__Control__FileChunk end = SBX__CONTROL__FILE_CHUNK__INIT;
+                    Sbx__Files__FileChunk end = SBX__FILES__FILE_CHUNK__INIT;
                     end.last = true;
                     o->last_seen = true;
                     send_chunk_to_vm(s, &end);

@@ -112,31 +112,22 @@ static void test_hook(const char *code, size_t len)
 int run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms, vm_err *err)
 {
     /* Re-check what sbxd already validated: the worker trusts nobody with lengths. */
-    char msg[256];
-    if (limits_check_code(req->code.data, req->code.len, msg, sizeof msg) < 0 ||
-        limits_check_env_count(req->n_env, msg, sizeof msg) < 0) {
-        reply_error(SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "%s", msg);
+    sbx_err lim = {0};
+    if (limits_check_code(req->code.data, req->code.len, &lim) < 0 ||
+        limits_check_env_count(req->n_env, &lim) < 0) {
+        reply_error(SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "%s", lim.msg);
         return 0;
     }
 
     if (W.cfg->test_hooks)
         test_hook((const char *)req->code.data, req->code.len);
-    cleanup_free Sbx__Agent__EnvVar *envs = calloc(req->n_env ? req->n_env : 1, sizeof *envs);
-    cleanup_free Sbx__Agent__EnvVar **envp = calloc(req->n_env ? req->n_env : 1, sizeof *envp);
-    if (!envs || !envp)
-        return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
-    for (size_t i = 0; i < req->n_env; i++) {
-        sbx__agent__env_var__init(&envs[i]);
-        envs[i].key = req->env[i]->key;
-        envs[i].value = req->env[i]->value;
-        envp[i] = &envs[i];
-    }
+    /* The environment is the same message on both boundaries (files.proto): passed as it is. */
     Sbx__Agent__Exec ex = SBX__AGENT__EXEC__INIT;
     ex.language = req->language;
     ex.code = req->code;
     ex.timeout_ms = req->timeout_ms;
     ex.n_env = req->n_env;
-    ex.env = envp;
+    ex.env = req->env;
     ex.max_stdout = SBX_MAX_STDOUT;
     ex.max_stderr = SBX_MAX_STDERR;
     /* A restored VM's REPL is warm already (that is what the snapshot holds): a one-shot run
@@ -241,55 +232,27 @@ int run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms,
 /* How long the guest may take to answer a file request before the host gives up on the VM. */
 #define FILE_REPLY_MS 120000
 
-static int send_file_reply(Sbx__Agent__GuestMsg *g, vm_err *err)
+/* The guest's file answers are the same messages as sbxd's (files.proto): relayed as they are. */
+static void send_file_reply(Sbx__Agent__GuestMsg *g)
 {
     Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
-    Sbx__Control__FileChunk c = SBX__CONTROL__FILE_CHUNK__INIT;
-    Sbx__Control__FileDone d = SBX__CONTROL__FILE_DONE__INIT;
-    Sbx__Control__FileListing l = SBX__CONTROL__FILE_LISTING__INIT;
-    Sbx__Control__FileEntry *ents = NULL, **entp = NULL;
     switch (g->body_case) {
     case SBX__AGENT__GUEST_MSG__BODY_FILE_CHUNK:
-        c.zdata = g->file_chunk->zdata;
-        c.last = g->file_chunk->last;
         m.body_case = SBX__WORKER__FROM_WORKER__BODY_FILE_CHUNK;
-        m.file_chunk = &c;
+        m.file_chunk = g->file_chunk;
         break;
     case SBX__AGENT__GUEST_MSG__BODY_FILE_DONE:
-        d.size = g->file_done->size;
-        d.sha256 = g->file_done->sha256;
         m.body_case = SBX__WORKER__FROM_WORKER__BODY_FILE_DONE;
-        m.file_done = &d;
+        m.file_done = g->file_done;
         break;
-    case SBX__AGENT__GUEST_MSG__BODY_LISTING: {
-        size_t n = g->listing->n_entries;
-        ents = calloc(n ? n : 1, sizeof *ents);
-        entp = calloc(n ? n : 1, sizeof *entp);
-        if (!ents || !entp) {
-            free(ents);
-            free(entp);
-            return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
-        }
-        for (size_t i = 0; i < n; i++) {
-            sbx__control__file_entry__init(&ents[i]);
-            ents[i].name = g->listing->entries[i]->name;
-            ents[i].is_dir = g->listing->entries[i]->is_dir;
-            ents[i].size = g->listing->entries[i]->size;
-            entp[i] = &ents[i];
-        }
-        l.n_entries = n;
-        l.entries = entp;
+    case SBX__AGENT__GUEST_MSG__BODY_LISTING:
         m.body_case = SBX__WORKER__FROM_WORKER__BODY_FILE_LISTING;
-        m.file_listing = &l;
+        m.file_listing = g->listing;
         break;
-    }
     default:
-        return 0;
+        return;
     }
     send_ctl(&m);
-    free(ents);
-    free(entp);
-    return 0;
 }
 
 /* Relay one file request and its replies. Uploads: the header, then sbxd's chunks as they
@@ -340,13 +303,10 @@ int run_file_op(Sbx__Worker__ToWorker *m, vm_err *err)
                                "sbxd sent something other than the upload's chunks");
             }
             chunks_done = c->file_chunk->last;
-            Sbx__Agent__FileChunk ac = SBX__AGENT__FILE_CHUNK__INIT;
-            ac.zdata = c->file_chunk->zdata;
-            ac.last = c->file_chunk->last;
             Sbx__Agent__HostMsg cm = SBX__AGENT__HOST_MSG__INIT;
             cm.id = hm.id;
             cm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_CHUNK;
-            cm.file_chunk = &ac;
+            cm.file_chunk = c->file_chunk;
             int rc = send_agent(&cm, err);
             sbx__worker__to_worker__free_unpacked(c, NULL);
             if (rc < 0)
@@ -372,10 +332,8 @@ int run_file_op(Sbx__Worker__ToWorker *m, vm_err *err)
             return 0;
         }
         W.req_id = req;
-        int rc = send_file_reply(g, err);
+        send_file_reply(g);
         sbx__agent__guest_msg__free_unpacked(g, NULL);
-        if (rc < 0)
-            return -1;
         if (final)
             return 0;
     }

@@ -115,7 +115,7 @@ def attacks_by_state(c, sock, env):
     sid = open_session(c, env)
     upload = wire.frame(wire.request(3, file_write=pb.FileWrite(
         session_id=sid, path="up.bin", size=1 << 20, sha256=b"\0" * 32)))
-    chunk = wire.frame(wire.request(3, file_chunk=pb.FileChunk(zdata=b"\x28\xb5\x2f\xfd" + b"x" * 64)))
+    chunk = wire.frame(wire.request(3, file_chunk=wire.files().FileChunk(zdata=b"\x28\xb5\x2f\xfd" + b"x" * 64)))
     sexec = wire.frame(wire.request(4, session_exec=pb.SessionExec(
         session_id=sid, code=b"import time; time.sleep(0.5); print('ran')", stream=True)))
     hello = wire.hello_frame()

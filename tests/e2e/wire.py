@@ -1,7 +1,7 @@
 """The control protocol spoken by hand, for tests that must misbehave where sbx never would.
 
-control_pb2 is generated from proto/control.proto with protoc (python3-protobuf's runtime) into
-a temporary directory the first time it is needed.
+control_pb2 and files_pb2 are generated from proto/ with protoc (python3-protobuf's runtime) into
+a temporary directory the first time they are needed.
 """
 import importlib
 import os
@@ -17,13 +17,19 @@ from harness import ROOT
 _pb = None
 
 
+def files():
+    """The generated files_pb2 module (EnvVar and the file-transfer messages)."""
+    pb()
+    return importlib.import_module("files_pb2")
+
+
 def pb():
     """The generated control_pb2 module."""
     global _pb
     if _pb is None:
         out = tempfile.mkdtemp(prefix="sbx-pb-")
         subprocess.run(["protoc", "--proto_path", os.path.join(ROOT, "proto"), "--python_out", out,
-                        "control.proto"], check=True)
+                        "files.proto", "control.proto"], check=True)
         sys.path.insert(0, out)
         try:
             import google.protobuf  # noqa: F401

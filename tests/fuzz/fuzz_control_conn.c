@@ -212,7 +212,7 @@ static void write_request(int k, input *in)
     Sbx__Control__SessionClose sc = SBX__CONTROL__SESSION_CLOSE__INIT;
     Sbx__Control__SessionList sl = SBX__CONTROL__SESSION_LIST__INIT;
     Sbx__Control__FileWrite fw = SBX__CONTROL__FILE_WRITE__INIT;
-    Sbx__Control__FileChunk fc = SBX__CONTROL__FILE_CHUNK__INIT;
+    Sbx__Files__FileChunk fc = SBX__FILES__FILE_CHUNK__INIT;
     Sbx__Control__FileRead fr = SBX__CONTROL__FILE_READ__INIT;
     static uint8_t sha[32], blob[255 * 1200];
     char *sid = sids[take(in) % 4];
@@ -336,8 +336,8 @@ static void vms_act(input *in)
         } else if (j->booted && j->pending && act) {
             Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
             Sbx__Control__ExecResult res = SBX__CONTROL__EXEC_RESULT__INIT;
-            Sbx__Control__FileDone done = SBX__CONTROL__FILE_DONE__INIT;
-            Sbx__Control__FileListing ls = SBX__CONTROL__FILE_LISTING__INIT;
+            Sbx__Files__FileDone done = SBX__FILES__FILE_DONE__INIT;
+            Sbx__Files__FileListing ls = SBX__FILES__FILE_LISTING__INIT;
             if (j->pending == SBX__WORKER__TO_WORKER__BODY_EXEC) {
                 m.body_case = SBX__WORKER__FROM_WORKER__BODY_RESULT;
                 m.result = &res;

@@ -18,18 +18,18 @@
 #define CAP FRAME_MAX_CONTROL
 static void decode(const uint8_t *d, size_t n)
 {
-    char msg[256];
+    sbx_err lim = {0};
     Sbx__Control__Request *r = sbx__control__request__unpack(NULL, n, d);
     if (r) {
         if (r->body_case == SBX__CONTROL__REQUEST__BODY_RUN) {
-            limits_check_code(r->run->code.data, r->run->code.len, msg, sizeof msg);
+            limits_check_code(r->run->code.data, r->run->code.len, &lim);
             limits_language_ok(r->run->language);
             for (size_t i = 0; i < r->run->n_env; i++)
-                limits_check_env(r->run->env[i]->key, r->run->env[i]->value, msg, sizeof msg);
+                limits_check_env(r->run->env[i]->key, r->run->env[i]->value, &lim);
         } else if (r->body_case == SBX__CONTROL__REQUEST__BODY_FILE_WRITE) {
-            limits_check_guest_path(r->file_write->path, msg, sizeof msg);
+            limits_check_guest_path(r->file_write->path, &lim);
         } else if (r->body_case == SBX__CONTROL__REQUEST__BODY_FILE_READ) {
-            limits_check_guest_path(r->file_read->path, msg, sizeof msg);
+            limits_check_guest_path(r->file_read->path, &lim);
         }
         sbx__control__request__free_unpacked(r, NULL);
     }
@@ -52,14 +52,14 @@ static void decode(const uint8_t *d, size_t n)
 #define CAP FRAME_MAX_AGENT
 static void decode(const uint8_t *d, size_t n)
 {
-    char msg[256];
+    sbx_err lim = {0};
     Sbx__Agent__GuestMsg *g = sbx__agent__guest_msg__unpack(NULL, n, d);
     if (g)
         sbx__agent__guest_msg__free_unpacked(g, NULL);
     Sbx__Agent__HostMsg *h = sbx__agent__host_msg__unpack(NULL, n, d);
     if (h) {
         if (h->body_case == SBX__AGENT__HOST_MSG__BODY_EXEC)
-            limits_check_code(h->exec->code.data, h->exec->code.len, msg, sizeof msg);
+            limits_check_code(h->exec->code.data, h->exec->code.len, &lim);
         sbx__agent__host_msg__free_unpacked(h, NULL);
     }
 }

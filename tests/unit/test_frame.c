@@ -173,16 +173,16 @@ static void test_largest_valid_request_fits_all_caps(void **state)
     char *code = malloc(SBX_MAX_CODE + 1);
     memset(code, 'c', SBX_MAX_CODE);
     code[SBX_MAX_CODE] = '\0';
-    Sbx__Control__EnvVar env[SBX_MAX_ENV], *envp[SBX_MAX_ENV];
-    Sbx__Agent__EnvVar aenv[SBX_MAX_ENV], *aenvp[SBX_MAX_ENV];
+    Sbx__Files__EnvVar env[SBX_MAX_ENV], *envp[SBX_MAX_ENV];
+    Sbx__Files__EnvVar aenv[SBX_MAX_ENV], *aenvp[SBX_MAX_ENV];
     for (unsigned i = 0; i < SBX_MAX_ENV; i++) {
         memset(keys[i], 'K', SBX_MAX_ENV_KEY);
         keys[i][0] = (char)('A' + i % 26);
-        sbx__control__env_var__init(&env[i]);
+        sbx__files__env_var__init(&env[i]);
         env[i].key = keys[i];
         env[i].value = value;
         envp[i] = &env[i];
-        sbx__agent__env_var__init(&aenv[i]);
+        sbx__files__env_var__init(&aenv[i]);
         aenv[i].key = keys[i];
         aenv[i].value = value;
         aenvp[i] = &aenv[i];
