@@ -1,4 +1,5 @@
-/* Request validation against the contract's limits. */
+/* Request validation against the contract's limits, the same code in the CLI, sbxd, the worker
+ * and the agent. It only judges: it never fills in defaults or changes a request. */
 #include "sbx_limits.h"
 
 #include <errno.h>

@@ -1,4 +1,5 @@
-/* Length-prefixed protobuf framing, shared by all programs. */
+/* Length-prefixed protobuf framing, shared by all programs. A length is checked against the
+ * reader's cap before anything is allocated for it, never after. */
 #include "frame.h"
 
 #include <errno.h>

@@ -1,4 +1,5 @@
-/* Per-VM cgroups, v2 or v1. */
+/* Per-VM cgroups, v2 or v1: created before the worker runs an instruction, read for the
+ * external figures, removed when the VM ends. It never moves sbxd itself into a VM's cgroup. */
 #include "cgroup.h"
 #include "sbxd.h"
 

@@ -1,4 +1,5 @@
-/* sbxd configuration: one table of keys drives the file, environment and flag parsers. */
+/* sbxd configuration: one table of keys drives the file, environment and flag parsers. A key
+ * is added to the table, never parsed by hand elsewhere. */
 #include "config.h"
 
 #include <ctype.h>

@@ -1,6 +1,7 @@
-/* Admission and workers: runs wait in a bounded queue for one of max_concurrent_vms slots, each
- * admitted run gets its own sbx-vmworker (started by spawn.c), and whatever happens to that
- * worker turns into exactly one result or one typed error for its client. */
+/* Admission and workers: VMs wait in a bounded queue for one of max_concurrent_vms slots, each
+ * admitted VM gets its own sbx-vmworker (started by spawn.c), and whatever happens to that
+ * worker reaches the VM's owner (vm_owner_ops) exactly once. It never knows a client: owners
+ * (run.c, session.c, pool.c, snapshot.c, accel.c) do. */
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
