@@ -259,15 +259,8 @@ fail:
 
 static int write_all(int fd, const uint8_t *p, size_t n, sbx_err *err)
 {
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return sbx_fail(err, errno, "write: %s", strerror(errno));
-        p += w;
-        n -= (size_t)w;
-    }
+    if (sbx_write_all(fd, p, n) < 0)
+        return sbx_fail(err, errno, "write: %s", strerror(errno));
     return 0;
 }
 

@@ -54,13 +54,6 @@ static int sha_final(EVP_MD_CTX *m, uint8_t out[SHA256_LEN])
     return EVP_DigestFinal_ex(m, out, &n) == 1 && n == SHA256_LEN ? 0 : -1;
 }
 
-static void hex(char *out, const uint8_t *d, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        sprintf(out + 2 * i, "%02x", d[i]);
-    out[2 * n] = '\0';
-}
-
 static int check_file_args(sbx_client *c, const char *session_id, const char *guest_path,
                            sbx_err *err)
 {
@@ -424,7 +417,7 @@ static int download(sbx_client *c, const char *session_id, const char *guest_pat
             if (d->size != total || d->sha256.len != SHA256_LEN ||
                 memcmp(d->sha256.data, got, SHA256_LEN)) {
                 char hg[2 * SHA256_LEN + 1];
-                hex(hg, got, SHA256_LEN);
+                sbx_hex(got, SHA256_LEN, hg);
                 return sbx_fail(err, SBX_ERR_COMMUNICATION | ERR_TRANSIENT,
                                 "download of `%s` is damaged: received %llu bytes with sha256 %s, "
                                 "sbxd announced %llu bytes%s",

@@ -96,6 +96,25 @@ static inline uint64_t now_ms(void)
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Write all of data to a blocking fd (retrying short writes and EINTR). -1 with errno. */
+static inline int sbx_write_all(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = EIO;
+            return -1;
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
 /* n bytes as 2n lowercase hex digits and a NUL (out holds 2n + 1). */
 static inline void sbx_hex(const unsigned char *in, size_t n, char *out)
 {

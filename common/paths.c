@@ -202,24 +202,6 @@ int paths_dir_open(const char *path, uid_t uid, unsigned create_mode, sbx_err *e
     }
 }
 
-static int write_all(int fd, const void *data, size_t len)
-{
-    const char *p = data;
-    while (len) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            if (w == 0)
-                errno = EIO;
-            return -1;
-        }
-        p += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
 int paths_write_at(int dirfd, const char *dir, const char *name, const void *data, size_t len,
                    unsigned mode, sbx_err *err)
 {
@@ -241,7 +223,7 @@ int paths_write_at(int dirfd, const char *dir, const char *name, const void *dat
     }
     if (fd < 0)
         return sbx_fail(err, EEXIST, "create a temporary file in `%s`: every name taken", dir);
-    if (write_all(fd, data, len) < 0 || fchmod(fd, mode) < 0 || close(steal_fd(&fd)) < 0 ||
+    if (sbx_write_all(fd, data, len) < 0 || fchmod(fd, mode) < 0 || close(steal_fd(&fd)) < 0 ||
         renameat(dirfd, tmp, dirfd, name) < 0) {
         int saved = errno;
         unlinkat(dirfd, tmp, 0);

@@ -255,13 +255,8 @@ bool pool_take(client *c, uint64_t id, Sbx__Control__RunRequest *req)
     v->c = c;
     v->req_id = id;
     v->req = req;
-    Sbx__Worker__ExecRequest ex = SBX__WORKER__EXEC_REQUEST__INIT;
-    ex.language = req->language;
-    ex.code = req->code;
-    ex.timeout_ms = req->timeout_seconds * 1000u;
-    ex.n_env = req->n_env;
-    ex.env = req->env;
-    ex.stream = req->stream;
+    Sbx__Worker__ExecRequest ex;
+    run_exec_request(req, &ex);
     ex.keep_state = true;
     Sbx__Worker__ToWorker m = SBX__WORKER__TO_WORKER__INIT;
     m.body_case = SBX__WORKER__TO_WORKER__BODY_EXEC;

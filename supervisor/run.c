@@ -30,16 +30,22 @@ static void run_free(run *r)
 
 /* The code goes right behind the worker's start, so the run needs no round trip after the boot.
  * sbxd's deadline covers the boot (sched.c), then the run (run_booted). */
+void run_exec_request(const Sbx__Control__RunRequest *req, Sbx__Worker__ExecRequest *ex)
+{
+    sbx__worker__exec_request__init(ex);
+    ex->language = req->language;
+    ex->code = req->code;
+    ex->timeout_ms = req->timeout_seconds * 1000u;
+    ex->n_env = req->n_env;
+    ex->env = req->env;
+    ex->stream = req->stream;
+}
+
 static int run_started(void *owner, job *j)
 {
     run *r = owner;
-    Sbx__Worker__ExecRequest ex = SBX__WORKER__EXEC_REQUEST__INIT;
-    ex.language = r->req->language;
-    ex.code = r->req->code;
-    ex.timeout_ms = r->req->timeout_seconds * 1000u;
-    ex.n_env = r->req->n_env;
-    ex.env = r->req->env;
-    ex.stream = r->req->stream;
+    Sbx__Worker__ExecRequest ex;
+    run_exec_request(r->req, &ex);
     Sbx__Worker__ToWorker m = SBX__WORKER__TO_WORKER__INIT;
     m.body_case = SBX__WORKER__TO_WORKER__BODY_EXEC;
     m.exec = &ex;

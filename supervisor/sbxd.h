@@ -121,6 +121,8 @@ void run_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req);
 void run_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req);
 /* Its runs stop: nobody waits for them. */
 void run_client_gone(client *c);
+/* What the worker is asked for a run (pointing into req). */
+void run_exec_request(const Sbx__Control__RunRequest *req, Sbx__Worker__ExecRequest *ex);
 
 /* session.c: sessions, held across client connections until closed or idle. */
 /* Takes ownership of req. Sessions belong to the uid that opened them: others (but root) get
