@@ -33,7 +33,8 @@ AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/exec.c agent/sandbox.c
 # Header dependencies of every object, written by the compiler (-MMD -MP).
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
-.PHONY: fuzz all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan
+.PHONY: fuzz all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan \
+	python test-python
 
 all: $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/sbx-agent $(BUILD)/libsbx.a \
 	$(BUILD)/example
@@ -160,6 +161,15 @@ test: setup
 	$(MAKE) test-unit
 	$(MAKE) fuzz FUZZ_SECONDS=10
 	$(PYTHON) tests/e2e/run.py --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
+	$(MAKE) test-python
+
+# The Python client (clients/python): its protobuf modules, generated from proto/ (not committed).
+python:
+	$(PYTHON) clients/python/genproto.py
+
+# The Python client's tests, against the ASan daemon and real VMs (tests/python).
+test-python: python asan
+	EXEC_SANDBOX_SBXD=$(BUILD)/asan/sbxd $(PYTHON) -m pytest -q tests/python
 
 test-fast: all asan test-unit
 	$(PYTHON) tests/e2e/run.py --fast --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
@@ -170,6 +180,7 @@ bench: all
 	scripts/bench.py
 	scripts/bench-restore.py
 	scripts/bench-throughput.py
+	$(PYTHON) scripts/bench-python.py
 
 FORMAT_SRC = $(wildcard common/*.[ch] proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] tests/unit/*.c)
 format:
