@@ -110,8 +110,14 @@ class PrivateDaemon:
         if p is not None and p.poll() is None:
             p.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT
-            while p.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            try:
+                while p.poll() is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+            except BaseException:  # cancelled while stopping: do not leave the daemon behind
+                p.kill()
+                p.wait()
+                self.cleanup()
+                raise
             if p.poll() is None:
                 p.kill()
                 p.wait()
