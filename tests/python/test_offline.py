@@ -124,3 +124,69 @@ async def test_unsupported_features_are_refused_before_anything_is_sent():
             await s.run("print(1)", **kw)
         with pytest.raises(es.NotSupportedError):
             await s.session(**kw)
+
+
+# ---- against a fake daemon (fake_sbxd.py): the client's logic, without VMs ----
+
+from fake_sbxd import FakeSbxd  # noqa: E402
+
+
+async def test_fake_runs_stream_and_share_a_few_connections():
+    async with FakeSbxd(max_concurrent_vms=4) as d:
+        async with es.Scheduler(es.SchedulerConfig(socket=d.socket, max_concurrent_vms=4)) as s:
+            seen = []
+            r = await s.run("out a\nerr b\nexit 3", on_stdout=seen.append, on_stderr=seen.append)
+            assert (r.stdout, r.stderr, r.exit_code, seen) == ("a\n", "b\n", 3, ["a\n", "b\n"])
+            rs = await asyncio.gather(*[s.run(f"sleep 0.05\nout {i}") for i in range(20)])
+            assert [x.stdout for x in rs] == [f"{i}\n" for i in range(20)]
+    assert d.connections <= 5  # at most max_concurrent_vms runs at once, and the status check
+
+
+async def test_fake_cancel_closes_only_that_runs_connection():
+    async with FakeSbxd() as d:
+        async with es.Scheduler(es.SchedulerConfig(socket=d.socket)) as s:
+            t = asyncio.create_task(s.run("out x\nsleep 30"))
+            other = asyncio.create_task(s.run("sleep 0.3\nout y"))
+            await asyncio.sleep(0.1)
+            assert d.running == 2
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            assert (await other).stdout == "y\n"
+            for _ in range(50):
+                if d.cancelled:
+                    break
+                await asyncio.sleep(0.01)
+            assert d.cancelled == 1 and d.running == 0
+
+
+async def test_fake_timeout_raises_with_the_output_so_far():
+    async with FakeSbxd() as d:
+        async with es.Scheduler(es.SchedulerConfig(socket=d.socket)) as s:
+            with pytest.raises(es.VmTimeoutError) as ei:
+                await s.run("out partial\ntimeout")
+            assert ei.value.result.stdout == "partial\n" and ei.value.result.timed_out
+
+
+async def test_fake_session_files_and_double_close(tmp_path):
+    data = os.urandom(700_000)
+    (tmp_path / "local.bin").write_bytes(data)
+    async with FakeSbxd() as d:
+        async with es.Scheduler(es.SchedulerConfig(socket=d.socket)) as s:
+            async with await s.session(language="raw") as ses:
+                await ses.write_file("a.bin", data)
+                await ses.write_file("b.bin", tmp_path / "local.bin")
+                await ses.write_file("empty", b"")
+                assert await ses.read_file("a.bin") == data
+                assert await ses.read_file("empty") == b""
+                assert [(f.name, f.size) for f in await ses.list_files("")] == [
+                    ("a.bin", 700_000), ("b.bin", 700_000), ("empty", 0)]
+                with pytest.raises(es.GuestAgentError):
+                    await ses.read_file("missing")
+                await ses.exec("out 1")
+                assert (await ses.exec("out 2")).stdout == "2\n" and ses.exec_count == 2
+                await ses.close()
+                await ses.close()
+                with pytest.raises(es.SessionClosedError):
+                    await ses.exec("out 3")
+            assert not d.sessions
