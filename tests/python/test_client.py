@@ -12,7 +12,7 @@ from conftest import needs_vm
 from exec_sandbox import (CommunicationError, Scheduler, SchedulerConfig, SessionClosedError,
                           TransientError, VmConfigError)
 
-pytestmark = needs_vm
+pytestmark = [needs_vm, pytest.mark.vm]
 
 
 async def _until(pred, timeout, what):

@@ -13,7 +13,7 @@ from exec_sandbox import (NotSupportedError, PackageNotAllowedError, PermanentEr
                           SandboxError, Scheduler, SchedulerConfig, VmConfigError,
                           VmTimeoutError)
 
-pytestmark = needs_vm
+pytestmark = [needs_vm, pytest.mark.vm]
 
 
 async def test_basic_execution(capsys):
