@@ -34,7 +34,7 @@ AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/exec.c agent/sandbox.c
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 .PHONY: fuzz all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan \
-	python test-python
+	python test-python test-python-vm
 
 all: $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/sbx-agent $(BUILD)/libsbx.a \
 	$(BUILD)/example
@@ -167,8 +167,11 @@ test: setup
 python:
 	$(PYTHON) clients/python/genproto.py
 
-# The Python client's tests, against the ASan daemon and real VMs (tests/python).
-test-python: python asan
+# The Python client's tests (tests/python): test-python those without VMs (a fake sbxd),
+# test-python-vm all of them, against the ASan daemon and real VMs.
+test-python: python
+	$(PYTHON) -m pytest -q -m "not vm" tests/python
+test-python-vm: python asan
 	EXEC_SANDBOX_SBXD=$(BUILD)/asan/sbxd $(PYTHON) -m pytest -q tests/python
 
 test-fast: all asan test-unit
