@@ -33,7 +33,8 @@ AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/exec.c agent/sandbox.c
 # Header dependencies of every object, written by the compiler (-MMD -MP).
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
-.PHONY: fuzz all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan
+.PHONY: fuzz all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan \
+	python test-python test-python-vm
 
 all: $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/sbx-agent $(BUILD)/libsbx.a \
 	$(BUILD)/example
@@ -160,6 +161,18 @@ test: setup
 	$(MAKE) test-unit
 	$(MAKE) fuzz FUZZ_SECONDS=10
 	$(PYTHON) tests/e2e/run.py --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
+	$(MAKE) test-python
+
+# The Python client (clients/python): its protobuf modules, generated from proto/ (not committed).
+python:
+	$(PYTHON) clients/python/genproto.py
+
+# The Python client's tests (tests/python): test-python those without VMs (a fake sbxd),
+# test-python-vm all of them, against the ASan daemon and real VMs.
+test-python: python
+	$(PYTHON) -m pytest -q -m "not vm" tests/python
+test-python-vm: python asan
+	EXEC_SANDBOX_SBXD=$(BUILD)/asan/sbxd $(PYTHON) -m pytest -q tests/python
 
 test-fast: all asan test-unit
 	$(PYTHON) tests/e2e/run.py --fast --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
@@ -170,6 +183,7 @@ bench: all
 	scripts/bench.py
 	scripts/bench-restore.py
 	scripts/bench-throughput.py
+	$(PYTHON) scripts/bench-python.py
 
 FORMAT_SRC = $(wildcard common/*.[ch] proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] tests/unit/*.c)
 format:

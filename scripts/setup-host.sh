@@ -13,7 +13,7 @@ PKGS_MAIN=(
   bc bison flex libelf-dev dwarves
   debootstrap squashfs-tools
   clang clang-format libclang-rt-14-dev valgrind python3 util-linux
-  python3-protobuf protobuf-compiler
+  python3-protobuf protobuf-compiler python3-pytest python3-pytest-asyncio python3-pip python3-setuptools python3-venv
 )
 PKGS_BPO=(qemu-system-x86 qemu-utils)
 KERNEL_SRC=linux-source-6.1

@@ -1,0 +1,26 @@
+"""exec_sandbox: run untrusted Python, JavaScript and shell code in QEMU microVMs through the
+exec-sandbox daemon (sbxd), with the API of the reference project.
+
+    from exec_sandbox import Scheduler
+
+    async with Scheduler() as scheduler:
+        result = await scheduler.run("print('hi')", language="python")
+"""
+from ._config import SchedulerConfig
+from ._errors import (AssetError, CommunicationError, GuestAgentError, NotSupportedError,
+                      PackageNotAllowedError, PermanentError, ProtocolError, SandboxDependencyError,
+                      SandboxError, SandboxPermissionError, SessionClosedError, SnapshotError,
+                      TransientError, VmCapacityError, VmConfigError, VmTimeoutError)
+from ._models import ExecutionResult, ExposedPort, FileInfo, Language, PortMapping, TimingBreakdown
+from ._scheduler import Scheduler, Session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Scheduler", "Session", "SchedulerConfig", "ExecutionResult", "TimingBreakdown", "FileInfo",
+    "PortMapping", "ExposedPort", "Language",
+    "SandboxError", "TransientError", "PermanentError", "VmTimeoutError", "VmCapacityError",
+    "VmConfigError", "SessionClosedError", "CommunicationError", "GuestAgentError",
+    "PackageNotAllowedError", "SnapshotError", "SandboxDependencyError", "AssetError",
+    "NotSupportedError", "ProtocolError", "SandboxPermissionError",
+]

@@ -1,0 +1,80 @@
+"""The values the API hands back and takes: results, timings, file entries, port mappings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+Language = Literal["python", "javascript", "raw"]
+LANGUAGES = ("python", "javascript", "raw")
+
+
+@dataclass(frozen=True)
+class TimingBreakdown:
+    """Where the time of one run went, in milliseconds, as the daemon measured it."""
+
+    setup_ms: int = 0
+    boot_ms: int = 0
+    execute_ms: int = 0
+    total_ms: int = 0
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """A guest port to expose on the host (``external=None``: the OS picks one).
+
+    Accepted for compatibility; exposing ports is not available in this version.
+    """
+
+    internal: int
+    external: Optional[int] = None
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+@dataclass(frozen=True)
+class ExposedPort:
+    """A port that was exposed: where the host side listens."""
+
+    internal: int
+    external: int
+    host: str = "127.0.0.1"
+    protocol: str = "tcp"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.external}"
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """What one run or session exec produced.
+
+    stdout and stderr are decoded as UTF-8 (invalid bytes become U+FFFD); they are capped at
+    1 MiB and 100 KiB, and ``stdout_truncated``/``stderr_truncated`` say when output was cut.
+    """
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    execution_time_ms: Optional[int] = None
+    external_cpu_time_ms: Optional[int] = None
+    external_memory_peak_mb: Optional[int] = None
+    timing: TimingBreakdown = field(default_factory=TimingBreakdown)
+    warm_pool_hit: bool = False
+    exposed_ports: list[ExposedPort] = field(default_factory=list)
+    # Beyond the reference's table: what the daemon also reports.
+    timed_out: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    accelerator: str = ""
+    start_mode: str = ""
+    exec_count: int = 0
+    interpreter_reset: bool = False
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One entry of ``Session.list_files``; ``size`` is 0 for directories."""
+
+    name: str
+    is_dir: bool
+    size: int

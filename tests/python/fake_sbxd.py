@@ -1,0 +1,155 @@
+"""A stand-in for sbxd that speaks the control protocol with no VMs behind it, so the client's
+own logic (framing, pooling, cancellation, transfers) is tested in milliseconds.
+
+`run`/`session_exec` code is a tiny script: lines `out TEXT`, `err TEXT`, `sleep SECONDS`,
+`exit N`, `timeout`. Files live in a dict per session.
+"""
+import asyncio
+import hashlib
+import os
+import struct
+import tempfile
+
+from exec_sandbox import _zstd
+from exec_sandbox._proto import control_pb2 as pb
+from exec_sandbox._proto import files_pb2 as fpb
+
+
+class FakeSbxd:
+    def __init__(self, max_concurrent_vms=10):
+        self.max_concurrent_vms = max_concurrent_vms
+        self.tasks = set()
+        self.dir = tempfile.mkdtemp(prefix="sbx-pytest-fake-")
+        self.socket = os.path.join(self.dir, "sbxd.sock")
+        self.connections = 0
+        self.running = 0
+        self.cancelled = 0
+        self.sessions = {}
+        self.server = None
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_unix_server(self._conn, self.socket)
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _conn(self, reader, writer):
+        self.connections += 1
+        self.tasks.add(asyncio.current_task())
+
+        async def send(**kw):
+            b = pb.Reply(**kw).SerializeToString()
+            writer.write(struct.pack(">I", len(b)) + b)
+            await writer.drain()
+
+        uploads = {}
+        try:
+            while True:
+                n = struct.unpack(">I", await reader.readexactly(4))[0]
+                rq = pb.Request.FromString(await reader.readexactly(n))
+                body = rq.WhichOneof("body")
+                if body == "hello":
+                    await send(id=rq.id, hello=pb.HelloOk(protocol_version=1, server="fake/0"))
+                elif body == "status":
+                    await send(id=rq.id, status=pb.StatusReply(
+                        version="fake", max_concurrent_vms=self.max_concurrent_vms,
+                        images_dir=os.environ.get("EXEC_SANDBOX_IMAGES_DIR", ""), running_vms=self.running,
+                        sessions=len(self.sessions)))
+                elif body == "run":
+                    await self._exec(reader, send, rq.id, rq.run.code.decode(), rq.run.stream, 0)
+                elif body == "session_open":
+                    sid = os.urandom(16).hex()
+                    self.sessions[sid] = {"files": {}, "count": 0}
+                    await send(id=rq.id, session=pb.SessionInfo(
+                        session_id=sid, language=rq.session_open.language or "python"))
+                elif body == "session_exec":
+                    s = self.sessions.get(rq.session_exec.session_id)
+                    if s is None:
+                        await send(id=rq.id, error=pb.Error(kind=8, message="session closed"))
+                        continue
+                    s["count"] += 1
+                    await self._exec(reader, send, rq.id, rq.session_exec.code.decode(),
+                                     rq.session_exec.stream, s["count"])
+                elif body == "session_close":
+                    s = self.sessions.pop(rq.session_close.session_id, None)
+                    if s is None:
+                        await send(id=rq.id, error=pb.Error(kind=8, message="no such session"))
+                    else:
+                        await send(id=rq.id, session_closed=pb.SessionClosed(
+                            session_id=rq.session_close.session_id, exec_count=s["count"]))
+                elif body == "file_write":
+                    uploads[rq.id] = (rq.file_write, [])
+                elif body == "file_chunk":
+                    fw, parts = uploads[rq.id]
+                    parts.append(_zstd.decompress(rq.file_chunk.zdata, 256 << 10))
+                    if rq.file_chunk.last:
+                        del uploads[rq.id]
+                        data = b"".join(parts)
+                        sha = hashlib.sha256(data).digest()
+                        if len(data) != fw.size or sha != fw.sha256:
+                            await send(id=rq.id, error=pb.Error(kind=5, message="bad sha"))
+                            continue
+                        self.sessions[fw.session_id]["files"][fw.path] = data
+                        await send(id=rq.id, file_done=fpb.FileDone(size=len(data), sha256=sha))
+                elif body == "file_read":
+                    files = self.sessions[rq.file_read.session_id]["files"]
+                    if rq.file_read.path not in files:
+                        await send(id=rq.id, error=pb.Error(kind=5, message="no such file"))
+                        continue
+                    data = files[rq.file_read.path]
+                    off = 0
+                    while True:
+                        piece = data[off:off + (256 << 10)]
+                        off += len(piece)
+                        await send(id=rq.id, file_chunk=fpb.FileChunk(
+                            zdata=_zstd.compress(piece), last=off >= len(data)))
+                        if off >= len(data):
+                            break
+                    await send(id=rq.id, file_done=fpb.FileDone(
+                        size=len(data), sha256=hashlib.sha256(data).digest()))
+                elif body == "file_list":
+                    files = self.sessions[rq.file_list.session_id]["files"]
+                    await send(id=rq.id, file_listing=fpb.FileListing(entries=[
+                        fpb.FileEntry(name=k, size=len(v)) for k, v in sorted(files.items())]))
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            self.tasks.discard(asyncio.current_task())
+
+    async def _exec(self, reader, send, rid, code, stream, count):
+        out, err, rc, timed_out = b"", b"", 0, False
+        self.running += 1
+        try:
+            for line in code.splitlines():
+                op, _, arg = line.partition(" ")
+                if op in ("out", "err"):
+                    data = (arg + "\n").encode()
+                    if op == "out":
+                        out += data
+                    else:
+                        err += data
+                    if stream:
+                        await send(id=rid, chunk=pb.OutputChunk(stream=1 if op == "out" else 2,
+                                                                data=data))
+                elif op == "sleep":
+                    # Like sbxd, notice a client that hangs up while its code runs.
+                    try:
+                        if await asyncio.wait_for(reader.read(1), float(arg)) == b"":
+                            self.cancelled += 1
+                            raise ConnectionError("client gone")
+                    except asyncio.TimeoutError:
+                        pass
+                elif op == "exit":
+                    rc = int(arg)
+                elif op == "timeout":
+                    timed_out, rc = True, 137
+        finally:
+            self.running -= 1
+        await send(id=rid, result=pb.ExecResult(stdout=out, stderr=err, exit_code=rc,
+                                                timed_out=timed_out, exec_count=count,
+                                                accelerator="none", start_mode="cold"))

@@ -1,0 +1,208 @@
+"""The Python examples of the reference README, as written there, against the real daemon.
+
+Where an example needs a feature the daemon does not have yet (packages, network, exposed ports,
+the S3 cache) the test asserts the clear NotSupportedError instead.
+"""
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_vm
+from exec_sandbox import (NotSupportedError, PackageNotAllowedError, PermanentError, PortMapping,
+                          SandboxError, Scheduler, SchedulerConfig, VmConfigError,
+                          VmTimeoutError)
+
+pytestmark = [needs_vm, pytest.mark.vm]
+
+
+async def test_basic_execution(capsys):
+    async with Scheduler() as scheduler:
+        result = await scheduler.run(
+            code="print('Hello, World!')",
+            language="python",  # or "javascript", "raw"
+        )
+        print(result.stdout)     # Hello, World!
+        print(result.exit_code)  # 0
+    assert result.stdout == "Hello, World!\n" and result.exit_code == 0
+    assert capsys.readouterr().out == "Hello, World!\n\n0\n"
+    assert result.timing.total_ms > 0 and result.accelerator in ("kvm", "tcg")
+    assert result.external_cpu_time_ms is not None and result.external_memory_peak_mb > 0
+
+
+async def test_sessions_all_languages():
+    async with Scheduler() as scheduler:
+        async with await scheduler.session(language="python") as session:
+            await session.exec("import math")
+            await session.exec("x = math.pi * 2")
+            result = await session.exec("print(f'{x:.4f}')")
+            assert result.stdout == "6.2832\n"
+            assert session.exec_count == 3
+
+        # JavaScript: variables and functions persist
+        async with await scheduler.session(language="javascript") as session:
+            await session.exec("const greet = (name) => `Hello, ${name}!`")
+            result = await session.exec("console.log(greet('World'))")
+            assert result.stdout == "Hello, World!\n"
+
+        # Shell: env vars, cwd and functions persist
+        async with await scheduler.session(language="raw") as session:
+            await session.exec("cd /tmp && export MY_VAR=hello")
+            result = await session.exec("echo $MY_VAR from $(pwd)")
+            assert result.stdout == "hello from /tmp\n"
+
+
+async def test_file_io(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("local_model.pkl").write_bytes(b"\x80\x04pickled model\x00" * 100)
+    async with Scheduler() as scheduler:
+        async with await scheduler.session(language="python") as session:
+            # Write a file into the sandbox
+            await session.write_file("input.csv", b"name,score\nAlice,95\nBob,87")
+
+            # Write from a local file
+            await session.write_file("model.pkl", Path("./local_model.pkl"))
+
+            # Execute code that reads input and writes output
+            await session.exec("data = open('input.csv').read().upper()")
+            await session.exec("open('output.csv', 'w').write(data)")
+
+            # Read a file back from the sandbox
+            content = await session.read_file("output.csv")
+
+            # List files in a directory
+            files = await session.list_files("")  # sandbox root
+            for f in files:
+                print(f"{f.name} {'dir' if f.is_dir else f'{f.size}B'}")
+            assert await session.read_file("model.pkl") == Path("local_model.pkl").read_bytes()
+    assert content == b"NAME,SCORE\nALICE,95\nBOB,87"
+    sizes = {f.name: (f.is_dir, f.size) for f in files}
+    assert sizes["input.csv"] == (False, 26) and sizes["output.csv"] == (False, 26)
+    assert sizes["model.pkl"] == (False, 1600)
+
+
+async def test_packages_are_not_available_yet():
+    async with Scheduler() as scheduler:
+        with pytest.raises(NotSupportedError, match="packages.*not available") as ei:
+            await scheduler.run(
+                code="import pandas; print(pandas.__version__)",
+                language="python",
+                packages=["pandas==2.2.0", "numpy==1.26.0"],
+            )
+    assert isinstance(ei.value, PermanentError)
+
+
+async def test_streaming_output():
+    seen = []
+    async with Scheduler() as scheduler:
+        result = await scheduler.run(
+            code="for i in range(5): print(i)",
+            language="python",
+            on_stdout=lambda chunk: seen.append(("out", chunk)),
+            on_stderr=lambda chunk: seen.append(("err", chunk)),
+        )
+        assert "".join(c for k, c in seen if k == "out") == result.stdout == "0\n1\n2\n3\n4\n"
+
+        # Chunks come as the code prints, not with the result.
+        stamps = []
+        t0 = time.monotonic()
+        result = await scheduler.run(
+            code="import sys, time\nprint('a', flush=True)\nprint('e', file=sys.stderr, "
+                 "flush=True)\ntime.sleep(1.5)\nprint('b')",
+            on_stdout=lambda c: stamps.append((c, time.monotonic() - t0)),
+            on_stderr=lambda c: stamps.append((c, time.monotonic() - t0)))
+        done = time.monotonic() - t0
+    assert result.stdout == "a\nb\n" and result.stderr == "e\n"
+    first = stamps[0]
+    assert first[0] == "a\n" and done - first[1] > 1.0, stamps
+
+
+async def test_network_and_port_forwarding_are_not_available_yet():
+    async with Scheduler() as scheduler:
+        with pytest.raises(NotSupportedError, match="network"):
+            await scheduler.run(
+                code="import urllib.request; print(urllib.request.urlopen("
+                     "'https://httpbin.org/ip').read())",
+                language="python",
+                allow_network=True,
+                allowed_domains=["httpbin.org"],
+            )
+        with pytest.raises(NotSupportedError, match="port forwarding"):
+            await scheduler.run(
+                code="print('server ready')",
+                expose_ports=[PortMapping(internal=8080, external=3000)],
+                allow_network=False,
+            )
+        with pytest.raises(NotSupportedError, match="port forwarding"):
+            await scheduler.run(code="print('server ready')", expose_ports=[8080])
+
+
+async def test_production_configuration():
+    with pytest.raises(NotSupportedError, match="S3"):
+        config = SchedulerConfig(
+            max_concurrent_vms=20,       # Limit parallel executions
+            warm_pool_size=1,            # Pre-started VMs per language (0 disables)
+            default_memory_mb=512,       # Per-VM memory
+            default_timeout_seconds=60,  # Execution timeout
+            s3_bucket="my-snapshots",    # Remote cache for package snapshots
+            s3_region="us-east-1",
+        )
+    # The same without the S3 cache.
+    config = SchedulerConfig(
+        max_concurrent_vms=20,
+        warm_pool_size=1,
+        default_memory_mb=512,
+        default_timeout_seconds=60,
+    )
+    async with Scheduler(config) as scheduler:
+        st = await scheduler.status()
+        assert st.max_concurrent_vms == 20 and st.warm_pool_size == 1
+        result = await scheduler.run("print(open('/proc/meminfo').readline())")
+        assert result.exit_code == 0
+        total_kb = int(result.stdout.split()[1])
+        assert 400_000 < total_kb <= 512 * 1024, result.stdout
+
+
+async def test_error_handling(capsys):
+    async with Scheduler() as scheduler:
+        try:
+            result = await scheduler.run(code="while True: pass", language="python",
+                                         timeout_seconds=5)
+        except VmTimeoutError:
+            print("Execution timed out")
+        except PackageNotAllowedError as e:
+            print(f"Package not in allowlist: {e}")
+        except SandboxError as e:
+            print(f"Sandbox error: {e}")
+        assert capsys.readouterr().out == "Execution timed out\n"
+
+        try:
+            result = await scheduler.run(code="puts 1", language="ruby")
+        except VmTimeoutError:
+            print("Execution timed out")
+        except SandboxError as e:
+            print(f"Sandbox error: {e}")
+        out = capsys.readouterr().out
+        assert out.startswith("Sandbox error: unknown language `ruby`"), out
+        with pytest.raises(VmConfigError):  # a limit, checked by the daemon
+            await scheduler.run(code="print(1)", memory_mb=4096)
+        with pytest.raises(VmTimeoutError) as ei:
+            await scheduler.run(code="print('so far', flush=True)\nwhile True: pass",
+                                timeout_seconds=2)
+        assert ei.value.result is not None and ei.value.result.stdout == "so far\n"
+        assert ei.value.result.timed_out
+        del result
+
+
+async def test_pitfall_state_does_not_persist_across_runs():
+    async with Scheduler() as scheduler:
+        # run() creates a fresh VM each time - state doesn't persist across calls
+        result1 = await scheduler.run("x = 42", language="python")
+        result2 = await scheduler.run("print(x)", language="python")  # NameError!
+        assert result1.exit_code == 0
+        assert result2.exit_code != 0 and "NameError" in result2.stderr
+        # Fix: use sessions for multi-step stateful execution
+        async with await scheduler.session(language="python") as session:
+            await session.exec("x = 42")
+            result = await session.exec("print(x)")  # Works! x persists
+            assert result.stdout == "42\n"
