@@ -161,7 +161,7 @@ test: setup
 	$(MAKE) test-unit
 	$(MAKE) fuzz FUZZ_SECONDS=10
 	$(PYTHON) tests/e2e/run.py --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
-	$(MAKE) test-python
+	$(MAKE) test-python-vm
 
 # The Python client (clients/python): its protobuf modules, generated from proto/ (not committed).
 python:

@@ -191,7 +191,6 @@ async def test_error_handling(capsys):
                                 timeout_seconds=2)
         assert ei.value.result is not None and ei.value.result.stdout == "so far\n"
         assert ei.value.result.timed_out
-        del result
 
 
 async def test_pitfall_state_does_not_persist_across_runs():
