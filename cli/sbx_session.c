@@ -233,6 +233,33 @@ int cmd_session_close(const args *a)
     return 0;
 }
 
+/* One transfer between a local file and the guest, on an existing session, with a summary line
+ * on a terminal: `from` and `to` name the ends as the user sees them; local is the host file. */
+typedef int (*transfer_fn)(sbx_client *c, const char *session_id, const char *guest_path,
+                           const char *local_path, sbx_error *err);
+
+static int session_transfer(const args *a, transfer_fn op, const char *verb, const char *guest,
+                            const char *local, const char *from, const char *to)
+{
+    sbx_client *c = NULL;
+    sbx_error e = {0};
+    uint64_t t0 = now_ms();
+    int rc = connect_existing(a, &c, &e);
+    if (rc == 0)
+        rc = op(c, a->session_id, guest, local, &e);
+    sbx_close(c);
+    if (rc < 0)
+        return session_error(a, &e);
+    struct stat st;
+    if (!a->quiet && isatty(STDERR_FILENO) && stat(local, &st) == 0) {
+        char size[32], took[32];
+        fmt_size(size, sizeof size, (uint64_t)st.st_size);
+        fmt_ms(took, sizeof took, now_ms() - t0);
+        fprintf(stderr, "sbx: %s %s to %s (%s, %s)\n", verb, from, to, size, took);
+    }
+    return 0;
+}
+
 int cmd_session_upload(const args *a)
 {
     sbx_err why = {0};
@@ -241,23 +268,8 @@ int cmd_session_upload(const args *a)
         fprintf(stderr, "sbx: %s\n", why.msg);
         return EXIT_USAGE;
     }
-    sbx_client *c = NULL;
-    sbx_error e = {0};
-    uint64_t t0 = now_ms();
-    int rc = connect_existing(a, &c, &e);
-    if (rc == 0)
-        rc = sbx_file_write_path(c, a->session_id, t->guest, t->local, &e);
-    sbx_close(c);
-    if (rc < 0)
-        return session_error(a, &e);
-    struct stat st;
-    if (!a->quiet && isatty(STDERR_FILENO) && stat(t->local, &st) == 0) {
-        char size[32], took[32];
-        fmt_size(size, sizeof size, (uint64_t)st.st_size);
-        fmt_ms(took, sizeof took, now_ms() - t0);
-        fprintf(stderr, "sbx: uploaded %s to %s (%s, %s)\n", t->local, t->guest, size, took);
-    }
-    return 0;
+    return session_transfer(a, sbx_file_write_path, "uploaded", t->guest, t->local, t->local,
+                            t->guest);
 }
 
 int cmd_session_download(const args *a)
@@ -269,23 +281,8 @@ int cmd_session_download(const args *a)
         fprintf(stderr, "sbx: %s\n", why.msg);
         return EXIT_USAGE;
     }
-    sbx_client *c = NULL;
-    sbx_error e = {0};
-    uint64_t t0 = now_ms();
-    int rc = connect_existing(a, &c, &e);
-    if (rc == 0)
-        rc = sbx_file_read_path(c, a->session_id, t->guest, target, &e);
-    sbx_close(c);
-    if (rc < 0)
-        return session_error(a, &e);
-    struct stat st;
-    if (!a->quiet && isatty(STDERR_FILENO) && stat(target, &st) == 0) {
-        char size[32], took[32];
-        fmt_size(size, sizeof size, (uint64_t)st.st_size);
-        fmt_ms(took, sizeof took, now_ms() - t0);
-        fprintf(stderr, "sbx: downloaded %s to %s (%s, %s)\n", t->guest, target, size, took);
-    }
-    return 0;
+    return session_transfer(a, sbx_file_read_path, "downloaded", t->guest, target, t->guest,
+                            target);
 }
 
 static int entry_cmp(const void *x, const void *y)
