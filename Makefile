@@ -12,7 +12,7 @@ CFLAGS ?= -O2
 PKGS = libprotobuf-c jansson libseccomp libcap-ng libzstd libcrypto
 LIBS_HOST = -lev $(shell pkg-config --libs $(PKGS)) -pthread
 CFLAGS_COMMON += $(shell pkg-config --cflags $(PKGS))
-PROTOS = files control worker agent
+PROTOS = files control worker agent net
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
 COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c
