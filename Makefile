@@ -27,7 +27,7 @@ WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapsho
 LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli/status.c \
 	cli/utf8.c
 SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c
-AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/exec.c agent/sandbox.c agent/repl.c \
+AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/net.c agent/exec.c agent/sandbox.c agent/repl.c \
 	agent/files.c agent/zram.c
 
 # Header dependencies of every object, written by the compiler (-MMD -MP).

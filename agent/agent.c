@@ -37,6 +37,12 @@ static void agent_handle(struct chan *c, const uint8_t *data, size_t len)
     switch (m->body_case) {
     case SBX__AGENT__HOST_MSG__BODY_HELLO:
         boot_hello(m->hello);
+        /* Before Ready: the first code may use the network at once. A VM whose NIC cannot be set
+         * up says so rather than running code that would find no network. */
+        if (m->hello->net && net_apply(m->hello->net, &err) < 0) {
+            chan_failure(c, m->id, "%s", err.msg);
+            break;
+        }
         chan_ready(c, m->id);
         boot_late();
         break;

@@ -57,6 +57,11 @@ void boot_hello(const Sbx__Agent__Hello *h);
 /* After each Ready to a Hello; does its work once: hostname, loopback, zram swap. */
 void boot_late(void);
 
+/* ---- the NIC (net.c) ------------------------------------------------------------------------ */
+
+/* Address, route and resolver of eth0 from the host's NetConfig. */
+int net_apply(const Sbx__Agent__NetConfig *n, sbx_err *err);
+
 /* ---- processes of the sandbox user (sandbox.c) ---------------------------------------------- */
 
 /* A NULL-terminated environment built for one process. */

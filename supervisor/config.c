@@ -73,6 +73,9 @@ static const struct key keys[] = {
     U32(max_session_upload_mb, 1, 4096, "upload bytes held for one session, MiB"),
     U32(run_grace_seconds, 1, 3600,
         "sbxd kills a VM whose worker has not answered by timeout + boot timeout + this, s"),
+    BOOL(egress_allow_private,
+         "let VMs with network reach private, loopback and link-local addresses (default: off)"),
+    STR(dns_hosts_file, "hosts file (/etc/hosts format) the VMs' resolver consults first"),
 };
 
 void config_defaults(sbx_config *c)

@@ -45,6 +45,8 @@ typedef struct {
     uint32_t max_client_buffer_mb;  /* replies queued for a client that does not read them */
     uint32_t max_session_upload_mb; /* upload bytes held for one session */
     uint32_t run_grace_seconds;     /* sbxd's own deadline: timeout + boot + this, then kill */
+    bool egress_allow_private;
+    char dns_hosts_file[512];
 } sbx_config;
 
 void config_defaults(sbx_config *c);

@@ -330,3 +330,17 @@ out:
     sbx__control__request__free_unpacked(req, NULL);
     return v;
 }
+
+void control_send_ports(client *c, uint64_t id, const Sbx__Worker__Booted *b)
+{
+    if (!b->n_exposed_ports)
+        return;
+    Sbx__Control__PortsReady pr = SBX__CONTROL__PORTS_READY__INIT;
+    pr.n_ports = b->n_exposed_ports;
+    pr.ports = b->exposed_ports;
+    Sbx__Control__Reply reply = SBX__CONTROL__REPLY__INIT;
+    reply.id = id;
+    reply.body_case = SBX__CONTROL__REPLY__BODY_PORTS;
+    reply.ports = &pr;
+    control_send(c, &reply);
+}

@@ -56,6 +56,7 @@ static void run_booted(void *owner, const Sbx__Worker__Booted *b)
 {
     run *r = owner;
     sched_vm_deadline(r->job, r->req->timeout_seconds);
+    control_send_ports(r->c, r->id, b);
 }
 
 static void run_frame(void *owner, Sbx__Worker__FromWorker *m)
@@ -107,8 +108,10 @@ void run_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req)
     r->next = runs;
     runs = r;
     r->job = sched_open_vm(req->language, req->memory_mb, &run_ops, r);
-    if (r->job)
+    if (r->job) {
+        sched_vm_set_network(r->job, req->network);
         return;
+    }
     if (errno == EAGAIN)
         control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
                            "%u requests already wait for a VM slot (max_queued); try again later",
@@ -120,7 +123,8 @@ void run_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req)
 
 void run_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
 {
-    if (!pool_take(c, id, req))
+    /* Pool VMs have no NIC. */
+    if (req->network || !pool_take(c, id, req))
         run_cold(c, id, req);
 }
 

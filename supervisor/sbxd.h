@@ -42,6 +42,8 @@ client *control_adopt(int fd, uid_t uid, pid_t pid);
 uid_t control_client_uid(const client *c);
 /* Queue a reply for a client (NULL or closed client: dropped). Never frees anything. */
 void control_send(client *c, Sbx__Control__Reply *r);
+/* PortsReady to a run or session opener whose VM exposes ports (nothing otherwise). */
+void control_send_ports(client *c, uint64_t id, const Sbx__Worker__Booted *b);
 
 /* request.c: what a frame asks for. */
 typedef enum {
@@ -87,6 +89,9 @@ typedef struct {
 /* Queue a VM for an owner; it counts against max_concurrent_vms like a run. NULL with errno
  * EAGAIN when max_queued requests already wait (never for background owners), ENOMEM. */
 job *sched_open_vm(const char *language, uint32_t memory_mb, const vm_owner_ops *ops, void *owner);
+/* The NIC a VM gets (before it starts; n stays the owner's and must outlive the job). NULL or an
+ * empty request: none. */
+void sched_vm_set_network(job *j, const Sbx__Control__NetworkRequest *n);
 /* Send a request to the VM's worker, tagged with the id set by sched_vm_set_request. */
 int sched_vm_send(job *j, Sbx__Worker__ToWorker *m);
 void sched_vm_set_request(job *j, uint64_t req_id);

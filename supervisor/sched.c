@@ -17,6 +17,7 @@
 #include "paths.h"
 #include "sbxd.h"
 #include "snapshot.h"
+#include "netpolicy.h"
 #include "spawn.h"
 #include "worker.pb-c.h"
 
@@ -54,6 +55,10 @@ typedef struct job {
     Sbx__Control__ErrorKind why_kind;
     bool why_transient;
     char snapshot[600]; /* the memory snapshot this VM was told to restore from, or "" */
+    /* The NIC its owner asked for (the owner keeps the request alive), and its broker: it ends
+     * when the worker's end of its socket closes, and is in the VM's cgroup (spawn.c reaps it). */
+    const Sbx__Control__NetworkRequest *net;
+    pid_t broker_pid;
     struct job *next;
 } job;
 
@@ -61,6 +66,11 @@ static job *jobs; /* queued and running, in arrival order */
 static unsigned nrunning, nqueued;
 static unsigned nclosing; /* running jobs told to stop whose workers have not exited yet */
 static uint64_t seq, runs_total;
+
+void sched_vm_set_network(job *j, const Sbx__Control__NetworkRequest *n)
+{
+    j->net = n;
+}
 
 unsigned sched_running(void)
 {
@@ -435,8 +445,29 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
         job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "%s", err.msg);
         return -1;
     }
+    cleanup_close int net_fd = -1;
+    net_mode mode = j->net ? net_mode_of(j->net->allow_network, j->net->n_allowed_domains,
+                                          j->net->n_expose)
+                           : NET_NONE;
+    if (mode != NET_NONE) {
+        Sbx__Net__NetPolicy pol = SBX__NET__NET_POLICY__INIT;
+        pol.mode = (char *)net_mode_name(mode);
+        pol.n_allowed_domains = j->net->n_allowed_domains;
+        pol.allowed_domains = j->net->allowed_domains;
+        pol.n_expose = j->net->n_expose;
+        pol.expose = j->net->expose;
+        pol.allow_private = cfg.egress_allow_private;
+        pol.hosts_file = cfg.dns_hosts_file;
+        pol.connect_timeout_ms = 10000;
+        if (spawn_broker(&j->cg, j->seq, &pol, userns ? getuid() : vm_uid,
+                         userns ? getgid() : vm_gid, &j->broker_pid, &net_fd, &err) < 0) {
+            job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "start the VM's network: %s",
+                      err.msg);
+            return -1;
+        }
+    }
     int fd;
-    if (spawn_worker(&j->cg, j->seq, userns, &j->pid, &fd, &err) < 0) {
+    if (spawn_worker(&j->cg, j->seq, userns, net_fd, &j->pid, &fd, &err) < 0) {
         job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "start VM worker: %s",
                   err.msg);
         return -1;
@@ -464,8 +495,18 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     vc.test_hooks = cfg.test_hooks;
     vc.session = !j->ops->one_shot;
     vc.reclaim_idle_ms = j->ops->reclaim_idle ? cfg.balloon_idle_seconds * 1000u : 0;
-    snapshot_prepare(&vc, language, j->ops->probe, j->ops, j->owner, j->snapshot,
-                     sizeof j->snapshot);
+    /* A VM with a NIC boots cold: the snapshots are of NIC-less VMs. */
+    if (mode == NET_NONE)
+        snapshot_prepare(&vc, language, j->ops->probe, j->ops, j->owner, j->snapshot,
+                         sizeof j->snapshot);
+    if (mode != NET_NONE) {
+        vc.net_mode = (char *)net_mode_name(mode);
+        vc.n_allowed_domains = j->net->n_allowed_domains;
+        vc.allowed_domains = j->net->allowed_domains;
+        vc.n_expose = j->net->n_expose;
+        vc.expose = j->net->expose;
+        vc.net_fd = SPAWN_NET_FD;
+    }
     Sbx__Worker__ToWorker m2 = SBX__WORKER__TO_WORKER__INIT;
     m2.body_case = SBX__WORKER__TO_WORKER__BODY_START;
     m2.start = &vc;

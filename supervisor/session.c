@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "sbx_limits.h"
+#include "netpolicy.h"
 #include "sbxd.h"
 
 #define SESSION_TOMBSTONES 256 /* closed sessions remembered, to say why they closed */
@@ -46,6 +47,7 @@ typedef struct session {
     op *ops; /* head is the one in flight once started */
     unsigned nops;
     uint64_t upload_buffered; /* sum of its ops' buffered bytes */
+    Sbx__Control__PortsReady *ports; /* its exposed ports, a copy of what the worker reported */
     ev_timer idle;
     struct session *next;
 } session;
@@ -122,6 +124,27 @@ static void fill_info(const session *s, Sbx__Control__SessionInfo *i)
     i->busy = s->ops && s->ops->started;
     i->accelerator = (char *)(accel_verdict() ? accel_verdict() : "");
     i->boot_ms = s->boot_ms;
+    const Sbx__Control__NetworkRequest *n = s->open->network;
+    i->network_mode = (char *)net_mode_name(
+        n ? net_mode_of(n->allow_network, n->n_allowed_domains, n->n_expose) : NET_NONE);
+    if (s->ports) {
+        i->n_exposed_ports = s->ports->n_ports;
+        i->exposed_ports = s->ports->ports;
+    }
+}
+
+/* Kept for SessionInfo: packed and unpacked, so it owns its strings. */
+static void keep_ports(session *s, const Sbx__Worker__Booted *b)
+{
+    if (!b->n_exposed_ports)
+        return;
+    Sbx__Control__PortsReady pr = SBX__CONTROL__PORTS_READY__INIT;
+    pr.n_ports = b->n_exposed_ports;
+    pr.ports = b->exposed_ports;
+    size_t n = sbx__control__ports_ready__get_packed_size(&pr);
+    cleanup_free uint8_t *buf = malloc(n ? n : 1);
+    if (buf && sbx__control__ports_ready__pack(&pr, buf) == n)
+        s->ports = sbx__control__ports_ready__unpack(NULL, n, buf);
 }
 
 /* Forget the oldest closed sessions beyond the tombstone budget. */
@@ -138,6 +161,8 @@ static void purge_tombstones(void)
         session *s = *oldest;
         *oldest = s->next;
         sbx__control__session_open__free_unpacked(s->open, NULL);
+        if (s->ports)
+            sbx__control__ports_ready__free_unpacked(s->ports, NULL);
         free(s);
         closed--;
     }
@@ -265,6 +290,7 @@ static void vm_booted(void *owner, const Sbx__Worker__Booted *b)
     session *s = owner;
     s->ready = true;
     s->boot_ms = b->boot_ms;
+    keep_ports(s, b);
     Sbx__Control__SessionInfo info = SBX__CONTROL__SESSION_INFO__INIT;
     fill_info(s, &info);
     Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
@@ -316,6 +342,8 @@ static void forget_unopened(session *s)
     if (s->job)
         sched_vm_close(s->job);
     sbx__control__session_open__free_unpacked(s->open, NULL);
+    if (s->ports)
+        sbx__control__ports_ready__free_unpacked(s->ports, NULL);
     free(s);
 }
 
@@ -375,6 +403,8 @@ static void do_open(client *c, uid_t uid, uint64_t id, Sbx__Control__SessionOpen
     sessions = s;
     nopen++;
     s->job = sched_open_vm(o->language, o->memory_mb, &session_vm, s);
+    if (s->job)
+        sched_vm_set_network(s->job, o->network);
     if (!s->job && errno == EAGAIN)
         vm_gone(s, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
                 "too many requests already wait for a VM slot (max_queued); try again later");
@@ -620,6 +650,8 @@ void session_shutdown(void)
         session *s = sessions;
         sessions = s->next;
         sbx__control__session_open__free_unpacked(s->open, NULL);
+        if (s->ports)
+            sbx__control__ports_ready__free_unpacked(s->ports, NULL);
         free(s);
     }
 }

@@ -1,6 +1,7 @@
 /* Starting a VM's worker: fork+exec of sbx-vmworker into new namespaces and its cgroup, with
  * one socket, a log pipe and an empty environment; and the per-VM uids. Nothing here talks to
  * the worker once it runs: sched.c does. */
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -9,6 +10,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -77,8 +79,8 @@ static char **worker_env(void)
  * dies the kernel kills QEMU too), inside the VM's cgroup before it runs a single instruction
  * of its own, with exactly one inherited socket as fd 3, its stdout and stderr on a log pipe of
  * its own (workerlog.c; none of sbxd's descriptors) and an empty environment. */
-int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, pid_t *pid_out, int *fd_out,
-                 sbx_err *err)
+int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, int net_fd, pid_t *pid_out,
+                 int *fd_out, sbx_err *err)
 {
     char exe[512];
     if (spawn_worker_path(exe, sizeof exe) < 0)
@@ -129,14 +131,15 @@ int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, pid_t *pid_out, int *
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
-        if (dup2(logp[1], 1) < 0 || dup2(logp[1], 2) < 0 || dup2(sv[1], 3) < 0)
+        if (dup2(logp[1], 1) < 0 || dup2(logp[1], 2) < 0 || dup2(sv[1], 3) < 0 ||
+            (net_fd >= 0 && dup2(net_fd, SPAWN_NET_FD) < 0))
             _exit(127);
         int null = open("/dev/null", O_RDONLY);
         if (null >= 0 && null != 0) {
             dup2(null, 0);
             close(null);
         }
-        close_range(4, ~0U, 0);
+        close_range(net_fd >= 0 ? SPAWN_NET_FD + 1 : 4, ~0U, 0);
         char *argv[] = {exe, "--fd", "3", NULL};
         execve(exe, argv, envp);
         dprintf(2, "sbxd: exec `%s`: %s\n", exe, strerror(errno));
@@ -184,4 +187,108 @@ int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, pid_t *pid_out, int *
     *pid_out = pid;
     *fd_out = sv[0];
     return 0;
+}
+
+int spawn_broker_path(char *out, size_t n)
+{
+    char dir[512];
+    const char *env = getenv("EXEC_SANDBOX_NETBROKER");
+    if (env && *env)
+        return snprintf(out, n, "%s", env) < (int)n ? 0 : -1;
+    if (paths_exe_dir(dir, sizeof dir) < 0)
+        return -1;
+    return snprintf(out, n, "%s/sbx-netbroker", dir) < (int)n ? 0 : -1;
+}
+
+/* The VM's network broker (netbroker/): in the host's network namespace, in the VM's cgroup,
+ * as the VM's uid (or sbxd's own user when sbxd is unprivileged). Its policy goes down a pipe
+ * before the worker exists; the worker gets the other end of its socket (*worker_end). */
+int spawn_broker(cgroup_vm *cg, uint64_t seq, const Sbx__Net__NetPolicy *policy, uid_t uid,
+                 gid_t gid, pid_t *pid_out, int *worker_end, sbx_err *err)
+{
+    char exe[512], uid_s[16], gid_s[16];
+    if (spawn_broker_path(exe, sizeof exe) < 0)
+        return sbx_fail(err, ENOENT, "cannot locate sbx-netbroker");
+    size_t n = sbx__net__net_policy__get_packed_size(policy);
+    if (n + FRAME_HDR > 60000)
+        return sbx_fail(err, E2BIG, "network policy too large");
+    uint8_t buf[60000];
+    uint32_t be = htonl((uint32_t)n);
+    memcpy(buf, &be, FRAME_HDR);
+    sbx__net__net_policy__pack(policy, buf + FRAME_HDR);
+    cleanup_close int sv0 = -1, sv1 = -1, pol0 = -1, pol1 = -1, log0 = -1, log1 = -1;
+    int sv[2], pol[2], logp[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        return sbx_fail(err, errno, "socketpair: %s", strerror(errno));
+    sv0 = sv[0], sv1 = sv[1];
+    if (pipe2(pol, O_CLOEXEC) < 0)
+        return sbx_fail(err, errno, "pipe: %s", strerror(errno));
+    pol0 = pol[0], pol1 = pol[1];
+    if (pipe2(logp, O_CLOEXEC) < 0)
+        return sbx_fail(err, errno, "pipe: %s", strerror(errno));
+    log0 = logp[0], log1 = logp[1];
+    /* A fresh pipe holds 64 KiB: the write cannot block. */
+    if (sbx_write_all(pol1, buf, n + FRAME_HDR) < 0)
+        return sbx_fail(err, errno, "write the network policy: %s", strerror(errno));
+    close(steal_fd(&pol1));
+    snprintf(uid_s, sizeof uid_s, "%u", (unsigned)uid);
+    snprintf(gid_s, sizeof gid_s, "%u", (unsigned)gid);
+    char **envp = worker_env();
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0)
+        return sbx_fail(err, errno, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (dup2(log1, 1) < 0 || dup2(log1, 2) < 0 || dup2(sv1, 3) < 0 || dup2(pol0, 4) < 0)
+            _exit(127);
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0 && null != 0) {
+            dup2(null, 0);
+            close(null);
+        }
+        close_range(5, ~0U, 0);
+        char *argv[] = {exe, "--fd", "3", "--policy-fd", "4", "--uid", uid_s, "--gid", gid_s, NULL};
+        execve(exe, argv, envp);
+        dprintf(2, "sbxd: exec `%s`: %s\n", exe, strerror(errno));
+        _exit(127);
+    }
+    if (cgroup_attach(cg, pid, err) < 0) {
+        kill(pid, SIGKILL);
+        spawn_reap(pid);
+        return -1;
+    }
+    if (workerlog_start(steal_fd(&log0), seq) < 0)
+        slog("vm %llu: cannot relay the broker's log", (unsigned long long)seq);
+    spawn_reap(pid);
+    *pid_out = pid;
+    *worker_end = steal_fd(&sv0);
+    return 0;
+}
+
+/* Children nobody waits for otherwise (brokers): reaped whenever they end. */
+typedef struct {
+    ev_child w;
+} reaper;
+
+static void reaped(EV_P_ ev_child *w, int revents)
+{
+    (void)revents;
+    ev_child_stop(EV_A_ w);
+    free(w->data);
+}
+
+void spawn_reap(pid_t pid)
+{
+    reaper *r = calloc(1, sizeof *r);
+    if (!r)
+        return; /* a zombie until sbxd exits: better than a crash */
+    ev_child_init(&r->w, reaped, pid, 0);
+    r->w.data = r;
+    ev_child_start(EV_DEFAULT, &r->w);
 }

@@ -1,6 +1,7 @@
 /* The worker's channels: frames to sbxd, frames to and from the guest agent (every write has a
  * deadline), the guest console's tail, and the error value that goes up to main. Nothing here
  * decides that the VM ends. */
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "net.h"
 #include "worker.h"
 
 void wlog(const char *fmt, ...)
@@ -193,6 +195,14 @@ int send_hello(vm_err *err)
     h.seed.data = seed;
     h.seed.len = sizeof seed;
     h.host_time_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    Sbx__Agent__NetConfig nc = SBX__AGENT__NET_CONFIG__INIT;
+    if (net_wanted(W.cfg)) {
+        nc.address = htonl(NET_GUEST);
+        nc.prefix_len = NET_GUEST_PREFIX;
+        nc.gateway = htonl(NET_GATEWAY);
+        nc.nameserver = htonl(NET_NAMESERVER);
+        h.net = &nc;
+    }
     Sbx__Agent__HostMsg m = SBX__AGENT__HOST_MSG__INIT;
     m.body_case = SBX__AGENT__HOST_MSG__BODY_HELLO;
     m.hello = &h;

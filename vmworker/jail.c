@@ -257,7 +257,8 @@ int jail_enter(const jail_spec *s, sbx_err *err)
     return 0;
 }
 
-int jail_seccomp(sbx_err *err)
+/* The worker's allowlist, plus extra (each allowed outright) and Unix sockets when unix_sockets. */
+static int load_allowlist(const int *extra, size_t n_extra, bool unix_sockets, sbx_err *err)
 {
     scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
     if (!ctx)
@@ -330,6 +331,13 @@ int jail_seccomp(sbx_err *err)
     int rc = 0;
     for (size_t i = 0; i < ARRAY_LEN(allow) && rc == 0; i++)
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allow[i], 0);
+    for (size_t i = 0; i < n_extra && rc == 0; i++)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, extra[i], 0);
+    if (rc == -EEXIST)
+        rc = 0;
+    if (rc == 0 && unix_sockets)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
+                              SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
     /* Files are opened read-only (/proc/PID/stat, QEMU's log). O_RDONLY is 0, so the flags are
      * masked with every bit that writes, creates or truncates, and must have none of them:
      * checking the access mode alone would let O_RDONLY|O_CREAT or O_RDONLY|O_TRUNC through. */
@@ -348,6 +356,25 @@ int jail_seccomp(sbx_err *err)
     if (rc < 0)
         return sbx_fail(err, -rc, "install seccomp filter: %s", strerror(-rc));
     return 0;
+}
+
+int jail_seccomp(sbx_err *err)
+{
+    return load_allowlist(NULL, 0, false, err);
+}
+
+int jail_seccomp_net(sbx_err *err)
+{
+    /* The network process: slirp's Unix sockets (its forwards, our egress listener), the
+     * broker's socket and the descriptors that ride on it. No socket of any other family: the
+     * connected TCP sockets come from the broker. */
+    static const int net[] = {
+        SCMP_SYS(bind),       SCMP_SYS(listen),      SCMP_SYS(accept4),    SCMP_SYS(accept),
+        SCMP_SYS(connect),    SCMP_SYS(sendmsg),     SCMP_SYS(recvmsg),    SCMP_SYS(sendto),
+        SCMP_SYS(recvfrom),   SCMP_SYS(shutdown),    SCMP_SYS(getsockopt), SCMP_SYS(setsockopt),
+        SCMP_SYS(getsockname), SCMP_SYS(getpeername), SCMP_SYS(ioctl),
+    };
+    return load_allowlist(net, ARRAY_LEN(net), true, err);
 }
 
 int jail_qemu_filter(void **filter, sbx_err *err)

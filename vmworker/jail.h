@@ -43,6 +43,8 @@ typedef struct {
 int jail_enter(const jail_spec *spec, sbx_err *err);
 /* Install the worker's syscall allowlist (default: kill the process). */
 int jail_seccomp(sbx_err *err);
+/* The same plus what the network process needs (Unix sockets, descriptor passing). */
+int jail_seccomp_net(sbx_err *err);
 
 /* QEMU's filter of its own, beneath its -sandbox: a denylist (default allow) that kills QEMU on
  * what a guest that took over QEMU would reach for next (ptrace and other processes' memory,

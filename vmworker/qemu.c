@@ -104,6 +104,10 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
         arg(&a, "-chardev") | arg(&a, "socket,id=agent,path=%s,server=on,wait=off", vm->agent_sock);
     bad |= arg(&a, "-device") | arg(&a, "virtserialport,chardev=agent,name=sbx.agent");
     bad |= arg(&a, "-device") | arg(&a, "virtio-rng-device");
+    /* The NIC: frames go to the network process over an inherited socket (fd 3 in QEMU). */
+    if (vm->net_fd >= 0)
+        bad |= arg(&a, "-netdev") | arg(&a, "stream,id=net0,addr.type=fd,addr.str=3") |
+               arg(&a, "-device") | arg(&a, "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56");
     /* The balloon: the guest reports pages it frees and QEMU returns them to the host, and the
      * worker inflates it over QMP while a session VM is idle (vmworker/balloon.c); deflate-on-oom
      * lets the guest take pages back by itself should it need them first. Cold VMs only: QEMU
@@ -144,7 +148,13 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
         dup2(devnull, 0);
         dup2(logfd, 1);
         dup2(logfd, 2);
-        close_range(3, ~0U, 0);
+        if (vm->net_fd >= 0) {
+            if (vm->net_fd == 3 ? fcntl(3, F_SETFD, 0) < 0 : dup2(vm->net_fd, 3) < 0)
+                _exit(127);
+            close_range(4, ~0U, 0);
+        } else {
+            close_range(3, ~0U, 0);
+        }
         if (vm->confine && vm->confine(vm->confine_arg) < 0) {
             dprintf(2, "confine QEMU before exec: %s\n", strerror(errno));
             _exit(127);

@@ -20,6 +20,7 @@ typedef struct {
      * failure stops the start. NULL: none. */
     int (*confine)(void *arg);
     void *confine_arg;
+    int net_fd; /* the network process's frame socket (vmworker/net.c), or -1: no NIC */
 } qemu_vm;
 
 /* Build the command line from cfg and start QEMU (child dies with the worker); every VM serves

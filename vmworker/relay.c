@@ -11,6 +11,7 @@
 
 #include "jail.h"
 #include "sbx_limits.h"
+#include "net.h"
 #include "worker.h"
 
 /* Time the guest gets past its own timeout to SIGTERM, SIGKILL, drain and report before the
@@ -220,6 +221,10 @@ int run_exec(Sbx__Worker__ExecRequest *req, uint64_t boot_ms, uint64_t setup_ms,
     res.stderr_truncated = errb.truncated;
     res.accelerator = W.cfg->accel;
     res.start_mode = (char *)start_mode;
+    if (net_wanted(W.cfg)) {
+        res.network = net_report();
+        res.n_exposed_ports = net_ports(&res.exposed_ports);
+    }
     Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
     m.body_case = SBX__WORKER__FROM_WORKER__BODY_RESULT;
     m.result = &res;

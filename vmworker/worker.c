@@ -15,11 +15,12 @@
 
 #include "balloon.h"
 #include "jail.h"
+#include "net.h"
 #include "worker.h"
 
 #define HELLO_RESEND_MS 1000
 
-worker W = {.ctl = -1, .sigfd = -1, .agent = -1, .con = -1, .vm = {.pid = -1}};
+worker W = {.ctl = -1, .sigfd = -1, .agent = -1, .con = -1, .vm = {.pid = -1, .net_fd = -1}};
 qmp_conn qmp = {.fd = -1};
 const char *start_mode = "cold";
 
@@ -423,6 +424,8 @@ static void send_booted(uint64_t boot_ms, uint64_t setup_ms)
     b.start_mode = (char *)start_mode;
     b.restore_error = restore_error;
     b.restore_timed_out = restore_timed_out;
+    if (net_wanted(W.cfg))
+        b.n_exposed_ports = net_ports(&b.exposed_ports);
     Sbx__Worker__FromWorker m = SBX__WORKER__FROM_WORKER__INIT;
     m.body_case = SBX__WORKER__FROM_WORKER__BODY_BOOTED;
     m.booted = &b;
@@ -492,10 +495,16 @@ int main(int argc, char **argv)
     W.cfg = start->start;
     if (enter_jail(W.cfg, &err) < 0 || confine_qemu(&err) < 0)
         die(&err);
+    if (net_wanted(W.cfg) && net_start(W.cfg, &W.vm.net_fd, &err) < 0)
+        die(&err);
     uint64_t setup_ms = now_ms() - W.t_start, boot_ms = 0;
     int rc = start_vm(&boot_ms, &err);
     if (rc < 0)
         die(&err);
+    if (W.vm.net_fd >= 0) {
+        close(W.vm.net_fd); /* QEMU's now: when it ends, the network process sees it */
+        W.vm.net_fd = -1;
+    }
     if (rc > 0)
         exit(0); /* a template: saved and reported */
     if (lock_down(&err) < 0)

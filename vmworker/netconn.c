@@ -1,0 +1,288 @@
+/* Byte streams between the guest and the world. Egress: slirp hands us each guest connection to
+ * a virtual address as a Unix stream; in allowlist mode the proxy first reads the whole TLS
+ * ClientHello (reassembled, bounded in size and time) and refuses a missing or disallowed name
+ * or ECH; then it asks the broker to connect (the broker checks the policy again, with its own
+ * resolver's answers) and splices the two. Inbound: a host client on an exposed port, spliced to
+ * slirp's forward into the guest. */
+#include "netint.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "netparse.h"
+
+#define CONN_BUF (32u << 10) /* per direction; holds a whole ClientHello */
+#define HELLO_TIMEOUT_MS 10000u
+#define CONNECT_SLACK_MS 5000u
+
+typedef enum { C_FREE, C_HELLO, C_WAIT, C_SPLICE } conn_state;
+
+typedef struct {
+    uint8_t data[CONN_BUF];
+    size_t len;
+    bool eof;  /* the source said so */
+    bool shut; /* ...and we passed it on, all bytes delivered */
+} pipe_buf;
+
+typedef struct {
+    conn_state st;
+    int a, b; /* a: the guest's side; b: the other end (upstream, or slirp's forward) */
+    int ia, ib; /* poll indices this turn, -1 none */
+    uint32_t real;
+    uint16_t port;
+    char name[254];
+    uint64_t id, deadline;
+    pipe_buf *ab, *ba;
+} conn;
+
+static conn conns[CONN_MAX];
+
+static void conn_close(conn *c)
+{
+    if (c->a >= 0)
+        close(c->a);
+    if (c->b >= 0)
+        close(c->b);
+    free(c->ab);
+    free(c->ba);
+    *c = (conn){.st = C_FREE, .a = -1, .b = -1};
+}
+
+static conn *conn_new(int a, const char *what, uint16_t port)
+{
+    for (size_t i = 0; i < CONN_MAX; i++)
+        if (conns[i].st == C_FREE) {
+            conn *c = &conns[i];
+            *c = (conn){.a = a, .b = -1, .ia = -1, .ib = -1, .port = port};
+            c->ab = calloc(1, sizeof *c->ab);
+            c->ba = calloc(1, sizeof *c->ba);
+            if (!c->ab || !c->ba) {
+                conn_close(c);
+                break;
+            }
+            return c;
+        }
+    net_block(what, port, "connection refused: %u connections open already", CONN_MAX);
+    close(a);
+    return NULL;
+}
+
+static void ask_connect(conn *c, const char *sni)
+{
+    Sbx__Net__Connect rq = SBX__NET__CONNECT__INIT;
+    rq.ipv4 = c->real;
+    rq.port = c->port;
+    rq.sni = (char *)sni;
+    rq.name = c->name;
+    Sbx__Net__NetMsg m = SBX__NET__NET_MSG__INIT;
+    m.id = ++N.next_id;
+    m.body_case = SBX__NET__NET_MSG__BODY_CONNECT;
+    m.connect = &rq;
+    if (broker_send(&m) < 0) {
+        net_block(c->name, c->port, "connection refused: the broker is not answering");
+        conn_close(c);
+        return;
+    }
+    c->id = m.id;
+    c->st = C_WAIT;
+    c->deadline = now_ms() + NET_CONNECT_TIMEOUT_MS + CONNECT_SLACK_MS;
+}
+
+void conn_egress(int fd, uint32_t vip, uint16_t port)
+{
+    uint32_t real;
+    const char *name;
+    if (!vip_lookup(vip, &real, &name)) {
+        close(fd);
+        return;
+    }
+    conn *c = conn_new(fd, name, port);
+    if (!c)
+        return;
+    c->real = real;
+    snprintf(c->name, sizeof c->name, "%s", name);
+    if (N.mode == NET_ALLOWLIST) {
+        c->st = C_HELLO;
+        c->deadline = now_ms() + HELLO_TIMEOUT_MS;
+    } else {
+        ask_connect(c, "");
+    }
+}
+
+void conn_inbound(int fd, const char *path)
+{
+    conn *c = conn_new(fd, "inbound", 0);
+    if (!c)
+        return;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    c->b = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (c->b < 0 || connect(c->b, (struct sockaddr *)&a, sizeof a) < 0) {
+        fprintf(stderr, "sbx-vmworker[net]: forward into the guest: %s\n", strerror(errno));
+        conn_close(c);
+        return;
+    }
+    c->st = C_SPLICE;
+}
+
+void conn_connected(uint64_t id, const Sbx__Net__Connected *r, int fd)
+{
+    for (size_t i = 0; i < CONN_MAX; i++) {
+        conn *c = &conns[i];
+        if (c->st != C_WAIT || c->id != id)
+            continue;
+        if (fd < 0) {
+            net_block(c->name, c->port, "connection refused: %s",
+                      r->refused && *r->refused ? r->refused : "by the broker");
+            conn_close(c);
+            return;
+        }
+        fcntl(fd, F_SETFL, O_NONBLOCK);
+        c->b = fd;
+        c->st = C_SPLICE;
+        return;
+    }
+    if (fd >= 0)
+        close(fd); /* the guest gave up first */
+}
+
+/* The guest's first bytes on an allowlist connection: a ClientHello for an allowed name, or
+ * nothing goes anywhere. */
+static void read_hello(conn *c)
+{
+    pipe_buf *p = c->ab;
+    ssize_t r = read(c->a, p->data + p->len, CONN_BUF - p->len);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (r <= 0) {
+        conn_close(c);
+        return;
+    }
+    p->len += (size_t)r;
+    char sni[256];
+    hello_verdict v = tls_client_hello_sni(p->data, p->len, sni, sizeof sni);
+    const char *why = NULL;
+    switch (v) {
+    case HELLO_MORE:
+        if (p->len < TLS_HELLO_MAX + 64)
+            return;
+        why = "the TLS ClientHello is too long";
+        break;
+    case HELLO_OK:
+        if (!net_name_allowed(sni, N.allowed, N.n_allowed)) {
+            net_block(sni, c->port, "TLS server name not on the allowlist");
+            conn_close(c);
+            return;
+        }
+        ask_connect(c, sni);
+        return;
+    case HELLO_NOT_TLS:
+        why = "not TLS (only TLS to allowed names leaves)";
+        break;
+    case HELLO_NO_SNI:
+        why = "TLS without a server name";
+        break;
+    case HELLO_ECH:
+        why = "TLS with an encrypted ClientHello (ECH)";
+        break;
+    case HELLO_BAD:
+        why = "malformed TLS ClientHello";
+        break;
+    }
+    net_block(c->name, c->port, "connection refused: %s", why);
+    conn_close(c);
+}
+
+/* Moves what it can from `from` through buf to `to`; -1 when the connection is broken. */
+static int pump(int from, int to, pipe_buf *p)
+{
+    if (!p->eof && p->len < CONN_BUF) {
+        ssize_t r = read(from, p->data + p->len, CONN_BUF - p->len);
+        if (r > 0)
+            p->len += (size_t)r;
+        else if (r == 0)
+            p->eof = true;
+        else if (errno != EAGAIN && errno != EINTR)
+            return -1;
+    }
+    if (p->len) {
+        ssize_t w = send(to, p->data, p->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno != EAGAIN && errno != EINTR)
+            return -1;
+        if (w > 0) {
+            memmove(p->data, p->data + w, p->len - (size_t)w);
+            p->len -= (size_t)w;
+        }
+    }
+    if (p->eof && !p->len && !p->shut) {
+        shutdown(to, SHUT_WR);
+        p->shut = true;
+    }
+    return 0;
+}
+
+size_t conn_poll_fill(struct pollfd *p, size_t cap, uint64_t *deadline)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < CONN_MAX && n + 2 <= cap; i++) {
+        conn *c = &conns[i];
+        c->ia = c->ib = -1;
+        if (c->st == C_FREE)
+            continue;
+        if (c->st != C_SPLICE && c->deadline < *deadline)
+            *deadline = c->deadline;
+        short ea = 0, eb = 0;
+        if (c->st == C_HELLO)
+            ea = POLLIN;
+        if (c->st == C_SPLICE) {
+            ea = (short)((!c->ab->eof && c->ab->len < CONN_BUF ? POLLIN : 0) |
+                         (c->ba->len ? POLLOUT : 0));
+            eb = (short)((!c->ba->eof && c->ba->len < CONN_BUF ? POLLIN : 0) |
+                         (c->ab->len ? POLLOUT : 0));
+        }
+        if (ea) {
+            c->ia = (int)n;
+            p[n++] = (struct pollfd){.fd = c->a, .events = ea};
+        }
+        if (eb) {
+            c->ib = (int)n;
+            p[n++] = (struct pollfd){.fd = c->b, .events = eb};
+        }
+    }
+    return n;
+}
+
+void conn_poll_done(const struct pollfd *p, size_t n, uint64_t now)
+{
+    for (size_t i = 0; i < CONN_MAX; i++) {
+        conn *c = &conns[i];
+        if (c->st == C_FREE)
+            continue;
+        bool ready = (c->ia >= 0 && (size_t)c->ia < n && p[c->ia].revents) ||
+                     (c->ib >= 0 && (size_t)c->ib < n && p[c->ib].revents);
+        if (c->st == C_HELLO && ready) {
+            read_hello(c);
+            continue;
+        }
+        if (c->st == C_HELLO || c->st == C_WAIT) {
+            if (now >= c->deadline) {
+                net_block(c->name, c->port, "connection refused: %s",
+                          c->st == C_HELLO ? "no TLS ClientHello within 10 s"
+                                           : "the broker did not connect in time");
+                conn_close(c);
+            }
+            continue;
+        }
+        if (!ready)
+            continue;
+        if (pump(c->a, c->b, c->ab) < 0 || pump(c->b, c->a, c->ba) < 0 ||
+            (c->ab->shut && c->ba->shut))
+            conn_close(c);
+    }
+}

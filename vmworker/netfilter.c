@@ -1,0 +1,294 @@
+/* Every frame from the guest, before slirp sees it: DNS answered here (names the policy allows
+ * are resolved by the broker and answered with virtual addresses that stand for the real ones;
+ * everything else NXDOMAIN, never sent to a real resolver); a TCP connection may only begin
+ * towards a virtual address (on 443 in allowlist mode), which gets a slirp forward to our egress
+ * socket, so that the stream lands in the proxy (netconn.c); everything else the guest starts is
+ * refused at once with a reset or an ICMP error, and reported. Slirp runs restricted: even a
+ * frame this filter let through by mistake could reach nothing but our own forwards. */
+#include "netint.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "netparse.h"
+
+#define DNS_PENDING_MAX 64u
+#define DNS_TIMEOUT_MS 10000u
+#define DNS_TTL 60u
+#define DNS_MAX_ANSWERS 8u
+#define MAX_FORWARDS 512u
+
+static struct {
+    bool used;
+    uint64_t id, deadline;
+    uint8_t frame[1600];
+    size_t len;
+    dns_query q;
+} pending[DNS_PENDING_MAX];
+
+static struct {
+    uint32_t real; /* network byte order */
+    char name[254];
+} vips[NET_MAX_VIPS];
+static size_t n_vips;
+
+static struct {
+    uint32_t vip;
+    uint16_t port;
+} forwards[MAX_FORWARDS];
+static size_t n_forwards;
+
+static char *ip_str(uint32_t be, char *buf)
+{
+    inet_ntop(AF_INET, &be, buf, INET_ADDRSTRLEN);
+    return buf;
+}
+
+bool vip_lookup(uint32_t vip, uint32_t *real, const char **name)
+{
+    uint32_t h = ntohl(vip);
+    if (h <= NET_VIP_BASE || h > NET_VIP_BASE + n_vips)
+        return false;
+    *real = vips[h - NET_VIP_BASE - 1].real;
+    *name = vips[h - NET_VIP_BASE - 1].name;
+    return true;
+}
+
+/* The virtual address standing for real (0 when the table is full). */
+static uint32_t vip_for(uint32_t real, const char *name)
+{
+    for (size_t i = 0; i < n_vips; i++)
+        if (vips[i].real == real)
+            return htonl(NET_VIP_BASE + (uint32_t)i + 1);
+    if (n_vips == NET_MAX_VIPS)
+        return 0;
+    vips[n_vips].real = real;
+    snprintf(vips[n_vips].name, sizeof vips[n_vips].name, "%s", name);
+    n_vips++;
+    return htonl(NET_VIP_BASE + (uint32_t)n_vips);
+}
+
+/* ---- replies to the guest ---- */
+
+static void reply_rst(const net_pkt *p)
+{
+    uint8_t out[128];
+    size_t n = net_build_tcp_rst(p, out, sizeof out);
+    if (n)
+        qemu_send_frame(out, n);
+}
+
+static void reply_icmp(const net_pkt *p)
+{
+    uint8_t out[256];
+    size_t n = net_build_icmp_unreach(p, 13, out, sizeof out);
+    if (n)
+        qemu_send_frame(out, n);
+}
+
+static void reply_dns(const net_pkt *p, const dns_query *q, int rcode, const uint32_t *a,
+                      size_t n)
+{
+    uint8_t msg[512], out[600];
+    size_t m = dns_build_answer(q, rcode, a, n, DNS_TTL, msg, sizeof msg);
+    size_t f = m ? net_build_udp_reply(p, msg, m, out, sizeof out) : 0;
+    if (f)
+        qemu_send_frame(out, f);
+}
+
+/* ---- DNS ---- */
+
+static void dns(const net_pkt *p)
+{
+    dns_query q;
+    if (dns_parse_query(p->payload, p->payload_len, &q) < 0) {
+        uint8_t msg[16], out[128];
+        if (p->payload_len < 2)
+            return;
+        uint16_t id = (uint16_t)(p->payload[0] << 8 | p->payload[1]);
+        size_t m = dns_build_error(id, DNS_RCODE_FORMERR, msg, sizeof msg);
+        size_t f = m ? net_build_udp_reply(p, msg, m, out, sizeof out) : 0;
+        if (f)
+            qemu_send_frame(out, f);
+        return;
+    }
+    if (N.mode == NET_PORTS) {
+        net_block(q.name, 53, "DNS refused: this VM has exposed ports only, no outbound network");
+        reply_dns(p, &q, DNS_RCODE_REFUSED, NULL, 0);
+        return;
+    }
+    bool allowed = N.mode == NET_OPEN || net_name_allowed(q.name, N.allowed, N.n_allowed);
+    if (!allowed || q.qclass != DNS_CLASS_IN) {
+        if (q.qtype == DNS_TYPE_A)
+            net_block(q.name, 53, "name not on the allowlist (NXDOMAIN)");
+        reply_dns(p, &q, DNS_RCODE_NXDOMAIN, NULL, 0);
+        return;
+    }
+    if (q.qtype != DNS_TYPE_A) {
+        reply_dns(p, &q, DNS_RCODE_OK, NULL, 0); /* NODATA: IPv4 only */
+        return;
+    }
+    size_t i = 0;
+    while (i < DNS_PENDING_MAX && pending[i].used)
+        i++;
+    if (i == DNS_PENDING_MAX || p->len > sizeof pending[i].frame) {
+        reply_dns(p, &q, DNS_RCODE_SERVFAIL, NULL, 0);
+        return;
+    }
+    Sbx__Net__Resolve rs = SBX__NET__RESOLVE__INIT;
+    rs.name = q.name;
+    Sbx__Net__NetMsg m = SBX__NET__NET_MSG__INIT;
+    m.id = ++N.next_id;
+    m.body_case = SBX__NET__NET_MSG__BODY_RESOLVE;
+    m.resolve = &rs;
+    if (broker_send(&m) < 0) {
+        reply_dns(p, &q, DNS_RCODE_SERVFAIL, NULL, 0);
+        return;
+    }
+    pending[i].used = true;
+    pending[i].id = m.id;
+    pending[i].deadline = now_ms() + DNS_TIMEOUT_MS;
+    memcpy(pending[i].frame, p->frame, p->len);
+    pending[i].len = p->len;
+    pending[i].q = q;
+}
+
+void filter_resolved(uint64_t id, const Sbx__Net__Resolved *r)
+{
+    size_t i = 0;
+    while (i < DNS_PENDING_MAX && !(pending[i].used && pending[i].id == id))
+        i++;
+    if (i == DNS_PENDING_MAX)
+        return; /* answered already (timed out) */
+    pending[i].used = false;
+    net_pkt p;
+    if (net_parse_frame(pending[i].frame, pending[i].len, &p) != PKT_UDP)
+        return;
+    const dns_query *q = &pending[i].q;
+    if (r->refused && *r->refused) {
+        net_block(q->name, 53, "%s (NXDOMAIN)", r->refused);
+        reply_dns(&p, q, DNS_RCODE_NXDOMAIN, NULL, 0);
+        return;
+    }
+    uint32_t a[DNS_MAX_ANSWERS];
+    size_t n = 0;
+    for (size_t k = 0; k < r->n_ipv4 && n < DNS_MAX_ANSWERS; k++) {
+        uint32_t v = vip_for(r->ipv4[k], q->name);
+        if (v)
+            a[n++] = v;
+    }
+    reply_dns(&p, q, n || !r->n_ipv4 ? DNS_RCODE_OK : DNS_RCODE_SERVFAIL, a, n);
+}
+
+void filter_expire(uint64_t now)
+{
+    for (size_t i = 0; i < DNS_PENDING_MAX; i++)
+        if (pending[i].used && pending[i].deadline <= now) {
+            pending[i].used = false;
+            net_pkt p;
+            if (net_parse_frame(pending[i].frame, pending[i].len, &p) == PKT_UDP)
+                reply_dns(&p, &pending[i].q, DNS_RCODE_SERVFAIL, NULL, 0);
+        }
+}
+
+/* ---- TCP ---- */
+
+static bool forward_for(uint32_t vip, uint16_t port)
+{
+    for (size_t i = 0; i < n_forwards; i++)
+        if (forwards[i].vip == vip && forwards[i].port == port)
+            return true;
+    if (n_forwards == MAX_FORWARDS)
+        return false;
+    struct in_addr a = {.s_addr = vip};
+    if (slirp_add_unix(N.slirp, N.egress_path, &a, port) < 0)
+        return false;
+    forwards[n_forwards].vip = vip;
+    forwards[n_forwards].port = port;
+    n_forwards++;
+    return true;
+}
+
+/* A new connection from the guest: allowed to begin only towards a virtual address. */
+static bool syn_allowed(const net_pkt *p)
+{
+    char ip[INET_ADDRSTRLEN];
+    uint32_t real;
+    const char *name;
+    if (!vip_lookup(p->dst, &real, &name)) {
+        if (N.mode == NET_PORTS)
+            net_block(ip_str(p->dst, ip), p->dport,
+                      "connection refused: exposed ports only, no outbound network");
+        else
+            net_block(ip_str(p->dst, ip), p->dport,
+                      "connection refused: not an address our resolver gave for an allowed name");
+        return false;
+    }
+    if (N.mode == NET_ALLOWLIST && p->dport != 443) {
+        net_block(name, p->dport, "connection refused: only TLS on port 443");
+        return false;
+    }
+    if (!forward_for(p->dst, p->dport)) {
+        net_block(name, p->dport, "connection refused: too many destinations");
+        return false;
+    }
+    return true;
+}
+
+static void tcp(const uint8_t *f, size_t len, const net_pkt *p)
+{
+    bool syn = (p->tcp_flags & (NET_TCP_SYN | NET_TCP_ACK)) == NET_TCP_SYN;
+    if (syn && !syn_allowed(p)) {
+        reply_rst(p);
+        return;
+    }
+    slirp_input(N.slirp, f, (int)len);
+    /* Slirp connects a forward's socket while it handles the segment that completes the
+     * handshake: the connection waiting on the egress socket now is this one. */
+    uint32_t h = ntohl(p->dst);
+    if (h > NET_VIP_BASE && h <= NET_VIP_BASE + NET_MAX_VIPS) {
+        int c = accept4(N.egress, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (c >= 0)
+            conn_egress(c, p->dst, p->dport);
+    }
+}
+
+void filter_frame(const uint8_t *f, size_t len)
+{
+    net_pkt p;
+    char ip[INET_ADDRSTRLEN];
+    switch (net_parse_frame(f, len, &p)) {
+    case PKT_BAD:
+    case PKT_IPV6: /* no IPv6 here: the guest's own neighbour discovery ends in silence */
+        return;
+    case PKT_OTHER: /* ARP */
+        slirp_input(N.slirp, f, (int)len);
+        return;
+    case PKT_FRAGMENT:
+        net_block("ip fragment", 0, "IP fragments are refused");
+        return;
+    case PKT_IPV4_OTHER:
+        /* ICMP to the gateway (ping) is slirp's to answer; nothing else leaves. */
+        if (p.src == htonl(NET_GUEST) && p.dst == htonl(NET_GATEWAY))
+            slirp_input(N.slirp, f, (int)len);
+        return;
+    case PKT_UDP:
+        if (p.src != htonl(NET_GUEST))
+            return;
+        if (p.dport == 53) {
+            dns(&p);
+            return;
+        }
+        net_block(ip_str(p.dst, ip), p.dport, "UDP refused: only DNS");
+        reply_icmp(&p);
+        return;
+    case PKT_TCP:
+        if (p.src == htonl(NET_GUEST))
+            tcp(f, len, &p);
+        return;
+    }
+}
