@@ -94,7 +94,7 @@ $(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) agent/*.h commo
 		$(BUILD)/gen/files.pb-c.c $(BUILD)/gen/agent.pb-c.c -l:libprotobuf-c.a -l:libzstd.a -l:libcrypto.a
 
 # Unit tests (cmocka), built with ASan/UBSan.
-UNIT_TESTS = test_frame test_limits test_config test_cli_args test_balloon test_paths
+UNIT_TESTS = test_frame test_limits test_config test_cli_args test_balloon test_paths test_netparse
 $(BUILD)/tests/test_frame: tests/unit/test_frame.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_limits: tests/unit/test_limits.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_paths: tests/unit/test_paths.c $(asan_COMMON_OBJ)
@@ -102,6 +102,7 @@ $(BUILD)/tests/test_config: tests/unit/test_config.c $(BUILD)/asan/supervisor/co
 $(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.o $(BUILD)/asan/libsbx.a \
 	$(asan_COMMON_OBJ)
 $(BUILD)/tests/test_balloon: tests/unit/test_balloon.c $(BUILD)/asan/vmworker/balloon.o $(asan_COMMON_OBJ)
+$(BUILD)/tests/test_netparse: tests/unit/test_netparse.c $(BUILD)/asan/vmworker/netparse.o $(asan_COMMON_OBJ)
 $(UNIT_TESTS:%=$(BUILD)/tests/%):
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) -iquote supervisor -iquote vmworker $(ASAN_FLAGS) -o $@ $^ -lcmocka $(LIBS_HOST)
@@ -111,7 +112,7 @@ test-unit: $(UNIT_TESTS:%=$(BUILD)/tests/%)
 
 # libFuzzer targets for every decoder of untrusted bytes (clang). `make fuzz` runs each for
 # FUZZ_SECONDS; crashes are saved under build/fuzz/.
-FUZZ_TARGETS = control worker agent qmp control_conn
+FUZZ_TARGETS = control worker agent qmp control_conn netparse
 FUZZ_SECONDS ?= 15
 FUZZ_SRC = tests/fuzz/fuzz_frames.c proto/frame.c common/sbx_limits.c $(GEN_C)
 $(BUILD)/fuzz/fuzz_%: $(FUZZ_SRC) $(GEN_H) common/*.h proto/*.h
@@ -126,6 +127,11 @@ $(BUILD)/fuzz/fuzz_qmp: tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c $(G
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
 		-iquote common -iquote proto -iquote vmworker -o $@ tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c \
 		$(GEN_C) -lprotobuf-c -ljansson
+# The worker's parsers of the guest's network bytes: frames, DNS queries, TLS ClientHellos.
+$(BUILD)/fuzz/fuzz_netparse: tests/fuzz/fuzz_netparse.c vmworker/netparse.c vmworker/netparse.h
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote vmworker \
+		-o $@ tests/fuzz/fuzz_netparse.c vmworker/netparse.c
 # The life of control connections: sbxd's control, request and session rooms on a real loop
 # against a fake scheduler (the input is a script of connects, writes, closes, VM answers).
 CONN_FUZZ_SRC = tests/fuzz/fuzz_control_conn.c supervisor/control.c supervisor/conn.c supervisor/request.c \
