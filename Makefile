@@ -25,7 +25,7 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapshot.c vmworker/qemu.c \
 	vmworker/jail.c vmworker/qmp.c vmworker/balloon.c
 LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli/status.c \
-	cli/utf8.c
+	cli/utf8.c cli/net.c
 SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c
 AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/exec.c agent/sandbox.c agent/repl.c \
 	agent/files.c agent/zram.c
