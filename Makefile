@@ -10,12 +10,12 @@ CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wmissing-
 CFLAGS ?= -O2
 # Libraries from pkg-config where they ship a .pc file (libev does not).
 PKGS = libprotobuf-c jansson libseccomp libcap-ng libzstd libcrypto
-LIBS_HOST = -lev $(shell pkg-config --libs $(PKGS)) -pthread
+LIBS_HOST = -lev $(shell pkg-config --libs $(PKGS)) -lslirp -pthread
 CFLAGS_COMMON += $(shell pkg-config --cflags $(PKGS))
 PROTOS = files control worker agent net
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
-COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c
+COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c common/netpolicy.c
 SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor/request.c \
 	supervisor/run.c supervisor/conn.c \
 	supervisor/sched.c \
@@ -23,9 +23,10 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c supervisor/spawn.c \
 	supervisor/assets.c
 WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapshot.c vmworker/qemu.c \
-	vmworker/jail.c vmworker/qmp.c vmworker/balloon.c
+	vmworker/jail.c vmworker/qmp.c vmworker/balloon.c vmworker/net.c vmworker/netloop.c \
+	vmworker/netfilter.c vmworker/netconn.c vmworker/netparse.c
 LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli/status.c \
-	cli/utf8.c
+	cli/utf8.c cli/net.c
 SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c
 AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/net.c agent/exec.c agent/sandbox.c agent/repl.c \
 	agent/files.c agent/zram.c
@@ -94,10 +95,12 @@ $(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) agent/*.h commo
 		$(BUILD)/gen/files.pb-c.c $(BUILD)/gen/agent.pb-c.c -l:libprotobuf-c.a -l:libzstd.a -l:libcrypto.a
 
 # Unit tests (cmocka), built with ASan/UBSan.
-UNIT_TESTS = test_frame test_limits test_config test_cli_args test_balloon test_paths test_netparse
+UNIT_TESTS = test_frame test_limits test_config test_cli_args test_balloon test_paths test_netparse \
+	test_netpolicy
 $(BUILD)/tests/test_frame: tests/unit/test_frame.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_limits: tests/unit/test_limits.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_paths: tests/unit/test_paths.c $(asan_COMMON_OBJ)
+$(BUILD)/tests/test_netpolicy: tests/unit/test_netpolicy.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_config: tests/unit/test_config.c $(BUILD)/asan/supervisor/config.o $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.o $(BUILD)/asan/libsbx.a \
 	$(asan_COMMON_OBJ)
@@ -135,7 +138,8 @@ $(BUILD)/fuzz/fuzz_netparse: tests/fuzz/fuzz_netparse.c vmworker/netparse.c vmwo
 # The life of control connections: sbxd's control, request and session rooms on a real loop
 # against a fake scheduler (the input is a script of connects, writes, closes, VM answers).
 CONN_FUZZ_SRC = tests/fuzz/fuzz_control_conn.c supervisor/control.c supervisor/conn.c supervisor/request.c \
-	supervisor/session.c supervisor/config.c proto/frame.c common/sbx_limits.c common/paths.c
+	supervisor/session.c supervisor/config.c proto/frame.c common/sbx_limits.c common/paths.c \
+	common/netpolicy.c
 $(BUILD)/fuzz/fuzz_control_conn: $(CONN_FUZZ_SRC) $(GEN_C) $(GEN_H) supervisor/*.h common/*.h proto/*.h
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \

@@ -26,6 +26,9 @@ typedef enum {
     OPT_UPLOAD,
     OPT_DOWNLOAD,
     OPT_IDLE_TIMEOUT,
+    OPT_NETWORK,
+    OPT_ALLOW_DOMAIN,
+    OPT_EXPOSE,
     OPT_LATER, /* an option of the reference that this version does not implement yet */
 } opt_id;
 
@@ -56,10 +59,10 @@ static const opt run_opts[] = {
     {"memory", 'm', true, OPT_MEMORY},
     {"env", 'e', true, OPT_ENV},
     {"concurrency", 'j', true, OPT_CONCURRENCY},
+    {"network", 0, false, OPT_NETWORK},
+    {"allow-domain", 0, true, OPT_ALLOW_DOMAIN},
+    {"expose", 0, true, OPT_EXPOSE},
     {"package", 'p', true, OPT_LATER},
-    {"network", 0, false, OPT_LATER},
-    {"allow-domain", 0, true, OPT_LATER},
-    {"expose", 0, true, OPT_LATER},
     {"no-validation", 0, false, OPT_LATER},
     {"upload", 0, true, OPT_UPLOAD},
     {"download", 0, true, OPT_DOWNLOAD},
@@ -83,6 +86,9 @@ static const opt session_new_opts[] = {
     {"memory", 'm', true, OPT_MEMORY},
     {"env", 'e', true, OPT_ENV},
     {"idle-timeout", 0, true, OPT_IDLE_TIMEOUT},
+    {"network", 0, false, OPT_NETWORK},
+    {"allow-domain", 0, true, OPT_ALLOW_DOMAIN},
+    {"expose", 0, true, OPT_EXPOSE},
     {NULL, 0, false, 0},
 };
 
@@ -278,6 +284,31 @@ static int add_download(args *a, const char *val, sbx_err *err)
     return add_transfer(a->downloads, &a->n_downloads, local, strlen(local), guest, glen, err);
 }
 
+/* --allow-domain D: a valid name, at most 100 of them (repeats are kept: the daemon does not
+ * mind). */
+static int add_domain(args *a, const char *d, sbx_err *err)
+{
+    sbx_err why_err = {0};
+    if (net_check_domain(d, &why_err) < 0)
+        return sbx_fail(err, 0, "--allow-domain: %s", why_err.msg);
+    if (a->n_domains >= NET_MAX_DOMAINS)
+        return sbx_fail(err, 0, "--allow-domain: more than %u domains", NET_MAX_DOMAINS);
+    a->domains[a->n_domains++] = d;
+    return 0;
+}
+
+/* --expose INTERNAL[:EXTERNAL][/tcp|/udp], at most 10. */
+static int add_expose(args *a, const char *spec, sbx_err *err)
+{
+    sbx_err why_err = {0};
+    if (net_check_expose_count(a->n_expose + 1, &why_err) < 0)
+        return sbx_fail(err, 0, "--expose: more than %u ports", NET_MAX_EXPOSE);
+    if (net_parse_expose(spec, &a->expose[a->n_expose], &why_err) < 0)
+        return sbx_fail(err, 0, "--%s", why_err.msg);
+    a->n_expose++;
+    return 0;
+}
+
 /* Apply one option. Returns 0, 1 when parsing should stop here (help, version), or -1. */
 static int apply(args *a, const opt *o, const char *val, sbx_err *err)
 {
@@ -345,6 +376,13 @@ static int apply(args *a, const opt *o, const char *val, sbx_err *err)
         if (limits_check_idle_timeout(a->idle_timeout_s, &why_err) < 0)
             return sbx_fail(err, 0, "%s", why_err.msg);
         return 0;
+    case OPT_NETWORK:
+        a->network = true;
+        return 0;
+    case OPT_ALLOW_DOMAIN:
+        return add_domain(a, val, err);
+    case OPT_EXPOSE:
+        return add_expose(a, val, err);
     case OPT_LATER:
         break;
     }
@@ -510,8 +548,10 @@ int args_parse(int argc, char *const argv[], args *a, sbx_err *err)
     a->env = calloc((size_t)argc + 1, sizeof *a->env);
     a->uploads = calloc((size_t)argc + 1, sizeof *a->uploads);
     a->downloads = calloc((size_t)argc + 1, sizeof *a->downloads);
+    a->domains = calloc((size_t)argc + 1, sizeof *a->domains);
+    a->expose = calloc((size_t)argc + 1, sizeof *a->expose);
     cleanup_free const char **pos = calloc((size_t)argc + 1, sizeof *pos);
-    if (!a->sources || !a->env || !a->uploads || !a->downloads || !pos)
+    if (!a->sources || !a->env || !a->uploads || !a->downloads || !a->domains || !a->expose || !pos)
         return sbx_fail(err, 0, "out of memory");
     size_t n_pos = 0;
 
@@ -575,6 +615,10 @@ int args_parse(int argc, char *const argv[], args *a, sbx_err *err)
         else
             add_source(a, s, false);
     }
+    if (a->n_domains && !a->network)
+        return sbx_fail(err, 0,
+                        "--allow-domain needs --network (an allowlist narrows network access, "
+                        "it does not grant it)");
     if (a->cmd == ARGS_CMD_SESSION)
         return session_positionals(a, pos, n_pos, err);
     if (a->cmd == ARGS_CMD_RUN) {
@@ -613,6 +657,8 @@ void args_free(args *a)
         free(a->env[i].key);
     free(a->env);
     free(a->sources);
+    free(a->domains);
+    free(a->expose);
     transfers_free(a->uploads, a->n_uploads);
     transfers_free(a->downloads, a->n_downloads);
     memset(a, 0, sizeof *a);

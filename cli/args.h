@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "common.h"
+#include "netpolicy.h"
 
 #define ARGS_CONCURRENCY_DEFAULT 10u
 #define ARGS_CONCURRENCY_MIN 1u
@@ -69,6 +70,12 @@ typedef struct {
     size_t n_sources;
     args_env *env;
     size_t n_env;
+    /* run, session new: the network (checked here with common/netpolicy.c) */
+    bool network;         /* --network */
+    const char **domains; /* --allow-domain, in the order given; point into argv */
+    size_t n_domains;
+    net_expose *expose; /* --expose, parsed */
+    size_t n_expose;
     /* run --upload/--download (in the order given), session upload/download (one) */
     args_transfer *uploads;
     size_t n_uploads;

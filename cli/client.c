@@ -155,14 +155,18 @@ int client_recv(sbx_client *c, int timeout_ms, Sbx__Control__Reply **out, sbx_er
                     strerror(errno));
 }
 
-/* Replies for our request, or id 0 (the daemon's way to report a connection-level error). */
+/* Replies for our request, or id 0 (the daemon's way to report a connection-level error). A
+ * PortsReady for our request is handed to c->on_ports on the way, and the wait goes on. */
 int client_recv_for(sbx_client *c, uint64_t id, int timeout_ms, Sbx__Control__Reply **out,
                     sbx_err *err)
 {
     for (;;) {
         if (client_recv(c, timeout_ms, out, err) < 0)
             return -1;
-        if ((*out)->id == id || (*out)->id == 0)
+        bool ports = (*out)->body_case == SBX__CONTROL__REPLY__BODY_PORTS;
+        if ((*out)->id == id && ports)
+            ports_deliver(c, (*out)->ports); /* early news; the reply is still to come */
+        else if ((*out)->id == id || (*out)->id == 0)
             return 0;
         /* Only one request is in flight per client, so anything else is stale: drop it. */
         sbx__control__reply__free_unpacked(*out, NULL);

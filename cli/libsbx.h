@@ -93,6 +93,68 @@ SBX_API bool sbx_client_usable(const sbx_client *c);
 /* Close the connection and free the client. NULL is accepted. */
 SBX_API void sbx_close(sbx_client *c);
 
+/* ---- network ---- */
+
+/* A run or a session has no network interface at all unless it asks for one: exposed ports (the
+ * host reaches the guest; the guest reaches nothing), an allowlist (TLS to the named domains and
+ * their subdomains), or open network (any public address). Everything is enforced on the host. */
+
+#define SBX_EXPOSE_MAX 10   /* exposed ports per run or session */
+#define SBX_DOMAINS_MAX 100 /* allowed domains per run or session */
+#define SBX_BLOCKED_MAX 32  /* refusals a network report lists at most */
+
+/* One guest port to reach from the host, on 127.0.0.1 only. */
+typedef struct {
+    uint16_t internal; /* the guest's port, 1..65535 */
+    uint16_t external; /* the host's port, 1024..65535; 0: the OS chooses one */
+    bool udp;          /* false: tcp */
+} sbx_port_expose;
+
+/* The network of a run or a session; all zero (the default): no network interface. */
+typedef struct {
+    bool allow_network;                 /* outbound access; with domains, TLS to those only */
+    const char *const *allowed_domains; /* n_allowed_domains names (RFC 1035, <= 253 bytes, at
+                                           most 100); they need allow_network */
+    size_t n_allowed_domains;
+    const sbx_port_expose *expose; /* n_expose ports, at most 10 */
+    size_t n_expose;
+} sbx_network;
+
+/* A guest port the daemon made reachable. Strings are NUL-terminated. */
+typedef struct {
+    uint16_t internal;
+    uint16_t external;
+    char host[64];    /* "127.0.0.1" */
+    char protocol[8]; /* "tcp" or "udp" */
+    char url[96];     /* "http://127.0.0.1:EXTERNAL" for tcp, "" for udp */
+} sbx_exposed_port;
+
+/* Called on the caller's thread, once, as soon as the exposed ports of a run or a session are
+ * bound: before the code's output, so a caller can connect while the code still runs. The array
+ * is valid only during the call. */
+typedef void (*sbx_ports_fn)(const sbx_exposed_port *ports, size_t n, void *userdata);
+
+/* One refused attempt of the code to reach something. */
+typedef struct {
+    char what[256]; /* a name, an address or a protocol */
+    uint32_t port;  /* 0 when it does not apply */
+    char reason[128];
+} sbx_blocked;
+
+/* What the network of a run did. */
+typedef struct {
+    char mode[16]; /* "ports", "allowlist" or "open" ("none" with no interface) */
+    size_t n_allowed_domains;
+    char allowed_domains[SBX_DOMAINS_MAX][256];
+    size_t n_blocked; /* the first refusals, at most SBX_BLOCKED_MAX */
+    sbx_blocked blocked[SBX_BLOCKED_MAX];
+    uint32_t blocked_total; /* every refusal, counted */
+} sbx_network_report;
+
+/* Parse an expose spec as `sbx --expose` takes it, "INTERNAL[:EXTERNAL][/tcp|/udp]"
+ * (SBX_ERR_VM_CONFIG with a message naming the spec when it is not one). */
+SBX_API int sbx_parse_expose(const char *spec, sbx_port_expose *out, sbx_error *err);
+
 /* ---- running code ---- */
 
 /* Which output stream a chunk belongs to. */
@@ -124,7 +186,9 @@ typedef struct {
      * once, as it is produced, plus (once the result arrives) any tail the daemon put in the
      * result without streaming it. The result still holds the full captured output. */
     sbx_output_fn on_output;
-    void *userdata; /* passed to on_output */
+    void *userdata;        /* passed to on_output and on_ports */
+    sbx_network network;   /* zero: no network interface */
+    sbx_ports_fn on_ports; /* optional: the exposed ports, before the code's output */
 } sbx_run_opts;
 
 /* Where the time of a run went, as measured by the daemon. */
@@ -157,6 +221,9 @@ typedef struct {
     bool interpreter_reset;           /* sessions: the interpreter had to be restarted during
                                          this exec (it died or was killed at the timeout), so
                                          variables and imports of earlier execs are gone */
+    size_t n_exposed_ports;           /* runs with exposed ports: how they were bound */
+    sbx_exposed_port exposed_ports[SBX_EXPOSE_MAX];
+    sbx_network_report *network; /* NULL when the VM had no network interface */
 } sbx_result;
 
 /* Run code in a fresh VM and wait for its result. The request is checked against the limits
@@ -234,6 +301,9 @@ typedef struct {
     const sbx_env *env;       /* n_env variables for every exec, at most 100 */
     size_t n_env;
     uint32_t idle_timeout_seconds; /* 10..3600; 0: the daemon's session_idle_timeout_seconds */
+    sbx_network network;           /* zero: no network interface */
+    sbx_ports_fn on_ports;         /* optional: the exposed ports, as soon as they are bound */
+    void *userdata;                /* passed to on_ports */
 } sbx_session_opts;
 
 /* What sbxd says about a session. Strings are NUL-terminated. */
@@ -248,6 +318,9 @@ typedef struct {
     bool busy;                  /* an exec or file transfer is in progress */
     char accelerator[16];       /* "kvm" or "tcg" */
     uint64_t boot_ms;           /* how long its VM took to boot */
+    char network_mode[16];      /* "none", "ports", "allowlist" or "open" ("" from an older sbxd) */
+    size_t n_exposed_ports;
+    sbx_exposed_port exposed_ports[SBX_EXPOSE_MAX];
 } sbx_session_info;
 
 /* Open a session: boots its VM and returns once it is ready. Checked against the limits first

@@ -35,6 +35,10 @@ struct sbx_client {
     socket_path_buf socket_path;
     char server[128];
     uint32_t daemon_uid; /* SO_PEERCRED of the connection */
+    /* Where a PortsReady reply to the request in flight goes (set by the call that may get one;
+     * client_recv_for hands it over and waits on, or drops it when fn is NULL). */
+    sbx_ports_fn on_ports;
+    void *ports_userdata;
 };
 
 static inline void reply_freep(Sbx__Control__Reply **r)
@@ -77,6 +81,21 @@ int exec_wait(sbx_client *c, uint64_t id, const struct output_cb *cb, sbx_result
               sbx_err *err);
 int check_env(const sbx_env *env, size_t n, sbx_err *err);
 Sbx__Files__EnvVar **env_msgs(const sbx_env *env, size_t n);
+
+/* ---- net.c ---- */
+
+/* A request's NetworkRequest, pointing at the caller's strings. */
+typedef struct {
+    Sbx__Control__NetworkRequest req;
+    Sbx__Control__PortExpose ports[SBX_EXPOSE_MAX];
+    Sbx__Control__PortExpose *port_ptrs[SBX_EXPOSE_MAX];
+} network_msg;
+
+int check_network(const sbx_network *n, sbx_err *err);
+Sbx__Control__NetworkRequest *network_request(const sbx_network *n, network_msg *m);
+size_t ports_fill(sbx_exposed_port *out, Sbx__Control__ExposedPort *const *in, size_t n);
+void ports_deliver(sbx_client *c, const Sbx__Control__PortsReady *p);
+int report_fill(sbx_network_report **out, const Sbx__Control__NetworkReport *in, sbx_err *err);
 
 /* ---- session.c ---- */
 

@@ -87,6 +87,11 @@ static int result_fill(sbx_result *out, const Sbx__Control__ExecResult *r, struc
     copy_text(out->start_mode, sizeof out->start_mode, r->start_mode);
     out->exec_count = r->exec_count;
     out->interpreter_reset = r->interpreter_reset;
+    out->n_exposed_ports = ports_fill(out->exposed_ports, r->exposed_ports, r->n_exposed_ports);
+    if (report_fill(&out->network, r->network, err) < 0) {
+        sbx_result_free(out);
+        return -1;
+    }
     return 0;
 }
 
@@ -158,8 +163,11 @@ static int run_validate(const sbx_run_opts *o, const char *lang, size_t code_len
         (o->timeout_seconds && limits_check_timeout(o->timeout_seconds, &why_err) < 0) ||
         (o->memory_mb && limits_check_memory(o->memory_mb, &why_err) < 0))
         return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why_err.msg);
-    return check_env(o->env, o->n_env, err);
+    if (check_env(o->env, o->n_env, err) < 0)
+        return -1;
+    return check_network(&o->network, err);
 }
+
 /* EnvVar messages pointing at the caller's strings; free() the array (one allocation). */
 Sbx__Files__EnvVar **env_msgs(const sbx_env *env, size_t n)
 {
@@ -196,6 +204,8 @@ static int run_code(sbx_client *c, const sbx_run_opts *o, sbx_result *out, sbx_e
     run.n_env = o->n_env;
     run.env = varp;
     run.stream = o->on_output != NULL;
+    network_msg net;
+    run.network = network_request(&o->network, &net);
     Sbx__Control__Request rq = SBX__CONTROL__REQUEST__INIT;
     rq.id = c->next_id++;
     rq.body_case = SBX__CONTROL__REQUEST__BODY_RUN;
@@ -203,7 +213,11 @@ static int run_code(sbx_client *c, const sbx_run_opts *o, sbx_result *out, sbx_e
     if (client_send(c, &rq, err) < 0)
         return -1;
     struct output_cb cb = {o->on_output, o->userdata};
-    return exec_wait(c, rq.id, &cb, out, err);
+    c->on_ports = o->on_ports;
+    c->ports_userdata = o->userdata;
+    int rc = exec_wait(c, rq.id, &cb, out, err);
+    c->on_ports = NULL;
+    return rc;
 }
 
 int sbx_run(sbx_client *c, const sbx_run_opts *o, sbx_result *out, sbx_error *err)
@@ -216,5 +230,6 @@ void sbx_result_free(sbx_result *r)
 {
     free(r->stdout_buf);
     free(r->stderr_buf);
+    free(r->network);
     memset(r, 0, sizeof *r);
 }

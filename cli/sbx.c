@@ -45,6 +45,15 @@ static const char run_help[] =
     "  -m, --memory MB        guest memory, 128-2048 (daemon default 256)\n"
     "  -e, --env KEY=VALUE    environment variable for the code (repeatable, up to 100)\n"
     "  -j, --concurrency N    VMs at once when there are several sources, 1-100 (default 10)\n"
+    "      --network          let the code reach the network: any public address, or with\n"
+    "                         --allow-domain only TLS (port 443) to those domains\n"
+    "      --allow-domain DOMAIN\n"
+    "                         a domain the code may reach, its subdomains included\n"
+    "                         (repeatable, up to 100; needs --network)\n"
+    "      --expose INTERNAL[:EXTERNAL][/tcp|/udp]\n"
+    "                         make a guest port reachable on 127.0.0.1:EXTERNAL (1024-65535;\n"
+    "                         0 or none: the OS picks one); the address is printed on stderr\n"
+    "                         before the code's output (repeatable, up to 10)\n"
     "      --upload LOCAL:GUEST\n"
     "                         copy a local file into the VM before the code runs; GUEST is\n"
     "                         relative to the sandbox home (repeatable)\n"
@@ -58,7 +67,11 @@ static const char run_help[] =
     "  -h, --help             print this help and exit\n"
     "\n"
     "Not available yet in this version (refused, exit status 2):\n"
-    "  -p/--package, --network, --allow-domain, --expose, --no-validation\n"
+    "  -p/--package, --no-validation\n"
+    "\n"
+    "Without --network or --expose the VM has no network interface at all. Private and\n"
+    "loopback addresses stay unreachable unless the daemon's operator allows them;\n"
+    "what was refused is counted in the summary and listed under `network` in --json.\n"
     "\n"
     "--upload and --download take one source; the run then goes through a session that\n"
     "is closed afterwards, also on errors and on ^C. GUEST may not contain `:` there (use\n"
@@ -90,7 +103,9 @@ static const char session_help[] =
     "\n"
     "Commands:\n"
     "  new [-l LANG] [-m MB] [-t SECONDS] [-e KEY=VALUE]... [--idle-timeout SECONDS]\n"
+    "      [--network] [--allow-domain DOMAIN]... [--expose SPEC]...\n"
     "        start a session and print its id alone on stdout: ID=$(sbx session new)\n"
+    "        network options as for `sbx run`; exposed ports are printed on stderr\n"
     "        -t is the default time limit of each exec (1-300, daemon default 30);\n"
     "        --idle-timeout 10-3600 s (daemon default 300); --json prints the session\n"
     "  exec ID CODE|FILE|- [-c CODE] [-t SECONDS] [--json] [-q]\n"
@@ -144,6 +159,24 @@ int connect_client(const args *a, bool show_progress, sbx_client **out, sbx_erro
         .on_progress = show_progress ? progress_cb : NULL,
     };
     return sbx_connect_ex(&o, out, err);
+}
+
+sbx_network network_opts(const args *a, sbx_port_expose ports[SBX_EXPOSE_MAX])
+{
+    size_t n = a->n_expose < SBX_EXPOSE_MAX ? a->n_expose : SBX_EXPOSE_MAX;
+    for (size_t i = 0; i < n; i++)
+        ports[i] = (sbx_port_expose){
+            .internal = a->expose[i].internal,
+            .external = a->expose[i].external,
+            .udp = a->expose[i].udp,
+        };
+    return (sbx_network){
+        .allow_network = a->network,
+        .allowed_domains = a->domains,
+        .n_allowed_domains = a->n_domains,
+        .expose = ports,
+        .n_expose = n,
+    };
 }
 
 static int cmd_session(const args *a)

@@ -19,6 +19,8 @@
 /* ---- sbx.c ---- */
 
 int connect_client(const args *a, bool show_progress, sbx_client **out, sbx_error *err);
+/* The network asked for on the command line, its ports written to ports. */
+sbx_network network_opts(const args *a, sbx_port_expose ports[SBX_EXPOSE_MAX]);
 
 /* ---- sbx_output.c ---- */
 
@@ -30,6 +32,8 @@ void fmt_duration(char *out, size_t n, uint64_t ms);
 void fmt_size(char *out, size_t n, uint64_t b);
 void print_notes(const args *a, const sbx_result *r);
 void stream_cb(sbx_stream stream, const char *data, size_t len, void *userdata);
+void ports_cb(const sbx_exposed_port *ports, size_t n, void *userdata);
+json_t *json_ports(const sbx_exposed_port *ports, size_t n);
 void end_lines(void);
 json_t *json_bytes(const char *data, size_t len);
 json_t *json_text(const char *s);

@@ -54,7 +54,23 @@ static void print_summary(const char *language, const sbx_result *r)
             language, r->accelerator[0] ? r->accelerator : "?", mode, boot, exec, total);
 }
 
-/* What sbx adds on stderr after the output: timeout, truncation, lost session state. */
+/* What the network refused, when it refused anything: the count and the first refusal. */
+static void print_blocked(const sbx_network_report *n)
+{
+    if (!n || !n->blocked_total)
+        return;
+    fprintf(stderr, "sbx: network (%s): %u connection attempt%s blocked", n->mode, n->blocked_total,
+            n->blocked_total == 1 ? "" : "s");
+    if (n->n_blocked && n->blocked[0].port)
+        fprintf(stderr, ", first %s:%u (%s)", n->blocked[0].what, n->blocked[0].port,
+                n->blocked[0].reason);
+    else if (n->n_blocked)
+        fprintf(stderr, ", first %s (%s)", n->blocked[0].what, n->blocked[0].reason);
+    fputc('\n', stderr);
+}
+
+/* What sbx adds on stderr after the output: timeout, truncation, lost session state, blocked
+ * network access. */
 void print_notes(const args *a, const sbx_result *r)
 {
     if (r->timed_out && (a->timeout_s || a->cmd != ARGS_CMD_SESSION))
@@ -68,6 +84,7 @@ void print_notes(const args *a, const sbx_result *r)
         fprintf(stderr, "sbx: stderr truncated at 100 KiB (limit)\n");
     if (r->interpreter_reset && a->cmd == ARGS_CMD_SESSION && !a->json)
         fprintf(stderr, "sbx: the interpreter was restarted; session state was lost\n");
+    print_blocked(r->network);
 }
 
 static int result_exit(const sbx_result *r)
@@ -93,6 +110,20 @@ void stream_cb(sbx_stream stream, const char *data, size_t len, void *userdata)
     fflush(f);
     if (len)
         line_ended[err] = data[len - 1] == '\n';
+}
+
+/* The exposed ports, as soon as they are bound: one line each, before the code's output. */
+void ports_cb(const sbx_exposed_port *ports, size_t n, void *userdata)
+{
+    end_lines();
+    for (size_t i = 0; i < n; i++)
+        if (ports[i].url[0])
+            fprintf(stderr, "sbx: port %u/%s -> %s\n", ports[i].internal, ports[i].protocol,
+                    ports[i].url);
+        else
+            fprintf(stderr, "sbx: port %u/%s -> %s:%u\n", ports[i].internal, ports[i].protocol,
+                    ports[i].host, ports[i].external);
+    fflush(stderr);
 }
 
 /* Before sbx's own lines on stderr: end the code's unfinished line, so `sbx: ...` starts a line
@@ -122,12 +153,40 @@ json_t *json_text(const char *s)
     return json_bytes(s, strlen(s));
 }
 
+json_t *json_ports(const sbx_exposed_port *ports, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        json_array_append_new(
+            arr,
+            json_pack("{s:i, s:i, s:o, s:o, s:o}", "internal", (int)ports[i].internal, "external",
+                      (int)ports[i].external, "host", json_text(ports[i].host), "protocol",
+                      json_text(ports[i].protocol), "url", json_text(ports[i].url)));
+    return arr;
+}
+
+/* The network report, or null for a VM without a network interface. */
+static json_t *json_network(const sbx_network_report *n)
+{
+    if (!n)
+        return json_null();
+    json_t *domains = json_array(), *blocked = json_array();
+    for (size_t i = 0; domains && i < n->n_allowed_domains; i++)
+        json_array_append_new(domains, json_text(n->allowed_domains[i]));
+    for (size_t i = 0; blocked && i < n->n_blocked; i++)
+        json_array_append_new(
+            blocked, json_pack("{s:o, s:i, s:o}", "what", json_text(n->blocked[i].what), "port",
+                               (int)n->blocked[i].port, "reason", json_text(n->blocked[i].reason)));
+    return json_pack("{s:o, s:o, s:o, s:I}", "mode", json_text(n->mode), "allowed_domains", domains,
+                     "blocked", blocked, "blocked_total", (json_int_t)n->blocked_total);
+}
+
 /* The result fields; language and source when known (a session exec knows neither). */
 json_t *json_result_fields(const char *language, const char *source, const sbx_result *r)
 {
     json_t *j = json_pack(
         "{s:o, s:o, s:i, s:b, s:b, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:o, s:b, s:o,"
-        " s:[]}",
+        " s:o, s:o}",
         "stdout", json_bytes(r->stdout_buf, r->stdout_len), "stderr",
         json_bytes(r->stderr_buf, r->stderr_len), "exit_code", r->exit_code, "timed_out",
         r->timed_out, "stdout_truncated", r->stdout_truncated, "stderr_truncated",
@@ -137,7 +196,8 @@ json_t *json_result_fields(const char *language, const char *source, const sbx_r
         (json_int_t)r->timing.setup_ms, "boot_ms", (json_int_t)r->timing.boot_ms, "execute_ms",
         (json_int_t)r->timing.execute_ms, "total_ms", (json_int_t)r->timing.total_ms, "accelerator",
         json_text(r->accelerator), "warm_pool_hit", r->warm_pool_hit, "start_mode",
-        json_text(r->start_mode), "exposed_ports");
+        json_text(r->start_mode), "exposed_ports", json_ports(r->exposed_ports, r->n_exposed_ports),
+        "network", json_network(r->network));
     if (j && language)
         json_object_set_new(j, "language", json_string(language));
     if (j && source)
@@ -190,7 +250,8 @@ int report_result(const args *a, json_t *j, const sbx_result *r, const char *lan
     if (a->json && json_print(j) < 0)
         return EXIT_SANDBOX;
     bool notes = r->timed_out || r->stdout_truncated || r->stderr_truncated ||
-                 (r->interpreter_reset && a->cmd == ARGS_CMD_SESSION && !a->json);
+                 (r->interpreter_reset && a->cmd == ARGS_CMD_SESSION && !a->json) ||
+                 (r->network && r->network->blocked_total);
     bool summary = !a->quiet && isatty(STDERR_FILENO);
     if (!a->json && (notes || summary))
         end_lines();

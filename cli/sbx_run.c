@@ -11,6 +11,7 @@ static int run_one(const args *a, const sbx_env *env, run_source *src)
     sbx_client *c = NULL;
     sbx_error e = {0};
     sbx_result r = {0};
+    sbx_port_expose ports[SBX_EXPOSE_MAX];
     sbx_run_opts o = {
         .language = src->language,
         .code = src->code,
@@ -20,6 +21,8 @@ static int run_one(const args *a, const sbx_env *env, run_source *src)
         .env = env,
         .n_env = a->n_env,
         .on_output = a->json ? NULL : stream_cb,
+        .network = network_opts(a, ports),
+        .on_ports = a->quiet ? NULL : ports_cb,
     };
     int rc = connect_client(a, !a->quiet, &c, &e);
     if (rc == 0)
@@ -111,6 +114,7 @@ static int session_run_steps(const args *a, const sbx_env *env, run_source *src,
     /* Idle only between our own requests, so a short idle timeout costs nothing and bounds how
      * long the VM outlives an sbx that was killed outright. */
     uint32_t idle = (a->timeout_s ? a->timeout_s : SBX_TIMEOUT_DEFAULT) + 60;
+    sbx_port_expose ports[SBX_EXPOSE_MAX];
     sbx_session_opts so = {
         .language = src->language,
         .memory_mb = a->memory_mb,
@@ -118,12 +122,15 @@ static int session_run_steps(const args *a, const sbx_env *env, run_source *src,
         .env = env,
         .n_env = a->n_env,
         .idle_timeout_seconds = idle > SBX_IDLE_TIMEOUT_MAX ? SBX_IDLE_TIMEOUT_MAX : idle,
+        .network = network_opts(a, ports),
     };
     if (connect_client(a, !a->quiet, &c, &e) < 0 || sbx_session_open(c, &so, &info, &e) < 0) {
         sbx_close(c);
         return report_error(a, src, &e);
     }
     closer_set(cl, info.session_id);
+    if (!a->quiet && info.n_exposed_ports)
+        ports_cb(info.exposed_ports, info.n_exposed_ports, NULL);
 
     int code = -1;
     for (size_t i = 0; i < a->n_uploads && code < 0; i++) {
@@ -158,6 +165,10 @@ static int session_run_steps(const args *a, const sbx_env *env, run_source *src,
         r.timing.boot_ms = info.boot_ms;
     if (!r.accelerator[0])
         snprintf(r.accelerator, sizeof r.accelerator, "%s", info.accelerator);
+    if (!r.n_exposed_ports) {
+        memcpy(r.exposed_ports, info.exposed_ports, sizeof r.exposed_ports);
+        r.n_exposed_ports = info.n_exposed_ports;
+    }
     code = report_result(a, a->json ? json_result(src, &r) : NULL, &r, src->language);
     sbx_result_free(&r);
     return download_failed && code == 0 ? EXIT_SANDBOX : code;
@@ -242,6 +253,7 @@ static void *pool_worker(void *arg)
         if (i >= p->n)
             break;
         job *j = &p->jobs[i];
+        sbx_port_expose ports[SBX_EXPOSE_MAX];
         sbx_run_opts o = {
             .language = j->src.language,
             .code = j->src.code,
@@ -250,6 +262,8 @@ static void *pool_worker(void *arg)
             .memory_mb = p->a->memory_mb,
             .env = p->env,
             .n_env = p->a->n_env,
+            .network = network_opts(p->a, ports),
+            .on_ports = p->a->quiet ? NULL : ports_cb,
         };
         bool ok = (c || connect_client(p->a, false, &c, &j->err) == 0) &&
                   sbx_run(c, &o, &j->res, &j->err) == 0;

@@ -72,13 +72,15 @@ static int session_error(const args *a, const sbx_error *e)
 
 static json_t *json_session(const sbx_session_info *s)
 {
-    return json_pack("{s:o, s:o, s:i, s:i, s:I, s:I, s:I, s:b, s:o, s:I}", "session_id",
+    return json_pack("{s:o, s:o, s:i, s:i, s:I, s:I, s:I, s:b, s:o, s:I, s:o, s:o}", "session_id",
                      json_text(s->session_id), "language", json_text(s->language), "memory_mb",
                      (int)s->memory_mb, "idle_timeout_seconds", (int)s->idle_timeout_seconds,
                      "exec_count", (json_int_t)s->exec_count, "created_unix_ms",
                      (json_int_t)s->created_unix_ms, "last_used_unix_ms",
                      (json_int_t)s->last_used_unix_ms, "busy", s->busy, "accelerator",
-                     json_text(s->accelerator), "boot_ms", (json_int_t)s->boot_ms);
+                     json_text(s->accelerator), "boot_ms", (json_int_t)s->boot_ms, "network_mode",
+                     json_text(s->network_mode[0] ? s->network_mode : "none"), "exposed_ports",
+                     json_ports(s->exposed_ports, s->n_exposed_ports));
 }
 
 int cmd_session_new(const args *a)
@@ -92,6 +94,7 @@ int cmd_session_new(const args *a)
         env[i].key = a->env[i].key;
         env[i].value = a->env[i].value;
     }
+    sbx_port_expose ports[SBX_EXPOSE_MAX];
     sbx_session_opts o = {
         .language = a->language,
         .memory_mb = a->memory_mb,
@@ -99,6 +102,7 @@ int cmd_session_new(const args *a)
         .env = env,
         .n_env = a->n_env,
         .idle_timeout_seconds = a->idle_timeout_s,
+        .network = network_opts(a, ports),
     };
     sbx_client *c = NULL;
     sbx_error e = {0};
@@ -113,6 +117,8 @@ int cmd_session_new(const args *a)
         return json_print(json_session(&s)) < 0 ? EXIT_SANDBOX : 0;
     printf("%s\n", s.session_id);
     fflush(stdout);
+    if (!a->quiet && s.n_exposed_ports)
+        ports_cb(s.exposed_ports, s.n_exposed_ports, NULL);
     if (!a->quiet && isatty(STDERR_FILENO)) {
         char boot[32];
         fmt_ms(boot, sizeof boot, s.boot_ms);

@@ -28,6 +28,8 @@ static int info_fill(sbx_session_info *out, const Sbx__Control__SessionInfo *si,
     out->busy = si->busy;
     copy_text(out->accelerator, sizeof out->accelerator, si->accelerator);
     out->boot_ms = si->boot_ms;
+    copy_text(out->network_mode, sizeof out->network_mode, si->network_mode);
+    out->n_exposed_ports = ports_fill(out->exposed_ports, si->exposed_ports, si->n_exposed_ports);
     return 0;
 }
 
@@ -47,7 +49,7 @@ static int session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session
         (o->idle_timeout_seconds &&
          limits_check_idle_timeout(o->idle_timeout_seconds, &why_err) < 0))
         return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why_err.msg);
-    if (check_env(o->env, o->n_env, err) < 0)
+    if (check_env(o->env, o->n_env, err) < 0 || check_network(&o->network, err) < 0)
         return -1;
     cleanup_free Sbx__Files__EnvVar **varp = env_msgs(o->env, o->n_env);
     if (!varp)
@@ -59,12 +61,18 @@ static int session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session
     so.n_env = o->n_env;
     so.env = varp;
     so.idle_timeout_seconds = o->idle_timeout_seconds;
+    network_msg net;
+    so.network = network_request(&o->network, &net);
     Sbx__Control__Request rq = SBX__CONTROL__REQUEST__INIT;
     rq.body_case = SBX__CONTROL__REQUEST__BODY_SESSION_OPEN;
     rq.session_open = &so;
     cleanup_reply Sbx__Control__Reply *r = NULL;
     /* No deadline of our own: booting is bounded by the daemon, which answers either way. */
-    if (request(c, &rq, -1, "open session", &r, err) < 0)
+    c->on_ports = o->on_ports;
+    c->ports_userdata = o->userdata;
+    int rc = request(c, &rq, -1, "open session", &r, err);
+    c->on_ports = NULL;
+    if (rc < 0)
         return -1;
     if (r->body_case != SBX__CONTROL__REPLY__BODY_SESSION)
         return unexpected(c, r, "waiting for the new session", err);

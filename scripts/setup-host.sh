@@ -7,7 +7,7 @@ set -euo pipefail
 
 PKGS_MAIN=(
   build-essential pkg-config git ca-certificates curl xz-utils cpio
-  libev-dev libprotobuf-c-dev protobuf-c-compiler libseccomp-dev libcap-ng-dev
+  libev-dev libprotobuf-c-dev protobuf-c-compiler libseccomp-dev libcap-ng-dev libslirp-dev
   libcurl4-openssl-dev libarchive-dev libzstd-dev libjansson-dev libcmocka-dev
   libssl-dev zstd
   bc bison flex libelf-dev dwarves

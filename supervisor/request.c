@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cgroup.h"
+#include "netpolicy.h"
 #include "sbx_limits.h"
 #include "sbxd.h"
 #include "snapshot.h"
@@ -52,10 +53,44 @@ static int default_language(char **lang)
     return *lang ? 0 : -1;
 }
 
-/* What runs and sessions share: a language (default python), a VM (memory, default timeout) and
- * an environment. Defaults are filled in; returns 0, or -1 after replying with a VmConfigError. */
+/* A run's or a session's network: domains only with network, each a valid name; at most 10
+ * exposed ports, each valid and none twice (the same guest port and protocol, or the same chosen
+ * host port and protocol). Returns 0, or -1 with err. */
+static int check_network(const Sbx__Control__NetworkRequest *n, sbx_err *err)
+{
+    if (n->n_allowed_domains && !n->allow_network)
+        return sbx_fail(err, EINVAL,
+                        "allowed_domains need allow_network: a domain allowlist narrows network "
+                        "access, it does not grant it");
+    if (net_check_domains((const char *const *)n->allowed_domains, n->n_allowed_domains, err) < 0 ||
+        net_check_expose_count(n->n_expose, err) < 0)
+        return -1;
+    for (size_t i = 0; i < n->n_expose; i++) {
+        const Sbx__Control__PortExpose *e = n->expose[i];
+        if (net_check_expose(e->internal, e->external, e->protocol, err) < 0)
+            return -1;
+        bool udp = e->protocol && !strcmp(e->protocol, "udp");
+        for (size_t j = 0; j < i; j++) {
+            const Sbx__Control__PortExpose *o = n->expose[j];
+            if (udp != (o->protocol && !strcmp(o->protocol, "udp")))
+                continue;
+            if (o->internal == e->internal)
+                return sbx_fail(err, EINVAL, "guest port %u/%s is exposed twice", e->internal,
+                                udp ? "udp" : "tcp");
+            if (e->external && o->external == e->external)
+                return sbx_fail(err, EINVAL, "host port %u/%s is asked for twice", e->external,
+                                udp ? "udp" : "tcp");
+        }
+    }
+    return 0;
+}
+
+/* What runs and sessions share: a language (default python), a VM (memory, default timeout), an
+ * environment and a network. Defaults are filled in; returns 0, or -1 after replying with a
+ * VmConfigError. */
 static int check_vm_request(client *c, uint64_t id, char **language, uint32_t *memory_mb,
-                            uint32_t *timeout_seconds, Sbx__Files__EnvVar **env, size_t n_env)
+                            uint32_t *timeout_seconds, Sbx__Files__EnvVar **env, size_t n_env,
+                            const Sbx__Control__NetworkRequest *net)
 {
     sbx_err lim = {0};
     const Sbx__Control__ErrorKind bad = SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG;
@@ -80,6 +115,15 @@ static int check_vm_request(client *c, uint64_t id, char **language, uint32_t *m
             control_send_error(c, id, bad, false, "%s", lim.msg);
             return -1;
         }
+    if (net && check_network(net, &lim) < 0) {
+        control_send_error(c, id, bad, false, "network: %s", lim.msg);
+        return -1;
+    }
+    /* NETWORK-NOT-WIRED: remove once sbxd gives VMs a NIC (issue 12, the daemon side). */
+    if (net && (net->allow_network || net->n_allowed_domains || net->n_expose)) {
+        control_send_error(c, id, bad, false, "network is not available in this daemon yet");
+        return -1;
+    }
     return 0;
 }
 
@@ -88,7 +132,7 @@ static int check_run(client *c, uint64_t id, Sbx__Control__RunRequest *run)
 {
     sbx_err lim = {0};
     if (check_vm_request(c, id, &run->language, &run->memory_mb, &run->timeout_seconds, run->env,
-                         run->n_env) < 0)
+                         run->n_env, run->network) < 0)
         return -1;
     if (limits_check_code(run->code.data, run->code.len, &lim) < 0) {
         control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "%s", lim.msg);
@@ -109,7 +153,7 @@ static int check_session(client *c, uint64_t id, Sbx__Control__Request *r)
     case SBX__CONTROL__REQUEST__BODY_SESSION_OPEN: {
         Sbx__Control__SessionOpen *o = r->session_open;
         if (check_vm_request(c, id, &o->language, &o->memory_mb, &o->timeout_seconds, o->env,
-                             o->n_env) < 0)
+                             o->n_env, o->network) < 0)
             return -1;
         if (!o->idle_timeout_seconds)
             o->idle_timeout_seconds = cfg.session_idle_timeout_seconds;

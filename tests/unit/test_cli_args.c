@@ -395,13 +395,8 @@ static void test_later_features(void **state)
         {"--package", "pandas", "--package"},
         {"--package=pandas", NULL, "--package"},
         {"-prequests", NULL, "--package"},
-        {"--network", NULL, "--network"},
-        {"--allow-domain", "a.com", "--allow-domain"},
-        {"--allow-domain=a.com", NULL, "--allow-domain"},
-        {"--expose", "8080", "--expose"},
-        {"--expose=8080:3000", NULL, "--expose"},
         {"--no-validation", NULL, "--no-validation"},
-        {"--network=1", NULL, "--network"},
+        {"--no-validation=1", NULL, "--no-validation"},
         {"-p", NULL, "--package"},
     };
     for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
@@ -416,6 +411,143 @@ static void test_later_features(void **state)
     }
     /* Grouped with a flag before it. */
     expect_error("--package is not available yet", "run", "-qp", "x", "y", NULL);
+}
+
+/* ---- --network, --allow-domain, --expose ---- */
+
+static void test_network(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "run", "x", NULL), 0);
+    assert_false(a.network);
+    assert_int_equal(a.n_domains, 0);
+    assert_int_equal(a.n_expose, 0);
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "--network", "--allow-domain", "example.com",
+                           "--allow-domain=API.Other.org.", "--expose", "8080", "--expose=53/udp",
+                           "--expose", "8000:9000", "x", NULL),
+                     0);
+    assert_true(a.network);
+    assert_int_equal(a.n_domains, 2);
+    assert_string_equal(a.domains[0], "example.com");
+    assert_string_equal(a.domains[1], "API.Other.org.");
+    assert_int_equal(a.n_expose, 3);
+    assert_int_equal(a.expose[0].internal, 8080);
+    assert_int_equal(a.expose[0].external, 0);
+    assert_false(a.expose[0].udp);
+    assert_int_equal(a.expose[1].internal, 53);
+    assert_true(a.expose[1].udp);
+    assert_int_equal(a.expose[2].external, 9000);
+    args_free(&a);
+    /* --expose alone (ports only) and --network alone (open) need nothing else. */
+    assert_int_equal(parse(&a, "run", "--expose", "8080", "x", NULL), 0);
+    assert_false(a.network);
+    args_free(&a);
+    assert_int_equal(parse(&a, "run", "--network", "x", NULL), 0);
+    assert_true(a.network);
+    args_free(&a);
+    /* The allowlist needs --network, wherever it is given. */
+    expect_error("--allow-domain needs --network", "run", "--allow-domain", "a.com", "x", NULL);
+    assert_int_equal(parse(&a, "run", "--allow-domain", "a.com", "x", "--network", NULL), 0);
+    args_free(&a);
+    expect_error("--network takes no value", "run", "--network=1", "x", NULL);
+    expect_error("--allow-domain needs a value", "run", "--network", "--allow-domain", NULL);
+    expect_error("--expose needs a value", "run", "--expose", NULL);
+    /* Bad domains and specs are usage errors naming what is wrong. */
+    expect_error("`1.2.3.4` is an IP address", "run", "--network", "--allow-domain", "1.2.3.4", "x",
+                 NULL);
+    expect_error("wildcards are not supported", "run", "--network", "--allow-domain=*.x.com", "x",
+                 NULL);
+    expect_error("single label", "run", "--network", "--allow-domain", "localhost", "x", NULL);
+    expect_error("empty label", "run", "--network", "--allow-domain", "a..com", "x", NULL);
+    expect_error("hyphen", "run", "--network", "--allow-domain", "-a.com", "x", NULL);
+    expect_error("--expose `8080:80`: host port 80 is below 1024", "run", "--expose", "8080:80",
+                 "x", NULL);
+    expect_error("--expose `70000`: exposed port 65536 is out of range", "run", "--expose", "70000",
+                 "x", NULL);
+    expect_error("--expose `0`", "run", "--expose", "0", "x", NULL);
+    expect_error("protocol `sctp` is not tcp or udp", "run", "--expose", "8080/sctp", "x", NULL);
+    expect_error("no host port after `:`", "run", "--expose", "8080:", "x", NULL);
+    expect_error("no guest port", "run", "--expose", ":9000", "x", NULL);
+}
+
+/* n repeats of `opt value` (values "1".."n", or "d1.example.com"... for domains), parsed as
+ * `sbx run --network ... x` or `sbx session new --network ...`. */
+static int parse_repeated(args *a, const char *cmd, const char *opt, unsigned n)
+{
+    static char vals[128][32];
+    char *argv[4 + 2 * 128 + 2];
+    int argc = 0;
+    argv[argc++] = "sbx";
+    argv[argc++] = (char *)cmd;
+    if (!strcmp(cmd, "session"))
+        argv[argc++] = "new";
+    argv[argc++] = "--network";
+    for (unsigned i = 0; i < n; i++) {
+        if (!strcmp(opt, "--expose"))
+            snprintf(vals[i], sizeof vals[i], "%u", i + 1);
+        else
+            snprintf(vals[i], sizeof vals[i], "d%u.example.com", i + 1);
+        argv[argc++] = (char *)opt;
+        argv[argc++] = vals[i];
+    }
+    if (strcmp(cmd, "session"))
+        argv[argc++] = "x";
+    argv[argc] = NULL;
+    err = (sbx_err){0};
+    return args_parse(argc, argv, a, &err);
+}
+
+static void test_network_counts(void **state)
+{
+    static const char *const cmds[] = {"run", "session"};
+    for (size_t k = 0; k < ARRAY_LEN(cmds); k++) {
+        args a;
+        assert_int_equal(parse_repeated(&a, cmds[k], "--allow-domain", 100), 0);
+        assert_int_equal(a.n_domains, 100);
+        args_free(&a);
+        assert_int_equal(parse_repeated(&a, cmds[k], "--allow-domain", 101), -1);
+        assert_non_null(strstr(err.msg, "more than 100 domains"));
+        args_free(&a);
+        assert_int_equal(parse_repeated(&a, cmds[k], "--expose", 10), 0);
+        assert_int_equal(a.n_expose, 10);
+        assert_int_equal(a.expose[9].internal, 10);
+        args_free(&a);
+        assert_int_equal(parse_repeated(&a, cmds[k], "--expose", 11), -1);
+        assert_non_null(strstr(err.msg, "--expose: more than 10 ports"));
+        args_free(&a);
+    }
+}
+
+static void test_session_network(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "session", "new", "--network", "--allow-domain", "pypi.org",
+                           "--expose", "8000:0/tcp", NULL),
+                     0);
+    assert_true(a.network);
+    assert_int_equal(a.n_domains, 1);
+    assert_int_equal(a.n_expose, 1);
+    assert_int_equal(a.expose[0].internal, 8000);
+    args_free(&a);
+    expect_error("--allow-domain needs --network", "session", "new", "--allow-domain", "a.com",
+                 NULL);
+    expect_error("below 1024", "session", "new", "--expose", "1:2", NULL);
+    /* The network belongs to the VM: an exec cannot change it. */
+    expect_error("unknown option `--network`", "session", "exec", "--network", "ID", "x", NULL);
+    expect_error("unknown option `--expose`", "session", "exec", "ID", "--expose", "80", NULL);
+    /* libsbx's own parser of the same specs. */
+    sbx_port_expose p;
+    sbx_error e = {0};
+    assert_int_equal(sbx_parse_expose("8080:9000/udp", &p, &e), 0);
+    assert_int_equal(p.internal, 8080);
+    assert_int_equal(p.external, 9000);
+    assert_true(p.udp);
+    assert_int_equal(sbx_parse_expose("8080:", &p, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_VM_CONFIG);
+    assert_false(e.transient);
+    assert_non_null(strstr(e.message, "no host port"));
+    assert_int_equal(p.internal, 0);
 }
 
 /* ---- run --upload / --download ---- */
@@ -1040,6 +1172,9 @@ int main(void)
         cmocka_unit_test(test_env),
         cmocka_unit_test(test_env_count),
         cmocka_unit_test(test_later_features),
+        cmocka_unit_test(test_network),
+        cmocka_unit_test(test_network_counts),
+        cmocka_unit_test(test_session_network),
         cmocka_unit_test(test_run_transfers),
         cmocka_unit_test(test_session_commands),
         cmocka_unit_test(test_session_new),
