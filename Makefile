@@ -32,6 +32,7 @@ AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/net.c agent/exec.c age
 	agent/files.c agent/zram.c
 
 # Header dependencies of every object, written by the compiler (-MMD -MP).
+.DEFAULT_GOAL := all
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 .PHONY: fuzz all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan \

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "netpolicy.h"
 #include "sbxd.h"
 
 typedef struct run {
@@ -124,7 +125,9 @@ void run_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req)
 void run_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
 {
     /* Pool VMs have no NIC. */
-    if (req->network || !pool_take(c, id, req))
+    const Sbx__Control__NetworkRequest *n = req->network;
+    if ((n && net_mode_of(n->allow_network, n->n_allowed_domains, n->n_expose) != NET_NONE) ||
+        !pool_take(c, id, req))
         run_cold(c, id, req);
 }
 

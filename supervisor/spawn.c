@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cgroup.h"
+#include "frame.h"
 #include "paths.h"
 #include "sbxd.h"
 #include "spawn.h"

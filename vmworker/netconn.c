@@ -180,6 +180,7 @@ static void read_hello(conn *c)
             conn_close(c);
             return;
         }
+        snprintf(c->name, sizeof c->name, "%s", sni); /* what the guest asked for, from here */
         ask_connect(c, sni);
         return;
     case HELLO_NOT_TLS:

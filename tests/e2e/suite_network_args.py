@@ -98,27 +98,3 @@ def network_daemon_validation(c):
         eq(conn.until(100, kinds=("status", "error")).WhichOneof("body"), "status", "status after")
     finally:
         conn.close()
-
-
-# NETWORK-NOT-WIRED: delete this test with the line of that name in supervisor/request.c.
-@test(fast=True)
-def network_not_wired_yet(c):
-    pb = wire.pb()
-    conn = wire.Conn(c.sock).hello()
-    try:
-        for id, net in enumerate([pb.NetworkRequest(allow_network=True),
-                                  pb.NetworkRequest(allow_network=True, allowed_domains=["pypi.org"]),
-                                  pb.NetworkRequest(expose=[pb.PortExpose(internal=8000)])], 1):
-            for session in (False, True):
-                msg = _network_error(conn, id * 10 + session, net, session)
-                eq(msg, "network is not available in this daemon yet", "refusal")
-    finally:
-        conn.close()
-    for argv in (["run", "--expose", "8000", "print(1)"],
-                 ["session", "new", "--network", "--allow-domain", "example.com"]):
-        r = c.sbx(*argv)
-        eq(r.returncode, 2, f"{argv}: {r.err}")
-        ok("VmConfigError: network is not available in this daemon yet" in r.err, r.err)
-    j, r = c.run_json("--network", "print(1)")
-    eq(r.returncode, 2, "--json exit")
-    eq(j["error"]["type"], "VmConfigError", json.dumps(j))

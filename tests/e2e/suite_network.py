@@ -1,0 +1,344 @@
+"""Network (issue 12): exposed ports, the domain allowlist (DNS, TLS SNI, IP cross-check), open
+mode, and that every refusal is fast and reported. Real VMs, a daemon of their own per test (with
+a dns_hosts_file naming loopback servers), real HTTPS servers on 127.0.0.x:443. Only loopback
+traffic: every name the guests use is in the hosts file or is refused before any resolver."""
+import http.server
+import json
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+
+from harness import *  # noqa: F401,F403
+
+# Loopback addresses of the test servers, and the names the hosts file gives them.
+ALLOWED_IP, SECOND_IP, OTHER_IP, PLAIN_IP = "127.0.0.2", "127.0.0.4", "127.0.0.3", "127.0.0.5"
+HOSTS = (f"{ALLOWED_IP} allowed.test api.allowed.test\n{SECOND_IP} second.test\n"
+         f"{OTHER_IP} other.test\n{PLAIN_IP} plain.test\n")
+
+
+class Servers:
+    """HTTPS on ALLOWED_IP, SECOND_IP and OTHER_IP:443 and plain HTTP on PLAIN_IP:8080, each
+    answering with the name the request was for; every request is recorded."""
+
+    def __init__(self, tmp):
+        self.seen = []
+        key, crt = os.path.join(tmp, "srv.key"), os.path.join(tmp, "srv.crt")
+        if not os.path.exists(crt):
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                            "2", "-subj", "/CN=allowed.test", "-keyout", key, "-out", crt],
+                           check=True, capture_output=True)
+        seen = self.seen
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = f"hello {self.headers.get('Host', '')} {self.server.server_address[0]}"
+                seen.append((self.server.server_address[0], self.headers.get("Host", "")))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = []
+        for ip, port, tls in ((ALLOWED_IP, 443, True), (SECOND_IP, 443, True),
+                              (OTHER_IP, 443, True), (PLAIN_IP, 8080, False)):
+            s = http.server.ThreadingHTTPServer((ip, port), H)
+            if tls:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(crt, key)
+                s.socket = ctx.wrap_socket(s.socket, server_side=True)
+            threading.Thread(target=s.serve_forever, daemon=True).start()
+            self.httpd.append(s)
+
+    def close(self):
+        for s in self.httpd:
+            s.shutdown()
+            s.server_close()
+
+
+class NetDaemon:
+    """A daemon of the test's own with the hosts file, egress_allow_private as asked."""
+
+    def __init__(self, c, allow_private=True):
+        self.c = c
+        self.sock = os.path.join(c.tmp, "net.sock")
+        hosts = os.path.join(c.tmp, "hosts")
+        with open(hosts, "w") as f:
+            f.write(HOSTS)
+        self.env = c.env(EXEC_SANDBOX_SOCKET=self.sock, EXEC_SANDBOX_DNS_HOSTS_FILE=hosts,
+                         EXEC_SANDBOX_EGRESS_ALLOW_PRIVATE="1" if allow_private else "0")
+        self.p = c.start_daemon(sock=self.sock, log=os.path.join(c.tmp, "net-sbxd.log"),
+                                env=self.env)
+
+    def run_json(self, *args, timeout=240):
+        r = self.c.sbx("run", "--json", "-q", *args, env=self.env, timeout=timeout)
+        try:
+            return json.loads(r.stdout), r
+        except ValueError:
+            raise AssertionError(f"not JSON (exit {r.returncode}): {r.out[:500]} {r.err[-1500:]}")
+
+    def close(self):
+        self.p.terminate()
+        self.p.wait(timeout=30)
+
+
+def client_hello(sni, ech=False):
+    """A minimal TLS 1.3 ClientHello for sni, with an encrypted_client_hello extension if ech."""
+    name = sni.encode()
+    sn = struct.pack("!HBH", len(name) + 3, 0, len(name)) + name
+    ext = struct.pack("!HH", 0, len(sn)) + sn
+    ext += struct.pack("!HHH", 43, 3, 0x0203)[:-2] + b"\x02\x03\x04"  # supported_versions
+    if ech:
+        ext += struct.pack("!HH", 0xFE0D, 4) + b"\0\0\0\0"
+    body = (b"\x03\x03" + os.urandom(32) + b"\x00" + struct.pack("!H", 2) + b"\x13\x01" +
+            b"\x01\x00" + struct.pack("!H", len(ext)) + ext)
+    hs = b"\x01" + struct.pack("!I", len(body))[1:] + body
+    rec = b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+    return "".join(f"\\x{b:02x}" for b in rec)
+
+
+def blocked(j):
+    return [(b["what"], b["port"], b["reason"]) for b in j["network"]["blocked"]]
+
+
+def with_net(allow_private=True):
+    def deco(fn):
+        def wrapped(c):
+            srv = Servers(c.tmp)
+            d = NetDaemon(c, allow_private)
+            try:
+                fn(c, d, srv)
+            finally:
+                d.close()
+                srv.close()
+        wrapped.__name__ = fn.__name__
+        return wrapped
+    return deco
+
+
+# One VM, every allowlist probe: what is allowed gets through, the rest fails fast and is listed.
+ALLOWLIST_PROBES = r"""
+probe() { local t0=$(date +%s%N); out=$("$@" 2>/dev/null); rc=$?; echo "$1 rc=$rc ms=$(( ($(date +%s%N)-t0)/1000000 )) out=$out"; }
+vip=$(getent hosts allowed.test | cut -d' ' -f1)
+echo "vip=$vip"
+probe curl -sk -m 8 https://allowed.test/
+probe curl -sk -m 8 https://api.allowed.test/
+getent hosts other.test >/dev/null && echo "other resolves" || echo "other NXDOMAIN"
+getent hosts test >/dev/null && echo "parent resolves" || echo "parent NXDOMAIN"
+probe curl -s -m 8 http://allowed.test:80/
+probe curl -sk -m 8 https://127.0.0.2/
+probe curl -sk -m 8 --resolve other.test:443:$vip https://other.test/
+probe curl -sk -m 8 --resolve second.test:443:$vip https://second.test/
+probe curl -sk -m 8 https://second.test/
+exec 3<>/dev/tcp/allowed.test/443; printf "$ECH" >&3; n=$(timeout 8 cat <&3 | wc -c); echo "ech bytes=$n"
+exec 4<>/dev/tcp/allowed.test/443; printf "$PLAIN" >&4; n=$(timeout 8 cat <&4 | wc -c); echo "hello bytes=$n"
+echo x > /dev/udp/192.0.2.1/123 && echo "udp sent"
+"""
+
+
+@test()
+@with_net()
+def network_allowlist(c, d, srv):
+    j, r = d.run_json("-l", "raw", "-t", "120", "--network", "--allow-domain", "allowed.test",
+                      "--allow-domain", "second.test", "-e", "ECH=" + client_hello("allowed.test", True),
+                      "-e", "PLAIN=" + client_hello("allowed.test"), ALLOWLIST_PROBES)
+    out = j.get("stdout", "")
+    ok(j.get("exit_code") == 0, f"script ran: {json.dumps(j)[:3000]}")
+    ok("vip=10.0." in out, "allowed name resolves to a virtual address: " + out)
+
+    def line(prefix):
+        for ln in out.splitlines():
+            if ln.startswith(prefix):
+                return ln
+        raise AssertionError(f"no line {prefix!r} in:\n{out}")
+
+    def rc_ms(ln):
+        parts = dict(p.split("=", 1) for p in ln.split(" ") if "=" in p and p.split("=")[0] in ("rc", "ms"))
+        return int(parts["rc"]), int(parts["ms"])
+
+    curls = [ln for ln in out.splitlines() if ln.startswith("curl")]
+    eq(len(curls), 7, "curl probes: " + out)
+    # allowed name, and a subdomain of it
+    ok(rc_ms(curls[0])[0] == 0 and "hello allowed.test 127.0.0.2" in curls[0], curls[0])
+    ok(rc_ms(curls[1])[0] == 0 and "hello api.allowed.test 127.0.0.2" in curls[1], curls[1])
+    ok("other NXDOMAIN" in out, "non-allowed name: " + out)
+    ok("parent NXDOMAIN" in out, "parent of an allowed name: " + out)
+    # refused fast: port 80, an IP literal, a disallowed SNI, SNI spoofed towards another IP
+    for ln, what in ((curls[2], "port 80"), (curls[3], "IP literal"), (curls[4], "SNI not allowed"),
+                     (curls[5], "SNI of second.test towards allowed.test's address")):
+        rc, ms = rc_ms(ln)
+        ok(rc != 0, f"{what} must fail: {ln}")
+        ok(ms < 5000, f"{what} must fail fast, not hang: {ln}")
+    ok(rc_ms(curls[6])[0] == 0 and "hello second.test 127.0.0.4" in curls[6], curls[6])
+    ok("ech bytes=0" in out, "ECH hello refused: " + out)
+    ok(line("hello bytes=") != "hello bytes=0", "a plain hello reaches the server: " + out)
+    # the servers saw exactly the allowed requests
+    eq(sorted(srv.seen), sorted([(ALLOWED_IP, "allowed.test"), (ALLOWED_IP, "api.allowed.test"),
+                                 (SECOND_IP, "second.test")]), "requests the servers saw")
+    net = j["network"]
+    eq(net["mode"], "allowlist", "mode")
+    eq(net["allowed_domains"], ["allowed.test", "second.test"], "allowed_domains")
+    got = blocked(j)
+    for what, port, reason in (("other.test", 53, "not on the allowlist"),
+                               ("allowed.test", 80, "only TLS on port 443"),
+                               ("127.0.0.2", 443, "not an address our resolver gave"),
+                               ("other.test", 443, "TLS server name not on the allowlist"),
+                               ("second.test", 443, "was not resolved for"),
+                               ("allowed.test", 443, "encrypted ClientHello"),
+                               ("192.0.2.1", 123, "UDP refused")):
+        ok(any(w == what and p == port and reason in r for w, p, r in got),
+           f"blocked list lacks {what}:{port} {reason!r}: {got}")
+    ok(net["blocked_total"] >= len(net["blocked"]), "blocked_total")
+    log = open(os.path.join(c.tmp, "net-sbxd.log")).read()
+    ok("refused" in log and "only TLS on port 443" in log, "refusals in the daemon log")
+
+
+@test()
+@with_net(allow_private=False)
+def network_private_refused(c, d, srv):
+    j, r = d.run_json("-l", "raw", "--network", "--allow-domain", "allowed.test",
+                      "getent hosts allowed.test || echo NX; curl -sk -m 5 https://allowed.test/; "
+                      "echo rc=$?")
+    ok("NX" in j["stdout"] and "rc=0" not in j["stdout"], json.dumps(j)[:2000])
+    reasons = " ".join(b[2] for b in blocked(j))
+    ok("private" in reasons, "reason names the private range: " + reasons)
+    eq(srv.seen, [], "nothing reached the loopback server")
+
+
+@test()
+@with_net()
+def network_open_mode(c, d, srv):
+    j, r = d.run_json("-l", "raw", "--network",
+                      "curl -s -m 8 http://plain.test:8080/; echo; echo rc=$?; "
+                      "curl -s -m 8 http://127.0.0.5:8080/; echo rc2=$?")
+    ok("hello plain.test:8080 127.0.0.5" in j["stdout"], json.dumps(j)[:2000])
+    eq(j["network"]["mode"], "open", "mode")
+    ok("rc2=0" not in j["stdout"], "an IP literal in open mode is refused (names only): " +
+       j["stdout"])
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+GUEST_SERVER = r"""
+import http.server, socket
+try:
+    socket.create_connection(("10.0.2.2", 80), timeout=5)
+    print("OUT reached")
+except OSError as e:
+    print("OUT refused", type(e).__name__)
+try:
+    socket.getaddrinfo("example.com", 443)
+    print("DNS answered")
+except OSError:
+    print("DNS refused")
+stop = []
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"from-guest " + self.path.encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+        if self.path == "/stop": stop.append(1)
+    def log_message(self, *a): pass
+srv = http.server.HTTPServer(("0.0.0.0", 8000), H)
+print("SERVING", flush=True)
+while not stop:
+    srv.handle_request()
+"""
+
+
+@test()
+@with_net()
+def network_ports_only(c, d, srv):
+    ext = free_port()
+    p = subprocess.Popen([c.sbx_bin, "run", "--json", "-t", "60", "--expose", "8000",
+                          "--expose", f"8001:{ext}", GUEST_SERVER], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=d.env, cwd=c.tmp)
+    try:
+        # The ports are announced before the code's output ends (PortsReady, on stderr).
+        port = None
+        deadline = time.time() + 120
+        err = b""
+        while time.time() < deadline and port is None:
+            ln = p.stderr.readline()
+            if not ln:
+                break
+            err += ln
+            if b"port 8000/tcp -> http://127.0.0.1:" in ln:
+                port = int(ln.rsplit(b":", 1)[1])
+        ok(port, "PortsReady line for 8000: " + err.decode())
+        body = None
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.sendall(b"GET /hello HTTP/1.0\r\n\r\n")
+                    data = b""
+                    while True:
+                        k = s.recv(4096)
+                        if not k:
+                            break
+                        data += k
+                if b"from-guest /hello" in data:
+                    body = data
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        ok(body, "the host reached the guest's server through the exposed port")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /stop HTTP/1.0\r\n\r\n")
+            s.recv(4096)
+        out, err2 = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    j = json.loads(out)
+    ok("OUT refused" in j["stdout"], "outbound refused: " + j["stdout"])
+    ok("DNS refused" in j["stdout"], "no DNS: " + j["stdout"])
+    eq(j["network"]["mode"], "ports", "mode")
+    got = {(e["internal"], e["protocol"]): e for e in j["exposed_ports"]}
+    eq(got[(8000, "tcp")]["external"], port, "OS-chosen port in the result")
+    eq(got[(8000, "tcp")]["url"], f"http://127.0.0.1:{port}", "url")
+    eq(got[(8001, "tcp")]["external"], ext, "explicit external port")
+    eq(got[(8001, "tcp")]["host"], "127.0.0.1", "host")
+    ok(any("exposed ports only" in b[2] for b in blocked(j)), "refusals listed: %s" % blocked(j))
+
+
+@test()
+@with_net()
+def network_expose_port_taken(c, d, srv):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    taken = s.getsockname()[1]
+    try:
+        j, r = d.run_json("--expose", f"8000:{taken}", "print(1)")
+        ok(r.returncode != 0 and "error" in j, json.dumps(j)[:1000])
+        ok(str(taken) in j["error"]["message"], j["error"]["message"])
+    finally:
+        s.close()
+    # The daemon is fine after it.
+    j, r = d.run_json("print(2)")
+    eq(j["stdout"], "2\n", "next run")
+
+
+@test()
+@with_net()
+def network_session_expose(c, d, srv):
+    r = c.sbx("session", "new", "--json", "--expose", "9000", env=d.env, check_rc=0)
+    info = json.loads(r.stdout)
+    ports = info.get("exposed_ports", [])
+    ok(len(ports) == 1 and ports[0]["internal"] == 9000 and ports[0]["external"] >= 1024,
+       r.out)
+    c.sbx("session", "close", info["session_id"], env=d.env)
