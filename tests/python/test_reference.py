@@ -1,7 +1,8 @@
 """The Python examples of the reference README, as written there, against the real daemon.
 
-Where an example needs a feature the daemon does not have yet (packages, network, exposed ports,
-the S3 cache) the test asserts the clear NotSupportedError instead.
+Where an example needs a feature the daemon does not have yet (packages, the S3 cache) the test
+asserts the clear NotSupportedError instead; network requests reach the daemon, which refuses
+them with a VmConfigError until it gives VMs a network interface.
 """
 import time
 from pathlib import Path
@@ -117,9 +118,11 @@ async def test_streaming_output():
     assert first[0] == "a\n" and done - first[1] > 1.0, stamps
 
 
-async def test_network_and_port_forwarding_are_not_available_yet():
+async def test_network_and_port_forwarding_reach_the_daemon():
+    # NETWORK-NOT-WIRED: sbxd validates these requests and, until it gives VMs a network
+    # interface, refuses them (VmConfigError); then this becomes the reference's example again.
     async with Scheduler() as scheduler:
-        with pytest.raises(NotSupportedError, match="network"):
+        with pytest.raises(VmConfigError, match="network is not available"):
             await scheduler.run(
                 code="import urllib.request; print(urllib.request.urlopen("
                      "'https://httpbin.org/ip').read())",
@@ -127,14 +130,19 @@ async def test_network_and_port_forwarding_are_not_available_yet():
                 allow_network=True,
                 allowed_domains=["httpbin.org"],
             )
-        with pytest.raises(NotSupportedError, match="port forwarding"):
+        with pytest.raises(VmConfigError, match="network is not available"):
             await scheduler.run(
                 code="print('server ready')",
                 expose_ports=[PortMapping(internal=8080, external=3000)],
                 allow_network=False,
             )
-        with pytest.raises(NotSupportedError, match="port forwarding"):
+        with pytest.raises(VmConfigError, match="network is not available"):
             await scheduler.run(code="print('server ready')", expose_ports=[8080])
+        # What the daemon finds wrong it says so, as the same kind.
+        with pytest.raises(VmConfigError, match="IP address"):
+            await scheduler.run(code="print(1)", allow_network=True, allowed_domains=["1.2.3.4"])
+        with pytest.raises(VmConfigError, match="exposed twice"):
+            await scheduler.run(code="print(1)", expose_ports=[8080, "8080/tcp"])
 
 
 async def test_production_configuration():
