@@ -54,11 +54,15 @@ static void print_summary(const char *language, const sbx_result *r)
             language, r->accelerator[0] ? r->accelerator : "?", mode, boot, exec, total);
 }
 
-/* What the network refused, when it refused anything: the count and the first refusal. */
+/* Whether there are network refusals to tell a person about (--json has them all; -q none). */
+static bool blocked_note(const args *a, const sbx_network_report *n)
+{
+    return n && n->blocked_total && !a->quiet && !a->json;
+}
+
+/* The count of what the network refused, and the first refusal. */
 static void print_blocked(const sbx_network_report *n)
 {
-    if (!n || !n->blocked_total)
-        return;
     fprintf(stderr, "sbx: network (%s): %u connection attempt%s blocked", n->mode, n->blocked_total,
             n->blocked_total == 1 ? "" : "s");
     if (n->n_blocked && n->blocked[0].port)
@@ -84,7 +88,8 @@ void print_notes(const args *a, const sbx_result *r)
         fprintf(stderr, "sbx: stderr truncated at 100 KiB (limit)\n");
     if (r->interpreter_reset && a->cmd == ARGS_CMD_SESSION && !a->json)
         fprintf(stderr, "sbx: the interpreter was restarted; session state was lost\n");
-    print_blocked(r->network);
+    if (blocked_note(a, r->network))
+        print_blocked(r->network);
 }
 
 static int result_exit(const sbx_result *r)
@@ -251,7 +256,7 @@ int report_result(const args *a, json_t *j, const sbx_result *r, const char *lan
         return EXIT_SANDBOX;
     bool notes = r->timed_out || r->stdout_truncated || r->stderr_truncated ||
                  (r->interpreter_reset && a->cmd == ARGS_CMD_SESSION && !a->json) ||
-                 (r->network && r->network->blocked_total);
+                 blocked_note(a, r->network);
     bool summary = !a->quiet && isatty(STDERR_FILENO);
     if (!a->json && (notes || summary))
         end_lines();

@@ -3,7 +3,6 @@
  * all call it on untrusted input. */
 #include "netpolicy.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -34,10 +33,26 @@ net_mode net_mode_of(bool allow_network, size_t n_domains, size_t n_expose)
 
 #define NET_MAX_LABEL 63u
 
+/* ASCII only, whatever the locale: names on the wire are ASCII (IDNs travel as xn--). */
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static bool is_ldh(char c)
+{
+    return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
+}
+
+static char lower(char c)
+{
+    return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+}
+
 static bool all_digits(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (!isdigit((unsigned char)s[i]))
+        if (!is_digit(s[i]))
             return false;
     return true;
 }
@@ -51,10 +66,10 @@ static int check_label(const char *dom, const char *l, size_t n, sbx_err *err)
         return sbx_fail(err, EINVAL, "domain `%s` has a label of %zu bytes; the limit is %u", dom,
                         n, NET_MAX_LABEL);
     for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)l[i]) && l[i] != '-')
+        if (!is_ldh(l[i]))
             return sbx_fail(err, EINVAL,
                             "domain `%s` contains `%c`: only letters, digits, hyphens and dots",
-                            dom, isprint((unsigned char)l[i]) ? l[i] : '?');
+                            dom, l[i] >= ' ' && l[i] < 0x7f ? l[i] : '?');
     if (l[0] == '-' || l[n - 1] == '-')
         return sbx_fail(err, EINVAL, "domain `%s` has a label that starts or ends with a hyphen",
                         dom);
@@ -105,7 +120,7 @@ void net_normalize_domain(const char *d, char *out, size_t n)
         return;
     size_t i = 0;
     for (; d[i] && i + 1 < n; i++)
-        out[i] = (char)tolower((unsigned char)d[i]);
+        out[i] = lower(d[i]);
     if (i && out[i - 1] == '.')
         i--;
     out[i] = '\0';
@@ -194,16 +209,17 @@ int net_check_expose_count(size_t n, sbx_err *err)
     return 0;
 }
 
-/* The decimal number at *s, advancing *s past its digits; -1 if there is none. Anything above
- * 65535 comes back as 65536, for net_check_expose to refuse. */
-static long parse_port(const char **s)
+/* The decimal number at *s, advancing *s past its digits; -1 if there is none. Values are
+ * capped at UINT32_MAX, for net_check_expose to refuse. */
+static int64_t parse_port(const char **s)
 {
     size_t n = strspn(*s, "0123456789");
-    long v = 0;
-    for (size_t i = 0; i < n && v <= 65535; i++)
-        v = v * 10 + ((*s)[i] - '0');
+    int64_t v = 0;
+    for (size_t i = 0; i < n; i++)
+        if ((v = v * 10 + ((*s)[i] - '0')) > UINT32_MAX)
+            v = UINT32_MAX;
     *s += n;
-    return n ? (v > 65535 ? 65536 : v) : -1;
+    return n ? v : -1;
 }
 
 int net_parse_expose(const char *spec, net_expose *out, sbx_err *err)
@@ -211,7 +227,7 @@ int net_parse_expose(const char *spec, net_expose *out, sbx_err *err)
     if (!spec)
         spec = "";
     const char *s = spec;
-    long internal = parse_port(&s), external = 0;
+    int64_t internal = parse_port(&s), external = 0;
     if (internal < 0)
         return sbx_fail(err, EINVAL,
                         "expose `%.64s`: no guest port; expected INTERNAL[:EXTERNAL][/tcp|/udp], "

@@ -88,8 +88,8 @@ def network_daemon_validation(c):
                 msg = _network_error(conn, id, net, session)
                 ok(want in msg, f"{'session' if session else 'run'} {net}: {msg!r} lacks {want!r}")
                 ok(msg.startswith("network: "), f"message names the network: {msg!r}")
-        # The same port number over tcp and udp is two ports, and is not refused as a duplicate
-        # (it is refused below only because this daemon has no network yet).
+        # The same port number over tcp and udp is two ports, and is not refused as a duplicate.
+        # (Refused all the same, and before any VM, while UDP forwarding does not exist.)
         msg = _network_error(conn, 99, pb.NetworkRequest(
             expose=[PE(internal=53), PE(internal=53, protocol="udp")]))
         ok("twice" not in msg, msg)
@@ -98,3 +98,124 @@ def network_daemon_validation(c):
         eq(conn.until(100, kinds=("status", "error")).WhichOneof("body"), "status", "status after")
     finally:
         conn.close()
+
+
+class _FakeNetDaemon:
+    """A stand-in for sbxd with its network side in place, enough for sbx to meet every network
+    reply: PortsReady before the output, a result with exposed ports and a network report, a
+    SessionInfo with ports. It lets the CLI and libsbx be checked before the real one exists."""
+
+    def __init__(self, path):
+        import socket
+        import threading
+        self.requests = []
+        self.srv = socket.socket(socket.AF_UNIX)
+        self.srv.bind(path)
+        self.srv.listen(8)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _ports(self, net):
+        return [wire.pb().ExposedPort(
+            internal=e.internal, external=e.external or 40000 + i, host="127.0.0.1",
+            protocol=e.protocol or "tcp",
+            url="" if e.protocol == "udp" else f"http://127.0.0.1:{e.external or 40000 + i}")
+            for i, e in enumerate(net.expose)]
+
+    def _serve(self):
+        import struct
+        pb = wire.pb()
+        while True:
+            try:
+                s, _ = self.srv.accept()
+            except OSError:
+                return
+            buf = b""
+            with s:
+                while True:
+                    while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+                        b = s.recv(65536)
+                        if not b:
+                            break
+                        buf += b
+                    else:
+                        n = struct.unpack(">I", buf[:4])[0]
+                        rq = pb.Request.FromString(buf[4:4 + n])
+                        buf = buf[4 + n:]
+                        self.requests.append(rq)
+                        for reply in self._answer(pb, rq):
+                            s.sendall(wire.frame(reply))
+                        continue
+                    break
+
+    def _answer(self, pb, rq):
+        body = rq.WhichOneof("body")
+        if body == "hello":
+            return [pb.Reply(id=rq.id, hello=pb.HelloOk(protocol_version=1, server="fake-net/0"))]
+        if body == "run":
+            net = rq.run.network
+            ports = self._ports(net)
+            report = pb.NetworkReport(
+                mode="allowlist" if net.allowed_domains else "open" if net.allow_network
+                else "ports", allowed_domains=net.allowed_domains,
+                blocked=[pb.Blocked(what="evil.example", port=443, reason="not allowed")],
+                blocked_total=3) if rq.run.HasField("network") else None
+            out = [pb.Reply(id=rq.id, ports=pb.PortsReady(ports=ports))] if ports else []
+            if rq.run.stream:
+                out.append(pb.Reply(id=rq.id, chunk=pb.OutputChunk(stream=1, data=b"serving\n")))
+            return out + [pb.Reply(id=rq.id, result=pb.ExecResult(
+                stdout=b"serving\n", exposed_ports=ports, network=report, accelerator="tcg",
+                start_mode="cold"))]
+        if body == "session_open":
+            ports = self._ports(rq.session_open.network)
+            return [pb.Reply(id=rq.id, ports=pb.PortsReady(ports=ports)),
+                    pb.Reply(id=rq.id, session=pb.SessionInfo(
+                        session_id="ab" * 16, language="python", exposed_ports=ports,
+                        network_mode="ports"))]
+        return [pb.Reply(id=rq.id, error=pb.Error(kind=9, message="not in this fake"))]
+
+    def close(self):
+        import socket
+        self.srv.shutdown(socket.SHUT_RDWR)
+        self.srv.close()
+
+
+@test(fast=True)
+def network_cli_meets_every_network_reply(c):
+    import os
+    sock = os.path.join(c.tmp, "fake-net.sock")
+    fake = _FakeNetDaemon(sock)
+    try:
+        r = c.sbx("--socket", sock, "run", "--network", "--allow-domain", "example.com",
+                  "--expose", "8000", "--expose", "9000:9001/udp", "print('x')", check_rc=0)
+        lines = r.err.splitlines()
+        eq(lines[:2], ["sbx: port 8000/tcp -> http://127.0.0.1:40000",
+                       "sbx: port 9000/udp -> 127.0.0.1:9001"], "ports on stderr: " + r.err)
+        eq(r.out, "serving\n", "output after the ports")
+        ok("3 connection attempts blocked, first evil.example:443 (not allowed)" in r.err, r.err)
+        net = fake.requests[-1].run.network
+        eq((net.allow_network, list(net.allowed_domains)), (True, ["example.com"]), "request")
+        eq([(e.internal, e.external, e.protocol) for e in net.expose],
+           [(8000, 0, "tcp"), (9000, 9001, "udp")], "exposes sent")
+        # -q: no port lines; --json: the fields.
+        r = c.sbx("--socket", sock, "run", "-q", "--json", "--expose", "8000", "print('x')",
+                  check_rc=0)
+        eq(r.err, "", "nothing on stderr with -q")
+        j = json.loads(r.out)
+        eq(j["exposed_ports"], [{"internal": 8000, "external": 40000, "host": "127.0.0.1",
+                                 "protocol": "tcp", "url": "http://127.0.0.1:40000"}], "JSON ports")
+        eq(j["network"], {"mode": "ports", "allowed_domains": [], "blocked_total": 3, "blocked": [
+            {"what": "evil.example", "port": 443, "reason": "not allowed"}]}, "JSON network")
+        r = c.sbx("--socket", sock, "run", "-q", "--json", "print('x')", check_rc=0)
+        j = json.loads(r.out)
+        eq((j["network"], j["exposed_ports"]), (None, []), "no network interface")
+        ok(not fake.requests[-1].run.HasField("network"), "no NetworkRequest when none was asked")
+        # Sessions: the id alone on stdout, the ports on stderr, both in --json.
+        r = c.sbx("--socket", sock, "session", "new", "--expose", "8000:8080", check_rc=0)
+        eq(r.out, "ab" * 16 + "\n", "session id")
+        eq(r.err.splitlines(), ["sbx: port 8000/tcp -> http://127.0.0.1:8080"], "session ports")
+        r = c.sbx("--socket", sock, "session", "new", "--json", "--expose", "8000", check_rc=0)
+        j = json.loads(r.out)
+        eq((j["network_mode"], j["exposed_ports"][0]["external"]), ("ports", 40000), "session JSON")
+    finally:
+        fake.close()

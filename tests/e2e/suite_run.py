@@ -137,6 +137,7 @@ def json_result_fields(c):
     ok(j["accelerator"] in ("kvm", "tcg"), "accelerator")
     eq(j["start_mode"], "cold", "start_mode")
     eq(j["warm_pool_hit"], False, "warm_pool_hit")
+    eq((j["exposed_ports"], j["network"]), ([], None), "no network interface asked, none reported")
 
 
 @test(fast=True)

@@ -2,7 +2,9 @@
 own logic (framing, pooling, cancellation, transfers) is tested in milliseconds.
 
 `run`/`session_exec` code is a tiny script: lines `out TEXT`, `err TEXT`, `sleep SECONDS`,
-`exit N`, `timeout`. Files live in a dict per session.
+`exit N`, `timeout`, `blocked WHAT PORT REASON` (a refusal for the network report). Files live
+in a dict per session. A request that exposes ports gets them "bound" (the asked-for host port,
+else 40000 + its index), announced in a PortsReady reply first, as sbxd does.
 """
 import asyncio
 import hashlib
@@ -13,6 +15,20 @@ import tempfile
 from exec_sandbox import _zstd
 from exec_sandbox._proto import control_pb2 as pb
 from exec_sandbox._proto import files_pb2 as fpb
+
+
+def _mode(net):
+    if net.allow_network:
+        return "allowlist" if net.allowed_domains else "open"
+    return "ports" if net.expose else "none"
+
+
+def _bind(net):
+    return [pb.ExposedPort(internal=e.internal, external=e.external or 40000 + i, host="127.0.0.1",
+                           protocol=e.protocol or "tcp",
+                           url=f"http://127.0.0.1:{e.external or 40000 + i}"
+                           if e.protocol != "udp" else "")
+            for i, e in enumerate(net.expose)]
 
 
 class FakeSbxd:
@@ -26,6 +42,7 @@ class FakeSbxd:
         self.cancelled = 0
         self.sessions = {}
         self.server = None
+        self.requests = []  # every Request received, for tests to look at
 
     async def __aenter__(self):
         self.server = await asyncio.start_unix_server(self._conn, self.socket)
@@ -51,6 +68,7 @@ class FakeSbxd:
             while True:
                 n = struct.unpack(">I", await reader.readexactly(4))[0]
                 rq = pb.Request.FromString(await reader.readexactly(n))
+                self.requests.append(rq)
                 body = rq.WhichOneof("body")
                 if body == "hello":
                     await send(id=rq.id, hello=pb.HelloOk(protocol_version=1, server="fake/0"))
@@ -60,12 +78,22 @@ class FakeSbxd:
                         images_dir=os.environ.get("EXEC_SANDBOX_IMAGES_DIR", ""), running_vms=self.running,
                         sessions=len(self.sessions)))
                 elif body == "run":
-                    await self._exec(reader, send, rq.id, rq.run.code.decode(), rq.run.stream, 0)
+                    net = rq.run.network if rq.run.HasField("network") else None
+                    ports = _bind(net) if net else []
+                    if ports:
+                        await send(id=rq.id, ports=pb.PortsReady(ports=ports))
+                    await self._exec(reader, send, rq.id, rq.run.code.decode(), rq.run.stream, 0,
+                                     net, ports)
                 elif body == "session_open":
                     sid = os.urandom(16).hex()
                     self.sessions[sid] = {"files": {}, "count": 0}
+                    net = rq.session_open.network
+                    ports = _bind(net)
+                    if ports:
+                        await send(id=rq.id, ports=pb.PortsReady(ports=ports))
                     await send(id=rq.id, session=pb.SessionInfo(
-                        session_id=sid, language=rq.session_open.language or "python"))
+                        session_id=sid, language=rq.session_open.language or "python",
+                        exposed_ports=ports, network_mode=_mode(net)))
                 elif body == "session_exec":
                     s = self.sessions.get(rq.session_exec.session_id)
                     if s is None:
@@ -121,8 +149,9 @@ class FakeSbxd:
             writer.close()
             self.tasks.discard(asyncio.current_task())
 
-    async def _exec(self, reader, send, rid, code, stream, count):
+    async def _exec(self, reader, send, rid, code, stream, count, net=None, ports=()):
         out, err, rc, timed_out = b"", b"", 0, False
+        blocked = []
         self.running += 1
         try:
             for line in code.splitlines():
@@ -148,8 +177,16 @@ class FakeSbxd:
                     rc = int(arg)
                 elif op == "timeout":
                     timed_out, rc = True, 137
+                elif op == "blocked":
+                    what, port, reason = arg.split(" ", 2)
+                    blocked.append(pb.Blocked(what=what, port=int(port), reason=reason))
         finally:
             self.running -= 1
+        report = None
+        if net is not None:
+            report = pb.NetworkReport(mode=_mode(net), allowed_domains=net.allowed_domains,
+                                      blocked=blocked[:32], blocked_total=len(blocked))
         await send(id=rid, result=pb.ExecResult(stdout=out, stderr=err, exit_code=rc,
                                                 timed_out=timed_out, exec_count=count,
-                                                accelerator="none", start_mode="cold"))
+                                                accelerator="none", start_mode="cold",
+                                                exposed_ports=ports, network=report))

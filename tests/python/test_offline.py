@@ -115,14 +115,55 @@ async def test_no_daemon_on_socket_is_transient():
     assert ei.value.transient
 
 
-async def test_unsupported_features_are_refused_before_anything_is_sent():
+async def test_packages_are_refused_before_anything_is_sent():
     s = es.Scheduler(es.SchedulerConfig(socket="/nonexistent/sbxd.sock"))
-    for kw in [dict(packages=["pandas==2.2.0"]), dict(allow_network=True),
-               dict(allowed_domains=["httpbin.org"]), dict(expose_ports=[8080]),
-               dict(expose_ports=[es.PortMapping(internal=8080, external=3000)])]:
-        with pytest.raises(es.NotSupportedError, match="not available"):
+    with pytest.raises(es.NotSupportedError, match="not available"):
+        await s.run("print(1)", packages=["pandas==2.2.0"])
+    with pytest.raises(es.NotSupportedError):
+        await s.session(packages=["pandas==2.2.0"])
+
+
+def test_network_requests_are_built_from_every_port_form():
+    from exec_sandbox._scheduler import _network
+    assert _network(False, None, None) is None
+    assert _network(False, [], []) is None
+    n = _network(True, ["example.com", "pypi.org"], [
+        8080, es.PortMapping(internal=9000, external=3000),
+        es.PortMapping(internal=5353, protocol="udp"), "53:5353/udp", "8000/tcp", "7000:7001"])
+    assert n.allow_network and list(n.allowed_domains) == ["example.com", "pypi.org"]
+    assert [(e.internal, e.external, e.protocol) for e in n.expose] == [
+        (8080, 0, "tcp"), (9000, 3000, "tcp"), (5353, 0, "udp"), (53, 5353, "udp"),
+        (8000, 0, "tcp"), (7000, 7001, "tcp")]
+    ports_only = _network(False, None, [8080])
+    assert not ports_only.allow_network and len(ports_only.expose) == 1
+    assert _network(True, None, None).allow_network
+
+
+async def test_bad_network_requests_are_refused_before_anything_is_sent():
+    s = es.Scheduler(es.SchedulerConfig(socket="/nonexistent/sbxd.sock"))
+    bad = [
+        (dict(allowed_domains=["httpbin.org"]), "need allow_network"),
+        (dict(allow_network=True, allowed_domains="httpbin.org"), "lists"),
+        (dict(allow_network=True, allowed_domains=[f"d{i}.example.com" for i in range(101)]),
+         "101 allowed domains"),
+        (dict(allow_network=True, allowed_domains=[b"x.com"]), "str"),
+        (dict(expose_ports=8080), "lists"),
+        (dict(expose_ports=[0]), "out of range"),
+        (dict(expose_ports=[70000]), "out of range"),
+        (dict(expose_ports=[True]), "not a port"),
+        (dict(expose_ports=[8080.0]), "not a port"),
+        (dict(expose_ports=["8080:80"]), "host port 80"),
+        (dict(expose_ports=["8080:"]), "is not INTERNAL"),
+        (dict(expose_ports=[":9000"]), "is not INTERNAL"),
+        (dict(expose_ports=["8080/sctp"]), "is not INTERNAL"),
+        (dict(expose_ports=[es.PortMapping(internal=8080, external=80)]), "host port 80"),
+        (dict(expose_ports=[es.PortMapping(internal=8080, protocol="sctp")]), "sctp"),
+        (dict(expose_ports=list(range(1000, 1011))), "11 exposed ports"),
+    ]
+    for kw, match in bad:
+        with pytest.raises(es.VmConfigError, match=match):
             await s.run("print(1)", **kw)
-        with pytest.raises(es.NotSupportedError):
+        with pytest.raises(es.VmConfigError, match=match):
             await s.session(**kw)
 
 
@@ -190,3 +231,55 @@ async def test_fake_session_files_and_double_close(tmp_path):
                 with pytest.raises(es.SessionClosedError):
                     await ses.exec("out 3")
             assert not d.sessions
+
+
+async def test_fake_run_with_ports_hands_them_over_before_the_output():
+    async with FakeSbxd() as d:
+        async with es.Scheduler(es.SchedulerConfig(socket=d.socket)) as s:
+            events = []
+
+            async def on_ports(ports):  # a coroutine function works as well as a plain one
+                events.append(("ports", ports))
+            r = await s.run("out hi\nblocked evil.example 443 not in the allowlist\n"
+                            "blocked 10.0.0.1 80 private address",
+                            allow_network=True, allowed_domains=["example.com"],
+                            expose_ports=[8080, es.PortMapping(internal=9000, external=3000),
+                                          "53:5353/udp"],
+                            on_ports=on_ports, on_stdout=lambda t: events.append(("out", t)))
+            want = [es.ExposedPort(8080, 40000), es.ExposedPort(9000, 3000),
+                    es.ExposedPort(53, 5353, protocol="udp")]
+            assert events == [("ports", want), ("out", "hi\n")]
+            assert r.exposed_ports == want
+            assert r.exposed_ports[1].url == "http://127.0.0.1:3000"
+            assert r.network == es.NetworkReport(
+                mode="allowlist", allowed_domains=["example.com"], blocked_total=2, blocked=[
+                    es.BlockedConnection("evil.example", 443, "not in the allowlist"),
+                    es.BlockedConnection("10.0.0.1", 80, "private address")])
+            sent = d.requests[-1].run.network
+            assert sent.allow_network and list(sent.allowed_domains) == ["example.com"]
+            assert [(e.internal, e.external, e.protocol) for e in sent.expose] == [
+                (8080, 0, "tcp"), (9000, 3000, "tcp"), (53, 5353, "udp")]
+
+            # Ports alone: mode "ports"; without a callback the early reply is simply skipped.
+            r = await s.run("out x", expose_ports=[8000])
+            assert r.stdout == "x\n" and r.network.mode == "ports" and not r.network.blocked
+            assert r.exposed_ports == [es.ExposedPort(8000, 40000)]
+            # Nothing asked: no NetworkRequest on the wire, no report.
+            r = await s.run("out y")
+            assert not d.requests[-1].run.HasField("network")
+            assert r.network is None and r.exposed_ports == []
+
+
+async def test_fake_session_with_ports():
+    async with FakeSbxd() as d:
+        async with es.Scheduler(es.SchedulerConfig(socket=d.socket)) as s:
+            seen = []
+            async with await s.session(expose_ports=["8000:8001"], on_ports=seen.append) as ses:
+                assert ses.exposed_ports == [es.ExposedPort(8000, 8001)]
+                assert seen == [ses.exposed_ports] and ses.network_mode == "ports"
+                assert (await ses.exec("out 1")).stdout == "1\n"
+            opens = [r for r in d.requests if r.WhichOneof("body") == "session_open"]
+            sent = opens[-1].session_open.network
+            assert [(e.internal, e.external) for e in sent.expose] == [(8000, 8001)]
+            async with await s.session() as ses:
+                assert ses.exposed_ports == [] and ses.network_mode == "none"

@@ -1,8 +1,10 @@
 """The Python examples of the reference README, as written there, against the real daemon.
 
-Where an example needs a feature the daemon does not have yet (packages, network, exposed ports,
-the S3 cache) the test asserts the clear NotSupportedError instead.
+Where an example needs a feature the daemon does not have yet (packages, the S3 cache) the test
+asserts the clear NotSupportedError instead. The network example runs against a loopback server
+the daemon's hosts file names (only loopback traffic in tests).
 """
+import socket
 import time
 from pathlib import Path
 
@@ -117,24 +119,79 @@ async def test_streaming_output():
     assert first[0] == "a\n" and done - first[1] > 1.0, stamps
 
 
-async def test_network_and_port_forwarding_are_not_available_yet():
-    async with Scheduler() as scheduler:
-        with pytest.raises(NotSupportedError, match="network"):
-            await scheduler.run(
-                code="import urllib.request; print(urllib.request.urlopen("
-                     "'https://httpbin.org/ip').read())",
+def _https_server(tmp_path, ip, body):
+    """An HTTPS server on ip:443 (self-signed) answering every GET with body."""
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+    key, crt = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=httpbin.org", "-keyout", str(key), "-out", str(crt)],
+                   check=True, capture_output=True)
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer((ip, 443), H)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(crt), str(key))
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+async def test_network_and_port_forwarding(monkeypatch, tmp_path):
+    # The reference's example, with "httpbin.org" served on loopback (the daemon's hosts file
+    # names it; only loopback traffic here) by a self-signed server: hence the unverified context.
+    srv = _https_server(tmp_path, "127.0.0.6", b'{"origin": "10.0.2.15"}')
+    (tmp_path / "hosts").write_text("127.0.0.6 httpbin.org\n")
+    monkeypatch.setenv("EXEC_SANDBOX_DNS_HOSTS_FILE", str(tmp_path / "hosts"))
+    monkeypatch.setenv("EXEC_SANDBOX_EGRESS_ALLOW_PRIVATE", "1")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    free = s.getsockname()[1]
+    s.close()
+    try:
+        async with Scheduler() as scheduler:
+            result = await scheduler.run(
+                code="import ssl, urllib.request; print(urllib.request.urlopen("
+                     "'https://httpbin.org/ip', context=ssl._create_unverified_context()).read())",
                 language="python",
                 allow_network=True,
                 allowed_domains=["httpbin.org"],
             )
-        with pytest.raises(NotSupportedError, match="port forwarding"):
-            await scheduler.run(
+            assert '"origin"' in result.stdout, (result.stdout, result.stderr)
+            assert result.network.mode == "allowlist"
+            assert result.network.allowed_domains == ["httpbin.org"]
+            result = await scheduler.run(
                 code="print('server ready')",
-                expose_ports=[PortMapping(internal=8080, external=3000)],
+                expose_ports=[PortMapping(internal=8080, external=free)],
                 allow_network=False,
             )
-        with pytest.raises(NotSupportedError, match="port forwarding"):
-            await scheduler.run(code="print('server ready')", expose_ports=[8080])
+            assert result.stdout == "server ready\n"
+            assert [(p.internal, p.external, p.host) for p in result.exposed_ports] == \
+                [(8080, free, "127.0.0.1")]
+            result = await scheduler.run(code="print('server ready')", expose_ports=[8080])
+            assert result.exposed_ports[0].internal == 8080
+            assert result.exposed_ports[0].external >= 1024
+            assert result.network.mode == "ports"
+            # What the daemon finds wrong it says so, as the same kind.
+            with pytest.raises(VmConfigError, match="IP address"):
+                await scheduler.run(code="print(1)", allow_network=True,
+                                    allowed_domains=["1.2.3.4"])
+            with pytest.raises(VmConfigError, match="exposed twice"):
+                await scheduler.run(code="print(1)", expose_ports=[8080, "8080/tcp"])
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 async def test_production_configuration():

@@ -463,7 +463,7 @@ static void test_network(void **state)
     expect_error("hyphen", "run", "--network", "--allow-domain", "-a.com", "x", NULL);
     expect_error("--expose `8080:80`: host port 80 is below 1024", "run", "--expose", "8080:80",
                  "x", NULL);
-    expect_error("--expose `70000`: exposed port 65536 is out of range", "run", "--expose", "70000",
+    expect_error("--expose `70000`: exposed port 70000 is out of range", "run", "--expose", "70000",
                  "x", NULL);
     expect_error("--expose `0`", "run", "--expose", "0", "x", NULL);
     expect_error("protocol `sctp` is not tcp or udp", "run", "--expose", "8080/sctp", "x", NULL);

@@ -11,14 +11,15 @@ from ._errors import (AssetError, CommunicationError, GuestAgentError, NotSuppor
                       PackageNotAllowedError, PermanentError, ProtocolError, SandboxDependencyError,
                       SandboxError, SandboxPermissionError, SessionClosedError, SnapshotError,
                       TransientError, VmCapacityError, VmConfigError, VmTimeoutError)
-from ._models import ExecutionResult, ExposedPort, FileInfo, Language, PortMapping, TimingBreakdown
+from ._models import (BlockedConnection, ExecutionResult, ExposedPort, FileInfo, Language,
+                      NetworkReport, PortMapping, TimingBreakdown)
 from ._scheduler import Scheduler, Session
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Scheduler", "Session", "SchedulerConfig", "ExecutionResult", "TimingBreakdown", "FileInfo",
-    "PortMapping", "ExposedPort", "Language",
+    "PortMapping", "ExposedPort", "NetworkReport", "BlockedConnection", "Language",
     "SandboxError", "TransientError", "PermanentError", "VmTimeoutError", "VmCapacityError",
     "VmConfigError", "SessionClosedError", "CommunicationError", "GuestAgentError",
     "PackageNotAllowedError", "SnapshotError", "SandboxDependencyError", "AssetError",

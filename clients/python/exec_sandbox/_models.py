@@ -20,10 +20,8 @@ class TimingBreakdown:
 
 @dataclass(frozen=True)
 class PortMapping:
-    """A guest port to expose on the host (``external=None``: the OS picks one).
-
-    Accepted for compatibility; exposing ports is not available in this version.
-    """
+    """A guest port to expose on the host, on 127.0.0.1 only (``external=None``: the OS picks
+    one; otherwise 1024-65535)."""
 
     internal: int
     external: Optional[int] = None
@@ -42,6 +40,26 @@ class ExposedPort:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.external}"
+
+
+@dataclass(frozen=True)
+class BlockedConnection:
+    """One attempt of the code to reach something that the network policy refused."""
+
+    what: str
+    port: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class NetworkReport:
+    """What the network of a run did: its mode (``ports``, ``allowlist`` or ``open``), the
+    allowed domains, the first refusals and how many there were in all."""
+
+    mode: str
+    allowed_domains: list[str] = field(default_factory=list)
+    blocked: list[BlockedConnection] = field(default_factory=list)
+    blocked_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,7 @@ class ExecutionResult:
     start_mode: str = ""
     exec_count: int = 0
     interpreter_reset: bool = False
+    network: Optional[NetworkReport] = None  # None when the VM had no network interface
 
 
 @dataclass(frozen=True)

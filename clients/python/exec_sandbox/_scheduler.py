@@ -6,6 +6,7 @@ import codecs
 import hashlib
 import inspect
 import os
+import re
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence, Union
 
@@ -13,12 +14,16 @@ from ._config import SchedulerConfig
 from ._daemon import PrivateDaemon
 from ._errors import (CommunicationError, NotSupportedError, ProtocolError, SandboxError,
                       SessionClosedError, VmConfigError, VmTimeoutError, from_daemon)
-from ._models import LANGUAGES, ExecutionResult, FileInfo, PortMapping, TimingBreakdown
+from ._models import (LANGUAGES, BlockedConnection, ExecutionResult, ExposedPort, FileInfo,
+                      NetworkReport, PortMapping, TimingBreakdown)
 from ._proto import files_pb2 as fpb
 from ._wire import Connection, Pool, deadline_error, pb
 from . import _zstd
 
 OutputCallback = Callable[[str], Union[None, Awaitable[None]]]
+# Called once with the exposed ports as soon as the daemon has bound them, before the code runs.
+PortsCallback = Callable[[list[ExposedPort]], Union[None, Awaitable[None]]]
+PortSpec = Union[PortMapping, int, str]
 
 FILE_MAX = 50 << 20
 FILE_CHUNK = 256 << 10
@@ -35,17 +40,75 @@ def _not_available(what: str) -> NotSupportedError:
                              "daemon cannot do it yet, and the request was not sent")
 
 
-def _check_features(packages: Optional[Sequence[str]], allow_network: bool,
-                    allowed_domains: Optional[Sequence[str]],
-                    expose_ports: Optional[Sequence[Union[PortMapping, int]]]) -> None:
+def _check_packages(packages: Optional[Sequence[str]]) -> None:
     if packages:
         raise _not_available(f"installing packages ({', '.join(packages)})")
-    if allow_network:
-        raise _not_available("network access (allow_network=True)")
-    if allowed_domains:
-        raise _not_available("a domain allowlist (allowed_domains)")
-    if expose_ports:
-        raise _not_available("port forwarding (expose_ports)")
+
+
+EXPOSE_MAX = 10
+DOMAINS_MAX = 100
+_EXPOSE_SPEC = re.compile(r"([0-9]+)(?::([0-9]+))?(?:/(tcp|udp))?")
+
+
+def _port(p: PortSpec) -> pb.PortExpose:
+    """One expose_ports entry: 8080, PortMapping(8080, 3000) or "8080:3000/udp". The ranges are
+    checked here for an early error; sbxd checks everything again (duplicates among them)."""
+    if isinstance(p, PortMapping):
+        internal, external, proto = p.internal, p.external or 0, p.protocol
+    elif isinstance(p, int) and not isinstance(p, bool):
+        internal, external, proto = p, 0, "tcp"
+    elif isinstance(p, str):
+        m = _EXPOSE_SPEC.fullmatch(p)
+        if not m:
+            raise VmConfigError(f"expose_ports: `{p}` is not INTERNAL[:EXTERNAL][/tcp|/udp]")
+        internal, external, proto = int(m[1]), int(m[2] or 0), m[3] or "tcp"
+    else:
+        raise VmConfigError(f"expose_ports: {p!r} is not a port, a PortMapping or a spec string")
+    if not isinstance(internal, int) or not 1 <= internal <= 65535:
+        raise VmConfigError(f"expose_ports: port {internal!r} is out of range (1-65535)")
+    if not isinstance(external, int) or (external and not 1024 <= external <= 65535):
+        raise VmConfigError(f"expose_ports: host port {external!r} is out of range (1024-65535, "
+                            "or None to let the OS choose)")
+    if proto not in ("tcp", "udp"):
+        raise VmConfigError(f"expose_ports: protocol {proto!r} is not tcp or udp")
+    return pb.PortExpose(internal=internal, external=external, protocol=proto)
+
+
+def _network(allow_network: bool, allowed_domains: Optional[Sequence[str]],
+             expose_ports: Optional[Sequence[PortSpec]]) -> Optional[pb.NetworkRequest]:
+    """The request's NetworkRequest, or None for no network interface at all."""
+    if isinstance(allowed_domains, str) or isinstance(expose_ports, (str, int, PortMapping)):
+        raise VmConfigError("allowed_domains and expose_ports take lists")
+    domains = list(allowed_domains or [])
+    if domains and not allow_network:
+        raise VmConfigError("allowed_domains need allow_network=True: a domain allowlist narrows "
+                            "network access, it does not grant it")
+    if len(domains) > DOMAINS_MAX:
+        raise VmConfigError(f"{len(domains)} allowed domains; the limit is {DOMAINS_MAX}")
+    if not all(isinstance(d, str) for d in domains):
+        raise VmConfigError("allowed_domains: every entry must be a str")
+    ports = [_port(p) for p in (expose_ports or [])]
+    if len(ports) > EXPOSE_MAX:
+        raise VmConfigError(f"{len(ports)} exposed ports; the limit is {EXPOSE_MAX}")
+    if not (allow_network or ports):
+        return None
+    return pb.NetworkRequest(allow_network=bool(allow_network), allowed_domains=domains,
+                             expose=ports)
+
+
+def _exposed(ports: Sequence[pb.ExposedPort]) -> list[ExposedPort]:
+    return [ExposedPort(internal=p.internal, external=p.external, host=p.host or "127.0.0.1",
+                        protocol=p.protocol or "tcp") for p in ports]
+
+
+def _report(r: pb.ExecResult) -> Optional[NetworkReport]:
+    if not r.HasField("network"):
+        return None
+    n = r.network
+    return NetworkReport(mode=n.mode, allowed_domains=list(n.allowed_domains),
+                         blocked=[BlockedConnection(what=b.what, port=b.port, reason=b.reason)
+                                  for b in n.blocked],
+                         blocked_total=max(n.blocked_total, len(n.blocked)))
 
 
 def _check_language(language: str) -> str:
@@ -78,25 +141,27 @@ def _result(r: pb.ExecResult) -> ExecutionResult:
         external_memory_peak_mb=r.external_memory_peak_mb,
         timing=TimingBreakdown(setup_ms=t.setup_ms, boot_ms=t.boot_ms, execute_ms=t.execute_ms,
                                total_ms=t.total_ms),
-        warm_pool_hit=r.warm_pool_hit, exposed_ports=[], timed_out=r.timed_out,
-        stdout_truncated=r.stdout_truncated, stderr_truncated=r.stderr_truncated,
-        accelerator=r.accelerator, start_mode=r.start_mode, exec_count=r.exec_count,
-        interpreter_reset=r.interpreter_reset)
+        warm_pool_hit=r.warm_pool_hit, exposed_ports=_exposed(r.exposed_ports),
+        timed_out=r.timed_out, stdout_truncated=r.stdout_truncated,
+        stderr_truncated=r.stderr_truncated, accelerator=r.accelerator, start_mode=r.start_mode,
+        exec_count=r.exec_count, interpreter_reset=r.interpreter_reset, network=_report(r))
 
 
-async def _call(cb: Optional[OutputCallback], text: str) -> None:
-    if cb is None or not text:
+async def _call(cb: Optional[Callable[[Any], Any]], value: Any) -> None:
+    """A callback (plain or a coroutine function) with text or ports; nothing for empty ones."""
+    if cb is None or not value:
         return
-    v = cb(text)
+    v = cb(value)
     if inspect.isawaitable(v):
         await v
 
 
 async def _exec_replies(conn: Connection, rid: int, on_stdout: Optional[OutputCallback],
-                        on_stderr: Optional[OutputCallback], what: str) -> ExecutionResult:
-    """Chunks (to the callbacks, decoded as they come) until the result or an error. Each call
-    has the connection to itself, so a slow callback holds back only this run: sbxd buffers its
-    output meanwhile."""
+                        on_stderr: Optional[OutputCallback], what: str,
+                        on_ports: Optional[PortsCallback] = None) -> ExecutionResult:
+    """Chunks (to the callbacks, decoded as they come) until the result or an error; the
+    exposed ports to on_ports as soon as they are bound. Each call has the connection to itself,
+    so a slow callback holds back only this run: sbxd buffers its output meanwhile."""
     dec = {1: codecs.getincrementaldecoder("utf-8")("replace"),
            2: codecs.getincrementaldecoder("utf-8")("replace")}
     cbs = {1: on_stdout, 2: on_stderr}
@@ -118,6 +183,8 @@ async def _exec_replies(conn: Connection, rid: int, on_stdout: Optional[OutputCa
                                      "(the error's .result holds its output)", kind=0,
                                      result=res)
             return res
+        elif body == "ports":
+            await _call(on_ports, _exposed(r.ports.ports))
         elif body == "error":
             raise from_daemon(r.error.kind, r.error.transient, r.error.message)
         else:
@@ -231,28 +298,37 @@ class Scheduler:
                   timeout_seconds: Optional[int] = None, memory_mb: Optional[int] = None,
                   env_vars: Optional[Mapping[str, str]] = None, allow_network: bool = False,
                   allowed_domains: Optional[Sequence[str]] = None,
-                  expose_ports: Optional[Sequence[Union[PortMapping, int]]] = None,
+                  expose_ports: Optional[Sequence[PortSpec]] = None,
                   on_stdout: Optional[OutputCallback] = None,
-                  on_stderr: Optional[OutputCallback] = None) -> ExecutionResult:
+                  on_stderr: Optional[OutputCallback] = None,
+                  on_ports: Optional[PortsCallback] = None) -> ExecutionResult:
         """Runs code in a fresh VM that is destroyed afterwards.
+
+        Without allow_network or expose_ports the VM has no network interface. expose_ports
+        takes ports (8080), PortMapping objects and "8080:3000/udp" strings; on_ports (a plain
+        or coroutine function) gets the bound ports before the code's output, so a caller can
+        connect to a server while it runs; the result's ``exposed_ports`` has them too, and its
+        ``network`` says what the network policy refused.
 
         Raises VmTimeoutError when the code runs past timeout_seconds (its output so far is in
         the error's ``result``). Cancelling the awaiting task stops the VM.
         """
-        _check_features(packages, allow_network, allowed_domains, expose_ports)
+        _check_packages(packages)
+        network = _network(allow_network, allowed_domains, expose_ports)
         pool = self._need_pool()
         timeout = timeout_seconds or self.config.default_timeout_seconds
         req = pb.RunRequest(language=_check_language(language), code=_code(code),
                             timeout_seconds=timeout,
                             memory_mb=memory_mb or self.config.default_memory_mb,
-                            env=_env(env_vars), stream=bool(on_stdout or on_stderr))
+                            env=_env(env_vars), stream=bool(on_stdout or on_stderr),
+                            network=network)
         limit = QUEUE_WAIT + timeout + BOOT_AND_GRACE
         async with pool.connection(run_slot=True, slot_wait=QUEUE_WAIT) as c:
             try:
                 async with asyncio.timeout(limit):
                     rid = c.next_id()
                     await c.send(pb.Request(id=rid, run=req))
-                    return await _exec_replies(c, rid, on_stdout, on_stderr, "run")
+                    return await _exec_replies(c, rid, on_stdout, on_stderr, "run", on_ports)
             except TimeoutError:
                 raise deadline_error("run", limit) from None
 
@@ -260,11 +336,14 @@ class Scheduler:
                       timeout_seconds: Optional[int] = None, memory_mb: Optional[int] = None,
                       env_vars: Optional[Mapping[str, str]] = None, allow_network: bool = False,
                       allowed_domains: Optional[Sequence[str]] = None,
-                      expose_ports: Optional[Sequence[Union[PortMapping, int]]] = None,
-                      idle_timeout_seconds: Optional[int] = None) -> "Session":
+                      expose_ports: Optional[Sequence[PortSpec]] = None,
+                      idle_timeout_seconds: Optional[int] = None,
+                      on_ports: Optional[PortsCallback] = None) -> "Session":
         """Opens a session: one VM whose interpreter state lasts across ``exec`` calls, held
-        by the daemon until ``close()`` or its idle timeout."""
-        _check_features(packages, allow_network, allowed_domains, expose_ports)
+        by the daemon until ``close()`` or its idle timeout. The network options are those of
+        ``run``; the session's ``exposed_ports`` lists the bound ports."""
+        _check_packages(packages)
+        network = _network(allow_network, allowed_domains, expose_ports)
         pool = self._need_pool()
         timeout = timeout_seconds or self.config.default_timeout_seconds
         req = pb.SessionOpen(
@@ -272,7 +351,7 @@ class Scheduler:
             memory_mb=memory_mb or self.config.default_memory_mb, timeout_seconds=timeout,
             env=_env(env_vars),
             idle_timeout_seconds=idle_timeout_seconds or
-            self.config.session_idle_timeout_seconds)
+            self.config.session_idle_timeout_seconds, network=network)
         limit = QUEUE_WAIT + BOOT_AND_GRACE
         async with pool.connection(run_slot=True, slot_wait=QUEUE_WAIT) as c:
             try:
@@ -280,6 +359,9 @@ class Scheduler:
                     rid = c.next_id()
                     await c.send(pb.Request(id=rid, session_open=req))
                     r = await c.recv()
+                    while r.WhichOneof("body") == "ports":
+                        await _call(on_ports, _exposed(r.ports.ports))
+                        r = await c.recv()
             except TimeoutError:
                 raise deadline_error("open session", limit) from None
         body = r.WhichOneof("body")
@@ -306,6 +388,8 @@ class Session:
         self.idle_timeout_seconds: int = info.idle_timeout_seconds
         self.accelerator: str = info.accelerator
         self.boot_ms: int = info.boot_ms
+        self.exposed_ports: list[ExposedPort] = _exposed(info.exposed_ports)
+        self.network_mode: str = info.network_mode or "none"
         self._timeout = timeout
         self._exec_count = int(info.exec_count)
         self._lock = asyncio.Lock()
