@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -58,17 +59,21 @@ static int default_route(int s, uint32_t gw, sbx_err *err)
     return 0;
 }
 
-/* Replaced, not rewritten in place: the image's file may be a symlink or read-only. */
+/* The image's /etc is read-only: the file is written in the agent's own directory and bound
+ * over the image's once; a later Hello (after a restore) rewrites it in place. */
 static int write_resolver(uint32_t ns, sbx_err *err)
 {
+    static const char ours[] = AGENT_CODE_DIR "/resolv.conf";
+    static bool bound;
     char ip[INET_ADDRSTRLEN], body[64];
     inet_ntop(AF_INET, &ns, ip, sizeof ip);
     int n = snprintf(body, sizeof body, "nameserver %s\n", ip);
-    unlink(RESOLV_CONF);
-    cleanup_close int fd =
-        open(RESOLV_CONF, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    cleanup_close int fd = open(ours, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0 || sbx_write_all(fd, body, (size_t)n) < 0)
-        return sbx_fail(err, errno, "write %s: %s", RESOLV_CONF, strerror(errno));
+        return sbx_fail(err, errno, "write %s: %s", ours, strerror(errno));
+    if (!bound && mount(ours, RESOLV_CONF, NULL, MS_BIND, NULL) < 0)
+        return sbx_fail(err, errno, "bind %s over %s: %s", ours, RESOLV_CONF, strerror(errno));
+    bound = true;
     return 0;
 }
 

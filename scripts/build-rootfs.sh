@@ -207,6 +207,9 @@ if [ -d "$R/usr/share/locale" ]; then
     -exec rm -rf {} +
 fi
 mkdir -p "$R/var/lib/apt/lists/partial" "$R/var/cache/apt/archives/partial"
+# An empty resolver file: the agent binds the VM's own over it when the VM has a NIC (the root
+# is read-only); without a NIC it stays empty.
+: >"$R/etc/resolv.conf"
 # Empty mount points (the agent mounts proc/sys/devtmpfs/tmpfs there).
 for m in "${MOUNT_POINTS[@]}"; do
   if [ -e "$R/$m" ]; then

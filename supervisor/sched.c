@@ -446,9 +446,9 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
         return -1;
     }
     cleanup_close int net_fd = -1;
-    net_mode mode = j->net ? net_mode_of(j->net->allow_network, j->net->n_allowed_domains,
-                                          j->net->n_expose)
-                           : NET_NONE;
+    net_mode mode =
+        j->net ? net_mode_of(j->net->allow_network, j->net->n_allowed_domains, j->net->n_expose)
+               : NET_NONE;
     if (mode != NET_NONE) {
         Sbx__Net__NetPolicy pol = SBX__NET__NET_POLICY__INIT;
         pol.mode = (char *)net_mode_name(mode);
@@ -461,8 +461,8 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
         pol.connect_timeout_ms = 10000;
         if (spawn_broker(&j->cg, j->seq, &pol, userns ? getuid() : vm_uid,
                          userns ? getgid() : vm_gid, &j->broker_pid, &net_fd, &err) < 0) {
-            job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "start the VM's network: %s",
-                      err.msg);
+            job_error(j, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true,
+                      "start the VM's network: %s", err.msg);
             return -1;
         }
     }

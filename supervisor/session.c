@@ -46,7 +46,7 @@ typedef struct session {
     uint64_t open_id;
     op *ops; /* head is the one in flight once started */
     unsigned nops;
-    uint64_t upload_buffered; /* sum of its ops' buffered bytes */
+    uint64_t upload_buffered;        /* sum of its ops' buffered bytes */
     Sbx__Control__PortsReady *ports; /* its exposed ports, a copy of what the worker reported */
     ev_timer idle;
     struct session *next;

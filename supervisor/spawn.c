@@ -80,8 +80,8 @@ static char **worker_env(void)
  * dies the kernel kills QEMU too), inside the VM's cgroup before it runs a single instruction
  * of its own, with exactly one inherited socket as fd 3, its stdout and stderr on a log pipe of
  * its own (workerlog.c; none of sbxd's descriptors) and an empty environment. */
-int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, int net_fd, pid_t *pid_out,
-                 int *fd_out, sbx_err *err)
+int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, int net_fd, pid_t *pid_out, int *fd_out,
+                 sbx_err *err)
 {
     char exe[512];
     if (spawn_worker_path(exe, sizeof exe) < 0)

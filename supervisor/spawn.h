@@ -14,8 +14,8 @@
 int spawn_worker_path(char *out, size_t n);
 /* fork+exec the worker in new namespaces, attached to cg before it runs; *fd_out is sbxd's end
  * of its socket (non-blocking). */
-int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, int net_fd, pid_t *pid_out,
-                 int *fd_out, sbx_err *err);
+int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, int net_fd, pid_t *pid_out, int *fd_out,
+                 sbx_err *err);
 /* The fd number the worker finds net_fd (the broker's socket) at, when net_fd >= 0. */
 #define SPAWN_NET_FD 4
 /* The sbx-netbroker binary: $EXEC_SANDBOX_NETBROKER, else beside sbxd. */

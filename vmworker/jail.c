@@ -335,9 +335,14 @@ static int load_allowlist(const int *extra, size_t n_extra, bool unix_sockets, s
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, extra[i], 0);
     if (rc == -EEXIST)
         rc = 0;
+    /* AF_INET too: libslirp opens one while it sets a Unix forward up. The process is in the
+     * worker's network namespace, which has no interface but a loopback that is down. */
     if (rc == 0 && unix_sockets)
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
                               SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
+    if (rc == 0 && unix_sockets)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
+                              SCMP_A0(SCMP_CMP_EQ, AF_INET));
     /* Files are opened read-only (/proc/PID/stat, QEMU's log). O_RDONLY is 0, so the flags are
      * masked with every bit that writes, creates or truncates, and must have none of them:
      * checking the access mode alone would let O_RDONLY|O_CREAT or O_RDONLY|O_TRUNC through. */
@@ -366,12 +371,12 @@ int jail_seccomp(sbx_err *err)
 int jail_seccomp_net(sbx_err *err)
 {
     /* The network process: slirp's Unix sockets (its forwards, our egress listener), the
-     * broker's socket and the descriptors that ride on it. No socket of any other family: the
-     * connected TCP sockets come from the broker. */
+     * broker's socket and the descriptors that ride on it. The connected TCP sockets it uses
+     * come from the broker. */
     static const int net[] = {
-        SCMP_SYS(bind),       SCMP_SYS(listen),      SCMP_SYS(accept4),    SCMP_SYS(accept),
-        SCMP_SYS(connect),    SCMP_SYS(sendmsg),     SCMP_SYS(recvmsg),    SCMP_SYS(sendto),
-        SCMP_SYS(recvfrom),   SCMP_SYS(shutdown),    SCMP_SYS(getsockopt), SCMP_SYS(setsockopt),
+        SCMP_SYS(bind),        SCMP_SYS(listen),      SCMP_SYS(accept4),    SCMP_SYS(accept),
+        SCMP_SYS(connect),     SCMP_SYS(sendmsg),     SCMP_SYS(recvmsg),    SCMP_SYS(sendto),
+        SCMP_SYS(recvfrom),    SCMP_SYS(shutdown),    SCMP_SYS(getsockopt), SCMP_SYS(setsockopt),
         SCMP_SYS(getsockname), SCMP_SYS(getpeername), SCMP_SYS(ioctl),
     };
     return load_allowlist(net, ARRAY_LEN(net), true, err);

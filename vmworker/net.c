@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -48,10 +49,12 @@ int net_start(const Sbx__Worker__VmConfig *cfg, int *qemu_fd, vm_err *err)
         if (dup2(sp[1], 3) < 0 || dup2(cfg->net_fd, 4) < 0)
             _exit(1);
         close_range(5, ~0U, 0);
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* before its filter, which has no prctl */
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         signal(SIGTERM, SIG_DFL);
+        signal(SIGPIPE, SIG_IGN);
         sbx_err e = {0};
         if (cfg->jail && jail_seccomp_net(&e) < 0) {
             snprintf(sh->error, sizeof sh->error, "%s", e.msg);

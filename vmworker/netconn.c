@@ -32,7 +32,7 @@ typedef struct {
 
 typedef struct {
     conn_state st;
-    int a, b; /* a: the guest's side; b: the other end (upstream, or slirp's forward) */
+    int a, b;   /* a: the guest's side; b: the other end (upstream, or slirp's forward) */
     int ia, ib; /* poll indices this turn, -1 none */
     uint32_t real;
     uint16_t port;

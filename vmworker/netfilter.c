@@ -90,8 +90,7 @@ static void reply_icmp(const net_pkt *p)
         qemu_send_frame(out, n);
 }
 
-static void reply_dns(const net_pkt *p, const dns_query *q, int rcode, const uint32_t *a,
-                      size_t n)
+static void reply_dns(const net_pkt *p, const dns_query *q, int rcode, const uint32_t *a, size_t n)
 {
     uint8_t msg[512], out[600];
     size_t m = dns_build_answer(q, rcode, a, n, DNS_TTL, msg, sizeof msg);

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -22,7 +21,8 @@
 
 netproc N = {.broker = -1, .egress = -1};
 
-#define QEMU_OUT_MAX (4u << 20) /* frames queued towards the guest; beyond, dropped (TCP resends) */
+#define QEMU_OUT_MAX (4u << 20) /* frames queued towards the guest; beyond, dropped (TCP resends)  \
+                                 */
 #define QEMU_IN_BUF (256u << 10)
 #define BROKER_MSG_MAX (64u << 10)
 #define BROKER_MAX_FDS 16
@@ -150,8 +150,8 @@ static Sbx__Net__NetMsg *broker_recv(int *fds, size_t *n_fds)
         char b[CMSG_SPACE(sizeof(int) * BROKER_MAX_FDS)];
     } ctl;
     struct iovec iov = {buf, sizeof buf};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
-                        .msg_controllen = sizeof ctl.b};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
     *n_fds = 0;
     ssize_t r = recvmsg(N.broker, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (r < 0 && (errno == EAGAIN || errno == EINTR))
@@ -221,7 +221,8 @@ static void take_listening(void)
                  N.cfg->run_dir, i);
         struct sockaddr_un h = {.sun_family = AF_UNIX};
         snprintf(h.sun_path, sizeof h.sun_path, "%s", exposes[n_exposes].path);
-        struct sockaddr_in g = {.sin_family = AF_INET, .sin_port = htons((uint16_t)ep->internal),
+        struct sockaddr_in g = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)ep->internal),
                                 .sin_addr.s_addr = htonl(NET_GUEST)};
         n_exposes++;
         if (slirp_add_hostxfwd(N.slirp, (struct sockaddr *)&h, sizeof h, (struct sockaddr *)&g,
@@ -438,11 +439,9 @@ static void accept_inbound(size_t i)
     }
 }
 
-__attribute__((noreturn)) void net_main(const Sbx__Worker__VmConfig *cfg, int frame_fd,
-                                        int broker, net_shared *sh)
+__attribute__((noreturn)) void net_main(const Sbx__Worker__VmConfig *cfg, int frame_fd, int broker,
+                                        net_shared *sh)
 {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    signal(SIGPIPE, SIG_IGN);
     N.cfg = cfg;
     N.mode = net_mode_parse(cfg->net_mode);
     N.allowed = (const char *const *)cfg->allowed_domains;

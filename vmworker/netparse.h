@@ -101,12 +101,12 @@ size_t net_build_icmp_unreach(const net_pkt *p, uint8_t code, uint8_t *out, size
 #define TLS_HELLO_MAX 16384u /* the most we buffer waiting for a whole ClientHello */
 
 typedef enum {
-    HELLO_MORE = 0,      /* a valid prefix: read more */
-    HELLO_OK = 1,        /* sni holds the host_name, lower case */
-    HELLO_NOT_TLS = -1,  /* not a TLS handshake record (plain HTTP, ...) */
-    HELLO_BAD = -2,      /* malformed, or longer than TLS_HELLO_MAX */
-    HELLO_NO_SNI = -3,   /* no server_name extension, or no host_name in it */
-    HELLO_ECH = -4,      /* carries encrypted_client_hello (0xfe0d) */
+    HELLO_MORE = 0,     /* a valid prefix: read more */
+    HELLO_OK = 1,       /* sni holds the host_name, lower case */
+    HELLO_NOT_TLS = -1, /* not a TLS handshake record (plain HTTP, ...) */
+    HELLO_BAD = -2,     /* malformed, or longer than TLS_HELLO_MAX */
+    HELLO_NO_SNI = -3,  /* no server_name extension, or no host_name in it */
+    HELLO_ECH = -4,     /* carries encrypted_client_hello (0xfe0d) */
 } hello_verdict;
 
 /* Looks at the first len bytes a guest sent on a TCP connection: TLS records of type handshake

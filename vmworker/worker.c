@@ -247,6 +247,13 @@ static int boot(uint64_t *boot_ms, vm_err *err)
             *boot_ms = now_ms() - W.vm.t_spawn;
             return 0;
         }
+        if (g->body_case == SBX__AGENT__GUEST_MSG__BODY_FAILURE) {
+            /* The agent could not set the VM up as asked (its NIC): it will not serve code. */
+            vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_GUEST_AGENT, false,
+                    "the guest agent could not start: %s", g->failure->message);
+            sbx__agent__guest_msg__free_unpacked(g, NULL);
+            return -1;
+        }
         sbx__agent__guest_msg__free_unpacked(g, NULL);
     }
 qemu_failed : {

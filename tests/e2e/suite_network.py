@@ -132,7 +132,7 @@ probe curl -sk -m 8 https://api.allowed.test/
 getent hosts other.test >/dev/null && echo "other resolves" || echo "other NXDOMAIN"
 getent hosts test >/dev/null && echo "parent resolves" || echo "parent NXDOMAIN"
 probe curl -s -m 8 http://allowed.test:80/
-probe curl -sk -m 8 https://127.0.0.2/
+probe curl -sk -m 8 https://192.0.2.10/
 probe curl -sk -m 8 --resolve other.test:443:$vip https://other.test/
 probe curl -sk -m 8 --resolve second.test:443:$vip https://second.test/
 probe curl -sk -m 8 https://second.test/
@@ -187,7 +187,7 @@ def network_allowlist(c, d, srv):
     got = blocked(j)
     for what, port, reason in (("other.test", 53, "not on the allowlist"),
                                ("allowed.test", 80, "only TLS on port 443"),
-                               ("127.0.0.2", 443, "not an address our resolver gave"),
+                               ("192.0.2.10", 443, "not an address our resolver gave"),
                                ("other.test", 443, "TLS server name not on the allowlist"),
                                ("second.test", 443, "was not resolved for"),
                                ("allowed.test", 443, "encrypted ClientHello"),
