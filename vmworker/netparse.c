@@ -593,8 +593,8 @@ static hello_verdict hello_verdict_of(const uint8_t *buf, size_t len, char *sni,
             return first ? HELLO_NOT_TLS : HELLO_BAD;
         if (have >= 3 && rec[2] > 0x04)
             return first ? HELLO_NOT_TLS : HELLO_BAD;
-        if (have < 5)
-            return HELLO_MORE;
+        if (have < 5) /* the fragments already here may still be judged */
+            break;
         size_t rlen = rd16(rec + 3);
         if (rlen == 0 || rlen > TLS_RECORD_MAX)
             return HELLO_BAD;

@@ -79,33 +79,50 @@ static void answer_dns(const net_pkt *p, const uint8_t *msg, size_t len)
     }
 }
 
+static hello_verdict tls_prefix(const uint8_t *data, size_t n, char sni[254])
+{
+    /* A copy of exactly n bytes: a read past the prefix is an ASan report. */
+    uint8_t *b = malloc(n ? n : 1);
+    if (!b)
+        abort();
+    memcpy(b, data, n);
+    memset(sni, 'X', 254);
+    hello_verdict v = tls_client_hello_sni(b, n, sni, 254);
+    free(b);
+    if (v == HELLO_OK) {
+        size_t l = strnlen(sni, 254);
+        if (l == 0 || l > 253)
+            abort();
+        for (size_t j = 0; j < l; j++)
+            if (!((sni[j] >= 'a' && sni[j] <= 'z') || (sni[j] >= '0' && sni[j] <= '9') ||
+                  sni[j] == '-' || sni[j] == '.'))
+                abort();
+    }
+    if (v == HELLO_MORE && n >= TLS_HELLO_MAX)
+        abort();
+    return v;
+}
+
+/* The stream's prefixes as the caller reassembles it: all of them for a short input, some for a
+ * long one. Once a prefix has a verdict other than HELLO_MORE, every longer one has the same
+ * verdict (and name): more bytes never change an answer already given. */
 static void tls(const uint8_t *data, size_t size)
 {
-    char sni[254];
-    size_t cuts[] = {1, 5, 6, 9, size / 3, size / 2, size - 1, size};
-    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
-        size_t n = cuts[i];
-        if (n == 0 || n > size)
+    size_t cuts[] = {0, 1, 5, 6, 9, 40, size / 3, size / 2, size - 1, size};
+    size_t ncuts = size <= 256 ? size + 1 : sizeof cuts / sizeof cuts[0];
+    hello_verdict first = HELLO_MORE;
+    char sni[254], first_sni[254];
+    for (size_t i = 0; i < ncuts; i++) {
+        size_t n = size <= 256 ? i : cuts[i];
+        if (n > size || (i > 0 && size > 256 && n <= cuts[i - 1]))
             continue;
-        /* A copy of exactly n bytes: a read past the prefix is an ASan report. */
-        uint8_t *b = malloc(n);
-        if (!b)
+        hello_verdict v = tls_prefix(data, n, sni);
+        if (first == HELLO_MORE) {
+            first = v;
+            memcpy(first_sni, sni, sizeof sni);
+        } else if (v != first || (v == HELLO_OK && strcmp(sni, first_sni) != 0)) {
             abort();
-        memcpy(b, data, n);
-        memset(sni, 'X', sizeof sni);
-        hello_verdict v = tls_client_hello_sni(b, n, sni, sizeof sni);
-        if (v == HELLO_OK) {
-            size_t l = strnlen(sni, sizeof sni);
-            if (l == 0 || l > 253)
-                abort();
-            for (size_t j = 0; j < l; j++)
-                if (!((sni[j] >= 'a' && sni[j] <= 'z') || (sni[j] >= '0' && sni[j] <= '9') ||
-                      sni[j] == '-' || sni[j] == '.'))
-                    abort();
         }
-        if (v == HELLO_MORE && n >= TLS_HELLO_MAX)
-            abort();
-        free(b);
     }
 }
 

@@ -918,6 +918,12 @@ static void test_tls_bad_lengths(void **state)
     assert_bad_from(buf, m, 105, 23, 106);
     assert_bad_from(buf, m, 106, 2, 107);
 
+    /* Found by fuzz_netparse: a hello already bad (legacy_version 0x32) must stay bad while the
+     * header of the next record arrives, not go back to HELLO_MORE. */
+    const uint8_t bad_then_rec[] = {0x16, 0x03, 0x01, 0x00, 0x08, 0x01, 0x00, 0x32, 0x32,
+                                    0x32, 0x01, 0x00, 0x33, 0x16, 0x03, 0x01, 0x00, 0x00};
+    assert_bad_from(bad_then_rec, sizeof bad_then_rec, 9, 0x32, 11);
+
     char sni[256];
     uint8_t rec0[5] = {22, 3, 1, 0, 0}; /* an empty record */
     assert_int_equal(tls_client_hello_sni(rec0, 5, sni, sizeof sni), HELLO_BAD);
