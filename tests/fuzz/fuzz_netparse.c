@@ -3,7 +3,8 @@
  * ethernet frame (and its payload answered the way the worker will: DNS answer or error in a UDP
  * reply, a reset, an ICMP error, each built into a buffer only as large as it must be, so that
  * ASan sees any write past the end), as a DNS message on its own, and as the start of a TCP
- * stream given to the ClientHello parser at several prefix lengths, as the caller reassembles it.
+ * stream given to the ClientHello parser at several prefix lengths, as the caller reassembles it,
+ * and as the bytes of a handshake message put into records of several sizes.
  * The results are checked against the header's promises. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -126,6 +127,36 @@ static void tls(const uint8_t *data, size_t size)
     }
 }
 
+/* The input as handshake bytes, in one record and cut into records of k bytes: the same verdict
+ * and name either way (the concatenation of fragments is what counts). */
+static void tls_records(const uint8_t *data, size_t size)
+{
+    size_t k = 1 + size % 97;
+    if (size == 0 || size > TLS_HELLO_MAX || size + 5 * ((size + k - 1) / k) >= TLS_HELLO_MAX)
+        return;
+    uint8_t *one = malloc(size + 5), *many = malloc(size + 5 * ((size + k - 1) / k));
+    if (!one || !many)
+        abort();
+    const uint8_t hdr[5] = {22, 3, 1, (uint8_t)(size >> 8), (uint8_t)size};
+    memcpy(one, hdr, 5);
+    memcpy(one + 5, data, size);
+    size_t o = 0;
+    for (size_t i = 0; i < size; i += k) {
+        size_t l = size - i < k ? size - i : k;
+        const uint8_t h[5] = {22, 3, 3, (uint8_t)(l >> 8), (uint8_t)l};
+        memcpy(many + o, h, 5);
+        memcpy(many + o + 5, data + i, l);
+        o += 5 + l;
+    }
+    char s1[254], s2[254];
+    hello_verdict v1 = tls_client_hello_sni(one, size + 5, s1, sizeof s1);
+    hello_verdict v2 = tls_client_hello_sni(many, o, s2, sizeof s2);
+    if (v1 != v2 || (v1 == HELLO_OK && strcmp(s1, s2) != 0))
+        abort();
+    free(one);
+    free(many);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -158,5 +189,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(f);
     answer_dns(NULL, data, size);
     tls(data, size);
+    tls_records(data, size);
     return 0;
 }
