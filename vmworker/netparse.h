@@ -125,9 +125,10 @@ typedef enum {
  * (bytes outside [a-z0-9.-], empty labels, > 253) is HELLO_BAD. Upper case is lowered; a
  * trailing dot, a label over 63, two server_name extensions or two host_names are HELLO_BAD. A
  * first record that is not handshake/3.x is HELLO_NOT_TLS; a later one before the hello is
- * whole, HELLO_BAD. Bytes after the hello are not looked at. HELLO_MORE only while
- * len < TLS_HELLO_MAX: a caller holding TLS_HELLO_MAX bytes always has a verdict. Uses about
- * 16 KiB of stack. */
+ * whole, HELLO_BAD. Bytes after the hello are not looked at. The hello must end within the first
+ * TLS_HELLO_MAX bytes of the stream, record headers included: HELLO_BAD as soon as it cannot, so
+ * HELLO_MORE only while len < TLS_HELLO_MAX. Any verdict but HELLO_MORE, once given for a prefix,
+ * is the verdict for every longer one. Uses about 16 KiB of stack. */
 hello_verdict tls_client_hello_sni(const uint8_t *buf, size_t len, char *sni, size_t sni_cap);
 
 #endif
