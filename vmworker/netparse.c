@@ -567,11 +567,15 @@ static hello_verdict parse_client_hello(const uint8_t *hs, size_t avail, size_t 
     return found ? HELLO_OK : HELLO_NO_SNI;
 }
 
-/* The verdict on buf, before the rule that a prefix may not grow past TLS_HELLO_MAX. */
+/* The verdict on buf. The ClientHello must end within the first TLS_HELLO_MAX bytes of the stream
+ * (record headers included): HELLO_BAD as soon as it cannot, so that a verdict other than
+ * HELLO_MORE, once given for a prefix, is the verdict for every longer one. */
 static hello_verdict hello_verdict_of(const uint8_t *buf, size_t len, char *sni, size_t sni_cap)
 {
     uint8_t hs[TLS_HELLO_MAX];
     size_t hn = 0, off = 0, want = 0; /* want: the whole message's length, once known */
+    size_t taken = 0;                 /* handshake bytes in the records read (hn, unclamped) */
+    size_t rem = 0; /* bytes of the last record still to come (0: at a record boundary) */
     for (bool first = true;; first = false) {
         if (hn >= 1 && hs[0] != TLS_HS_CLIENT_HELLO)
             return HELLO_BAD;
@@ -580,8 +584,18 @@ static hello_verdict hello_verdict_of(const uint8_t *buf, size_t len, char *sni,
             if (want > TLS_HELLO_MAX)
                 return HELLO_BAD;
         }
-        if (want && hn >= want)
+        /* Whole, the hello ends at off - (taken - want) in the stream; else at the least at off
+         * plus the rest, plus a record header if the current record cannot hold the rest. */
+        if (want && hn >= want) {
+            if (off - (taken - want) > TLS_HELLO_MAX)
+                return HELLO_BAD;
             break;
+        }
+        if (want) {
+            size_t need = want - hn;
+            if (off + need + (need > rem ? 5 : 0) > TLS_HELLO_MAX)
+                return HELLO_BAD;
+        }
         if (off == len)
             break;
         /* A record header (or as much of it as is here). */
@@ -593,8 +607,8 @@ static hello_verdict hello_verdict_of(const uint8_t *buf, size_t len, char *sni,
             return first ? HELLO_NOT_TLS : HELLO_BAD;
         if (have >= 3 && rec[2] > 0x04)
             return first ? HELLO_NOT_TLS : HELLO_BAD;
-        if (have < 5)
-            return HELLO_MORE;
+        if (have < 5) /* the fragments already here may still be judged */
+            break;
         size_t rlen = rd16(rec + 3);
         if (rlen == 0 || rlen > TLS_RECORD_MAX)
             return HELLO_BAD;
@@ -602,6 +616,8 @@ static hello_verdict hello_verdict_of(const uint8_t *buf, size_t len, char *sni,
         size_t copy = take < sizeof hs - hn ? take : sizeof hs - hn;
         memcpy(hs + hn, rec + 5, copy);
         hn += copy;
+        taken += take;
+        rem = rlen - take;
         off += 5 + take;
     }
     if (hn < 4)
@@ -620,7 +636,7 @@ hello_verdict tls_client_hello_sni(const uint8_t *buf, size_t len, char *sni, si
     char name[254];
     hello_verdict v = hello_verdict_of(buf, len, name, sizeof name);
     if (v == HELLO_MORE && len >= TLS_HELLO_MAX)
-        return HELLO_BAD; /* a caller holding TLS_HELLO_MAX bytes always gets an answer */
+        return HELLO_BAD; /* cannot be (it could not end within TLS_HELLO_MAX); kept as a guard */
     if (v == HELLO_OK) {
         size_t n = strlen(name);
         if (n + 1 > sni_cap)

@@ -918,6 +918,12 @@ static void test_tls_bad_lengths(void **state)
     assert_bad_from(buf, m, 105, 23, 106);
     assert_bad_from(buf, m, 106, 2, 107);
 
+    /* Found by fuzz_netparse: a hello already bad (legacy_version 0x32) must stay bad while the
+     * header of the next record arrives, not go back to HELLO_MORE. */
+    const uint8_t bad_then_rec[] = {0x16, 0x03, 0x01, 0x00, 0x08, 0x01, 0x00, 0x32, 0x32,
+                                    0x32, 0x01, 0x00, 0x33, 0x16, 0x03, 0x01, 0x00, 0x00};
+    assert_bad_from(bad_then_rec, sizeof bad_then_rec, 9, 0x32, 11);
+
     char sni[256];
     uint8_t rec0[5] = {22, 3, 1, 0, 0}; /* an empty record */
     assert_int_equal(tls_client_hello_sni(rec0, 5, sni, sizeof sni), HELLO_BAD);
@@ -985,31 +991,55 @@ static void test_tls_names(void **state)
     assert_prefixes_more(buf, n, HELLO_NO_SNI, NULL);
 }
 
-static void test_tls_size_cap(void **state)
+/* A hello of n bytes (with a server_name) as records of at most rec bytes into buf. */
+static size_t padded_hello(uint8_t *buf, size_t n, size_t rec)
 {
-    static uint8_t ext[20000], hs[20000], buf[20000];
-    char sni[256];
-    /* A hello of TLS_HELLO_MAX bytes needs more than TLS_HELLO_MAX bytes of records: refused
-     * once the caller holds TLS_HELLO_MAX bytes, still waiting before. */
-    const size_t pad = TLS_HELLO_MAX - 81; /* the hello's fields before its extensions: 81 */
+    static uint8_t ext[20000], hs[20000];
+    const size_t fixed = 81; /* the hello's fields before its extensions */
     memset(ext, 0, sizeof ext);
     size_t e = ext_sni(ext, "example.com");
     put16(ext + e, 21); /* padding */
-    put16(ext + e + 2, (unsigned)(pad - e - 4));
-    size_t hn = client_hello(hs, ext, pad);
-    assert_int_equal(hn, TLS_HELLO_MAX);
-    size_t n = records(buf, hs, hn, 16384);
-    assert_true(n > TLS_HELLO_MAX);
-    assert_int_equal(tls_client_hello_sni(buf, TLS_HELLO_MAX - 1, sni, sizeof sni), HELLO_MORE);
-    assert_int_equal(tls_client_hello_sni(buf, TLS_HELLO_MAX, sni, sizeof sni), HELLO_BAD);
+    put16(ext + e + 2, (unsigned)(n - fixed - e - 4));
+    size_t hn = client_hello(hs, ext, n - fixed);
+    assert_int_equal(hn, n);
+    return records(buf, hs, hn, rec);
+}
+
+static void test_tls_size_cap(void **state)
+{
+    static uint8_t buf[20000];
+    char sni[256];
+    /* The hello must end within the first TLS_HELLO_MAX bytes of the stream. In one record of
+     * TLS_HELLO_MAX - 5 bytes: it does. */
+    size_t n = padded_hello(buf, TLS_HELLO_MAX - 5, 16384);
+    assert_int_equal(n, TLS_HELLO_MAX);
+    assert_int_equal(tls_client_hello_sni(buf, n - 1, sni, sizeof sni), HELLO_MORE);
     assert_int_equal(tls_client_hello_sni(buf, n, sni, sizeof sni), HELLO_OK);
-    /* One byte larger: refused as soon as its length is read. */
-    put16(ext + e + 2, (unsigned)(pad + 1 - e - 4));
-    hn = client_hello(hs, ext, pad + 1);
-    n = records(buf, hs, hn, 16384);
+    assert_string_equal(sni, "example.com");
+    /* One byte more: refused as soon as its length is read, and from then on. */
+    n = padded_hello(buf, TLS_HELLO_MAX - 4, 16384);
+    assert_int_equal(tls_client_hello_sni(buf, 8, sni, sizeof sni), HELLO_MORE);
+    for (size_t i = 9; i <= n; i++)
+        assert_int_equal(tls_client_hello_sni(buf, i, sni, sizeof sni), HELLO_BAD);
+    /* The same hello in records of 8000 bytes: a second record header is needed, so it cannot
+     * end within TLS_HELLO_MAX; known once its length and the first record's are read. */
+    n = padded_hello(buf, TLS_HELLO_MAX - 5, 8000);
+    assert_true(n > TLS_HELLO_MAX);
+    assert_int_equal(tls_client_hello_sni(buf, 8, sni, sizeof sni), HELLO_MORE);
+    for (size_t i = 9; i <= n; i++)
+        assert_int_equal(tls_client_hello_sni(buf, i, sni, sizeof sni), HELLO_BAD);
+    /* In records of 16368 and 6 bytes (two headers) it ends at exactly TLS_HELLO_MAX; a byte
+     * longer, it cannot, which is known from the first record's length on. */
+    n = padded_hello(buf, TLS_HELLO_MAX - 10, 16384 - 16);
+    assert_int_equal(n, TLS_HELLO_MAX);
+    assert_prefixes_more(buf, n, HELLO_OK, "example.com");
+    n = padded_hello(buf, TLS_HELLO_MAX - 9, 16384 - 16);
+    assert_int_equal(n, TLS_HELLO_MAX + 1);
     assert_int_equal(tls_client_hello_sni(buf, 8, sni, sizeof sni), HELLO_MORE);
     assert_int_equal(tls_client_hello_sni(buf, 9, sni, sizeof sni), HELLO_BAD);
-    assert_int_equal(tls_client_hello_sni(buf, n, sni, sizeof sni), HELLO_BAD);
+    /* A hello whose length alone is over TLS_HELLO_MAX. */
+    const uint8_t big[] = {22, 3, 1, 0, 4, 1, 0, 0x40, 0x01};
+    assert_int_equal(tls_client_hello_sni(big, sizeof big, sni, sizeof sni), HELLO_BAD);
 }
 
 int main(void)
