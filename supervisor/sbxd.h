@@ -92,6 +92,8 @@ job *sched_open_vm(const char *language, uint32_t memory_mb, const vm_owner_ops 
 /* The NIC a VM gets (before it starts; n stays the owner's and must outlive the job). NULL or an
  * empty request: none. */
 void sched_vm_set_network(job *j, const Sbx__Control__NetworkRequest *n);
+/* A NIC that reaches nothing and exposes nothing (snapshot templates for VMs with a NIC). */
+void sched_vm_set_nic_only(job *j);
 /* Send a request to the VM's worker, tagged with the id set by sched_vm_set_request. */
 int sched_vm_send(job *j, Sbx__Worker__ToWorker *m);
 void sched_vm_set_request(job *j, uint64_t req_id);

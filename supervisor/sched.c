@@ -58,6 +58,7 @@ typedef struct job {
     /* The NIC its owner asked for (the owner keeps the request alive), and its broker: it ends
      * when the worker's end of its socket closes, and is in the VM's cgroup (spawn.c reaps it). */
     const Sbx__Control__NetworkRequest *net;
+    bool nic_only; /* a NIC that reaches nothing (snapshot templates of VMs with a NIC) */
     pid_t broker_pid;
     struct job *next;
 } job;
@@ -70,6 +71,11 @@ static uint64_t seq, runs_total;
 void sched_vm_set_network(job *j, const Sbx__Control__NetworkRequest *n)
 {
     j->net = n;
+}
+
+void sched_vm_set_nic_only(job *j)
+{
+    j->nic_only = true;
 }
 
 unsigned sched_running(void)
@@ -446,16 +452,18 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
         return -1;
     }
     cleanup_close int net_fd = -1;
-    net_mode mode =
-        j->net ? net_mode_of(j->net->allow_network, j->net->n_allowed_domains, j->net->n_expose)
-               : NET_NONE;
+    static const Sbx__Control__NetworkRequest none = SBX__CONTROL__NETWORK_REQUEST__INIT;
+    const Sbx__Control__NetworkRequest *net = j->net ? j->net : &none;
+    net_mode mode = j->nic_only ? NET_PORTS
+                                : net_mode_of(net->allow_network, net->n_allowed_domains,
+                                              net->n_expose);
     if (mode != NET_NONE) {
         Sbx__Net__NetPolicy pol = SBX__NET__NET_POLICY__INIT;
         pol.mode = (char *)net_mode_name(mode);
-        pol.n_allowed_domains = j->net->n_allowed_domains;
-        pol.allowed_domains = j->net->allowed_domains;
-        pol.n_expose = j->net->n_expose;
-        pol.expose = j->net->expose;
+        pol.n_allowed_domains = net->n_allowed_domains;
+        pol.allowed_domains = net->allowed_domains;
+        pol.n_expose = net->n_expose;
+        pol.expose = net->expose;
         pol.allow_private = cfg.egress_allow_private;
         pol.hosts_file = cfg.dns_hosts_file;
         pol.connect_timeout_ms = 10000;
@@ -495,18 +503,18 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     vc.test_hooks = cfg.test_hooks;
     vc.session = !j->ops->one_shot;
     vc.reclaim_idle_ms = j->ops->reclaim_idle ? cfg.balloon_idle_seconds * 1000u : 0;
-    /* A VM with a NIC boots cold: the snapshots are of NIC-less VMs. */
-    if (mode == NET_NONE)
-        snapshot_prepare(&vc, language, j->ops->probe, j->ops, j->owner, j->snapshot,
-                         sizeof j->snapshot);
     if (mode != NET_NONE) {
         vc.net_mode = (char *)net_mode_name(mode);
-        vc.n_allowed_domains = j->net->n_allowed_domains;
-        vc.allowed_domains = j->net->allowed_domains;
-        vc.n_expose = j->net->n_expose;
-        vc.expose = j->net->expose;
+        vc.n_allowed_domains = net->n_allowed_domains;
+        vc.allowed_domains = net->allowed_domains;
+        vc.n_expose = net->n_expose;
+        vc.expose = net->expose;
         vc.net_fd = SPAWN_NET_FD;
     }
+    /* VMs with a NIC have snapshots of their own (the device set differs; the policy lives
+     * outside the guest, so one template serves every policy). */
+    snapshot_prepare(&vc, language, j->ops->probe, j->ops, j->owner, j->snapshot,
+                     sizeof j->snapshot);
     Sbx__Worker__ToWorker m2 = SBX__WORKER__TO_WORKER__INIT;
     m2.body_case = SBX__WORKER__TO_WORKER__BODY_START;
     m2.start = &vc;

@@ -49,6 +49,7 @@ typedef struct snap {
     char name[128]; /* its directory in the cache */
     char language[16];
     uint32_t memory_mb;
+    bool nic;      /* of VMs with a NIC (any policy: it lives outside the guest) */
     bool want;     /* a template should be queued */
     bool building; /* a template job exists */
     bool saved;    /* ...and has published its snapshot */
@@ -124,11 +125,12 @@ static int make_key(const Sbx__Worker__VmConfig *vc, const char *language, char 
     file_id(vc->rootfs, ids[2], sizeof ids[2]);
     file_id(vc->qemu, ids[3], sizeof ids[3]);
     worker_id(ids[4], sizeof ids[4]);
+    bool nic = vc->net_mode && *vc->net_mode;
     int len = snprintf(text, sizeof text,
                        "sbx memory snapshot 1\nlanguage=%s\nmemory_mb=%u\naccel=%s\nkernel=%s\n"
-                       "initrd=%s\nrootfs=%s\nqemu=%s\nworker=%s\nprotocol=%d\n",
+                       "initrd=%s\nrootfs=%s\nqemu=%s\nworker=%s\nprotocol=%d\nnic=%d\n",
                        language, vc->memory_mb, vc->accel, ids[0], ids[1], ids[2], ids[3], ids[4],
-                       SBX_PROTOCOL_VERSION);
+                       SBX_PROTOCOL_VERSION, nic);
     if (len < 0 || (size_t)len >= sizeof text)
         return -1;
     unsigned char md[32];
@@ -136,7 +138,8 @@ static int make_key(const Sbx__Worker__VmConfig *vc, const char *language, char 
     if (EVP_Digest(text, (size_t)len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32)
         return -1;
     sbx_hex(md, 32, key);
-    snprintf(name, n, "%s-%um-%s-%.16s", language, vc->memory_mb, vc->accel, key);
+    snprintf(name, n, "%s-%um-%s%s-%.16s", language, vc->memory_mb, vc->accel, nic ? "-nic" : "",
+             key);
     return 0;
 }
 
@@ -321,9 +324,12 @@ static void kick_cb(EV_P_ ev_timer *w, int revents)
         s->saved = false;
         s->t_queued = now_ms();
         slog("memory snapshot %s: building a template in the background", s->name);
-        if (!sched_open_vm(s->language, s->memory_mb, &template_ops, s)) {
+        job *t = sched_open_vm(s->language, s->memory_mb, &template_ops, s);
+        if (!t) {
             s->building = false;
             snap_failed(s);
+        } else if (s->nic) {
+            sched_vm_set_nic_only(t);
         }
     }
 }
@@ -560,6 +566,7 @@ void snapshot_prepare(Sbx__Worker__VmConfig *vc, const char *language, bool prob
         return;
     snprintf(s->language, sizeof s->language, "%s", language);
     s->memory_mb = vc->memory_mb;
+    s->nic = vc->net_mode && *vc->net_mode;
     s->want = true;
     ev_timer_stop(EV_DEFAULT, &kick);
     ev_timer_set(&kick, 0., 0.);

@@ -342,3 +342,36 @@ def network_session_expose(c, d, srv):
     ok(len(ports) == 1 and ports[0]["internal"] == 9000 and ports[0]["external"] >= 1024,
        r.out)
     c.sbx("session", "close", info["session_id"], env=d.env)
+
+
+@test()
+def network_restore_from_snapshot(c):
+    """VMs with a NIC start from a snapshot of their own (one template serves every policy), and
+    the restored guest's network works under the policy of its run."""
+    from suite_snapshots import _snap_daemon, _snap_stop, _until_restore
+    hosts = os.path.join(c.tmp, "hosts-snap")
+    with open(hosts, "w") as f:
+        f.write(HOSTS)
+    srv = Servers(c.tmp)
+    p, env, log, sdir = _snap_daemon(c, "net", EXEC_SANDBOX_DNS_HOSTS_FILE=hosts,
+                                     EXEC_SANDBOX_EGRESS_ALLOW_PRIVATE="1")
+    try:
+        code = "curl -sk -m 8 https://allowed.test/; echo; curl -s -m 8 http://plain.test:8080/"
+        allow = ("--network", "--allow-domain", "allowed.test")
+        j = _until_restore(c, env, "raw", code, *allow)
+        lines = j["stdout"].splitlines()
+        eq(lines[0], "hello allowed.test 127.0.0.2", "a restored VM fetches an allowed name")
+        eq(len(lines), 1, "...and nothing else: " + j["stdout"])
+        eq(j["network"]["mode"], "allowlist", "mode")
+        names = os.listdir(sdir)
+        ok(any("-nic-" in n for n in names), f"a NIC template of its own: {names}")
+        # The same template serves another policy: open mode reaches the plain server.
+        j = c.run_json("-l", "raw", "--network", code, env=env)[0]
+        eq(j["start_mode"], "restore", "open mode restores from the same snapshot")
+        ok("hello plain.test:8080 127.0.0.5" in j["stdout"], j["stdout"])
+        # And a run without a NIC does not get one from it.
+        j = c.run_json("-l", "raw", "ls /sys/class/net", env=env)[0]
+        eq(j["stdout"].split(), ["lo"], "no NIC without a network request")
+    finally:
+        _snap_stop(p, sdir)
+        srv.close()
