@@ -27,6 +27,11 @@ WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapsho
 LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli/status.c \
 	cli/utf8.c
 SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c
+# The network broker (one per VM with a NIC): policy, resolution, connect, listening sockets.
+BROKER_SRC = netbroker/broker.c netbroker/policyio.c netbroker/resolve.c netbroker/confine.c \
+	common/netpolicy.c proto/frame.c
+BROKER_PROTOS = net control files
+LIBS_BROKER = $(shell pkg-config --libs libprotobuf-c libseccomp libcap-ng)
 AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/exec.c agent/sandbox.c agent/repl.c \
 	agent/files.c agent/zram.c
 
@@ -34,9 +39,9 @@ AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/exec.c agent/sandbox.c
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 .PHONY: fuzz all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan \
-	python test-python test-python-vm
+	python test-python test-python-vm test-broker
 
-all: $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/sbx-agent $(BUILD)/libsbx.a \
+all: $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx-netbroker $(BUILD)/sbx $(BUILD)/sbx-agent $(BUILD)/libsbx.a \
 	$(BUILD)/example
 
 $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
@@ -56,6 +61,9 @@ $(BUILD)/$(1)/sbxd: $$(SBXD_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ)
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
 $(BUILD)/$(1)/sbx-vmworker: $$(WORKER_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ)
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
+$(BUILD)/$(1)/sbx-netbroker: $$(BROKER_SRC:%.c=$(BUILD)/$(1)/%.o) \
+		$$(BROKER_PROTOS:%=$(BUILD)/$(1)/gen/%.pb-c.o)
+	$$(CC) $(2) -o $$@ $$^ $$(LIBS_BROKER)
 # libsbx and the shared code it uses are built with hidden visibility (libsbx.h marks the API
 # visible), linked into one object whose hidden symbols are then made local: a program that
 # links libsbx.a meets sbx_* alone, never frame_send or paths_which.
@@ -79,14 +87,14 @@ ASAN_FLAGS = -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanit
 $(eval $(call variant,rel,$(CFLAGS)))
 $(eval $(call variant,asan,$(ASAN_FLAGS)))
 
-$(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/libsbx.a: $(BUILD)/%: $(BUILD)/rel/%
+$(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx-netbroker $(BUILD)/sbx $(BUILD)/libsbx.a: $(BUILD)/%: $(BUILD)/rel/%
 	cp $< $@.tmp && mv -f $@.tmp $@
 
 # The libsbx example program, built the way an outside user would: header plus archive.
 $(BUILD)/example: cli/example.c cli/libsbx.h $(BUILD)/libsbx.a
 	$(CC) $(CFLAGS_COMMON) $(CFLAGS) -o $@ cli/example.c $(BUILD)/libsbx.a $(LIBS_HOST)
 
-asan: $(BUILD)/asan/sbxd $(BUILD)/asan/sbx-vmworker $(BUILD)/asan/sbx
+asan: $(BUILD)/asan/sbxd $(BUILD)/asan/sbx-vmworker $(BUILD)/asan/sbx-netbroker $(BUILD)/asan/sbx
 
 # The guest agent is PID 1 in the VM: static, no sanitizer.
 $(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) agent/*.h common/*.h proto/*.h
@@ -174,6 +182,12 @@ test-python: python
 test-python-vm: python asan
 	EXEC_SANDBOX_SBXD=$(BUILD)/asan/sbxd $(PYTHON) -m pytest -q tests/python
 
+# The network broker against a fake worker (tests/broker): release and ASan builds. Root: it
+# binds 127.0.0.x:443 and checks the privilege drop.
+test-broker: $(BUILD)/sbx-netbroker $(BUILD)/asan/sbx-netbroker
+	$(PYTHON) -m pytest -q tests/broker --broker $(BUILD)/sbx-netbroker
+	$(PYTHON) -m pytest -q tests/broker --broker $(BUILD)/asan/sbx-netbroker
+
 test-fast: all asan test-unit
 	$(PYTHON) tests/e2e/run.py --fast --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
 
@@ -185,7 +199,8 @@ bench: all
 	scripts/bench-throughput.py
 	$(PYTHON) scripts/bench-python.py
 
-FORMAT_SRC = $(wildcard common/*.[ch] proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] tests/unit/*.c)
+FORMAT_SRC = $(wildcard common/*.[ch] proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] \
+	netbroker/*.[ch] tests/unit/*.c)
 format:
 	clang-format -i $(FORMAT_SRC)
 format-check:
