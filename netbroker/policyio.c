@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 static void policy_pb_free(Sbx__Net__NetPolicy **p)
 {
@@ -133,6 +134,9 @@ int hosts_load(broker_policy *p, const char *path, sbx_err *err)
     cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0)
         return sbx_fail(err, errno, "hosts file `%s`: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        return sbx_fail(err, EINVAL, "hosts file `%s`: not a regular file", path);
     cleanup_free char *buf = malloc(BROKER_HOSTS_MAX_BYTES + 2);
     if (!buf)
         return sbx_fail(err, ENOMEM, "hosts file: out of memory");

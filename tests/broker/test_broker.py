@@ -9,6 +9,7 @@ import array
 import fcntl
 import os
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -55,17 +56,22 @@ class Broker:
     """One broker process and the worker's end of its socketpair."""
 
     def __init__(self, binary, tmp, mode="allowlist", domains=(), expose=(), allow_private=True,
-                 hosts=None, connect_timeout_ms=0, ids=True, resolv=None):
+                 hosts=None, connect_timeout_ms=0, ids=True, resolv=None, prefix=()):
         pol = net_pb2.NetPolicy(mode=mode, allowed_domains=list(domains),
                                 allow_private=allow_private, connect_timeout_ms=connect_timeout_ms)
         for e in expose:
             x = pol.expose.add()
             x.internal, x.external = e[0], e[1]
             x.protocol = e[2] if len(e) > 2 else ""
+        self.hostsdir = None
         if hosts is not None:
-            path = os.path.join(tmp, "hosts")
+            # Readable by an unprivileged broker too (pytest's tmp_path is in a 0700 tree).
+            self.hostsdir = tempfile.mkdtemp(prefix="sbx-broker-hosts-")
+            os.chmod(self.hostsdir, 0o755)
+            path = os.path.join(self.hostsdir, "hosts")
             with open(path, "w") as f:
                 f.write(hosts)
+            os.chmod(path, 0o644)
             pol.hosts_file = path
         self.worker, broker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pr, pw = os.pipe()
@@ -76,8 +82,9 @@ class Broker:
         argv = [binary, "--fd", str(broker_end.fileno()), "--policy-fd", str(pr)]
         if ids:
             argv += ["--uid", str(NOBODY), "--gid", str(NOBODY)]
+        argv = list(prefix) + argv
         if os.environ.get("SBX_BROKER_STRACE"):  # debugging: the syscalls the filter must allow
-            argv = ["strace", "-f", "-o", os.environ["SBX_BROKER_STRACE"] + f".{len(argv)}"] + argv
+            argv = ["strace", "-f", "-o", os.environ["SBX_BROKER_STRACE"] + f".{time.monotonic_ns()}"] + argv
         if resolv:
             # The broker's own view of /etc/resolv.conf: a fake name server on loopback.
             argv = ["unshare", "-m", "sh", "-c",
@@ -156,6 +163,8 @@ class Broker:
         for fd in self.listen_fds:
             os.close(fd)
         self.errf.close()
+        if self.hostsdir:
+            shutil.rmtree(self.hostsdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -167,7 +176,6 @@ def broker_bin(request):
 
 @pytest.fixture
 def start(broker_bin, tmp_path):
-    os.chmod(tmp_path, 0o755)  # the hosts file is read before the drop, but keep it readable
     started = []
 
     def go(**kw):
@@ -315,9 +323,19 @@ def test_dns_resolver_and_deadline(start, tmp_path):
         t0 = time.monotonic()
         assert b.resolve("api.good.test") == (["198.51.100.20"], "")
         assert time.monotonic() - t0 < 2
-        m, _ = b.recv(timeout=10)
-        assert m.id == 1 and m.resolved.refused == "resolution timed out after 5 s"
+        # At most 32 resolver children at once; the one after is refused at once.
+        for i in range(2, 33):
+            b.send(net_pb2.NetMsg(id=i, resolve=net_pb2.Resolve(name="slow.good.test")))
+        assert b.resolve("api.good.test") == ([], "too many pending resolutions")
+        late = {}
+        for _ in range(32):
+            m, _ = b.recv(timeout=10)
+            late[m.id] = m.resolved.refused
+        assert late == {i: "resolution timed out after 5 s" for i in range(1, 33)}
         assert 4 < time.monotonic() - t0 < 8
+        # The children are gone (killed and reaped), none left as a zombie.
+        kids = open(f"/proc/{b.proc.pid}/task/{b.proc.pid}/children").read().split()
+        assert kids == [], kids
         # Refused names never reach the name server.
         assert b.resolve("evil.test") == ([], "not on the allowlist")
         assert all(n.endswith("good.test") for n, _ in dns.queries), dns.queries
@@ -381,6 +399,28 @@ def test_allowlist_connect(start, servers):
         in b.stderr()
 
 
+def test_answer_cache_caps(start, servers):
+    # 300 names, one address each; 20 addresses for one name: replies carry at most 16, and
+    # the broker remembers the 256 names answered last.
+    hosts = "".join(f"127.0.0.2 n{i}.good.test\n" for i in range(300))
+    hosts += "".join(f"127.0.1.{i} many.good.test\n" for i in range(1, 21))
+    b = start(domains=["good.test"], hosts=hosts)
+    addrs, _ = b.resolve("many.good.test")
+    assert addrs == [f"127.0.1.{i}" for i in range(1, 17)]
+    for i in range(300):
+        assert b.resolve(f"n{i}.good.test") == (["127.0.0.2"], "")
+    assert b.connect("127.0.0.2", 443, sni="n0.good.test") == (
+        None, "127.0.0.2 was not resolved for n0.good.test")  # evicted
+    s, why = b.connect("127.0.0.2", 443, sni="n299.good.test")
+    assert s, why
+    s.close()
+    s, why = b.connect("127.0.0.2", 443, sni="n44.good.test")  # 256 names back: still there
+    assert s, why
+    s.close()
+    assert b.connect("127.0.0.2", 443, sni="n43.good.test")[1] == (
+        "127.0.0.2 was not resolved for n43.good.test")
+
+
 def test_open_connect(start):
     srv = tcp_server("127.0.0.2", 0)
     port = srv.getsockname()[1]
@@ -435,6 +475,72 @@ def test_pending_connects_and_timeout(start):
         for c in fill:
             c.close()
         srv.close()
+
+
+def test_pending_connect_cap(start):
+    srv = tcp_server("127.0.0.2", 0, backlog=0)
+    port = srv.getsockname()[1]
+    fill = []
+    try:
+        for _ in range(4):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.2", port))
+            fill.append(c)
+        time.sleep(0.2)
+        b = start(mode="open", allow_private=True, connect_timeout_ms=3000)
+        for i in range(64):
+            b.send(net_pb2.NetMsg(id=1000 + i, connect=net_pb2.Connect(ipv4=ip("127.0.0.2"),
+                                                                       port=port)))
+        s, why = b.connect("127.0.0.2", port)
+        if s:
+            s.close()
+            pytest.skip("this kernel's loopback accepted past the backlog")
+        assert why == "too many pending connections"
+        got = set()
+        for _ in range(64):
+            m, fds = b.recv(timeout=10)
+            for fd in fds:
+                os.close(fd)
+            got.add(m.id)
+        assert got == set(range(1000, 1064))
+    finally:
+        for c in fill:
+            c.close()
+        srv.close()
+
+
+def test_dies_with_its_parent(broker_bin, tmp_path):
+    # sbxd stands in as a middle process that the test kills: the broker must follow it.
+    worker, end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pr, pw = os.pipe()
+    os.write(pw, frame(net_pb2.NetPolicy(mode="open")))
+    os.close(pw)
+    middle = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, subprocess; "
+         "subprocess.Popen(sys.argv[1:], close_fds=False).wait()",
+         broker_bin, "--fd", str(end.fileno()), "--policy-fd", str(pr),
+         "--uid", str(NOBODY), "--gid", str(NOBODY)], pass_fds=(end.fileno(), pr))
+    end.close()
+    os.close(pr)
+    try:
+        assert select.select([worker], [], [], 10)[0]
+        worker.recvmsg(70000, socket.CMSG_SPACE(64))  # listening: the broker is up, confined
+        kids = open(f"/proc/{middle.pid}/task/{middle.pid}/children").read().split()
+        assert len(kids) == 1
+        middle.kill()
+        middle.wait()
+        for _ in range(100):
+            if not os.path.exists(f"/proc/{kids[0]}"):
+                break
+            with open(f"/proc/{kids[0]}/stat") as f:
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    break  # dead, waiting for init to reap it
+            time.sleep(0.05)
+        else:
+            pytest.fail("the broker outlived its parent")
+    finally:
+        worker.close()
 
 
 # --- listening sockets -----------------------------------------------------------------------
@@ -543,6 +649,25 @@ def test_root_without_ids_refused(start):
     b = start(mode="open", ids=False)
     assert "--uid and --gid" in b.listening.listening.error
     assert b.wait() == 1
+
+
+def test_unprivileged_start(start):
+    # sbxd not running as root: the broker keeps sbxd's ids, drops nothing it has not got,
+    # and is confined all the same.
+    b = start(mode="open", ids=False, hosts=HOSTS,
+              prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+    assert not b.listening.listening.error
+    assert b.resolve("a.good.test") == (["127.0.0.2"], "")
+    with open(f"/proc/{b.proc.pid}/status") as f:
+        st = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+    assert st["Uid"].split() == [str(NOBODY)] * 4 and st["Seccomp"].strip() == "2"
+    b2 = start(mode="open", prefix=["setpriv", "--reuid=65534", "--regid=65534",
+                                    "--clear-groups"])  # --uid 65534 --gid 65534: its own
+    assert not b2.listening.listening.error
+    b3 = start(mode="open", ids=False, prefix=["setpriv", "--reuid=65534", "--regid=65534",
+                                               "--clear-groups"])
+    b3.worker.close()
+    assert b3.wait() == 0
 
 
 def test_sigterm(start):
