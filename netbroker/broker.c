@@ -423,6 +423,7 @@ static __attribute__((noreturn)) void loop(void)
             die(1, "poll failed");
         }
         now = now_ms();
+        resolver_reap();
         /* Walk the operations backwards: finishing one moves the last into its slot. */
         size_t nc = B.n_conns, nr = B.n_res;
         for (size_t i = nr; i-- > 0;) {
@@ -483,6 +484,7 @@ int main(int argc, char **argv)
     /* Dispositions survive exec: make sure SIGTERM ends us and a closed peer does not. */
     signal(SIGTERM, SIG_DFL);
     signal(SIGCHLD, SIG_DFL);
+    signal(SIGALRM, SIG_DFL); /* the resolver children's timer */
     signal(SIGPIPE, SIG_IGN);
     sigset_t none;
     sigemptyset(&none);
@@ -510,6 +512,7 @@ int main(int argc, char **argv)
         send_listening_error(err.msg);
     /* Narrowed before anything is announced: a broker that cannot confine itself says so in
      * `listening`, and the VM does not start. */
+    unsigned run_uid = uid != ULONG_MAX ? (unsigned)uid : (unsigned)getuid();
     if (confine(uid != ULONG_MAX, (uid_t)uid, (gid_t)gid, parent, &err) < 0) {
         for (size_t i = 0; i < n; i++)
             close(fds[i]);
@@ -527,5 +530,8 @@ int main(int argc, char **argv)
     send_now(&m, fds, n);
     for (size_t i = 0; i < n; i++)
         close(fds[i]);
+    blog("ready: mode %s%s, %zu allowed domains, %zu exposed ports, %zu hosts-file names, uid %u",
+         net_mode_name(B.pol.mode), B.pol.allow_private ? " (private addresses allowed)" : "",
+         B.pol.n_domains, n, B.pol.n_hosts, run_uid);
     loop();
 }

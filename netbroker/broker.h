@@ -21,7 +21,8 @@
 #define BROKER_SEND_DEADLINE_MS 5000      /* the one blocking send: `listening` */
 #define BROKER_MAX_PENDING_CONNECT 64     /* connects in flight at once */
 #define BROKER_MAX_PENDING_RESOLVE 32     /* resolver children at once */
-#define BROKER_RESOLVE_DEADLINE_MS 5000   /* a resolver child is killed after this */
+#define BROKER_RESOLVE_DEADLINE_MS 5000   /* a resolver child ends itself after this */
+#define RESOLVER_GRACE_MS 500             /* the broker gives up on it this much later */
 #define BROKER_MAX_QUEUED_REPLIES 64      /* over this, stop reading requests until drained */
 #define BROKER_DEFAULT_CONNECT_MS 10000u  /* NetPolicy.connect_timeout_ms 0 */
 #define BROKER_MAX_CONNECT_MS 120000u     /* a larger timeout is cut to this */
@@ -86,10 +87,12 @@ typedef struct {
 
 /* Forks a child that runs getaddrinfo(name, AF_INET) and writes what it found to a pipe. */
 int resolver_start(resolver_child *c, const char *name, uint64_t id, sbx_err *err);
-/* Reads the child's answer (the pipe is readable, or the deadline passed when timed_out), then
- * kills and reaps it. Returns the number of addresses in out (<= BROKER_MAX_ADDRS), or -1 with
- * a reason in buf. */
+/* Reads the child's answer (the pipe is readable, or the backstop deadline passed when
+ * timed_out) and reaps it (or leaves it to resolver_reap). Returns the number of addresses in out
+ * (<= BROKER_MAX_ADDRS), or -1 with a reason in buf. */
 int resolver_finish(resolver_child *c, bool timed_out, uint32_t *out, char *buf, size_t n);
+/* Reaps the children given up on at the backstop deadline that have ended since. */
+void resolver_reap(void);
 
 /* confine.c: the one place privileges narrow: ids, capabilities, no_new_privs, seccomp. */
 int confine(bool set_ids, uid_t uid, gid_t gid, pid_t parent, sbx_err *err);

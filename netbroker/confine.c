@@ -80,12 +80,13 @@ static int load_filter(sbx_err *err)
         SCMP_SYS(exit_group),
         SCMP_SYS(exit),
         SCMP_SYS(restart_syscall),
-        /* Resolver children: pipe, fork (flags checked below), kill and reap; in the child,
-         * the death signal and getaddrinfo: read-only opens (checked below), stat of the
-         * config files, a UDP (or TCP) socket to the name servers. */
+        /* Resolver children: pipe, fork (flags checked below), reap; no kill(2): a child ends
+         * by its own timer. In the child, the death signal, the timer and getaddrinfo:
+         * read-only opens (checked below), stat of the config files, uname (the default
+         * search domain), a UDP (or TCP) socket to the name servers. */
         SCMP_SYS(pipe2),
         SCMP_SYS(wait4),
-        SCMP_SYS(kill),
+        SCMP_SYS(setitimer),
         SCMP_SYS(getpid),
         SCMP_SYS(getppid),
         SCMP_SYS(newfstatat),
@@ -110,6 +111,7 @@ static int load_filter(sbx_err *err)
         SCMP_SYS(clone),
         SCMP_SYS(clone3),
         SCMP_SYS(ptrace),
+        SCMP_SYS(kill),
         SCMP_SYS(sched_getaffinity),
         SCMP_SYS(sched_yield),
         SCMP_SYS(getdents64),

@@ -3,9 +3,9 @@
  * them), and resolution in short-lived children so that a slow resolver never stalls the loop.
  *
  * Why children: getaddrinfo blocks, for as long as resolv.conf's timeout x attempts x servers
- * (30 s with three servers and the defaults). In a child per request, with a 5 s deadline after
- * which the broker kills it, other requests (and connects in flight) keep moving and the wait
- * is bounded whatever resolv.conf says. The child inherits the broker's seccomp filter. */
+ * (30 s with three servers and the defaults). In a child per request, ended by its own 5 s
+ * timer, other requests (and connects in flight) keep moving and the wait is bounded whatever
+ * resolv.conf says. The child inherits the broker's seccomp filter. */
 #include "broker.h"
 
 #include <arpa/inet.h>
@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 
 /* A name as the guest may ask for it (a DNS hostname, underscores allowed for service names):
@@ -185,9 +186,14 @@ typedef struct {
 
 static __attribute__((noreturn)) void resolver_child_run(int out, const char *name, pid_t parent)
 {
-    /* The broker kills a child past its deadline; a child whose broker died goes too. */
+    /* A child whose broker died goes too; one that is still resolving at the deadline ends by
+     * its own timer (SIGALRM, default action), so that the broker needs no kill(2) at all. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent)
+        _exit(1);
+    struct itimerval t = {.it_value = {.tv_sec = BROKER_RESOLVE_DEADLINE_MS / 1000,
+                                       .tv_usec = BROKER_RESOLVE_DEADLINE_MS % 1000 * 1000}};
+    if (setitimer(ITIMER_REAL, &t, NULL) < 0)
         _exit(1);
     res_answer a = {.status = RES_OK};
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
@@ -236,8 +242,35 @@ int resolver_start(resolver_child *c, const char *name, uint64_t id, sbx_err *er
     close(p[1]);
     c->pid = pid;
     c->fd = p[0];
-    c->deadline = now_ms() + BROKER_RESOLVE_DEADLINE_MS;
+    /* The child's own timer ends it at BROKER_RESOLVE_DEADLINE_MS; this is the backstop. */
+    c->deadline = now_ms() + BROKER_RESOLVE_DEADLINE_MS + RESOLVER_GRACE_MS;
     return 0;
+}
+
+/* Children given up at the backstop deadline: their timer ends them soon after, and they are
+ * reaped here rather than by a wait for any child, which could take the status of a child whose
+ * answer is still to be read. */
+static pid_t abandoned[2 * BROKER_MAX_PENDING_RESOLVE];
+static size_t n_abandoned;
+
+void resolver_reap(void)
+{
+    for (size_t i = n_abandoned; i-- > 0;) {
+        pid_t r = waitpid(abandoned[i], NULL, WNOHANG);
+        if (r == abandoned[i] || (r < 0 && errno == ECHILD))
+            abandoned[i] = abandoned[--n_abandoned];
+    }
+}
+
+static void abandon(pid_t pid)
+{
+    if (n_abandoned == ARRAY_LEN(abandoned)) {
+        /* Every one of them is past its own timer: the oldest is dead or about to be. */
+        while (waitpid(abandoned[0], NULL, 0) < 0 && errno == EINTR)
+            ;
+        abandoned[0] = abandoned[--n_abandoned];
+    }
+    abandoned[n_abandoned++] = pid;
 }
 
 int resolver_finish(resolver_child *c, bool timed_out, uint32_t *out, char *buf, size_t n)
@@ -251,19 +284,23 @@ int resolver_finish(resolver_child *c, bool timed_out, uint32_t *out, char *buf,
     }
     close(c->fd);
     c->fd = -1;
-    /* Done with it either way: a killed child cannot linger as a zombie or keep resolving. */
-    kill(c->pid, SIGKILL);
     int st = 0;
-    while (waitpid(c->pid, &st, 0) < 0 && errno == EINTR)
-        ;
-    /* A child the filter killed is a syscall missing from confine.c: say so in the log. */
-    if (WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS)
-        blog("resolver child for %s killed by seccomp (SIGSYS)", c->name);
-    c->pid = 0;
     if (timed_out) {
+        abandon(c->pid);
+    } else {
+        /* The pipe is readable: the child wrote its answer and is in _exit, or it died. Either
+         * way it is gone or going, so this wait is short. */
+        while (waitpid(c->pid, &st, 0) < 0 && errno == EINTR)
+            ;
+    }
+    c->pid = 0;
+    if (timed_out || (WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM)) {
         snprintf(buf, n, "resolution timed out after %d s", BROKER_RESOLVE_DEADLINE_MS / 1000);
         return -1;
     }
+    /* A child the filter killed is a syscall missing from confine.c: say so in the log. */
+    if (WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS)
+        blog("resolver child for %s killed by seccomp (SIGSYS)", c->name);
     if (got < (ssize_t)offsetof(res_answer, addrs) || a.n > BROKER_MAX_ADDRS ||
         (size_t)got != offsetof(res_answer, addrs) + a.n * sizeof a.addrs[0]) {
         snprintf(buf, n, "resolver failed");
