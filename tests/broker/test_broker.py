@@ -1,13 +1,15 @@
 """sbx-netbroker against a fake worker: the real binary, a SOCK_SEQPACKET socketpair and a policy
-pipe, as sbxd sets them up. Loopback only: servers on 127.0.0.x, names from a hosts file or a
-fake name server on 127.0.0.77:53 (seen by the broker alone, through a private mount namespace).
+pipe, as sbxd sets them up. Loopback only: servers on 127.R.S.x (R, S random per run), names
+from a hosts file or a fake name server on 127.R.S.77:53 (seen by the broker alone, through a
+private mount namespace).
 
-Run as root (binds 127.0.0.x:443, checks the drop to --uid/--gid):
+Run as root (binds 127.R.S.x:443, checks the drop to --uid/--gid):
     /usr/bin/python3 -m pytest -q tests/broker [--broker build/asan/sbx-netbroker]
 """
 import array
 import fcntl
 import os
+import random
 import select
 import shutil
 import socket
@@ -20,6 +22,11 @@ import time
 
 import pytest
 
+# This run's loopback addresses, 127.R.S.x: other users of the machine's loopback (another
+# test with a server on 127.0.0.2:443) must not collide with ours.
+_rand = random.Random(os.getpid() ^ time.time_ns())
+NET = f"127.{_rand.randint(10, 250)}.{_rand.randint(0, 255)}."
+NET2 = f"127.{_rand.randint(10, 250)}.{_rand.randint(0, 255)}."
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 NOBODY = 65534
 
@@ -211,11 +218,11 @@ def free_port():
     return p
 
 
-HOSTS = """# test names
-127.0.0.2 a.good.test v1.a.good.test
-127.0.0.3 b.good.test
-127.0.0.4 evil.test good.test
-127.0.0.6 mixed.good.test
+HOSTS = f"""# test names
+{NET}2 a.good.test v1.a.good.test
+{NET}3 b.good.test
+{NET}4 evil.test good.test
+{NET}6 mixed.good.test
 198.51.100.7 mixed.good.test
 ::1 v6only.good.test
 not-an-ip broken.good.test
@@ -226,9 +233,9 @@ not-an-ip broken.good.test
 
 def test_allowlist_resolve(start):
     b = start(domains=["a.good.test", "b.good.test"], hosts=HOSTS)
-    assert b.resolve("a.good.test") == (["127.0.0.2"], "")
-    assert b.resolve("A.Good.Test") == (["127.0.0.2"], "")
-    assert b.resolve("v1.a.good.test") == (["127.0.0.2"], "")  # subdomain of an allowed name
+    assert b.resolve("a.good.test") == ([NET + "2"], "")
+    assert b.resolve("A.Good.Test") == ([NET + "2"], "")
+    assert b.resolve("v1.a.good.test") == ([NET + "2"], "")  # subdomain of an allowed name
     # Parent, sibling and look-alikes: refused by policy before any lookup (none of these names
     # is in the hosts file, so an answer of any other kind would mean the resolver was asked).
     for name in ("good.test", "evil.test", "xa.good.test", "nothere.example.com", "test"):
@@ -249,14 +256,14 @@ def test_private_answers(start):
     assert b.resolve("a.good.test") == ([], "resolves only to private addresses")
     assert b.resolve("mixed.good.test") == (["198.51.100.7"], "")
     b2 = start(domains=["good.test"], hosts=HOSTS, allow_private=True)
-    assert b2.resolve("a.good.test") == (["127.0.0.2"], "")
-    assert sorted(b2.resolve("mixed.good.test")[0]) == ["127.0.0.6", "198.51.100.7"]
+    assert b2.resolve("a.good.test") == ([NET + "2"], "")
+    assert sorted(b2.resolve("mixed.good.test")[0]) == [NET + "6", "198.51.100.7"]
 
 
 def test_ports_mode_is_off(start):
     b = start(mode="ports", hosts=HOSTS, expose=[(80, 0)])
     assert b.resolve("a.good.test") == ([], "network is off")
-    assert b.connect("127.0.0.2", 443, sni="a.good.test") == (None, "network is off")
+    assert b.connect(NET + "2", 443, sni="a.good.test") == (None, "network is off")
 
 
 def test_system_resolver_path(start):
@@ -275,10 +282,10 @@ def test_v6_nameserver(start, tmp_path):
     resolv = tmp_path / "resolv.conf"
     dns = FakeDNS({"api.good.test": "198.51.100.20"})
     try:
-        resolv.write_text("nameserver 127.0.0.77\nnameserver ::1\noptions timeout:1 attempts:1\n")
+        resolv.write_text(f"nameserver {NET}77\nnameserver ::1\noptions timeout:1 attempts:1\n")
         b = start(mode="open", allow_private=True, hosts="", resolv=str(resolv))
         assert b.resolve("api.good.test") == (["198.51.100.20"], "")
-        resolv.write_text("nameserver ::1\nnameserver 127.0.0.77\noptions timeout:1 attempts:1\n")
+        resolv.write_text(f"nameserver ::1\nnameserver {NET}77\noptions timeout:1 attempts:1\n")
         b2 = start(mode="open", allow_private=True, hosts="", resolv=str(resolv))
         assert b2.resolve("api.good.test")[0] == []
         assert "seccomp" not in b.stderr() + b2.stderr()
@@ -287,14 +294,14 @@ def test_v6_nameserver(start, tmp_path):
 
 
 class FakeDNS(threading.Thread):
-    """UDP name server on 127.0.0.77:53: A records from `names`, never answers `silent`,
+    """UDP name server on NET.77:53: A records from `names`, never answers `silent`,
     NXDOMAIN for the rest."""
 
     def __init__(self, names, silent=()):
         super().__init__(daemon=True)
         self.names, self.silent = names, set(silent)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.77", 53))
+        self.sock.bind((NET + "77", 53))
         self.queries = []
         self.stop = threading.Event()
         self.start()
@@ -333,7 +340,7 @@ class FakeDNS(threading.Thread):
 
 def test_dns_resolver_and_deadline(start, tmp_path):
     resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 127.0.0.77\noptions timeout:3 attempts:3\n")
+    resolv.write_text(f"nameserver {NET}77\noptions timeout:3 attempts:3\n")
     dns = FakeDNS({"api.good.test": "198.51.100.20"}, silent={"slow.good.test"})
     try:
         b = start(domains=["good.test"], allow_private=False, hosts="", resolv=str(resolv))
@@ -372,7 +379,7 @@ def test_dns_resolver_and_deadline(start, tmp_path):
 
 @pytest.fixture
 def servers():
-    ss = [tcp_server("127.0.0.2", 443), tcp_server("127.0.0.3", 443)]
+    ss = [tcp_server(NET + "2", 443), tcp_server(NET + "3", 443)]
     yield ss
     for s in ss:
         s.close()
@@ -391,74 +398,74 @@ def echo_through(sock, server):
 
 def test_allowlist_connect(start, servers):
     b = start(domains=["a.good.test", "b.good.test"], hosts=HOSTS)
-    assert b.resolve("a.good.test")[0] == ["127.0.0.2"]
-    assert b.resolve("b.good.test")[0] == ["127.0.0.3"]
-    s, why = b.connect("127.0.0.2", 443, sni="a.good.test", name="a.good.test")
+    assert b.resolve("a.good.test")[0] == [NET + "2"]
+    assert b.resolve("b.good.test")[0] == [NET + "3"]
+    s, why = b.connect(NET + "2", 443, sni="a.good.test", name="a.good.test")
     assert s and why == ""
     assert not fcntl.fcntl(s.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
-    assert s.getpeername() == ("127.0.0.2", 443)
+    assert s.getpeername() == (NET + "2", 443)
     echo_through(s, servers[0])
     s.close()
-    assert b.connect("127.0.0.2", 80, sni="a.good.test") == (None,
+    assert b.connect(NET + "2", 80, sni="a.good.test") == (None,
                                                              "port 80 refused: only TLS on 443")
-    assert b.connect("127.0.0.4", 443, sni="evil.test") == (None, "SNI evil.test not allowed")
-    assert b.connect("127.0.0.2", 443, sni="good.test") == (None, "SNI good.test not allowed")
-    assert b.connect("127.0.0.2", 443, sni="") == (None, "no SNI: only TLS to a named server")
-    assert b.connect("127.0.0.9", 443, sni="a.good.test") == (
-        None, "127.0.0.9 was not resolved for a.good.test")
+    assert b.connect(NET + "4", 443, sni="evil.test") == (None, "SNI evil.test not allowed")
+    assert b.connect(NET + "2", 443, sni="good.test") == (None, "SNI good.test not allowed")
+    assert b.connect(NET + "2", 443, sni="") == (None, "no SNI: only TLS to a named server")
+    assert b.connect(NET + "9", 443, sni="a.good.test") == (
+        None, f"{NET}9 was not resolved for a.good.test")
     # SNI spoofing: an allowed name's SNI towards the address of another allowed name, even
     # with that other name as the hint: the check is against the SNI.
-    assert b.connect("127.0.0.3", 443, sni="a.good.test", name="b.good.test") == (
-        None, "127.0.0.3 was not resolved for a.good.test")
+    assert b.connect(NET + "3", 443, sni="a.good.test", name="b.good.test") == (
+        None, f"{NET}3 was not resolved for a.good.test")
     # Allowed but never resolved through this broker.
-    assert b.connect("127.0.0.2", 443, sni="v1.a.good.test") == (
-        None, "127.0.0.2 was not resolved for v1.a.good.test")
-    s, _ = b.connect("127.0.0.3", 443, sni="B.GOOD.TEST")
+    assert b.connect(NET + "2", 443, sni="v1.a.good.test") == (
+        None, f"{NET}2 was not resolved for v1.a.good.test")
+    s, _ = b.connect(NET + "3", 443, sni="B.GOOD.TEST")
     assert s
     echo_through(s, servers[1])
     s.close()
-    assert "refused connect 127.0.0.2:80 (SNI a.good.test): port 80 refused: only TLS on 443" \
+    assert f"refused connect {NET}2:80 (SNI a.good.test): port 80 refused: only TLS on 443" \
         in b.stderr()
 
 
 def test_answer_cache_caps(start, servers):
     # 300 names, one address each; 20 addresses for one name: replies carry at most 16, and
     # the broker remembers the 256 names answered last.
-    hosts = "".join(f"127.0.0.2 n{i}.good.test\n" for i in range(300))
-    hosts += "".join(f"127.0.1.{i} many.good.test\n" for i in range(1, 21))
+    hosts = "".join(f"{NET}2 n{i}.good.test\n" for i in range(300))
+    hosts += "".join(f"{NET2}{i} many.good.test\n" for i in range(1, 21))
     b = start(domains=["good.test"], hosts=hosts)
     addrs, _ = b.resolve("many.good.test")
-    assert addrs == [f"127.0.1.{i}" for i in range(1, 17)]
+    assert addrs == [f"{NET2}{i}" for i in range(1, 17)]
     for i in range(300):
-        assert b.resolve(f"n{i}.good.test") == (["127.0.0.2"], "")
-    assert b.connect("127.0.0.2", 443, sni="n0.good.test") == (
-        None, "127.0.0.2 was not resolved for n0.good.test")  # evicted
-    s, why = b.connect("127.0.0.2", 443, sni="n299.good.test")
+        assert b.resolve(f"n{i}.good.test") == ([NET + "2"], "")
+    assert b.connect(NET + "2", 443, sni="n0.good.test") == (
+        None, f"{NET}2 was not resolved for n0.good.test")  # evicted
+    s, why = b.connect(NET + "2", 443, sni="n299.good.test")
     assert s, why
     s.close()
-    s, why = b.connect("127.0.0.2", 443, sni="n44.good.test")  # 256 names back: still there
+    s, why = b.connect(NET + "2", 443, sni="n44.good.test")  # 256 names back: still there
     assert s, why
     s.close()
-    assert b.connect("127.0.0.2", 443, sni="n43.good.test")[1] == (
-        "127.0.0.2 was not resolved for n43.good.test")
+    assert b.connect(NET + "2", 443, sni="n43.good.test")[1] == (
+        f"{NET}2 was not resolved for n43.good.test")
 
 
 def test_open_connect(start):
-    srv = tcp_server("127.0.0.2", 0)
+    srv = tcp_server(NET + "2", 0)
     port = srv.getsockname()[1]
     try:
         b = start(mode="open", allow_private=True)
-        s, why = b.connect("127.0.0.2", port)
+        s, why = b.connect(NET + "2", port)
         assert s, why
         echo_through(s, srv)
         s.close()
         closed = free_port()
         assert b.connect("127.0.0.1", closed) == (
             None, f"connect 127.0.0.1:{closed}: Connection refused")
-        assert b.connect("127.0.0.2", 0) == (None, "port 0 out of range")
-        assert b.connect("127.0.0.2", 70000) == (None, "port 70000 out of range")
+        assert b.connect(NET + "2", 0) == (None, "port 0 out of range")
+        assert b.connect(NET + "2", 70000) == (None, "port 70000 out of range")
         b2 = start(mode="open", allow_private=False)
-        for addr in ("127.0.0.2", "10.1.2.3", "169.254.169.254", "192.168.1.1", "0.0.0.0",
+        for addr in (NET + "2", "10.1.2.3", "169.254.169.254", "192.168.1.1", "0.0.0.0",
                      "224.0.0.1", "100.64.0.1", "172.16.0.1"):
             assert b2.connect(addr, port) == (None, f"{addr} is a private address")
     finally:
@@ -467,21 +474,21 @@ def test_open_connect(start):
 
 def test_pending_connects_and_timeout(start):
     # Loopback never drops a SYN, except to a listener whose accept queue is full.
-    srv = tcp_server("127.0.0.2", 0, backlog=0)
+    srv = tcp_server(NET + "2", 0, backlog=0)
     port = srv.getsockname()[1]
     fill = []
     try:
         for _ in range(4):
             c = socket.socket()
             c.setblocking(False)
-            c.connect_ex(("127.0.0.2", port))
+            c.connect_ex((NET + "2", port))
             fill.append(c)
         time.sleep(0.2)
-        other = tcp_server("127.0.0.3", 0)
+        other = tcp_server(NET + "3", 0)
         b = start(mode="open", allow_private=True, connect_timeout_ms=700)
-        b.send(net_pb2.NetMsg(id=7, connect=net_pb2.Connect(ipv4=ip("127.0.0.2"), port=port)))
+        b.send(net_pb2.NetMsg(id=7, connect=net_pb2.Connect(ipv4=ip(NET + "2"), port=port)))
         t0 = time.monotonic()
-        s, why = b.connect("127.0.0.3", other.getsockname()[1])  # answered while 7 waits
+        s, why = b.connect(NET + "3", other.getsockname()[1])  # answered while 7 waits
         assert s, why
         s.close()
         m, fds = b.recv(timeout=5)
@@ -489,7 +496,7 @@ def test_pending_connects_and_timeout(start):
             for fd in fds:
                 os.close(fd)
             pytest.skip("this kernel's loopback accepted past the backlog")
-        assert m.id == 7 and m.connected.refused == f"connect 127.0.0.2:{port}: timed out " \
+        assert m.id == 7 and m.connected.refused == f"connect {NET}2:{port}: timed out " \
                                                    "after 700 ms"
         assert 0.5 < time.monotonic() - t0 < 3
         other.close()
@@ -500,21 +507,21 @@ def test_pending_connects_and_timeout(start):
 
 
 def test_pending_connect_cap(start):
-    srv = tcp_server("127.0.0.2", 0, backlog=0)
+    srv = tcp_server(NET + "2", 0, backlog=0)
     port = srv.getsockname()[1]
     fill = []
     try:
         for _ in range(4):
             c = socket.socket()
             c.setblocking(False)
-            c.connect_ex(("127.0.0.2", port))
+            c.connect_ex((NET + "2", port))
             fill.append(c)
         time.sleep(0.2)
         b = start(mode="open", allow_private=True, connect_timeout_ms=3000)
         for i in range(64):
-            b.send(net_pb2.NetMsg(id=1000 + i, connect=net_pb2.Connect(ipv4=ip("127.0.0.2"),
+            b.send(net_pb2.NetMsg(id=1000 + i, connect=net_pb2.Connect(ipv4=ip(NET + "2"),
                                                                        port=port)))
-        s, why = b.connect("127.0.0.2", port)
+        s, why = b.connect(NET + "2", port)
         if s:
             s.close()
             pytest.skip("this kernel's loopback accepted past the backlog")
@@ -679,7 +686,7 @@ def test_unprivileged_start(start):
     b = start(mode="open", ids=False, hosts=HOSTS,
               prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
     assert not b.listening.listening.error
-    assert b.resolve("a.good.test") == (["127.0.0.2"], "")
+    assert b.resolve("a.good.test") == ([NET + "2"], "")
     with open(f"/proc/{b.proc.pid}/status") as f:
         st = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
     assert st["Uid"].split() == [str(NOBODY)] * 4 and st["Seccomp"].strip() == "2"
