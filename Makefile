@@ -28,8 +28,8 @@ LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli
 	cli/utf8.c
 SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c
 # The network broker (one per VM with a NIC): policy, resolution, connect, listening sockets.
-BROKER_SRC = netbroker/broker.c netbroker/policyio.c netbroker/resolve.c netbroker/confine.c \
-	common/netpolicy.c proto/frame.c
+BROKER_SRC = netbroker/broker.c netbroker/request.c netbroker/policyio.c netbroker/resolve.c \
+	netbroker/confine.c common/netpolicy.c proto/frame.c
 BROKER_PROTOS = net control files
 LIBS_BROKER = $(shell pkg-config --libs libprotobuf-c libseccomp libcap-ng)
 AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/exec.c agent/sandbox.c agent/repl.c \
@@ -142,6 +142,15 @@ $(BUILD)/fuzz/fuzz_control_conn: $(CONN_FUZZ_SRC) $(GEN_C) $(GEN_H) supervisor/*
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
 		-iquote common -iquote proto -iquote supervisor -o $@ $(CONN_FUZZ_SRC) $(GEN_C) -lprotobuf-c -lev
+# The network broker's view of a worker's request: parse, then the policy decisions and the
+# answer cache (not yet in FUZZ_TARGETS: `make build/fuzz/fuzz_netbroker`).
+NETBROKER_FUZZ_SRC = tests/fuzz/fuzz_netbroker.c netbroker/request.c netbroker/resolve.c \
+	netbroker/policyio.c common/netpolicy.c proto/frame.c $(BUILD)/gen/net.pb-c.c \
+	$(BUILD)/gen/control.pb-c.c $(BUILD)/gen/files.pb-c.c
+$(BUILD)/fuzz/fuzz_netbroker: $(NETBROKER_FUZZ_SRC) $(GEN_H) netbroker/*.h common/*.h proto/*.h
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
+		-iquote common -iquote proto -iquote netbroker -o $@ $(NETBROKER_FUZZ_SRC) -lprotobuf-c
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 	@set -e; for t in $(FUZZ_TARGETS); do mkdir -p $(BUILD)/fuzz/corpus-$$t; \
 		echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
@@ -200,7 +209,7 @@ bench: all
 	$(PYTHON) scripts/bench-python.py
 
 FORMAT_SRC = $(wildcard common/*.[ch] proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] \
-	netbroker/*.[ch] tests/unit/*.c)
+	netbroker/*.[ch] tests/unit/*.c tests/fuzz/fuzz_netbroker.c)
 format:
 	clang-format -i $(FORMAT_SRC)
 format-check:

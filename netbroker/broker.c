@@ -350,11 +350,6 @@ static void connect_done(size_t i, bool timed_out)
     reply_connected(pc.id, steal_fd(&fd), NULL);
 }
 
-static uint32_t be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 static void msg_freep(Sbx__Net__NetMsg **m)
 {
     if (*m)
@@ -382,18 +377,16 @@ static void on_request(void)
         die(1, "protocol error: a request larger than 64 KiB");
     if (mh.msg_flags & MSG_CTRUNC)
         die(1, "protocol error: the worker sent file descriptors");
-    if ((size_t)n < FRAME_HDR || be32(buf) != (size_t)n - FRAME_HDR)
-        die(1, "protocol error: a message that is not one frame");
-    __attribute__((cleanup(msg_freep))) Sbx__Net__NetMsg *m =
-        sbx__net__net_msg__unpack(NULL, (size_t)n - FRAME_HDR, buf + FRAME_HDR);
-    if (!m)
-        die(1, "protocol error: not a NetMsg");
+    const char *why = NULL;
+    __attribute__((cleanup(msg_freep))) Sbx__Net__NetMsg *m = request_parse(buf, (size_t)n, &why);
+    if (!m) {
+        blog("protocol error: %s", why);
+        _exit(1);
+    }
     if (m->body_case == SBX__NET__NET_MSG__BODY_RESOLVE)
         on_resolve(m->id, m->resolve);
-    else if (m->body_case == SBX__NET__NET_MSG__BODY_CONNECT)
-        on_connect(m->id, m->connect);
     else
-        die(1, "protocol error: a request that is neither resolve nor connect");
+        on_connect(m->id, m->connect);
 }
 
 static __attribute__((noreturn)) void loop(void)

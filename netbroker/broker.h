@@ -94,6 +94,10 @@ int resolver_finish(resolver_child *c, bool timed_out, uint32_t *out, char *buf,
 /* Reaps the children given up on at the backstop deadline that have ended since. */
 void resolver_reap(void);
 
+/* request.c: one request as received (header + NetMsg, n bytes): a NetMsg whose body is a
+ * resolve or a connect (free with sbx__net__net_msg__free_unpacked), or NULL and why. */
+Sbx__Net__NetMsg *request_parse(const uint8_t *buf, size_t n, const char **why);
+
 /* confine.c: the one place privileges narrow: ids, capabilities, no_new_privs, seccomp. */
 int confine(bool set_ids, uid_t uid, gid_t gid, pid_t parent, sbx_err *err);
 
