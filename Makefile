@@ -28,6 +28,11 @@ WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapsho
 LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli/status.c \
 	cli/utf8.c cli/net.c
 SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c
+# The network broker (one per VM with a NIC): policy, resolution, connect, listening sockets.
+BROKER_SRC = netbroker/broker.c netbroker/request.c netbroker/policyio.c netbroker/resolve.c \
+	netbroker/confine.c common/netpolicy.c proto/frame.c
+BROKER_PROTOS = net control files
+LIBS_BROKER = $(shell pkg-config --libs libprotobuf-c libseccomp libcap-ng)
 AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/net.c agent/exec.c agent/sandbox.c agent/repl.c \
 	agent/files.c agent/zram.c
 
@@ -36,9 +41,9 @@ AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/net.c agent/exec.c age
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 .PHONY: fuzz all clean format format-check assets run test test-fast test-unit test-e2e bench setup asan \
-	python test-python test-python-vm
+	python test-python test-python-vm test-broker
 
-all: $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/sbx-agent $(BUILD)/libsbx.a \
+all: $(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx-netbroker $(BUILD)/sbx $(BUILD)/sbx-agent $(BUILD)/libsbx.a \
 	$(BUILD)/example
 
 $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
@@ -58,6 +63,9 @@ $(BUILD)/$(1)/sbxd: $$(SBXD_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ)
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
 $(BUILD)/$(1)/sbx-vmworker: $$(WORKER_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ)
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
+$(BUILD)/$(1)/sbx-netbroker: $$(BROKER_SRC:%.c=$(BUILD)/$(1)/%.o) \
+		$$(BROKER_PROTOS:%=$(BUILD)/$(1)/gen/%.pb-c.o)
+	$$(CC) $(2) -o $$@ $$^ $$(LIBS_BROKER)
 # libsbx and the shared code it uses are built with hidden visibility (libsbx.h marks the API
 # visible), linked into one object whose hidden symbols are then made local: a program that
 # links libsbx.a meets sbx_* alone, never frame_send or paths_which.
@@ -81,14 +89,14 @@ ASAN_FLAGS = -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanit
 $(eval $(call variant,rel,$(CFLAGS)))
 $(eval $(call variant,asan,$(ASAN_FLAGS)))
 
-$(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx $(BUILD)/libsbx.a: $(BUILD)/%: $(BUILD)/rel/%
+$(BUILD)/sbxd $(BUILD)/sbx-vmworker $(BUILD)/sbx-netbroker $(BUILD)/sbx $(BUILD)/libsbx.a: $(BUILD)/%: $(BUILD)/rel/%
 	cp $< $@.tmp && mv -f $@.tmp $@
 
 # The libsbx example program, built the way an outside user would: header plus archive.
 $(BUILD)/example: cli/example.c cli/libsbx.h $(BUILD)/libsbx.a
 	$(CC) $(CFLAGS_COMMON) $(CFLAGS) -o $@ cli/example.c $(BUILD)/libsbx.a $(LIBS_HOST)
 
-asan: $(BUILD)/asan/sbxd $(BUILD)/asan/sbx-vmworker $(BUILD)/asan/sbx
+asan: $(BUILD)/asan/sbxd $(BUILD)/asan/sbx-vmworker $(BUILD)/asan/sbx-netbroker $(BUILD)/asan/sbx
 
 # The guest agent is PID 1 in the VM: static, no sanitizer.
 $(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) agent/*.h common/*.h proto/*.h
@@ -145,6 +153,15 @@ $(BUILD)/fuzz/fuzz_control_conn: $(CONN_FUZZ_SRC) $(GEN_C) $(GEN_H) supervisor/*
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
 		-iquote common -iquote proto -iquote supervisor -o $@ $(CONN_FUZZ_SRC) $(GEN_C) -lprotobuf-c -lev
+# The network broker's view of a worker's request: parse, then the policy decisions and the
+# answer cache (not yet in FUZZ_TARGETS: `make build/fuzz/fuzz_netbroker`).
+NETBROKER_FUZZ_SRC = tests/fuzz/fuzz_netbroker.c netbroker/request.c netbroker/resolve.c \
+	netbroker/policyio.c common/netpolicy.c proto/frame.c $(BUILD)/gen/net.pb-c.c \
+	$(BUILD)/gen/control.pb-c.c $(BUILD)/gen/files.pb-c.c
+$(BUILD)/fuzz/fuzz_netbroker: $(NETBROKER_FUZZ_SRC) $(GEN_H) netbroker/*.h common/*.h proto/*.h
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
+		-iquote common -iquote proto -iquote netbroker -o $@ $(NETBROKER_FUZZ_SRC) -lprotobuf-c
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 	@set -e; for t in $(FUZZ_TARGETS); do mkdir -p $(BUILD)/fuzz/corpus-$$t; \
 		echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
@@ -185,6 +202,12 @@ test-python: python
 test-python-vm: python asan
 	EXEC_SANDBOX_SBXD=$(BUILD)/asan/sbxd $(PYTHON) -m pytest -q tests/python
 
+# The network broker against a fake worker (tests/broker): release and ASan builds. Root: it
+# binds 127.0.0.x:443 and checks the privilege drop.
+test-broker: $(BUILD)/sbx-netbroker $(BUILD)/asan/sbx-netbroker
+	$(PYTHON) -m pytest -q tests/broker --broker $(BUILD)/sbx-netbroker
+	$(PYTHON) -m pytest -q tests/broker --broker $(BUILD)/asan/sbx-netbroker
+
 test-fast: all asan test-unit
 	$(PYTHON) tests/e2e/run.py --fast --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
 
@@ -196,7 +219,8 @@ bench: all
 	scripts/bench-throughput.py
 	$(PYTHON) scripts/bench-python.py
 
-FORMAT_SRC = $(wildcard common/*.[ch] proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] tests/unit/*.c)
+FORMAT_SRC = $(wildcard common/*.[ch] proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] \
+	netbroker/*.[ch] tests/unit/*.c tests/fuzz/fuzz_netbroker.c)
 format:
 	clang-format -i $(FORMAT_SRC)
 format-check:
