@@ -124,7 +124,7 @@ test-unit: $(UNIT_TESTS:%=$(BUILD)/tests/%)
 
 # libFuzzer targets for every decoder of untrusted bytes (clang). `make fuzz` runs each for
 # FUZZ_SECONDS; crashes are saved under build/fuzz/.
-FUZZ_TARGETS = control worker agent qmp control_conn netparse
+FUZZ_TARGETS = control worker agent qmp control_conn netparse netbroker
 FUZZ_SECONDS ?= 15
 FUZZ_SRC = tests/fuzz/fuzz_frames.c proto/frame.c common/sbx_limits.c $(GEN_C)
 $(BUILD)/fuzz/fuzz_%: $(FUZZ_SRC) $(GEN_H) common/*.h proto/*.h
@@ -154,7 +154,7 @@ $(BUILD)/fuzz/fuzz_control_conn: $(CONN_FUZZ_SRC) $(GEN_C) $(GEN_H) supervisor/*
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
 		-iquote common -iquote proto -iquote supervisor -o $@ $(CONN_FUZZ_SRC) $(GEN_C) -lprotobuf-c -lev
 # The network broker's view of a worker's request: parse, then the policy decisions and the
-# answer cache (not yet in FUZZ_TARGETS: `make build/fuzz/fuzz_netbroker`).
+# answer cache.
 NETBROKER_FUZZ_SRC = tests/fuzz/fuzz_netbroker.c netbroker/request.c netbroker/resolve.c \
 	netbroker/policyio.c common/netpolicy.c proto/frame.c $(BUILD)/gen/net.pb-c.c \
 	$(BUILD)/gen/control.pb-c.c $(BUILD)/gen/files.pb-c.c
@@ -188,6 +188,7 @@ test: setup
 	$(MAKE) format-check
 	$(MAKE) test-unit
 	$(MAKE) fuzz FUZZ_SECONDS=10
+	$(MAKE) test-broker
 	$(PYTHON) tests/e2e/run.py --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
 	$(MAKE) test-python-vm
 
