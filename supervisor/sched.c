@@ -454,9 +454,9 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     cleanup_close int net_fd = -1;
     static const Sbx__Control__NetworkRequest none = SBX__CONTROL__NETWORK_REQUEST__INIT;
     const Sbx__Control__NetworkRequest *net = j->net ? j->net : &none;
-    net_mode mode = j->nic_only ? NET_PORTS
-                                : net_mode_of(net->allow_network, net->n_allowed_domains,
-                                              net->n_expose);
+    net_mode mode = j->nic_only
+                        ? NET_PORTS
+                        : net_mode_of(net->allow_network, net->n_allowed_domains, net->n_expose);
     if (mode != NET_NONE) {
         Sbx__Net__NetPolicy pol = SBX__NET__NET_POLICY__INIT;
         pol.mode = (char *)net_mode_name(mode);

@@ -21,8 +21,9 @@
 
 netproc N = {.broker = -1, .egress = -1};
 
-#define QEMU_OUT_MAX (4u << 20) /* frames queued towards the guest; beyond, dropped (TCP resends)  \
-                                 */
+#define QEMU_OUT_MAX                                                                               \
+    (4u << 20) /* frames queued towards the guest; beyond, dropped (TCP resends)                   \
+                */
 #define QEMU_IN_BUF (256u << 10)
 #define BROKER_MSG_MAX (64u << 10)
 #define BROKER_MAX_FDS 16
