@@ -43,15 +43,15 @@ typedef struct {
 
 static conn conns[CONN_MAX];
 
+/* A slot's buffers stay with it once allocated: at most CONN_MAX pairs, whatever the churn. */
 static void conn_close(conn *c)
 {
     if (c->a >= 0)
         close(c->a);
     if (c->b >= 0)
         close(c->b);
-    free(c->ab);
-    free(c->ba);
-    *c = (conn){.st = C_FREE, .a = -1, .b = -1};
+    pipe_buf *ab = c->ab, *ba = c->ba;
+    *c = (conn){.st = C_FREE, .a = -1, .b = -1, .ab = ab, .ba = ba};
 }
 
 static conn *conn_new(int a, const char *what, uint16_t port)
@@ -59,13 +59,17 @@ static conn *conn_new(int a, const char *what, uint16_t port)
     for (size_t i = 0; i < CONN_MAX; i++)
         if (conns[i].st == C_FREE) {
             conn *c = &conns[i];
-            *c = (conn){.a = a, .b = -1, .ia = -1, .ib = -1, .port = port};
-            c->ab = calloc(1, sizeof *c->ab);
-            c->ba = calloc(1, sizeof *c->ba);
-            if (!c->ab || !c->ba) {
+            pipe_buf *ab = c->ab ? c->ab : malloc(sizeof *ab);
+            pipe_buf *ba = c->ba ? c->ba : malloc(sizeof *ba);
+            *c = (conn){.st = C_FREE, .a = a, .b = -1, .ia = -1, .ib = -1, .port = port,
+                        .ab = ab, .ba = ba};
+            if (!ab || !ba) {
+                c->a = -1; /* closed below */
                 conn_close(c);
                 break;
             }
+            ab->len = ba->len = 0;
+            ab->eof = ab->shut = ba->eof = ba->shut = false;
             return c;
         }
     net_block(what, port, "connection refused: %u connections open already", CONN_MAX);
@@ -92,6 +96,14 @@ static void ask_connect(conn *c, const char *sni)
     c->id = m.id;
     c->st = C_WAIT;
     c->deadline = now_ms() + NET_CONNECT_TIMEOUT_MS + CONNECT_SLACK_MS;
+}
+
+size_t conn_count(void)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < CONN_MAX; i++)
+        n += conns[i].st != C_FREE;
+    return n;
 }
 
 void conn_egress(int fd, uint32_t vip, uint16_t port)

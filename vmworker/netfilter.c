@@ -21,6 +21,11 @@
 #define DNS_TTL 60u
 #define DNS_MAX_ANSWERS 8u
 #define MAX_FORWARDS 512u
+/* New guest connections: a burst of SYN_BURST, then SYN_RATE a second. Each costs slirp a
+ * socket with its buffers until it ends, so a guest opening thousands at once gets resets
+ * instead of growing this process. */
+#define SYN_BURST 64.0
+#define SYN_RATE 256.0
 
 static struct {
     bool used;
@@ -231,6 +236,18 @@ static bool syn_allowed(const net_pkt *p)
         net_block(name, p->dport, "connection refused: only TLS on port 443");
         return false;
     }
+    static double tokens = SYN_BURST;
+    static uint64_t last;
+    uint64_t now = now_ms();
+    tokens += (double)(now - last) * SYN_RATE / 1000.0;
+    if (tokens > SYN_BURST)
+        tokens = SYN_BURST;
+    last = now;
+    if (tokens < 1.0 || conn_count() >= CONN_MAX) {
+        net_block(name, p->dport, "connection refused: too many new connections at once");
+        return false;
+    }
+    tokens -= 1.0;
     if (!forward_for(p->dst, p->dport)) {
         net_block(name, p->dport, "connection refused: too many destinations");
         return false;

@@ -39,6 +39,8 @@ bool vip_lookup(uint32_t vip, uint32_t *real, const char **name);
 
 /* netconn.c */
 #define CONN_MAX 256u
+/* Connections open now. */
+size_t conn_count(void);
 /* A guestfwd connection slirp just made for the guest's connection to vip:port. */
 void conn_egress(int fd, uint32_t vip, uint16_t port);
 /* A host client on an exposed port: joined to slirp's listener at path. */
