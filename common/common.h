@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -95,6 +97,20 @@ static inline uint64_t now_ms(void)
 }
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* First thing in a forked child that must not outlive its parent (QEMU, a worker, a broker):
+ * the parent-death signal, then a check that the parent did not die before it was set (parent 0:
+ * the child is PID 1 of a new pid namespace, whose parent is outside it), and a signal mask
+ * cleared of what the parent blocks. */
+static inline void sbx_child_of(pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != 0 && getppid() != parent)
+        _exit(127);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
 
 /* Write all of data to a blocking fd (retrying short writes and EINTR). -1 with errno. */
 static inline int sbx_write_all(int fd, const void *data, size_t len)

@@ -47,15 +47,26 @@ void spawn_uid_free(int slot)
     uid_used[slot / 8] &= (uint8_t) ~(1u << (slot % 8));
 }
 
-int spawn_worker_path(char *out, size_t n)
+/* A program of ours: $env when set, else beside sbxd. */
+static int exe_path(const char *env_name, const char *name, char *out, size_t n)
 {
     char dir[512];
-    const char *env = getenv("EXEC_SANDBOX_VMWORKER");
+    const char *env = getenv(env_name);
     if (env && *env)
         return snprintf(out, n, "%s", env) < (int)n ? 0 : -1;
     if (paths_exe_dir(dir, sizeof dir) < 0)
         return -1;
-    return snprintf(out, n, "%s/sbx-vmworker", dir) < (int)n ? 0 : -1;
+    return snprintf(out, n, "%s/%s", dir, name) < (int)n ? 0 : -1;
+}
+
+int spawn_worker_path(char *out, size_t n)
+{
+    return exe_path("EXEC_SANDBOX_VMWORKER", "sbx-vmworker", out, n);
+}
+
+int spawn_broker_path(char *out, size_t n)
+{
+    return exe_path("EXEC_SANDBOX_NETBROKER", "sbx-netbroker", out, n);
 }
 
 /* The debugging knobs of sanitizer builds survive the worker's cleared environment. */
@@ -121,17 +132,12 @@ int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, int net_fd, pid_t *pi
         return sbx_fail(err, e, "create the VM's namespaces (clone): %s", strerror(e));
     }
     if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != 0 && getppid() != parent)
-            _exit(127);
+        sbx_child_of(parent);
         close(sync[1]);
         char go;
         /* Wait until sbxd has put us in the cgroup (and mapped our ids in a user namespace). */
         if (read(sync[0], &go, 1) != 1)
             _exit(127);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
         if (dup2(logp[1], 1) < 0 || dup2(logp[1], 2) < 0 || dup2(sv[1], 3) < 0 ||
             (net_fd >= 0 && dup2(net_fd, SPAWN_NET_FD) < 0))
             _exit(127);
@@ -190,17 +196,6 @@ int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, int net_fd, pid_t *pi
     return 0;
 }
 
-int spawn_broker_path(char *out, size_t n)
-{
-    char dir[512];
-    const char *env = getenv("EXEC_SANDBOX_NETBROKER");
-    if (env && *env)
-        return snprintf(out, n, "%s", env) < (int)n ? 0 : -1;
-    if (paths_exe_dir(dir, sizeof dir) < 0)
-        return -1;
-    return snprintf(out, n, "%s/sbx-netbroker", dir) < (int)n ? 0 : -1;
-}
-
 /* The VM's network broker (netbroker/): in the host's network namespace, in the VM's cgroup,
  * as the VM's uid (or sbxd's own user when sbxd is unprivileged). Its policy goes down a pipe
  * before the worker exists; the worker gets the other end of its socket (*worker_end). */
@@ -240,12 +235,7 @@ int spawn_broker(cgroup_vm *cg, uint64_t seq, const Sbx__Net__NetPolicy *policy,
     if (pid < 0)
         return sbx_fail(err, errno, "fork: %s", strerror(errno));
     if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
+        sbx_child_of(parent);
         if (dup2(log1, 1) < 0 || dup2(log1, 2) < 0 || dup2(sv1, 3) < 0 || dup2(pol0, 4) < 0)
             _exit(127);
         int null = open("/dev/null", O_RDONLY);

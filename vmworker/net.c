@@ -40,6 +40,7 @@ int net_start(const Sbx__Worker__VmConfig *cfg, int *qemu_fd, vm_err *err)
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0)
         return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "socketpair: %s",
                        strerror(errno));
+    pid_t parent = getpid();
     net_pid = fork();
     if (net_pid < 0)
         return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "fork: %s",
@@ -49,10 +50,7 @@ int net_start(const Sbx__Worker__VmConfig *cfg, int *qemu_fd, vm_err *err)
         if (dup2(sp[1], 3) < 0 || dup2(cfg->net_fd, 4) < 0)
             _exit(1);
         close_range(5, ~0U, 0);
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* before its filter, which has no prctl */
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
+        sbx_child_of(parent); /* before its filter, which has no prctl */
         signal(SIGTERM, SIG_DFL);
         signal(SIGPIPE, SIG_IGN);
         sbx_err e = {0};

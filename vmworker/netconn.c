@@ -61,8 +61,14 @@ static conn *conn_new(int a, const char *what, uint16_t port)
             conn *c = &conns[i];
             pipe_buf *ab = c->ab ? c->ab : malloc(sizeof *ab);
             pipe_buf *ba = c->ba ? c->ba : malloc(sizeof *ba);
-            *c = (conn){.st = C_FREE, .a = a, .b = -1, .ia = -1, .ib = -1, .port = port,
-                        .ab = ab, .ba = ba};
+            *c = (conn){.st = C_FREE,
+                        .a = a,
+                        .b = -1,
+                        .ia = -1,
+                        .ib = -1,
+                        .port = port,
+                        .ab = ab,
+                        .ba = ba};
             if (!ab || !ba) {
                 c->a = -1; /* closed below */
                 conn_close(c);

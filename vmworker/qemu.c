@@ -138,12 +138,7 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
     }
     if (pid == 0) {
         /* QEMU must not outlive its worker, whatever kills the worker. */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
+        sbx_child_of(parent);
         int devnull = open("/dev/null", O_RDONLY);
         dup2(devnull, 0);
         dup2(logfd, 1);
