@@ -119,12 +119,6 @@ static int check_vm_request(client *c, uint64_t id, char **language, uint32_t *m
         control_send_error(c, id, bad, false, "network: %s", lim.msg);
         return -1;
     }
-    for (size_t i = 0; net && i < net->n_expose; i++)
-        if (net->expose[i]->protocol && !strcmp(net->expose[i]->protocol, "udp")) {
-            control_send_error(c, id, bad, false,
-                               "network: UDP port forwarding is not available yet (TCP is)");
-            return -1;
-        }
     return 0;
 }
 

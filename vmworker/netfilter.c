@@ -293,7 +293,7 @@ void filter_frame(const uint8_t *f, size_t len)
             slirp_input(N.slirp, f, (int)len);
         return;
     case PKT_UDP:
-        if (p.src != htonl(NET_GUEST))
+        if (p.src != htonl(NET_GUEST) || udp_from_guest(&p))
             return;
         if (p.dport == 53) {
             dns(&p);

@@ -10,6 +10,7 @@
 
 #include "net.h"
 #include "net.pb-c.h"
+#include "netparse.h"
 #include "netpolicy.h"
 
 typedef struct {
@@ -36,6 +37,13 @@ void filter_resolved(uint64_t id, const Sbx__Net__Resolved *r);
 void filter_expire(uint64_t now);
 /* The real address and the name behind a virtual one (network byte order); false if none. */
 bool vip_lookup(uint32_t vip, uint32_t *real, const char **name);
+
+/* netudp.c: UDP port forwarding */
+void udp_expose_add(int fd, uint16_t internal);
+/* A datagram from the guest's exposed port to a peer's stand-in port: sent on; true if so. */
+bool udp_from_guest(const net_pkt *p);
+size_t udp_poll_fill(struct pollfd *p, size_t cap);
+void udp_poll_done(const struct pollfd *p, size_t n);
 
 /* netconn.c */
 #define CONN_MAX 256u

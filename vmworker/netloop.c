@@ -35,7 +35,7 @@ static uint8_t *qin, *qout;
 static size_t qin_len, qout_off, qout_len;
 
 /* Exposed TCP ports: the broker's listening socket on the host, and slirp's Unix listener that
- * forwards into the guest. */
+ * forwards into the guest (UDP ones: netudp.c). */
 static struct {
     int fd;
     char path[108];
@@ -215,8 +215,11 @@ static void take_listening(void)
         N.sh->ports[i].internal = ep->internal;
         N.sh->ports[i].external = ep->external;
         N.sh->ports[i].udp = udp;
-        if (udp)
-            net_fatal("UDP port forwarding is not available yet");
+        if (udp) {
+            fcntl(fds[i], F_SETFL, O_NONBLOCK);
+            udp_expose_add(fds[i], (uint16_t)ep->internal);
+            continue;
+        }
         exposes[n_exposes].fd = fds[i];
         snprintf(exposes[n_exposes].path, sizeof exposes[n_exposes].path, "%s/x%zu.sock",
                  N.cfg->run_dir, i);
@@ -471,6 +474,9 @@ __attribute__((noreturn)) void net_main(const Sbx__Worker__VmConfig *cfg, int fr
         ps.n = P_FIXED;
         for (size_t i = 0; i < n_exposes; i++)
             ps.p[ps.n++] = (struct pollfd){.fd = exposes[i].fd, .events = POLLIN};
+        size_t udp_at = ps.n;
+        ps.n += udp_poll_fill(ps.p + ps.n, NET_MAX_EXPOSE);
+        size_t udp_n = ps.n - udp_at;
         size_t conn_at = ps.n;
         uint64_t due = timers_due();
         ps.n += conn_poll_fill(ps.p + ps.n, MAX_POLL / 2 - ps.n, &due);
@@ -500,6 +506,7 @@ __attribute__((noreturn)) void net_main(const Sbx__Worker__VmConfig *cfg, int fr
         for (size_t i = 0; i < n_exposes; i++)
             if (ps.p[P_FIXED + i].revents)
                 accept_inbound(i);
+        udp_poll_done(ps.p + udp_at, udp_n);
         now = (uint64_t)(clock_ns() / 1000000);
         conn_poll_done(ps.p + conn_at, conn_n, now);
         slirp_pollfds_poll(N.slirp, r < 0, get_revents, &ps);

@@ -282,13 +282,13 @@ static bool pkt_ipv4(const net_pkt *p)
 
 /* The ethernet and IPv4 headers of a reply to p: MACs (p's, copied by the caller before out,
  * which may be p's own frame, is written) and addresses swapped, DF, TTL 64. */
-static void put_eth_ip(const net_pkt *p, const uint8_t macs[12], uint8_t *out, size_t iplen,
+/* Ethernet and IPv4 headers from `from` to `to` (addresses in network byte order). */
+static void put_eth_ip(const net_endpoint *from, const net_endpoint *to, uint8_t *out, size_t iplen,
                        uint8_t proto)
 {
-    memcpy(out, macs + 6, 6);
-    memcpy(out + 6, macs, 6);
+    memcpy(out, to->mac, 6);
+    memcpy(out + 6, from->mac, 6);
     wr16(out + 12, ETH_P_IPV4);
-    uint32_t src = p->dst, dst = p->src;
     uint8_t *ip = out + NET_ETH_HLEN;
     ip[0] = 0x45;
     ip[1] = 0;
@@ -298,35 +298,51 @@ static void put_eth_ip(const net_pkt *p, const uint8_t macs[12], uint8_t *out, s
     ip[8] = IP_TTL;
     ip[9] = proto;
     wr16(ip + 10, 0);
-    memcpy(ip + 12, &src, 4);
-    memcpy(ip + 16, &dst, 4);
+    memcpy(ip + 12, &from->ip, 4);
+    memcpy(ip + 16, &to->ip, 4);
     wr16(ip + 10, csum_fold(csum_add(0, ip, 20)));
 }
 
-size_t net_build_udp_reply(const net_pkt *p, const uint8_t *payload, size_t len, uint8_t *out,
-                           size_t cap)
+/* The endpoints of p, turned around: the reply goes from p's destination to its source. */
+static void reply_ends(const net_pkt *p, net_endpoint *from, net_endpoint *to)
 {
-    if (!pkt_ipv4(p) || p->proto != IPPROTO_UDP_ || !out || (len && !payload))
-        return 0;
-    if (len > 0xFFFFu - 28)
+    memcpy(from->mac, p->frame, 6);
+    memcpy(to->mac, p->frame + 6, 6);
+    from->ip = p->dst;
+    to->ip = p->src;
+    from->port = p->dport;
+    to->port = p->sport;
+}
+
+size_t net_build_udp(const net_endpoint *from, const net_endpoint *to, const uint8_t *payload,
+                     size_t len, uint8_t *out, size_t cap)
+{
+    if (!out || (len && !payload) || len > 0xFFFFu - 28)
         return 0;
     size_t total = NET_ETH_HLEN + 28 + len;
     if (total > cap)
         return 0;
-    uint16_t sport = p->dport, dport = p->sport;
-    uint8_t macs[12];
-    memcpy(macs, p->frame, 12);
     if (len)
         memmove(out + NET_ETH_HLEN + 28, payload, len);
-    put_eth_ip(p, macs, out, 28 + len, IPPROTO_UDP_);
+    put_eth_ip(from, to, out, 28 + len, IPPROTO_UDP_);
     uint8_t *ip = out + NET_ETH_HLEN, *udp = ip + 20;
-    wr16(udp, sport);
-    wr16(udp + 2, dport);
+    wr16(udp, from->port);
+    wr16(udp + 2, to->port);
     wr16(udp + 4, (uint16_t)(8 + len));
     wr16(udp + 6, 0);
     uint16_t c = csum_l4(ip, udp, 8 + len);
     wr16(udp + 6, c ? c : 0xFFFFu); /* 0 means "no checksum" in UDP */
     return total;
+}
+
+size_t net_build_udp_reply(const net_pkt *p, const uint8_t *payload, size_t len, uint8_t *out,
+                           size_t cap)
+{
+    if (!pkt_ipv4(p) || p->proto != IPPROTO_UDP_)
+        return 0;
+    net_endpoint from, to;
+    reply_ends(p, &from, &to);
+    return net_build_udp(&from, &to, payload, len, out, cap);
 }
 
 size_t net_build_tcp_rst(const net_pkt *p, uint8_t *out, size_t cap)
@@ -349,13 +365,12 @@ size_t net_build_tcp_rst(const net_pkt *p, uint8_t *out, size_t cap)
               !!(p->tcp_flags & NET_TCP_FIN);
         flags = NET_TCP_RST | NET_TCP_ACK;
     }
-    uint16_t sport = p->dport, dport = p->sport;
-    uint8_t macs[12];
-    memcpy(macs, p->frame, 12);
-    put_eth_ip(p, macs, out, 40, IPPROTO_TCP_);
+    net_endpoint from, to;
+    reply_ends(p, &from, &to);
+    put_eth_ip(&from, &to, out, 40, IPPROTO_TCP_);
     uint8_t *ip = out + NET_ETH_HLEN, *tcp = ip + 20;
-    wr16(tcp, sport);
-    wr16(tcp + 2, dport);
+    wr16(tcp, from.port);
+    wr16(tcp + 2, to.port);
     wr32(tcp + 4, seq);
     wr32(tcp + 8, ack);
     tcp[12] = 5u << 4;
@@ -403,10 +418,11 @@ size_t net_build_icmp_unreach(const net_pkt *p, uint8_t code, uint8_t *out, size
     size_t iplen = 20 + 8 + qlen;
     if (cap < NET_ETH_HLEN + iplen)
         return 0;
-    uint8_t macs[12], quote[60 + 8];
-    memcpy(macs, p->frame, 12);
+    uint8_t quote[60 + 8];
+    net_endpoint from, to;
+    reply_ends(p, &from, &to);
     memcpy(quote, ip, qlen); /* before out, which may be p's frame, is written */
-    put_eth_ip(p, macs, out, iplen, IPPROTO_ICMP_);
+    put_eth_ip(&from, &to, out, iplen, IPPROTO_ICMP_);
     uint8_t *icmp = out + NET_ETH_HLEN + 20;
     icmp[0] = 3; /* destination unreachable */
     icmp[1] = code;

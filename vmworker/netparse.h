@@ -90,6 +90,18 @@ size_t dns_build_error(uint16_t id, int rcode, uint8_t *out, size_t cap);
 
 /* ---- frames towards the guest ---- */
 
+/* One end of a datagram or segment: MAC, IPv4 address (network byte order), port (host order). */
+typedef struct {
+    uint8_t mac[6];
+    uint32_t ip;
+    uint16_t port;
+} net_endpoint;
+
+/* A whole ethernet/IPv4/UDP frame from `from` to `to` with payload (which may lie in out),
+ * checksums computed. Returns its length, or 0 if cap is too small. */
+size_t net_build_udp(const net_endpoint *from, const net_endpoint *to, const uint8_t *payload,
+                     size_t len, uint8_t *out, size_t cap);
+
 /* A whole ethernet/IPv4/UDP frame answering p (a UDP packet from the guest): MACs, addresses
  * and ports swapped, payload as given, checksums computed. Returns its length, or 0 if cap is
  * too small or p is not UDP. The frames built here carry TTL 64, DF and IP id 0, no options, no

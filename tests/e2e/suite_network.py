@@ -472,3 +472,60 @@ def network_flood_stays_bounded(c, d, srv):
     ok(max(status_s) < 5, f"sbx status during the flood took up to {max(status_s):.1f} s")
     ok(during and max(during) < 4 * base + 5,
        f"another VM's run took {max(during):.1f} s during the flood (alone: {base:.1f} s)")
+
+
+UDP_ECHO = r"""
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("0.0.0.0", 5353))
+u.settimeout(60)
+print("ECHOING", flush=True)
+n = 0
+while n < 3:
+    data, peer = u.recvfrom(65535)
+    u.sendto(b"echo " + data, peer)
+    n += 1
+print("peers", peer[0], flush=True)
+"""
+
+
+@test()
+@with_net()
+def network_udp_expose(c, d, srv):
+    """A UDP port on the host reaches the guest's and gets its answers; the same number over TCP
+    is another port, not a duplicate."""
+    p = subprocess.Popen([c.sbx_bin, "run", "--json", "-t", "90", "--expose", "5353/udp",
+                          "--expose", "5353", UDP_ECHO], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=d.env, cwd=c.tmp)
+    try:
+        port, err = None, b""
+        deadline = time.time() + 120
+        while time.time() < deadline and port is None:
+            ln = p.stderr.readline()
+            if not ln:
+                break
+            err += ln
+            if b"port 5353/udp -> 127.0.0.1:" in ln:
+                port = int(ln.rsplit(b":", 1)[1])
+        ok(port, "PortsReady line for 5353/udp: " + err.decode())
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.settimeout(0.5)
+        got = []
+        for i in range(200):
+            if len(got) == 3:
+                break
+            u.sendto(f"ping{len(got)}".encode(), ("127.0.0.1", port))
+            try:
+                got.append(u.recvfrom(65535)[0])
+            except socket.timeout:
+                pass
+        u.close()
+        eq(got, [b"echo ping0", b"echo ping1", b"echo ping2"], "echoes")
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    j = json.loads(out)
+    ok("peers 10.0.2.2" in j["stdout"], "the guest sees its peer as the gateway: " + j["stdout"])
+    eq(sorted((e["internal"], e["protocol"], e["url"] == "") for e in j["exposed_ports"]),
+       [(5353, "tcp", False), (5353, "udp", True)], "both ports in the result")
