@@ -38,6 +38,7 @@ static struct {
 static struct {
     uint32_t real; /* network byte order */
     char name[254];
+    bool nat; /* open mode, an address the guest used itself: frames are rewritten both ways */
 } vips[NET_MAX_VIPS];
 static size_t n_vips;
 
@@ -63,18 +64,71 @@ bool vip_lookup(uint32_t vip, uint32_t *real, const char **name)
     return true;
 }
 
-/* The virtual address standing for real (0 when the table is full). */
-static uint32_t vip_for(uint32_t real, const char *name)
+/* The virtual address standing for real, found or made (0 when the table is full). Names from
+ * the resolver and addresses the guest used itself (nat) get separate entries: only the latter
+ * are rewritten back, so that the guest sees the address it connected to. */
+static uint32_t vip_get(uint32_t real, const char *name, bool nat, bool create)
 {
     for (size_t i = 0; i < n_vips; i++)
-        if (vips[i].real == real)
+        if (vips[i].real == real && vips[i].nat == nat)
             return htonl(NET_VIP_BASE + (uint32_t)i + 1);
-    if (n_vips == NET_MAX_VIPS)
+    if (!create || n_vips == NET_MAX_VIPS)
         return 0;
     vips[n_vips].real = real;
+    vips[n_vips].nat = nat;
     snprintf(vips[n_vips].name, sizeof vips[n_vips].name, "%s", name);
     n_vips++;
     return htonl(NET_VIP_BASE + (uint32_t)n_vips);
+}
+
+static uint32_t vip_for(uint32_t real, const char *name)
+{
+    return vip_get(real, name, false, true);
+}
+
+static bool in_vnetwork(uint32_t be)
+{
+    return (ntohl(be) & NET_VNETMASK) == NET_VNETWORK;
+}
+
+/* RFC 1624: the checksum at f[at] after a 32-bit word of what it covers went from `from` to
+ * `to` (network byte order). */
+static void csum_fix(uint8_t *f, size_t at, uint32_t from, uint32_t to)
+{
+    uint32_t a = ntohl(from), b = ntohl(to);
+    uint32_t sum = (uint16_t) ~(f[at] << 8 | f[at + 1]);
+    sum += (uint16_t) ~(a >> 16) + (uint16_t) ~(a & 0xFFFF) + (b >> 16) + (b & 0xFFFF);
+    while (sum >> 16)
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    f[at] = (uint8_t)(~sum >> 8);
+    f[at + 1] = (uint8_t)~sum;
+}
+
+/* Replaces the IPv4 source (at 12) or destination (at 16) of a TCP frame, fixing both sums. */
+static void nat_rewrite(uint8_t *f, size_t len, size_t addr_at, uint32_t to)
+{
+    size_t ip = NET_ETH_HLEN, ihl = (size_t)(f[ip] & 0x0F) * 4;
+    uint32_t from;
+    memcpy(&from, f + ip + addr_at, 4);
+    memcpy(f + ip + addr_at, &to, 4);
+    csum_fix(f, ip + 10, from, to);
+    if (len >= ip + ihl + 18)
+        csum_fix(f, ip + ihl + 16, from, to);
+}
+
+void filter_to_guest(const uint8_t *f, size_t len)
+{
+    static uint8_t copy[NET_MAX_FRAME];
+    net_pkt p;
+    uint32_t h;
+    if (len <= sizeof copy && net_parse_frame(f, len, &p) == PKT_TCP &&
+        (h = ntohl(p.src)) > NET_VIP_BASE && h <= NET_VIP_BASE + n_vips &&
+        vips[h - NET_VIP_BASE - 1].nat) {
+        memcpy(copy, f, len);
+        nat_rewrite(copy, len, 12, vips[h - NET_VIP_BASE - 1].real);
+        f = copy;
+    }
+    qemu_send_frame(f, len);
 }
 
 /* ---- replies to the guest ---- */
@@ -255,9 +309,25 @@ static bool syn_allowed(const net_pkt *p)
     return true;
 }
 
-static void tcp(const uint8_t *f, size_t len, const net_pkt *p)
+static void tcp(const uint8_t *f, size_t len, const net_pkt *orig)
 {
-    bool syn = (p->tcp_flags & (NET_TCP_SYN | NET_TCP_ACK)) == NET_TCP_SYN;
+    bool syn = (orig->tcp_flags & (NET_TCP_SYN | NET_TCP_ACK)) == NET_TCP_SYN;
+    /* Open mode: an address the guest chose itself goes through a virtual address of its own
+     * (the broker refuses private ones). */
+    static uint8_t copy[NET_MAX_FRAME];
+    net_pkt nat = *orig;
+    const net_pkt *p = orig;
+    if (N.mode == NET_OPEN && !in_vnetwork(orig->dst) && len <= sizeof copy) {
+        char ip[INET_ADDRSTRLEN];
+        uint32_t v = vip_get(orig->dst, ip_str(orig->dst, ip), true, syn);
+        if (v) {
+            memcpy(copy, f, len);
+            nat_rewrite(copy, len, 16, v);
+            f = copy;
+            nat.dst = v;
+            p = &nat;
+        }
+    }
     if (syn && !syn_allowed(p)) {
         reply_rst(p);
         return;

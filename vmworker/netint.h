@@ -34,6 +34,8 @@ void qemu_send_frame(const uint8_t *f, size_t len);
 /* netfilter.c */
 void filter_frame(const uint8_t *f, size_t len);
 void filter_resolved(uint64_t id, const Sbx__Net__Resolved *r);
+/* A frame from slirp on its way to the guest (addresses the guest chose are put back). */
+void filter_to_guest(const uint8_t *f, size_t len);
 void filter_expire(uint64_t now);
 /* The real address and the name behind a virtual one (network byte order); false if none. */
 bool vip_lookup(uint32_t vip, uint32_t *real, const char **name);

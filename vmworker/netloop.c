@@ -258,7 +258,7 @@ static int64_t clock_ns(void)
 static ssize_t cb_send(const void *buf, size_t len, void *opaque)
 {
     (void)opaque;
-    qemu_send_frame(buf, len);
+    filter_to_guest(buf, len);
     return (ssize_t)len;
 }
 
