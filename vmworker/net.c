@@ -63,19 +63,22 @@ int net_start(const Sbx__Worker__VmConfig *cfg, int *qemu_fd, vm_err *err)
     }
     close(sp[1]);
     close(cfg->net_fd);
+    *qemu_fd = sp[0];
+    return 0;
+}
+
+int net_ready(vm_err *err)
+{
     uint64_t deadline = now_ms() + NET_START_MS;
     while (sh->state == 0 && now_ms() < deadline) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
-    if (sh->state != 1) {
-        close(sp[0]);
-        kill(net_pid, SIGKILL);
-        return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "network: %s",
-                       sh->state < 0 ? sh->error : "the network process did not start in time");
-    }
-    *qemu_fd = sp[0];
-    return 0;
+    if (sh->state == 1)
+        return 0;
+    kill(net_pid, SIGKILL);
+    return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "network: %s",
+                   sh->state < 0 ? sh->error : "the network process did not start in time");
 }
 
 size_t net_ports(Sbx__Control__ExposedPort ***out)

@@ -47,9 +47,11 @@ typedef struct {
 
 /* Whether the VM has a NIC at all (net_mode other than "" / "none"). */
 bool net_wanted(const Sbx__Worker__VmConfig *cfg);
-/* Forks the network process on cfg->net_fd (the broker's socket) and waits until it serves:
- * QEMU's end of the frame socket is left in *qemu_fd. */
+/* Forks the network process on cfg->net_fd (the broker's socket); QEMU's end of the frame
+ * socket is left in *qemu_fd. It gets ready (the broker's listening sockets in hand) while QEMU
+ * boots or restores: net_ready waits for that, and fails if it could not. */
 int net_start(const Sbx__Worker__VmConfig *cfg, int *qemu_fd, vm_err *err);
+int net_ready(vm_err *err);
 /* For Booted and results: the exposed ports and what was refused so far. Results point into
  * static storage, valid until the next call. */
 size_t net_ports(Sbx__Control__ExposedPort ***out);

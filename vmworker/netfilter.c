@@ -21,11 +21,11 @@
 #define DNS_TTL 60u
 #define DNS_MAX_ANSWERS 8u
 #define MAX_FORWARDS 512u
-/* New guest connections: a burst of SYN_BURST, then SYN_RATE a second. Each costs slirp a
- * socket with its buffers until it ends, so a guest opening thousands at once gets resets
- * instead of growing this process. */
-#define SYN_BURST 64.0
-#define SYN_RATE 256.0
+/* New guest connections: at most SYN_WINDOW_N in any SYN_WINDOW_MS. Slirp keeps each ended
+ * connection's socket and buffers (~60 KiB) for about 10 s, so this bounds what a guest opening
+ * thousands at once can make this process hold (~15 MiB), while a burst of hundreds passes. */
+#define SYN_WINDOW_N 256u
+#define SYN_WINDOW_MS 10000u
 
 static struct {
     bool used;
@@ -290,18 +290,16 @@ static bool syn_allowed(const net_pkt *p)
         net_block(name, p->dport, "connection refused: only TLS on port 443");
         return false;
     }
-    static double tokens = SYN_BURST;
-    static uint64_t last;
+    static uint64_t started[SYN_WINDOW_N]; /* when the last SYN_WINDOW_N were let through */
+    static size_t next;
     uint64_t now = now_ms();
-    tokens += (double)(now - last) * SYN_RATE / 1000.0;
-    if (tokens > SYN_BURST)
-        tokens = SYN_BURST;
-    last = now;
-    if (tokens < 1.0 || conn_count() >= CONN_MAX) {
-        net_block(name, p->dport, "connection refused: too many new connections at once");
+    if ((started[next] && now - started[next] < SYN_WINDOW_MS) || conn_count() >= CONN_MAX) {
+        net_block(name, p->dport, "connection refused: more than %u new connections in %u s",
+                  SYN_WINDOW_N, SYN_WINDOW_MS / 1000);
         return false;
     }
-    tokens -= 1.0;
+    started[next] = now;
+    next = (next + 1) % SYN_WINDOW_N;
     if (!forward_for(p->dst, p->dport)) {
         net_block(name, p->dport, "connection refused: too many destinations");
         return false;

@@ -511,6 +511,8 @@ int main(int argc, char **argv)
     if (W.vm.net_fd >= 0) {
         close(W.vm.net_fd); /* QEMU's now: when it ends, the network process sees it */
         W.vm.net_fd = -1;
+        if (net_ready(&err) < 0)
+            die(&err);
     }
     if (rc > 0)
         exit(0); /* a template: saved and reported */

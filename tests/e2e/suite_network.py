@@ -477,8 +477,10 @@ def network_flood_stays_bounded(c, d, srv):
     ok(net["blocked_total"] >= 1000, f"every refusal counted: {net['blocked_total']}")
     ok(len(net["blocked"]) <= 32, "the list is capped")
     # The cap: CONN_MAX connection slots of 64 KiB, frames queued for the guest (4 MiB), slirp's
-    # sockets under the SYN budget; an ASan build adds its shadow memory and a small quarantine.
-    ok(peak and peak < 48 * 1024, f"network process RSS peak {peak} KiB")
+    # sockets under the SYN budget (256 in 10 s); an ASan build about doubles it (shadow memory,
+    # a small quarantine).
+    cap_kib = 48 * 1024 * (2 if "/asan/" in c.sbxd_bin else 1)
+    ok(peak and peak < cap_kib, f"network process RSS peak {peak} KiB (cap {cap_kib})")
     ok(max(status_s) < 5, f"sbx status during the flood took up to {max(status_s):.1f} s")
     ok(during and max(during) < 4 * base + 5,
        f"another VM's run took {max(during):.1f} s during the flood (alone: {base:.1f} s)")
