@@ -104,7 +104,7 @@ class Server(socketserver.ThreadingTCPServer):
 
 
 def make_server(size):
-    active = [0]
+    active = {b"d": 0, b"u": 0}  # transfers running, by direction
     lock = threading.Lock()
 
     class H(socketserver.BaseRequestHandler):
@@ -116,7 +116,7 @@ def make_server(size):
                 s.sendall(b"k")
             elif cmd in (b"d", b"u"):
                 with lock:
-                    active[0] += 1
+                    active[cmd] += 1
                 try:
                     if cmd == b"d":
                         buf, left = b"d" * CHUNK, size
@@ -132,7 +132,7 @@ def make_server(size):
                         s.sendall(b"k")
                 finally:
                     with lock:
-                        active[0] -= 1
+                        active[cmd] -= 1
 
     srv = Server(("127.0.0.1", 0), H)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -167,16 +167,34 @@ def rss_kb(pid):
     return kb("status", "VmRSS", pid)
 
 
-def pss_kb(pid):
-    return kb("smaps_rollup", "Pss", pid)
+def pss_uss_kb(pid):
+    """(Pss, Private_Clean + Private_Dirty) of a process, KiB."""
+    out = {}
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            k, _, v = line.partition(":")
+            if k in ("Pss", "Private_Clean", "Private_Dirty"):
+                out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out.get("Pss", 0), out.get("Private_Clean", 0) + out.get("Private_Dirty", 0)
+
+
+def comm_of(pid):
+    try:
+        return open(f"/proc/{pid}/comm").read().strip()
+    except OSError:
+        return None
 
 
 def net_side(daemon_pid):
-    """(network process pids, broker pids) below a daemon: the network process is a child of a
-    worker with the worker's cmdline that is not QEMU; the broker is sbx-netbroker."""
+    """(network process pids, broker pids) below a daemon. The network process is a child of a
+    worker whose cmdline is also sbx-vmworker's; so is QEMU between its fork and its exec, but
+    the worker starts the network process first: the lowest such pid per worker. The brokers:
+    sbx-netbroker processes (the VM's broker and any children of it)."""
     ds = descendants(daemon_pid)
     comm = {p: c for p, c, _ in ds}
-    netp, brokers = [], []
+    netp, brokers = {}, []
     for p, c, parent in ds:
         if c == "sbx-netbroker":
             brokers.append(p)
@@ -186,26 +204,40 @@ def net_side(daemon_pid):
             except OSError:
                 continue
             if os.path.basename(argv0) == b"sbx-vmworker":
-                netp.append(p)
-    return netp, brokers
+                netp[parent] = min(p, netp.get(parent, p))
+    return sorted(netp.values()), brokers
 
 
 class Sampler:
-    """Samples the network side's RSS every 20 ms while the server has a transfer running."""
+    """Samples the network side's RSS every 10 ms; each sample is tagged with the transfers the
+    server has running ("d", "u", or "" between them). The pids are looked up once (a scan of
+    /proc is slow) and again should one go away."""
 
     def __init__(self, daemon_pid, active):
         self.pid, self.active, self.stop = daemon_pid, active, threading.Event()
-        self.samples = []  # (net RSS, broker RSS KiB, net procs, brokers, net+broker Pss KiB)
+        # (net RSS, broker RSS KiB, net procs, brokers, net+broker Pss KiB, direction,
+        #  net+broker private KiB)
+        self.samples = []
         self.t = threading.Thread(target=self.loop, daemon=True)
         self.t.start()
 
     def loop(self):
-        while not self.stop.wait(0.02):
-            if self.active[0] > 0:
+        netp, brokers = [], []
+        while not self.stop.wait(0.01):
+            if not netp or not brokers or not all(os.path.exists(f"/proc/{p}")
+                                                  for p in netp + brokers):
                 netp, brokers = net_side(self.pid)
-                self.samples.append((sum(rss_kb(p) for p in netp),
-                                     sum(rss_kb(p) for p in brokers), len(netp), len(brokers),
-                                     sum(pss_kb(p) for p in netp + brokers)))
+                if not netp:
+                    continue
+            if not all(comm_of(p) == "sbx-vmworker" for p in netp) or \
+                    not all(comm_of(p) == "sbx-netbroker" for p in brokers):
+                netp = []  # one exec'd or went away: look again
+                continue
+            phase = "".join(k.decode() for k, v in self.active.items() if v > 0)
+            pu = [pss_uss_kb(p) for p in netp + brokers] if phase else [(0, 0)]
+            self.samples.append((sum(rss_kb(p) for p in netp),
+                                 sum(rss_kb(p) for p in brokers), len(netp), len(brokers),
+                                 sum(x[0] for x in pu), phase, sum(x[1] for x in pu)))
 
     def finish(self):
         self.stop.set()
@@ -386,8 +418,7 @@ def main():
         if "net" not in skip:
             sbx_run(a, cenv, "print(1)", True, 60)  # settles the accelerator and page cache
             o, samples = settled("ours", lambda: ours_net(a, cenv, cold.pid, port, active))
-            print(f"# ours: resolve {o['resolve_ms']:.1f} ms; {len(samples)} RSS samples "
-                  f"during transfers", flush=True)
+            print(f"# ours: resolve {o['resolve_ms']:.1f} ms", flush=True)
             f = None
             if "floor" not in skip:
                 try:
@@ -412,10 +443,24 @@ def main():
                          else f">= {tgt}x floor")
                 row(f"{name} {mib} MiB, MB/s", f"{ov:.1f}", f"{fv:.1f}" if f else "-",
                     f"{ov / fv:.2f}x" if f else "-", t)
+            first = next((i for i, x in enumerate(samples) if x[5]), len(samples))
+            idle = samples[:first]
+            if idle:
+                print(f"# network side before the transfers (VM start, connects): RSS max "
+                      f"{max(x[0] + x[1] for x in idle) / 1024:.2f} MiB (network process "
+                      f"{max(x[0] for x in idle) / 1024:.2f})", flush=True)
+            samples = [x for x in samples if x[5]]
             if samples:
                 tot = max(s[0] + s[1] for s in samples) / 1024
                 print(f"# network side: {max(s[2] for s in samples)} network process(es), "
                       f"{max(s[3] for s in samples)} broker(s) seen per sample", flush=True)
+                for ph, name in (("d", "download"), ("u", "upload")):
+                    xs = [x for x in samples if x[5] == ph]
+                    if xs:
+                        print(f"# network side during the {name}: {len(xs)} samples, RSS max "
+                              f"{max(x[0] + x[1] for x in xs) / 1024:.2f} MiB (network process "
+                              f"{max(x[0] for x in xs) / 1024:.2f}), Pss max "
+                              f"{max(x[4] for x in xs) / 1024:.2f} MiB", flush=True)
                 row("net process RSS max, MiB", f"{max(s[0] for s in samples) / 1024:.2f}",
                     "-", "-", "(part of the 5)")
                 row("netbroker RSS max, MiB", f"{max(s[1] for s in samples) / 1024:.2f}",
@@ -424,6 +469,8 @@ def main():
                     f"<= 5 ({'ok' if tot <= 5 else 'MISSED'})")
                 row("network side Pss/VM, MiB", f"{max(s[4] for s in samples) / 1024:.2f}",
                     "-", "-", "(shared pages split)")
+                row("network side private/VM, MiB", f"{max(s[6] for s in samples) / 1024:.2f}",
+                    "-", "-", "(pages of its own)")
             else:
                 row("network side RSS/VM, MiB", "no samples", "-", "-", "<= 5")
 
