@@ -9,12 +9,16 @@ policy), measured in the same run. It prints a table; it is a measurement, not a
   request and its 1-byte answer + close, after a warm-up; the name is resolved once before;
 - 10 MiB download and upload throughput (upload: until the server's 1-byte ack);
 - RSS of our network side per VM (the worker's network process + the VM's sbx-netbroker),
-  sampled while the transfers run;
+  sampled every 10 ms while the transfers run (the max; also before them, and Pss and private
+  pages, since most of RSS is shared libraries);
 - `sbx run --json` start (timing.boot_ms, timing.total_ms) of print(1) with a NIC beside
   without, booted cold (a daemon with snapshots off) and restored (snapshots on).
-The same guest code runs on both paths; only the address differs.
+The same guest code runs on both paths; only the address differs. Under TCG the guest kernel
+may give up on the TSC and time with jiffies (4 ms steps); the guest reports its clocksource, and
+a measurement without the TSC throughout is made once more (and flagged).
 
-usage: scripts/bench-net.py [--connects N] [--mib N] [--runs N] [--sbx P] [--sbxd P]
+usage: scripts/bench-net.py [--connects N] [--warmup N] [--mib N] [--runs N]
+                            [--skip net,floor,cold,restore] [--sbx P] [--sbxd P]
 Env: EXEC_SANDBOX_CACHE_DIR (images), QEMU (default qemu-system-x86_64).
 """
 import argparse
