@@ -17,7 +17,7 @@ The same guest code runs on both paths; only the address differs. Under TCG the 
 may give up on the TSC and time with jiffies (4 ms steps); the guest reports its clocksource, and
 a measurement without the TSC throughout is made once more (and flagged).
 
-usage: scripts/bench-net.py [--connects N] [--warmup N] [--mib N] [--runs N]
+usage: scripts/bench-net.py [--connects N] [--warmup N] [--pace-ms MS] [--mib N] [--runs N]
                             [--skip net,floor,cold,restore] [--sbx P] [--sbxd P]
 Env: EXEC_SANDBOX_CACHE_DIR (images), QEMU (default qemu-system-x86_64).
 """
@@ -48,7 +48,10 @@ _spec.loader.exec_module(fr)
 HOSTNAME = "bench.test"
 CHUNK = 1 << 16
 
-# The guest's measuring code (python3 in the guest); HOST, PORT, N, WARM, SIZE are prepended.
+# The guest's measuring code (python3 in the guest); HOST, PORT, N, WARM, SIZE, PACE are
+# prepended. Connects start at most one per PACE seconds: the network process refuses new guest
+# connections beyond a burst of 64 and then 256 a second (a SYN-flood bound), which back-to-back
+# connects (~500/s here) would run into.
 GUEST = r'''
 import json, socket, time
 def req(addr, cmd):
@@ -83,6 +86,7 @@ for i in range(WARM + N):
     s.close()
     if i >= WARM:
         lat.append((time.perf_counter() - t) * 1000)
+    time.sleep(max(0, t + PACE - time.perf_counter()))  # not timed
 t = time.perf_counter()
 s = req(addr, b"d")
 recv_n(s, SIZE)
@@ -143,8 +147,9 @@ def make_server(size):
     return srv, active
 
 
-def guest_code(host, port, n, warm, size):
-    return f"HOST={host!r}\nPORT={port}\nN={n}\nWARM={warm}\nSIZE={size}\n" + GUEST
+def guest_code(host, port, a):
+    return (f"HOST={host!r}\nPORT={port}\nN={a.connects}\nWARM={a.warmup}\n"
+            f"SIZE={a.mib << 20}\nPACE={a.pace_ms / 1000}\n" + GUEST)
 
 
 def descendants(pid):
@@ -281,14 +286,16 @@ def sbx_run(a, env, code, nic, timeout=120):
     except ValueError:
         sys.exit(f"sbx run: no JSON ({r.returncode}): {r.stdout[-800:]} {r.stderr[-800:]}")
     if r.returncode != 0 or j.get("exit_code", 0) != 0:
-        sys.exit(f"sbx run failed ({r.returncode}): {r.stdout[-1500:]} {r.stderr[-800:]}")
+        brief = {k: v for k, v in j.items() if k != "code"}
+        sys.exit(f"sbx run failed ({r.returncode}): {json.dumps(brief)[-2500:]} "
+                 f"{r.stderr[-800:]}")
     return j
 
 
 def ours_net(a, env, daemon_pid, port, active):
     samp = Sampler(daemon_pid, active)
     try:
-        j = sbx_run(a, env, guest_code(HOSTNAME, port, a.connects, a.warmup, a.mib << 20), True)
+        j = sbx_run(a, env, guest_code(HOSTNAME, port, a), True)
     finally:
         samples = samp.finish()
     return json.loads(j["stdout"]), samples
@@ -331,7 +338,7 @@ def floor_net(a, port):
         kind, m = fr.wait_reply(ag, 1, deadline)
         if kind != "ready":
             raise RuntimeError("floor Hello: %r" % m)
-        code = guest_code("10.0.2.2", port, a.connects, a.warmup, a.mib << 20)
+        code = guest_code("10.0.2.2", port, a)
         ag.sendall(exec_code(2, code, 120000))
         out = fr.wait_done(ag, 2, time.monotonic() + 150)
         con.close()
@@ -392,6 +399,7 @@ def main():
     ap.add_argument("--connects", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--mib", type=int, default=10)
+    ap.add_argument("--pace-ms", type=float, default=5, help="connects start this far apart")
     ap.add_argument("--runs", type=int, default=10, help="start-time runs per cell")
     ap.add_argument("--skip", default="", help="comma-separated: net,floor,cold,restore")
     ap.add_argument("--sbx", default=os.path.join(ROOT, "build/sbx"))
@@ -415,7 +423,8 @@ def main():
     try:
         qv = subprocess.run([os.environ.get("QEMU", "qemu-system-x86_64"), "--version"],
                             capture_output=True, text=True).stdout.split("\n")[0]
-        print(f"# {qv}; {os.cpu_count()} cores; {a.connects} connects after {a.warmup}; "
+        print(f"# {qv}; {os.cpu_count()} cores; {a.connects} connects after {a.warmup}, "
+              f"{a.pace_ms:g} ms apart; "
               f"{mib} MiB transfers; {a.runs} start runs per cell", flush=True)
         cold, cenv, _ = start_daemon(a, tmp, "cold", "0", hosts)
         daemons.append(cold)
