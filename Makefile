@@ -213,12 +213,13 @@ test-fast: all asan test-unit
 	$(PYTHON) tests/e2e/run.py --fast --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
 
 # Start-up benchmarks, each way beside its floor (a table, not a test): cold, warm pool,
-# throughput and memory; then snapshot restore.
+# throughput and memory; then snapshot restore; the Python client; the network path (bench-net.py).
 bench: all
 	scripts/bench.py
 	scripts/bench-restore.py
 	scripts/bench-throughput.py
 	$(PYTHON) scripts/bench-python.py
+	scripts/bench-net.py
 
 FORMAT_SRC = $(wildcard common/*.[ch] proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] \
 	netbroker/*.[ch] tests/unit/*.c tests/fuzz/fuzz_netbroker.c)
