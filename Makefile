@@ -29,7 +29,7 @@ WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapsho
 	vmworker/jail.c vmworker/qmp.c vmworker/balloon.c vmworker/net.c vmworker/netloop.c \
 	vmworker/netfilter.c vmworker/netconn.c vmworker/netudp.c vmworker/netparse.c
 LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli/status.c \
-	cli/utf8.c cli/net.c
+	cli/utf8.c cli/net.c cli/pkg.c
 SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c
 # The network broker (one per VM with a NIC): policy, resolution, connect, listening sockets.
 BROKER_SRC = netbroker/broker.c netbroker/request.c netbroker/policyio.c netbroker/resolve.c \
