@@ -1160,6 +1160,47 @@ static void test_error_names(void **state)
     assert_string_equal(sbx_error_kind_name(77), "SandboxError");
 }
 
+/* libsbx's package checks: the kinds, and runs and sessions refused before any daemon is needed
+ * (no client at all here). */
+static void test_libsbx_packages(void **state)
+{
+    sbx_error e;
+    const char *good[] = {"numpy==1.26.0", "attrs"};
+    assert_int_equal(sbx_check_packages(NULL, good, 2, false, &e), 0);
+    assert_int_equal(sbx_check_packages("python", NULL, 0, false, NULL), 0);
+    const char *off[] = {"surely-not-a-real-package-zz==1"};
+    assert_int_equal(sbx_check_packages("python", off, 1, false, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_PACKAGE_NOT_ALLOWED);
+    assert_false(e.transient);
+    assert_non_null(strstr(e.message, "--no-validation"));
+    assert_int_equal(sbx_check_packages("python", off, 1, true, &e), 0);
+    assert_int_equal(sbx_check_packages("python", off, 1, false, NULL), -1);
+    const char *bad[] = {"numpy>=1"};
+    assert_int_equal(sbx_check_packages("python", bad, 1, true, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_VM_CONFIG);
+    assert_int_equal(sbx_check_packages("raw", good, 2, true, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_VM_CONFIG);
+    assert_int_equal(sbx_check_packages("python", good, SBX_PACKAGES_MAX + 1, true, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_VM_CONFIG);
+
+    sbx_result r;
+    sbx_run_opts ro = {.code = "print(1)", .packages = off, .n_packages = 1};
+    assert_int_equal(sbx_run(NULL, &ro, &r, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_PACKAGE_NOT_ALLOWED);
+    ro.language = "javascript";
+    ro.packages = good;
+    ro.n_packages = 2;
+    assert_int_equal(sbx_run(NULL, &ro, &r, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_VM_CONFIG); /* `==` is no npm spec */
+    sbx_session_info si;
+    sbx_session_opts so = {.language = "python", .packages = bad, .n_packages = 1};
+    assert_int_equal(sbx_session_open(NULL, &so, &si, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_VM_CONFIG);
+    so.packages = off;
+    assert_int_equal(sbx_session_open(NULL, &so, &si, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_PACKAGE_NOT_ALLOWED);
+}
+
 static void expect_utf8(const char *in, size_t n, const char *want, size_t want_len)
 {
     size_t len;
@@ -1223,6 +1264,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_load, tmp_setup, tmp_teardown),
         cmocka_unit_test(test_label),
         cmocka_unit_test(test_error_names),
+        cmocka_unit_test(test_libsbx_packages),
         cmocka_unit_test(test_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
