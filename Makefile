@@ -16,6 +16,9 @@ PROTOS = files control worker agent net
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
 COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c common/netpolicy.c
+# Package specs and the allowlists compiled in from data/ (sbxd, sbx, libsbx; not the agent).
+PKG_SRC = common/packages.c
+PKG_GEN = $(BUILD)/gen/pkglists.c
 SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor/request.c \
 	supervisor/run.c supervisor/conn.c \
 	supervisor/sched.c \
@@ -26,7 +29,7 @@ WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapsho
 	vmworker/jail.c vmworker/qmp.c vmworker/balloon.c vmworker/net.c vmworker/netloop.c \
 	vmworker/netfilter.c vmworker/netconn.c vmworker/netudp.c vmworker/netparse.c
 LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli/status.c \
-	cli/utf8.c cli/net.c
+	cli/utf8.c cli/net.c cli/pkg.c
 SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c
 # The network broker (one per VM with a NIC): policy, resolution, connect, listening sockets.
 BROKER_SRC = netbroker/broker.c netbroker/request.c netbroker/policyio.c netbroker/resolve.c \
@@ -50,6 +53,10 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 	@mkdir -p $(BUILD)/gen
 	protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
 
+$(PKG_GEN): data/pypi-top-10k.txt data/npm-top-10k.txt scripts/gen-pkglists.sh
+	@mkdir -p $(BUILD)/gen
+	scripts/gen-pkglists.sh data/pypi-top-10k.txt data/npm-top-10k.txt > $@.tmp && mv -f $@.tmp $@
+
 # Objects of one variant (release or asan) live under $(BUILD)/<variant>/.
 define variant
 $(BUILD)/$(1)/%.o: %.c $(GEN_H)
@@ -59,7 +66,8 @@ $(BUILD)/$(1)/gen/%.o: $(BUILD)/gen/%.c $(GEN_H)
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(CFLAGS_COMMON) $(2) -Wno-error -c $$< -o $$@
 $(1)_COMMON_OBJ = $$(COMMON_SRC:%.c=$(BUILD)/$(1)/%.o) $$(PROTOS:%=$(BUILD)/$(1)/gen/%.pb-c.o)
-$(BUILD)/$(1)/sbxd: $$(SBXD_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ)
+$(1)_PKG_OBJ = $$(PKG_SRC:%.c=$(BUILD)/$(1)/%.o) $(BUILD)/$(1)/gen/pkglists.o
+$(BUILD)/$(1)/sbxd: $$(SBXD_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ) $$($(1)_PKG_OBJ)
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
 $(BUILD)/$(1)/sbx-vmworker: $$(WORKER_SRC:%.c=$(BUILD)/$(1)/%.o) $$($(1)_COMMON_OBJ)
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
@@ -77,11 +85,13 @@ $(BUILD)/$(1)/libsbx/gen/%.o: $(BUILD)/gen/%.c $(GEN_H)
 	$$(CC) $$(CFLAGS_COMMON) $(2) -fvisibility=hidden -Wno-error -c $$< -o $$@
 $(BUILD)/$(1)/libsbx.a: $$(LIBSBX_SRC:%.c=$(BUILD)/$(1)/libsbx/%.o) \
 		$$(COMMON_SRC:%.c=$(BUILD)/$(1)/libsbx/%.o) $(BUILD)/$(1)/libsbx/gen/control.pb-c.o \
-		$(BUILD)/$(1)/libsbx/gen/files.pb-c.o
+		$(BUILD)/$(1)/libsbx/gen/files.pb-c.o $$(PKG_SRC:%.c=$(BUILD)/$(1)/libsbx/%.o) \
+		$(BUILD)/$(1)/libsbx/gen/pkglists.o
 	$$(LD) -r -o $(BUILD)/$(1)/libsbx.o $$^
 	objcopy --localize-hidden $(BUILD)/$(1)/libsbx.o
 	rm -f $$@ && ar rcs $$@ $(BUILD)/$(1)/libsbx.o
-$(BUILD)/$(1)/sbx: $$(SBX_SRC:%.c=$(BUILD)/$(1)/%.o) $(BUILD)/$(1)/libsbx.a $$($(1)_COMMON_OBJ)
+$(BUILD)/$(1)/sbx: $$(SBX_SRC:%.c=$(BUILD)/$(1)/%.o) $(BUILD)/$(1)/libsbx.a $$($(1)_COMMON_OBJ) \
+		$$($(1)_PKG_OBJ)
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS_HOST)
 endef
 
@@ -105,14 +115,15 @@ $(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) agent/*.h commo
 
 # Unit tests (cmocka), built with ASan/UBSan.
 UNIT_TESTS = test_frame test_limits test_config test_cli_args test_balloon test_paths test_netparse \
-	test_netpolicy
+	test_netpolicy test_packages
 $(BUILD)/tests/test_frame: tests/unit/test_frame.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_limits: tests/unit/test_limits.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_paths: tests/unit/test_paths.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_netpolicy: tests/unit/test_netpolicy.c $(asan_COMMON_OBJ)
+$(BUILD)/tests/test_packages: tests/unit/test_packages.c $(asan_PKG_OBJ) $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_config: tests/unit/test_config.c $(BUILD)/asan/supervisor/config.o $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.o $(BUILD)/asan/libsbx.a \
-	$(asan_COMMON_OBJ)
+	$(asan_COMMON_OBJ) $(asan_PKG_OBJ)
 $(BUILD)/tests/test_balloon: tests/unit/test_balloon.c $(BUILD)/asan/vmworker/balloon.o $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_netparse: tests/unit/test_netparse.c $(BUILD)/asan/vmworker/netparse.o $(asan_COMMON_OBJ)
 $(UNIT_TESTS:%=$(BUILD)/tests/%):
@@ -148,7 +159,7 @@ $(BUILD)/fuzz/fuzz_netparse: tests/fuzz/fuzz_netparse.c vmworker/netparse.c vmwo
 # against a fake scheduler (the input is a script of connects, writes, closes, VM answers).
 CONN_FUZZ_SRC = tests/fuzz/fuzz_control_conn.c supervisor/control.c supervisor/conn.c supervisor/request.c \
 	supervisor/session.c supervisor/config.c proto/frame.c common/sbx_limits.c common/paths.c \
-	common/netpolicy.c
+	common/netpolicy.c common/packages.c $(PKG_GEN)
 $(BUILD)/fuzz/fuzz_control_conn: $(CONN_FUZZ_SRC) $(GEN_C) $(GEN_H) supervisor/*.h common/*.h proto/*.h
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \

@@ -29,7 +29,8 @@ typedef enum {
     OPT_NETWORK,
     OPT_ALLOW_DOMAIN,
     OPT_EXPOSE,
-    OPT_LATER, /* an option of the reference that this version does not implement yet */
+    OPT_PACKAGE,
+    OPT_NO_VALIDATION,
 } opt_id;
 
 typedef struct {
@@ -46,8 +47,6 @@ static const opt global_opts[] = {
     {NULL, 0, false, 0},
 };
 
-/* Options of later features are listed so that they fail with a clear message: silently running
- * without a network or a package the user asked for would be worse than refusing. */
 static const opt run_opts[] = {
     {"help", 'h', false, OPT_HELP},
     {"socket", 0, true, OPT_SOCKET},
@@ -62,8 +61,8 @@ static const opt run_opts[] = {
     {"network", 0, false, OPT_NETWORK},
     {"allow-domain", 0, true, OPT_ALLOW_DOMAIN},
     {"expose", 0, true, OPT_EXPOSE},
-    {"package", 'p', true, OPT_LATER},
-    {"no-validation", 0, false, OPT_LATER},
+    {"package", 'p', true, OPT_PACKAGE},
+    {"no-validation", 0, false, OPT_NO_VALIDATION},
     {"upload", 0, true, OPT_UPLOAD},
     {"download", 0, true, OPT_DOWNLOAD},
     {NULL, 0, false, 0},
@@ -89,6 +88,8 @@ static const opt session_new_opts[] = {
     {"network", 0, false, OPT_NETWORK},
     {"allow-domain", 0, true, OPT_ALLOW_DOMAIN},
     {"expose", 0, true, OPT_EXPOSE},
+    {"package", 'p', true, OPT_PACKAGE},
+    {"no-validation", 0, false, OPT_NO_VALIDATION},
     {NULL, 0, false, 0},
 };
 
@@ -383,10 +384,16 @@ static int apply(args *a, const opt *o, const char *val, sbx_err *err)
         return add_domain(a, val, err);
     case OPT_EXPOSE:
         return add_expose(a, val, err);
-    case OPT_LATER:
-        break;
+    case OPT_PACKAGE:
+        if (a->n_packages >= SBX_PACKAGES_MAX)
+            return sbx_fail(err, 0, "--package: more than %u packages", SBX_PACKAGES_MAX);
+        a->packages[a->n_packages++] = val;
+        return 0;
+    case OPT_NO_VALIDATION:
+        a->no_validation = true;
+        return 0;
     }
-    return sbx_fail(err, 0, "--%s is not available yet in this version", o->name);
+    return sbx_fail(err, 0, "--%s: unknown option", o->name);
 }
 
 /* One argument that starts with '-' (and is not "-" or "--"). May consume the next argument as
@@ -400,8 +407,6 @@ static int parse_option(args *a, const opt *tab, int argc, char *const argv[], i
         const opt *o = find_long(tab, name, len);
         if (!o)
             return sbx_fail(err, 0, "unknown option `--%.*s`", (int)(len > 64 ? 64 : len), name);
-        if (o->id == OPT_LATER)
-            return apply(a, o, NULL, err);
         if (!o->has_value) {
             if (eq)
                 return sbx_fail(err, 0, "--%s takes no value", o->name);
@@ -419,7 +424,7 @@ static int parse_option(args *a, const opt *tab, int argc, char *const argv[], i
         const opt *o = find_short(tab, *p);
         if (!o)
             return sbx_fail(err, 0, "unknown option `-%c`", *p);
-        if (o->id == OPT_LATER || !o->has_value) {
+        if (!o->has_value) {
             int rc = apply(a, o, NULL, err);
             if (rc != 0)
                 return rc;
@@ -550,8 +555,10 @@ int args_parse(int argc, char *const argv[], args *a, sbx_err *err)
     a->downloads = calloc((size_t)argc + 1, sizeof *a->downloads);
     a->domains = calloc((size_t)argc + 1, sizeof *a->domains);
     a->expose = calloc((size_t)argc + 1, sizeof *a->expose);
+    a->packages = calloc((size_t)argc + 1, sizeof *a->packages);
     cleanup_free const char **pos = calloc((size_t)argc + 1, sizeof *pos);
-    if (!a->sources || !a->env || !a->uploads || !a->downloads || !a->domains || !a->expose || !pos)
+    if (!a->sources || !a->env || !a->uploads || !a->downloads || !a->domains || !a->expose ||
+        !a->packages || !pos)
         return sbx_fail(err, 0, "out of memory");
     size_t n_pos = 0;
 
@@ -659,6 +666,7 @@ void args_free(args *a)
     free(a->sources);
     free(a->domains);
     free(a->expose);
+    free(a->packages);
     transfers_free(a->uploads, a->n_uploads);
     transfers_free(a->downloads, a->n_downloads);
     memset(a, 0, sizeof *a);

@@ -76,6 +76,11 @@ typedef struct {
     size_t n_domains;
     net_expose *expose; /* --expose, parsed */
     size_t n_expose;
+    /* run, session new: packages, as given (their syntax and the lists are checked once the
+     * language is known, in sbx_run.c and sbx_session.c) */
+    const char **packages; /* -p/--package, in the order given; point into argv */
+    size_t n_packages;
+    bool no_validation; /* --no-validation: skip the top-10k lists */
     /* run --upload/--download (in the order given), session upload/download (one) */
     args_transfer *uploads;
     size_t n_uploads;

@@ -155,6 +155,24 @@ typedef struct {
  * (SBX_ERR_VM_CONFIG with a message naming the spec when it is not one). */
 SBX_API int sbx_parse_expose(const char *spec, sbx_port_expose *out, sbx_error *err);
 
+/* ---- packages ---- */
+
+/* A run or a session may ask for packages to be installed before its code runs. Python specs
+ * are `name==version`, JavaScript ones `name@version` or `@scope/name@version`; the name alone
+ * is unpinned (allowed, but such an install is never cached). Only exact versions: no ranges,
+ * extras, URLs or tags with other characters. Names must be among their language's 10,000 most
+ * downloaded (lists compiled into libsbx and sbxd) unless validation is skipped; sbxd checks
+ * again, and also skips the lists when its enable_package_validation is false. */
+
+#define SBX_PACKAGES_MAX 50 /* packages per run or session */
+
+/* Check specs as sbxd will, without a daemon: language "python" or "javascript" (NULL:
+ * python), at most SBX_PACKAGES_MAX, each well-formed, no package twice (Python names compare
+ * in their PEP 503 form): SBX_ERR_VM_CONFIG otherwise. Unless skip_validation, a name off its
+ * list is SBX_ERR_PACKAGE_NOT_ALLOWED, its message naming the package. */
+SBX_API int sbx_check_packages(const char *language, const char *const *packages, size_t n,
+                               bool skip_validation, sbx_error *err);
+
 /* ---- running code ---- */
 
 /* Which output stream a chunk belongs to. */
@@ -186,9 +204,12 @@ typedef struct {
      * once, as it is produced, plus (once the result arrives) any tail the daemon put in the
      * result without streaming it. The result still holds the full captured output. */
     sbx_output_fn on_output;
-    void *userdata;        /* passed to on_output and on_ports */
-    sbx_network network;   /* zero: no network interface */
-    sbx_ports_fn on_ports; /* optional: the exposed ports, before the code's output */
+    void *userdata;               /* passed to on_output and on_ports */
+    sbx_network network;          /* zero: no network interface */
+    sbx_ports_fn on_ports;        /* optional: the exposed ports, before the code's output */
+    const char *const *packages;  /* n_packages specs to install first (sbx_check_packages) */
+    size_t n_packages;            /* at most SBX_PACKAGES_MAX */
+    bool skip_package_validation; /* do not check names against the top-10k lists */
 } sbx_run_opts;
 
 /* Where the time of a run went, as measured by the daemon. */
@@ -304,6 +325,9 @@ typedef struct {
     sbx_network network;           /* zero: no network interface */
     sbx_ports_fn on_ports;         /* optional: the exposed ports, as soon as they are bound */
     void *userdata;                /* passed to on_ports */
+    const char *const *packages;   /* as in sbx_run_opts */
+    size_t n_packages;
+    bool skip_package_validation;
 } sbx_session_opts;
 
 /* What sbxd says about a session. Strings are NUL-terminated. */

@@ -97,6 +97,12 @@ size_t ports_fill(sbx_exposed_port *out, Sbx__Control__ExposedPort *const *in, s
 void ports_deliver(sbx_client *c, const Sbx__Control__PortsReady *p);
 int report_fill(sbx_network_report **out, const Sbx__Control__NetworkReport *in, sbx_err *err);
 
+/* ---- pkg.c ---- */
+
+/* The package checks of sbx_check_packages, as an sbx_err with a public kind. */
+int check_packages(const char *language, const char *const *packages, size_t n, bool skip,
+                   sbx_err *err);
+
 /* ---- session.c ---- */
 
 int check_session_id(const char *id, sbx_err *err);

@@ -163,9 +163,9 @@ static int run_validate(const sbx_run_opts *o, const char *lang, size_t code_len
         (o->timeout_seconds && limits_check_timeout(o->timeout_seconds, &why_err) < 0) ||
         (o->memory_mb && limits_check_memory(o->memory_mb, &why_err) < 0))
         return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why_err.msg);
-    if (check_env(o->env, o->n_env, err) < 0)
+    if (check_env(o->env, o->n_env, err) < 0 || check_network(&o->network, err) < 0)
         return -1;
-    return check_network(&o->network, err);
+    return check_packages(lang, o->packages, o->n_packages, o->skip_package_validation, err);
 }
 
 /* EnvVar messages pointing at the caller's strings; free() the array (one allocation). */
@@ -206,6 +206,9 @@ static int run_code(sbx_client *c, const sbx_run_opts *o, sbx_result *out, sbx_e
     run.stream = o->on_output != NULL;
     network_msg net;
     run.network = network_request(&o->network, &net);
+    run.packages = (char **)o->packages;
+    run.n_packages = o->n_packages;
+    run.skip_package_validation = o->skip_package_validation;
     Sbx__Control__Request rq = SBX__CONTROL__REQUEST__INIT;
     rq.id = c->next_id++;
     rq.body_case = SBX__CONTROL__REQUEST__BODY_RUN;

@@ -3,6 +3,8 @@
  * do nothing another libsbx program could not. */
 #include "sbx.h"
 
+#include "packages.h"
+
 static const char main_help[] =
     "Usage: sbx [--socket PATH] COMMAND [OPTIONS]\n"
     "\n"
@@ -54,6 +56,12 @@ static const char run_help[] =
     "                         make a guest port reachable on 127.0.0.1:EXTERNAL (1024-65535;\n"
     "                         0 or none: the OS picks one); the address is printed on stderr\n"
     "                         before the code's output (repeatable, up to 10)\n"
+    "  -p, --package SPEC     a package to install before the code runs: python\n"
+    "                         NAME==VERSION, javascript NAME@VERSION or @SCOPE/NAME@VERSION\n"
+    "                         (repeatable, up to 50); NAME alone is unpinned (a warning:\n"
+    "                         never cached). Names must be among the 10,000 most downloaded\n"
+    "                         of their index (PyPI, npm)\n"
+    "      --no-validation    skip that list (the syntax is still checked)\n"
     "      --upload LOCAL:GUEST\n"
     "                         copy a local file into the VM before the code runs; GUEST is\n"
     "                         relative to the sandbox home (repeatable)\n"
@@ -66,8 +74,8 @@ static const char run_help[] =
     "      --socket PATH      the daemon's control socket\n"
     "  -h, --help             print this help and exit\n"
     "\n"
-    "Not available yet in this version (refused, exit status 2):\n"
-    "  -p/--package, --no-validation\n"
+    "Packages are refused by this version of sbxd once checked (VmConfigError: not\n"
+    "available yet); a name off the list is PackageNotAllowedError before any VM starts.\n"
     "\n"
     "Without --network or --expose the VM has no network interface at all. Private and\n"
     "loopback addresses stay unreachable unless the daemon's operator allows them;\n"
@@ -104,8 +112,10 @@ static const char session_help[] =
     "Commands:\n"
     "  new [-l LANG] [-m MB] [-t SECONDS] [-e KEY=VALUE]... [--idle-timeout SECONDS]\n"
     "      [--network] [--allow-domain DOMAIN]... [--expose SPEC]...\n"
+    "      [-p SPEC]... [--no-validation]\n"
     "        start a session and print its id alone on stdout: ID=$(sbx session new)\n"
-    "        network options as for `sbx run`; exposed ports are printed on stderr\n"
+    "        network and package options as for `sbx run`; exposed ports are printed\n"
+    "        on stderr\n"
     "        -t is the default time limit of each exec (1-300, daemon default 30);\n"
     "        --idle-timeout 10-3600 s (daemon default 300); --json prints the session\n"
     "  exec ID CODE|FILE|- [-c CODE] [-t SECONDS] [--json] [-q]\n"
@@ -129,8 +139,8 @@ static const char session_help[] =
     "paths are relative, at most 255 bytes, without `..`.\n"
     "\n"
     "Exit status: 0 on success (exec: the code's own exit status, 124 if it timed out);\n"
-    "2 for bad usage or a refused request (VmConfigError); 125 for other errors, a\n"
-    "session that is gone (SessionClosedError) among them.\n";
+    "2 for bad usage or a refused request (VmConfigError, PackageNotAllowedError); 125\n"
+    "for other errors, a session that is gone (SessionClosedError) among them.\n";
 
 static const char status_help[] =
     "Usage: sbx status [--json] [--socket PATH]\n"
@@ -177,6 +187,32 @@ sbx_network network_opts(const args *a, sbx_port_expose ports[SBX_EXPOSE_MAX])
         .expose = ports,
         .n_expose = n,
     };
+}
+
+int packages_check(const args *a, const char *language, bool warn)
+{
+    sbx_error e = {0};
+    if (!a->n_packages)
+        return -1;
+    if (sbx_check_packages(language, a->packages, a->n_packages, a->no_validation, &e) < 0) {
+        if (e.kind == SBX_ERR_PACKAGE_NOT_ALLOWED)
+            print_error(&e);
+        else
+            fprintf(stderr, "sbx: --package: %s (see %s --help)\n", e.message,
+                    args_command_name(a));
+        return EXIT_USAGE;
+    }
+    pkg_lang lang;
+    pkg_spec s;
+    if (!warn || a->quiet || pkg_lang_of(language, &lang, NULL) < 0)
+        return -1;
+    for (size_t i = 0; i < a->n_packages; i++)
+        if (pkg_parse(lang, a->packages[i], &s, NULL) == 0 && !s.version[0])
+            fprintf(stderr,
+                    "sbx: warning: package `%s` is not pinned (%s%sVERSION): it is installed "
+                    "afresh for every run, never cached\n",
+                    s.name, s.name, lang == PKG_PYTHON ? "==" : "@");
+    return -1;
 }
 
 static int cmd_session(const args *a)

@@ -21,6 +21,11 @@
 int connect_client(const args *a, bool show_progress, sbx_client **out, sbx_error *err);
 /* The network asked for on the command line, its ports written to ports. */
 sbx_network network_opts(const args *a, sbx_port_expose ports[SBX_EXPOSE_MAX]);
+/* The packages asked for, checked for a language before anything is sent: a spec that is not
+ * one is a usage error, a name off its list PackageNotAllowedError; unpinned specs are warned
+ * about unless -q (and warn is false). -1 when they are fine, else the exit status (2), the
+ * error printed. */
+int packages_check(const args *a, const char *language, bool warn);
 
 /* ---- sbx_output.c ---- */
 

@@ -23,6 +23,9 @@ static int run_one(const args *a, const sbx_env *env, run_source *src)
         .on_output = a->json ? NULL : stream_cb,
         .network = network_opts(a, ports),
         .on_ports = a->quiet ? NULL : ports_cb,
+        .packages = a->packages,
+        .n_packages = a->n_packages,
+        .skip_package_validation = a->no_validation,
     };
     int rc = connect_client(a, !a->quiet, &c, &e);
     if (rc == 0)
@@ -123,6 +126,9 @@ static int session_run_steps(const args *a, const sbx_env *env, run_source *src,
         .n_env = a->n_env,
         .idle_timeout_seconds = idle > SBX_IDLE_TIMEOUT_MAX ? SBX_IDLE_TIMEOUT_MAX : idle,
         .network = network_opts(a, ports),
+        .packages = a->packages,
+        .n_packages = a->n_packages,
+        .skip_package_validation = a->no_validation,
     };
     if (connect_client(a, !a->quiet, &c, &e) < 0 || sbx_session_open(c, &so, &info, &e) < 0) {
         sbx_close(c);
@@ -264,6 +270,9 @@ static void *pool_worker(void *arg)
             .n_env = p->a->n_env,
             .network = network_opts(p->a, ports),
             .on_ports = p->a->quiet ? NULL : ports_cb,
+            .packages = p->a->packages,
+            .n_packages = p->a->n_packages,
+            .skip_package_validation = p->a->no_validation,
         };
         bool ok = (c || connect_client(p->a, false, &c, &j->err) == 0) &&
                   sbx_run(c, &o, &j->res, &j->err) == 0;
@@ -395,6 +404,9 @@ int cmd_run(const args *a)
         } else if (args_source_load(&jobs[i].src, stdin, &why) < 0) {
             fprintf(stderr, "sbx: %s\n", why.msg);
             code = EXIT_USAGE;
+        } else {
+            /* Each source's language decides its specs' syntax and list. */
+            code = packages_check(a, jobs[i].src.language, i == 0);
         }
     }
     if (code < 0 && (a->n_uploads || a->n_downloads))

@@ -103,7 +103,13 @@ int cmd_session_new(const args *a)
         .n_env = a->n_env,
         .idle_timeout_seconds = a->idle_timeout_s,
         .network = network_opts(a, ports),
+        .packages = a->packages,
+        .n_packages = a->n_packages,
+        .skip_package_validation = a->no_validation,
     };
+    int code = packages_check(a, a->language ? a->language : "python", true);
+    if (code >= 0)
+        return code;
     sbx_client *c = NULL;
     sbx_error e = {0};
     sbx_session_info s;

@@ -49,7 +49,8 @@ static int session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session
         (o->idle_timeout_seconds &&
          limits_check_idle_timeout(o->idle_timeout_seconds, &why_err) < 0))
         return sbx_fail(err, SBX_ERR_VM_CONFIG, "%s", why_err.msg);
-    if (check_env(o->env, o->n_env, err) < 0 || check_network(&o->network, err) < 0)
+    if (check_env(o->env, o->n_env, err) < 0 || check_network(&o->network, err) < 0 ||
+        check_packages(lang, o->packages, o->n_packages, o->skip_package_validation, err) < 0)
         return -1;
     cleanup_free Sbx__Files__EnvVar **varp = env_msgs(o->env, o->n_env);
     if (!varp)
@@ -63,6 +64,9 @@ static int session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session
     so.idle_timeout_seconds = o->idle_timeout_seconds;
     network_msg net;
     so.network = network_request(&o->network, &net);
+    so.packages = (char **)o->packages;
+    so.n_packages = o->n_packages;
+    so.skip_package_validation = o->skip_package_validation;
     Sbx__Control__Request rq = SBX__CONTROL__REQUEST__INIT;
     rq.body_case = SBX__CONTROL__REQUEST__BODY_SESSION_OPEN;
     rq.session_open = &so;

@@ -9,6 +9,7 @@
 
 #include "cgroup.h"
 #include "netpolicy.h"
+#include "packages.h"
 #include "sbx_limits.h"
 #include "sbxd.h"
 #include "snapshot.h"
@@ -85,6 +86,31 @@ static int check_network(const Sbx__Control__NetworkRequest *n, sbx_err *err)
     return 0;
 }
 
+/* A run's or a session open's packages, after the rest of the request was found valid:
+ * syntax, count and duplicates (VmConfigError), then each name on its language's top-10k list
+ * unless the request or the daemon's enable_package_validation = false skips it
+ * (PackageNotAllowedError, permanent). Returns 0, or -1 after replying. */
+static int check_packages(client *c, uint64_t id, const char *language, char **specs, size_t n,
+                          bool skip_validation)
+{
+    sbx_err why = {0};
+    if (!n)
+        return 0;
+    if (pkg_check_list(language, (const char *const *)specs, n,
+                       skip_validation || !cfg.enable_package_validation, NULL, &why) < 0) {
+        bool denied = why.code == PKG_ERR_NOT_ALLOWED;
+        control_send_error(c, id,
+                           denied ? SBX__CONTROL__ERROR_KIND__ERROR_PACKAGE_NOT_ALLOWED
+                                  : SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG,
+                           false, "%s", why.msg);
+        return -1;
+    }
+    /* PACKAGES-NOT-WIRED (issue 13): remove this refusal once sbxd installs packages. */
+    control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false,
+                       "packages are not available in this daemon yet");
+    return -1;
+}
+
 /* What runs and sessions share: a language (default python), a VM (memory, default timeout), an
  * environment and a network. Defaults are filled in; returns 0, or -1 after replying with a
  * VmConfigError. */
@@ -133,7 +159,8 @@ static int check_run(client *c, uint64_t id, Sbx__Control__RunRequest *run)
         control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "%s", lim.msg);
         return -1;
     }
-    return 0;
+    return check_packages(c, id, run->language, run->packages, run->n_packages,
+                          run->skip_package_validation);
 }
 
 /* Sessions and files: validate what sbxd can before the request reaches a VM. Returns 0, or -1
@@ -156,7 +183,8 @@ static int check_session(client *c, uint64_t id, Sbx__Control__Request *r)
             control_send_error(c, id, bad, false, "%s", lim.msg);
             return -1;
         }
-        return 0;
+        return check_packages(c, id, o->language, o->packages, o->n_packages,
+                              o->skip_package_validation);
     }
     case SBX__CONTROL__REQUEST__BODY_SESSION_EXEC: {
         Sbx__Control__SessionExec *e = r->session_exec;

@@ -26,8 +26,6 @@ def network_usage_errors(c):
         (["session", "new", "--expose", "abc"], "no guest port"),
         (["run", "--network=yes", "print(1)"], "takes no value"),
         (["session", "exec", "--network", "ID", "print(1)"], "unknown option `--network`"),
-        (["run", "-p", "requests", "print(1)"], "--package is not available yet"),
-        (["run", "--no-validation", "print(1)"], "--no-validation is not available yet"),
     ]
     for argv, want in cases:
         r = c.sbx(*argv)

@@ -136,6 +136,11 @@ int sched_vm_send(job *j, Sbx__Worker__ToWorker *m)
     return 0;
 }
 
+void sched_vm_set_network(job *j, const Sbx__Control__NetworkRequest *n)
+{
+    (void)j;
+    (void)n;
+}
 void sched_vm_set_request(job *j, uint64_t req_id)
 {
     j->req_id = req_id;

@@ -4,7 +4,9 @@ own logic (framing, pooling, cancellation, transfers) is tested in milliseconds.
 `run`/`session_exec` code is a tiny script: lines `out TEXT`, `err TEXT`, `sleep SECONDS`,
 `exit N`, `timeout`, `blocked WHAT PORT REASON` (a refusal for the network report). Files live
 in a dict per session. A request that exposes ports gets them "bound" (the asked-for host port,
-else 40000 + its index), announced in a PortsReady reply first, as sbxd does.
+else 40000 + its index), announced in a PortsReady reply first, as sbxd does. A request with
+packages is refused as this sbxd refuses it: PackageNotAllowedError (kind 6) for a spec holding
+"unknown" unless skip_package_validation, else VmConfigError "not available".
 """
 import asyncio
 import hashlib
@@ -21,6 +23,18 @@ def _mode(net):
     if net.allow_network:
         return "allowlist" if net.allowed_domains else "open"
     return "ports" if net.expose else "none"
+
+
+def _package_refusal(rq):
+    """The error sbxd gives a run or session open with packages, or None without any."""
+    if not rq.packages:
+        return None
+    off = [p for p in rq.packages if "unknown" in p]
+    if off and not rq.skip_package_validation:
+        return pb.Error(kind=6, message=f"package `{off[0]}` is not among the top 10,000 PyPI "
+                        "packages that are allowed; check its name, or skip the list with "
+                        "--no-validation")
+    return pb.Error(kind=1, message="packages are not available in this daemon yet")
 
 
 def _bind(net):
@@ -77,6 +91,8 @@ class FakeSbxd:
                         version="fake", max_concurrent_vms=self.max_concurrent_vms,
                         images_dir=os.environ.get("EXEC_SANDBOX_IMAGES_DIR", ""), running_vms=self.running,
                         sessions=len(self.sessions)))
+                elif body in ("run", "session_open") and _package_refusal(getattr(rq, body)):
+                    await send(id=rq.id, error=_package_refusal(getattr(rq, body)))
                 elif body == "run":
                     net = rq.run.network if rq.run.HasField("network") else None
                     ports = _bind(net) if net else []

@@ -115,12 +115,14 @@ async def test_no_daemon_on_socket_is_transient():
     assert ei.value.transient
 
 
-async def test_packages_are_refused_before_anything_is_sent():
+async def test_package_lists_of_the_wrong_shape_are_refused_before_anything_is_sent():
     s = es.Scheduler(es.SchedulerConfig(socket="/nonexistent/sbxd.sock"))
-    with pytest.raises(es.NotSupportedError, match="not available"):
-        await s.run("print(1)", packages=["pandas==2.2.0"])
-    with pytest.raises(es.NotSupportedError):
-        await s.session(packages=["pandas==2.2.0"])
+    for bad, why in [("pandas==2.2.0", "a list of specs"), ([b"pandas"], "must be a str"),
+                     ([f"p{i}==1" for i in range(51)], "51 packages; the limit is 50")]:
+        with pytest.raises(es.VmConfigError, match=why):
+            await s.run("print(1)", packages=bad)
+        with pytest.raises(es.VmConfigError, match=why):
+            await s.session(packages=bad)
 
 
 def test_network_requests_are_built_from_every_port_form():
@@ -268,6 +270,37 @@ async def test_fake_run_with_ports_hands_them_over_before_the_output():
             r = await s.run("out y")
             assert not d.requests[-1].run.HasField("network")
             assert r.network is None and r.exposed_ports == []
+
+
+async def test_fake_packages_are_sent_and_refusals_typed():
+    async with FakeSbxd() as d:
+        async with es.Scheduler(es.SchedulerConfig(socket=d.socket)) as s:
+            with pytest.raises(es.PackageNotAllowedError, match="unknown-pkg.*--no-validation") \
+                    as ei:
+                await s.run("out x", packages=["numpy==1.26.0", "unknown-pkg==1.0"])
+            assert not ei.value.transient
+            rq = d.requests[-1].run
+            assert list(rq.packages) == ["numpy==1.26.0", "unknown-pkg==1.0"]
+            assert not rq.skip_package_validation
+            with pytest.raises(es.VmConfigError, match="not available") as ei:
+                await s.run("out x", language="javascript", packages=("lodash@4.17.21",))
+            assert not isinstance(ei.value, es.PackageNotAllowedError)
+            assert list(d.requests[-1].run.packages) == ["lodash@4.17.21"]
+            with pytest.raises(es.PackageNotAllowedError):
+                await s.session(packages=["unknown-pkg"])
+            assert list(d.requests[-1].session_open.packages) == ["unknown-pkg"]
+            # No packages: nothing sent, the run goes on.
+            r = await s.run("out ok", packages=[])
+            assert r.stdout == "ok\n" and not d.requests[-1].run.packages
+        # The config's enable_package_validation = false skips the lists (the syntax stays).
+        cfg = es.SchedulerConfig(socket=d.socket, enable_package_validation=False)
+        async with es.Scheduler(cfg) as s:
+            with pytest.raises(es.VmConfigError, match="not available"):
+                await s.run("out x", packages=["unknown-pkg==1.0"])
+            assert d.requests[-1].run.skip_package_validation
+            with pytest.raises(es.VmConfigError, match="not available"):
+                await s.session(packages=["unknown-pkg==1.0"])
+            assert d.requests[-1].session_open.skip_package_validation
 
 
 async def test_fake_session_with_ports():

@@ -386,31 +386,68 @@ static void test_env_count(void **state)
     args_free(&a);
 }
 
-static void test_later_features(void **state)
+/* ---- -p/--package, --no-validation (the specs are checked later, by language) ---- */
+
+/* `sbx run -p p0==1 ... -p p{n-1}==1 x` */
+static int parse_n_packages(args *a, int n)
 {
-    struct {
-        const char *arg, *next, *name;
-    } cases[] = {
-        {"-p", "requests", "--package"},
-        {"--package", "pandas", "--package"},
-        {"--package=pandas", NULL, "--package"},
-        {"-prequests", NULL, "--package"},
-        {"--no-validation", NULL, "--no-validation"},
-        {"--no-validation=1", NULL, "--no-validation"},
-        {"-p", NULL, "--package"},
-    };
-    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
-        char want[96];
-        snprintf(want, sizeof want, "%s is not available yet in this version", cases[i].name);
-        args a;
-        int rc = cases[i].next ? parse(&a, "run", cases[i].arg, cases[i].next, "x", NULL)
-                               : parse(&a, "run", cases[i].arg, "x", NULL);
-        if (rc != -1 || strcmp(err.msg, want))
-            fail_msg("%s: rc=%d \"%s\"", cases[i].arg, rc, err.msg);
-        args_free(&a);
+    static char specs[64][16];
+    char *argv[2 + 2 * 64 + 2];
+    int argc = 0;
+    argv[argc++] = "sbx";
+    argv[argc++] = "run";
+    for (int i = 0; i < n && i < 64; i++) {
+        snprintf(specs[i], sizeof specs[i], "p%d==1", i);
+        argv[argc++] = "-p";
+        argv[argc++] = specs[i];
     }
-    /* Grouped with a flag before it. */
-    expect_error("--package is not available yet", "run", "-qp", "x", "y", NULL);
+    argv[argc++] = "x";
+    argv[argc] = NULL;
+    return args_parse(argc, argv, a, &err);
+}
+
+static void test_packages(void **state)
+{
+    args a;
+    assert_int_equal(parse(&a, "run", "x", NULL), 0);
+    assert_int_equal(a.n_packages, 0);
+    assert_false(a.no_validation);
+    args_free(&a);
+    /* Every spelling, in the order given, kept as written. */
+    assert_int_equal(parse(&a, "run", "-p", "b==1", "--package", "a==2", "--package=c", "-pd==3",
+                           "-qpe", "--no-validation", "x", NULL),
+                     0);
+    assert_int_equal(a.n_packages, 5);
+    const char *want[] = {"b==1", "a==2", "c", "d==3", "e"};
+    for (size_t i = 0; i < ARRAY_LEN(want); i++)
+        assert_string_equal(a.packages[i], want[i]);
+    assert_true(a.no_validation);
+    assert_true(a.quiet);
+    assert_int_equal(a.n_sources, 1);
+    args_free(&a);
+    /* session new takes them too; session exec does not. */
+    assert_int_equal(parse(&a, "session", "new", "-l", "javascript", "-p", "lodash@4.17.21",
+                           "--no-validation", NULL),
+                     0);
+    assert_int_equal(a.n_packages, 1);
+    assert_string_equal(a.packages[0], "lodash@4.17.21");
+    assert_true(a.no_validation);
+    args_free(&a);
+    expect_error("unknown option `-p`", "session", "exec", "ID", "-p", "x", "y", NULL);
+    expect_error("unknown option `--no-validation`", "session", "exec", "--no-validation", "ID",
+                 "y", NULL);
+    expect_error("unknown option `--package`", "status", "--package", "x", NULL);
+    /* Values and their absence. */
+    expect_error("-p/--package needs a value", "run", "x", "-p", NULL);
+    expect_error("--package needs a value", "run", "x", "--package", NULL);
+    expect_error("--no-validation takes no value", "run", "--no-validation=1", "x", NULL);
+    /* 50 packages pass here, 51 do not. */
+    assert_int_equal(parse_n_packages(&a, 50), 0);
+    assert_int_equal(a.n_packages, 50);
+    args_free(&a);
+    assert_int_equal(parse_n_packages(&a, 51), -1);
+    assert_non_null(strstr(err.msg, "--package: more than 50 packages"));
+    args_free(&a);
 }
 
 /* ---- --network, --allow-domain, --expose ---- */
@@ -1123,6 +1160,47 @@ static void test_error_names(void **state)
     assert_string_equal(sbx_error_kind_name(77), "SandboxError");
 }
 
+/* libsbx's package checks: the kinds, and runs and sessions refused before any daemon is needed
+ * (no client at all here). */
+static void test_libsbx_packages(void **state)
+{
+    sbx_error e;
+    const char *good[] = {"numpy==1.26.0", "attrs"};
+    assert_int_equal(sbx_check_packages(NULL, good, 2, false, &e), 0);
+    assert_int_equal(sbx_check_packages("python", NULL, 0, false, NULL), 0);
+    const char *off[] = {"surely-not-a-real-package-zz==1"};
+    assert_int_equal(sbx_check_packages("python", off, 1, false, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_PACKAGE_NOT_ALLOWED);
+    assert_false(e.transient);
+    assert_non_null(strstr(e.message, "--no-validation"));
+    assert_int_equal(sbx_check_packages("python", off, 1, true, &e), 0);
+    assert_int_equal(sbx_check_packages("python", off, 1, false, NULL), -1);
+    const char *bad[] = {"numpy>=1"};
+    assert_int_equal(sbx_check_packages("python", bad, 1, true, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_VM_CONFIG);
+    assert_int_equal(sbx_check_packages("raw", good, 2, true, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_VM_CONFIG);
+    assert_int_equal(sbx_check_packages("python", good, SBX_PACKAGES_MAX + 1, true, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_VM_CONFIG);
+
+    sbx_result r;
+    sbx_run_opts ro = {.code = "print(1)", .packages = off, .n_packages = 1};
+    assert_int_equal(sbx_run(NULL, &ro, &r, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_PACKAGE_NOT_ALLOWED);
+    ro.language = "javascript";
+    ro.packages = good;
+    ro.n_packages = 2;
+    assert_int_equal(sbx_run(NULL, &ro, &r, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_VM_CONFIG); /* `==` is no npm spec */
+    sbx_session_info si;
+    sbx_session_opts so = {.language = "python", .packages = bad, .n_packages = 1};
+    assert_int_equal(sbx_session_open(NULL, &so, &si, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_VM_CONFIG);
+    so.packages = off;
+    assert_int_equal(sbx_session_open(NULL, &so, &si, &e), -1);
+    assert_int_equal(e.kind, SBX_ERR_PACKAGE_NOT_ALLOWED);
+}
+
 static void expect_utf8(const char *in, size_t n, const char *want, size_t want_len)
 {
     size_t len;
@@ -1171,7 +1249,7 @@ int main(void)
         cmocka_unit_test(test_flags),
         cmocka_unit_test(test_env),
         cmocka_unit_test(test_env_count),
-        cmocka_unit_test(test_later_features),
+        cmocka_unit_test(test_packages),
         cmocka_unit_test(test_network),
         cmocka_unit_test(test_network_counts),
         cmocka_unit_test(test_session_network),
@@ -1186,6 +1264,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_load, tmp_setup, tmp_teardown),
         cmocka_unit_test(test_label),
         cmocka_unit_test(test_error_names),
+        cmocka_unit_test(test_libsbx_packages),
         cmocka_unit_test(test_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence, Union
 
 from ._config import SchedulerConfig
 from ._daemon import PrivateDaemon
-from ._errors import (CommunicationError, NotSupportedError, ProtocolError, SandboxError,
+from ._errors import (CommunicationError, ProtocolError, SandboxError,
                       SessionClosedError, VmConfigError, VmTimeoutError, from_daemon)
 from ._models import (LANGUAGES, BlockedConnection, ExecutionResult, ExposedPort, FileInfo,
                       NetworkReport, PortMapping, TimingBreakdown)
@@ -35,14 +35,23 @@ CONTROL_TIMEOUT = 30.0
 FILE_TIMEOUT = 600.0
 
 
-def _not_available(what: str) -> NotSupportedError:
-    return NotSupportedError(f"{what} is not available in this version of exec-sandbox: the "
-                             "daemon cannot do it yet, and the request was not sent")
+PACKAGES_MAX = 50
 
 
-def _check_packages(packages: Optional[Sequence[str]]) -> None:
-    if packages:
-        raise _not_available(f"installing packages ({', '.join(packages)})")
+def _packages(packages: Optional[Sequence[str]]) -> list[str]:
+    """The specs to send (python "name==version", javascript "name@version"; the name alone is
+    unpinned). Only their shape is checked here: sbxd checks the syntax and the top-10k lists
+    (PackageNotAllowedError) for every client alike."""
+    if packages is None:
+        return []
+    if isinstance(packages, (str, bytes)):
+        raise VmConfigError("packages: give a list of specs, not one string")
+    out = list(packages)
+    if not all(isinstance(p, str) for p in out):
+        raise VmConfigError("packages: every spec must be a str")
+    if len(out) > PACKAGES_MAX:
+        raise VmConfigError(f"{len(out)} packages; the limit is {PACKAGES_MAX}")
+    return out
 
 
 EXPOSE_MAX = 10
@@ -304,6 +313,11 @@ class Scheduler:
                   on_ports: Optional[PortsCallback] = None) -> ExecutionResult:
         """Runs code in a fresh VM that is destroyed afterwards.
 
+        packages: specs to install first (python "pandas==2.2.0", javascript "lodash@4.17.21");
+        a name off its language's top-10k list raises PackageNotAllowedError unless the
+        config's enable_package_validation is false. This version of sbxd checks them and then
+        refuses them (VmConfigError "not available").
+
         Without allow_network or expose_ports the VM has no network interface. expose_ports
         takes ports (8080), PortMapping objects and "8080:3000/udp" strings; on_ports (a plain
         or coroutine function) gets the bound ports before the code's output, so a caller can
@@ -313,7 +327,7 @@ class Scheduler:
         Raises VmTimeoutError when the code runs past timeout_seconds (its output so far is in
         the error's ``result``). Cancelling the awaiting task stops the VM.
         """
-        _check_packages(packages)
+        specs = _packages(packages)
         network = _network(allow_network, allowed_domains, expose_ports)
         pool = self._need_pool()
         timeout = timeout_seconds or self.config.default_timeout_seconds
@@ -321,7 +335,8 @@ class Scheduler:
                             timeout_seconds=timeout,
                             memory_mb=memory_mb or self.config.default_memory_mb,
                             env=_env(env_vars), stream=bool(on_stdout or on_stderr),
-                            network=network)
+                            network=network, packages=specs,
+                            skip_package_validation=not self.config.enable_package_validation)
         limit = QUEUE_WAIT + timeout + BOOT_AND_GRACE
         async with pool.connection(run_slot=True, slot_wait=QUEUE_WAIT) as c:
             try:
@@ -342,7 +357,7 @@ class Scheduler:
         """Opens a session: one VM whose interpreter state lasts across ``exec`` calls, held
         by the daemon until ``close()`` or its idle timeout. The network options are those of
         ``run``; the session's ``exposed_ports`` lists the bound ports."""
-        _check_packages(packages)
+        specs = _packages(packages)
         network = _network(allow_network, allowed_domains, expose_ports)
         pool = self._need_pool()
         timeout = timeout_seconds or self.config.default_timeout_seconds
@@ -351,7 +366,8 @@ class Scheduler:
             memory_mb=memory_mb or self.config.default_memory_mb, timeout_seconds=timeout,
             env=_env(env_vars),
             idle_timeout_seconds=idle_timeout_seconds or
-            self.config.session_idle_timeout_seconds, network=network)
+            self.config.session_idle_timeout_seconds, network=network, packages=specs,
+            skip_package_validation=not self.config.enable_package_validation)
         limit = QUEUE_WAIT + BOOT_AND_GRACE
         async with pool.connection(run_slot=True, slot_wait=QUEUE_WAIT) as c:
             try:
