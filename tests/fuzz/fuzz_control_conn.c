@@ -145,12 +145,6 @@ void sched_vm_set_request(job *j, uint64_t req_id)
 {
     j->req_id = req_id;
 }
-void sched_vm_set_network(job *j, const Sbx__Control__NetworkRequest *n)
-{
-    (void)j;
-    (void)n;
-}
-
 void sched_vm_deadline(job *j, uint32_t seconds)
 {
     (void)j;
