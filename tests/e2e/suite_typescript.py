@@ -40,7 +40,8 @@ def typescript_file_by_extension(c):
         eq(r.out, "42 Y 3\n", f"{name} picked typescript by its extension")
     # -l beats the extension: the same file as JavaScript is a syntax error.
     r = c.sbx("run", "-q", "-l", "javascript", os.path.join(d, "main.ts"))
-    ok(r.returncode == 1 and "error" in r.err, f"-l javascript on a .ts file: {r.returncode} {r.err}")
+    ok(r.returncode == 1 and "error" in r.err,
+       f"-l javascript on a .ts file: {r.returncode} {r.err}")
 
 
 @test()
@@ -57,10 +58,19 @@ def typescript_session_keeps_state(c):
         j, _ = _sx(c, sid, "const n: number = 2; users.push({ name: 'bob', age: n });\n"
                            "console.log(users.map(greet).join(','), typeof readFileSync)", rc=0)
         eq(j["stdout"], "hi ada,hi bob function\n", "functions, arrays and imports kept")
+        # The TypeScript REPL has cgroups of its own, and what an exec leaves running is killed.
+        j, _ = _sx(c, sid, "const cg: string = readFileSync('/proc/self/cgroup', 'utf8').trim();\n"
+                           "const kid = Bun.spawn(['setsid', 'sleep', '300']);\n"
+                           "console.log(cg, kid.pid)", rc=0)
+        cg, pid = j["stdout"].split()
+        ok(cg in ("0::/typescript.0", "0::/typescript.1"), f"the REPL's cgroup: {cg}")
+        j, _ = _sx(c, sid, "import { existsSync } from 'node:fs';\n"
+                           f"console.log(existsSync('/proc/{pid}'))", rc=0)
+        eq(j["stdout"], "false\n", "a process left by an exec is killed after it")
         j, _ = _sx(c, sid, "const n: number = 3; console.log(n * x)", rc=0)
         eq(j["stdout"], "3\n", "a const declared again in a later exec")
-        j, _ = _sx(c, sid, "await new Promise<void>((r) => setTimeout(r, 10)); console.log('awaited')",
-                   rc=0)
+        j, _ = _sx(c, sid, "await new Promise<void>((r) => setTimeout(r, 10));\n"
+                           "console.log('awaited')", rc=0)
         eq(j["stdout"], "awaited\n", "top-level await")
         # A syntax error is Bun's build error: exit 1, the state stays.
         j, _ = _sx(c, sid, "let z: = 3")
@@ -132,12 +142,14 @@ def typescript_snapshot_is_its_own(c):
         j = _until_restore(c, env, "typescript", "const n: number = 2; console.log(n)")
         eq((j["stdout"], j["exit_code"]), ("2\n", 0), "typed code in a restored typescript VM")
         ts = _snap_of(sdir, "typescript")
-        ok("language = typescript" in open(os.path.join(ts, "meta")).read(), "meta names typescript")
+        meta = open(os.path.join(ts, "meta")).read()
+        ok("language = typescript" in meta, "meta names typescript: " + meta)
         eq([x for x in os.listdir(sdir) if x.startswith("javascript-")], [],
            "no javascript snapshot made for typescript runs")
         _srun(c, env, "javascript", "console.log(1)")
         j = _until_restore(c, env, "javascript", "const n: number = 3; console.log(n)")
-        ok(j["exit_code"] == 1 and j["stdout"] == "", f"a restored javascript VM does not read types: {j}")
+        ok(j["exit_code"] == 1 and j["stdout"] == "",
+           f"a restored javascript VM does not read types: {j}")
         ok(_snap_of(sdir, "javascript") != ts, "two snapshots")
         j = _srun(c, env, "typescript", "const n: number = 4; console.log(n)")
         eq((j["start_mode"], j["stdout"]), ("restore", "4\n"), "typescript still restores its own")
@@ -165,7 +177,8 @@ def typescript_python_client(c):
 
     async def main():
         async with Scheduler(SchedulerConfig(socket=c.sock)) as scheduler:
-            r = await scheduler.run("const n: number = 6 * 7; console.log(n)", language="typescript")
+            r = await scheduler.run("const n: number = 6 * 7; console.log(n)",
+                                    language="typescript")
             eq((r.stdout, r.exit_code), ("42\n", 0), "Scheduler.run, typescript")
             async with await scheduler.session(language="typescript") as s:
                 await s.exec("let greeting: string = 'hello'")
