@@ -79,9 +79,9 @@ int sandbox_env(struct env_list *e, Sbx__Files__EnvVar **vars, size_t nvars, sbx
 /* The cgroups user processes are started in, so that everything they leave behind can be killed
  * at once however it detached itself (setsid, double fork). */
 enum sandbox_cg {
-    SANDBOX_CG_EXEC, /* one-shot execs */
-    SANDBOX_CG_REPL, /* + 2 * language + slot: REPLs (see repl.c) */
-    SANDBOX_CG_N = SANDBOX_CG_REPL + 6,
+    SANDBOX_CG_EXEC,                    /* one-shot execs */
+    SANDBOX_CG_REPL,                    /* + 2 * language + slot: REPLs (see repl.c) */
+    SANDBOX_CG_N = SANDBOX_CG_REPL + 8, /* two per REPL_* */
 };
 
 /* The descriptors a REPL gets besides stdio: commands in, results out. */
@@ -109,7 +109,8 @@ bool sandbox_has_cgroups(void);
 
 /* ---- persistent interpreters (repl.c) ------------------------------------------------------- */
 
-enum { REPL_PYTHON, REPL_JAVASCRIPT, REPL_RAW, REPL_N };
+/* The languages the agent runs, each with its REPL: */
+enum { REPL_PYTHON, REPL_JAVASCRIPT, REPL_TYPESCRIPT, REPL_RAW, REPL_N };
 
 struct repl {
     int lang;
@@ -130,6 +131,9 @@ struct repl {
 struct repl *repl_get(int lang);
 /* REPL_* for a language name, -1 if unknown. */
 int repl_lang(const char *language);
+/* A language's name, and its interpreter (which one-shot execs run as well). */
+const char *repl_name(int lang);
+const char *repl_interp(int lang);
 /* Install the wrapper the first time (from the initramfs) and start the interpreter. */
 int repl_start(struct repl *r, sbx_err *err);
 /* Hand one exec to a running REPL: its code and variables, then the command line. */

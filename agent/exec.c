@@ -89,8 +89,8 @@ static int run_write_code(const char *path, const uint8_t *code, size_t len, sbx
 static int run_validate(const Sbx__Agent__Exec *x, sbx_err *err)
 {
     sbx_err why_err = {0};
-    if (!x->language || !limits_language_ok(x->language))
-        return sbx_fail(err, EINVAL, "unknown language `%.32s` (python, javascript or raw)",
+    if (repl_lang(x->language) < 0)
+        return sbx_fail(err, EINVAL, "unknown language `%.32s` (" SBX_LANGUAGES ")",
                         x->language ? x->language : "");
     if (limits_check_code(x->code.data, x->code.len, &why_err) < 0)
         return sbx_fail(err, EINVAL, "%s", why_err.msg);
@@ -109,20 +109,18 @@ static int run_validate(const Sbx__Agent__Exec *x, sbx_err *err)
     return 0;
 }
 
-/* A one-shot exec: the code in a file, a fresh interpreter for it. */
+/* A one-shot exec: the code in a file, a fresh interpreter for it. The file's extension is what
+ * tells Bun to read TypeScript. */
 static pid_t run_spawn_oneshot(const Sbx__Agent__Exec *x, int fd[2], sbx_err *err)
 {
-    const char *interp, *path;
-    if (!strcmp(x->language, "python")) {
-        interp = "/usr/bin/python3";
-        path = AGENT_CODE_DIR "/code.py";
-    } else if (!strcmp(x->language, "javascript")) {
-        interp = "/usr/local/bin/bun";
-        path = AGENT_CODE_DIR "/code.js";
-    } else {
-        interp = "/bin/bash";
-        path = AGENT_CODE_DIR "/code.sh";
-    }
+    static const char *const files[REPL_N] = {
+        [REPL_PYTHON] = AGENT_CODE_DIR "/code.py",
+        [REPL_JAVASCRIPT] = AGENT_CODE_DIR "/code.js",
+        [REPL_TYPESCRIPT] = AGENT_CODE_DIR "/code.ts",
+        [REPL_RAW] = AGENT_CODE_DIR "/code.sh",
+    };
+    int lang = repl_lang(x->language);
+    const char *interp = repl_interp(lang), *path = files[lang];
     if (run_write_code(path, x->code.data, x->code.len, err) < 0)
         return -1;
     cleanup_env struct env_list env = {0};
@@ -428,8 +426,7 @@ void exec_warm(struct chan *c, uint64_t id, const Sbx__Agent__Warm *w)
 {
     int l = repl_lang(w->language);
     if (l < 0) {
-        chan_failure(c, id, "warm: unknown language `%.32s` (python, javascript or raw)",
-                     w->language);
+        chan_failure(c, id, "warm: unknown language `%.32s` (" SBX_LANGUAGES ")", w->language);
         return;
     }
     sbx_err err = {0};
@@ -461,10 +458,7 @@ static void warm_done(struct chan *c, struct repl *rp, bool ok)
     if (ok)
         chan_ready(c, rp->warm_id);
     else
-        chan_failure(c, rp->warm_id, "warm: the %s REPL ended while starting",
-                     rp->lang == REPL_PYTHON       ? "python"
-                     : rp->lang == REPL_JAVASCRIPT ? "javascript"
-                                                   : "raw");
+        chan_failure(c, rp->warm_id, "warm: the %s REPL ended while starting", repl_name(rp->lang));
 }
 
 /* ---- the loop's poll set ------------------------------------------------------------------ */

@@ -2,13 +2,14 @@
  * first such exec (or a Warm), that keeps its state from one exec to the next. It never talks to
  * the host nor decides when an exec ends (exec.c does); it never trusts what the REPL writes.
  *
- * The protocol with a REPL (the wrappers are agent/repl/repl.{py,js,sh}):
+ * The protocol with a REPL (the wrappers are agent/repl/repl.{py,js,sh}; TypeScript's is
+ * repl.js, told by its last argument to read TypeScript):
  *   - it runs as uid 1000 like any code (sandbox.c), stdin /dev/null, its stdout and stderr
  *     pipes to the agent for its whole life, in its own session and cgroup;
  *   - before each exec the agent writes the code to /run/sbx/repl/<language>.code and, if the
  *     exec sets variables, them to <language>.env (root's files, readable by the REPL);
- *   - then one command line on fd 100: "SEQ HAS_ENV\n" (python, javascript), or for bash, which
- *     reads its script from that pipe, the shell line that sources both files;
+ *   - then one command line on fd 100: "SEQ HAS_ENV\n" (python, javascript, typescript), or for
+ *     bash, which reads its script from that pipe, the shell line that sources both files;
  *   - the REPL answers "SEQ EXIT_CODE\n" on fd 101 after the code's output has been written.
  * So the end of an exec travels on its own pipe: nothing the code prints can fake it, and the
  * sequence number makes a late or stray line harmless. The code itself could write to fd 101,
@@ -26,18 +27,24 @@
 #define REPL_DIR AGENT_CODE_DIR "/repl"
 #define REPL_WRAPPER_MAX (256u * 1024u)
 
+_Static_assert(SANDBOX_CG_N == SANDBOX_CG_REPL + 2 * REPL_N, "two cgroups per REPL");
+
+/* mode: the wrapper's last argument, for a wrapper that serves more than one language. */
 static const struct {
-    const char *name, *interp, *wrapper;
+    const char *name, *interp, *wrapper, *mode;
 } langs[REPL_N] = {
-    [REPL_PYTHON] = {"python", "/usr/bin/python3", "repl.py"},
-    [REPL_JAVASCRIPT] = {"javascript", "/usr/local/bin/bun", "repl.js"},
-    [REPL_RAW] = {"raw", "/bin/bash", "repl.sh"},
+    [REPL_PYTHON] = {"python", "/usr/bin/python3", "repl.py", NULL},
+    [REPL_JAVASCRIPT] = {"javascript", "/usr/local/bin/bun", "repl.js", "js"},
+    [REPL_TYPESCRIPT] = {"typescript", "/usr/local/bin/bun", "repl.js", "ts"},
+    [REPL_RAW] = {"raw", "/bin/bash", "repl.sh", NULL},
 };
 
+#define REPL_IDLE(l) [l] = {.lang = l, .out = {-1, -1}, .cmd = -1, .result = -1}
 static struct repl repls[REPL_N] = {
-    [REPL_PYTHON] = {.lang = REPL_PYTHON, .out = {-1, -1}, .cmd = -1, .result = -1},
-    [REPL_JAVASCRIPT] = {.lang = REPL_JAVASCRIPT, .out = {-1, -1}, .cmd = -1, .result = -1},
-    [REPL_RAW] = {.lang = REPL_RAW, .out = {-1, -1}, .cmd = -1, .result = -1},
+    REPL_IDLE(REPL_PYTHON),
+    REPL_IDLE(REPL_JAVASCRIPT),
+    REPL_IDLE(REPL_TYPESCRIPT),
+    REPL_IDLE(REPL_RAW),
 };
 
 static int source_dir = -1;
@@ -59,6 +66,16 @@ int repl_lang(const char *language)
         if (language && !strcmp(language, langs[i].name))
             return i;
     return -1;
+}
+
+const char *repl_name(int lang)
+{
+    return langs[lang].name;
+}
+
+const char *repl_interp(int lang)
+{
+    return langs[lang].interp;
 }
 
 static int write_file(const char *path, const void *data, size_t len, sbx_err *err)
@@ -116,7 +133,10 @@ static int repl_install(int lang, sbx_err *err)
     snprintf(path, sizeof path, REPL_DIR "/%s", name);
     if (write_file(path, buf, len, err) < 0)
         return -1;
-    installed[lang] = true;
+    /* Once for every language it serves: a REPL may be reading it already. */
+    for (int i = 0; i < REPL_N; i++)
+        if (!strcmp(langs[i].wrapper, name))
+            installed[i] = true;
     return 0;
 }
 
@@ -163,6 +183,7 @@ int repl_start(struct repl *r, sbx_err *err)
         argv[1] = wrapper;
         argv[2] = code;
         argv[3] = env_file;
+        argv[4] = (char *)langs[r->lang].mode;
     }
     cleanup_env struct env_list env = {0};
     if (sandbox_env(&env, NULL, 0, err) < 0)

@@ -75,9 +75,18 @@ int sandbox_env(struct env_list *e, Sbx__Files__EnvVar **vars, size_t nvars, sbx
 
 /* ---- cgroups -------------------------------------------------------------------------------- */
 
-static const char *const cg_names[SANDBOX_CG_N] = {
-    "exec", "python.0", "python.1", "javascript.0", "javascript.1", "raw.0", "raw.1",
-};
+/* "exec", then two per REPL language: "python.0", "python.1", "javascript.0"... */
+static const char *cg_name(enum sandbox_cg cg)
+{
+    static char names[SANDBOX_CG_N][32];
+    if (cg == SANDBOX_CG_EXEC)
+        return "exec";
+    int r = (int)cg - SANDBOX_CG_REPL;
+    if (!names[cg][0])
+        snprintf(names[cg], sizeof names[cg], "%s.%d", repl_name(r / 2), r % 2);
+    return names[cg];
+}
+
 static int cg_dir[SANDBOX_CG_N];
 static enum { CG_UNTRIED, CG_ON, CG_OFF } cg_state;
 
@@ -101,13 +110,13 @@ static bool cg_init(void)
         return false;
     }
     for (int i = 0; i < SANDBOX_CG_N; i++) {
-        if (mkdirat(root, cg_names[i], 0755) < 0 && errno != EEXIST) {
-            agent_log("mkdir cgroup `%s`: %s", cg_names[i], strerror(errno));
+        if (mkdirat(root, cg_name(i), 0755) < 0 && errno != EEXIST) {
+            agent_log("mkdir cgroup `%s`: %s", cg_name(i), strerror(errno));
             return false;
         }
-        cg_dir[i] = openat(root, cg_names[i], O_PATH | O_DIRECTORY | O_CLOEXEC);
+        cg_dir[i] = openat(root, cg_name(i), O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (cg_dir[i] < 0) {
-            agent_log("open cgroup `%s`: %s", cg_names[i], strerror(errno));
+            agent_log("open cgroup `%s`: %s", cg_name(i), strerror(errno));
             return false;
         }
     }
@@ -173,7 +182,7 @@ void sandbox_kill_cg(enum sandbox_cg cg, const pid_t *keep, size_t nkeep)
         return;
     }
     if (cg_write(cg, "cgroup.kill", "1") < 0)
-        agent_log("kill cgroup `%s`: %s", cg_names[cg], strerror(errno));
+        agent_log("kill cgroup `%s`: %s", cg_name(cg), strerror(errno));
 }
 
 int sandbox_move(enum sandbox_cg cg, pid_t pid)
@@ -183,7 +192,7 @@ int sandbox_move(enum sandbox_cg cg, pid_t pid)
     char text[32];
     snprintf(text, sizeof text, "%d", (int)pid);
     if (cg_write(cg, "cgroup.procs", text) < 0) {
-        agent_log("move %d to cgroup `%s`: %s", (int)pid, cg_names[cg], strerror(errno));
+        agent_log("move %d to cgroup `%s`: %s", (int)pid, cg_name(cg), strerror(errno));
         return -1;
     }
     return 0;
@@ -285,7 +294,7 @@ pid_t sandbox_spawn(const struct sandbox_spawn *s, sbx_err *err)
     if (cg_init()) {
         procs = openat(cg_dir[s->cg], "cgroup.procs", O_WRONLY | O_CLOEXEC);
         if (procs < 0)
-            return sbx_fail(err, errno, "open cgroup `%s`: %s", cg_names[s->cg], strerror(errno));
+            return sbx_fail(err, errno, "open cgroup `%s`: %s", cg_name(s->cg), strerror(errno));
     }
     pid_t pid = fork();
     if (pid == 0)

@@ -168,16 +168,6 @@ static int parse_u32(const char *name, const char *text, uint32_t *out, sbx_err 
     return 0;
 }
 
-/* Canonical static spelling, so results never point into argv for the language. */
-static const char *language_static(const char *lang)
-{
-    static const char *const names[] = {"python", "javascript", "raw"};
-    for (size_t i = 0; i < ARRAY_LEN(names); i++)
-        if (!strcmp(lang, names[i]))
-            return names[i];
-    return NULL;
-}
-
 static int add_env(args *a, const char *kv, sbx_err *err)
 {
     const char *eq = strchr(kv, '=');
@@ -336,9 +326,9 @@ static int apply(args *a, const opt *o, const char *val, sbx_err *err)
         a->quiet = true;
         return 0;
     case OPT_LANGUAGE:
-        a->language = language_static(val);
+        a->language = limits_language_name(val);
         if (!a->language)
-            return sbx_fail(err, 0, "unknown language `%.64s` (python, javascript or raw)", val);
+            return sbx_fail(err, 0, "unknown language `%.64s` (" SBX_LANGUAGES ")", val);
         return 0;
     case OPT_CODE:
         add_source(a, val, true);
@@ -709,6 +699,8 @@ const char *args_language_for_path(const char *path)
         return "python";
     if (!strcasecmp(dot, ".js") || !strcasecmp(dot, ".mjs"))
         return "javascript";
+    if (!strcasecmp(dot, ".ts") || !strcasecmp(dot, ".mts"))
+        return "typescript";
     if (!strcasecmp(dot, ".sh"))
         return "raw";
     return NULL;
@@ -729,10 +721,9 @@ int args_source_resolve(const args_source *in, const char *language_opt, run_sou
 {
     memset(out, 0, sizeof *out);
     out->arg = in->text;
-    const char *lang = language_opt ? language_static(language_opt) : NULL;
+    const char *lang = language_opt ? limits_language_name(language_opt) : NULL;
     if (language_opt && !lang)
-        return sbx_fail(err, 0, "unknown language `%.64s` (python, javascript or raw)",
-                        language_opt);
+        return sbx_fail(err, 0, "unknown language `%.64s` (" SBX_LANGUAGES ")", language_opt);
     if (in->inline_only) {
         out->kind = SOURCE_INLINE;
     } else if (!strcmp(in->text, "-")) {

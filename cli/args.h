@@ -113,7 +113,7 @@ typedef enum {
 typedef struct {
     source_kind kind;
     const char *arg;      /* as given */
-    const char *language; /* static string: python, javascript or raw */
+    const char *language; /* static string: one of SBX_LANGUAGES */
     char *code;           /* owned, after args_source_load; NUL-terminated */
     size_t code_len;
 } run_source;

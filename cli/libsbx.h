@@ -193,7 +193,7 @@ typedef struct {
 
 /* A run request; zero-initialise and set what you need. */
 typedef struct {
-    const char *language;     /* "python", "javascript" or "raw"; NULL: "python" */
+    const char *language;     /* "python", "javascript", "typescript", "raw"; NULL: python */
     const char *code;         /* the code; may not contain NUL bytes */
     size_t code_len;          /* its length in bytes; 0: strlen(code) */
     uint32_t timeout_seconds; /* 0: the daemon's default (30); else 1..300 */
@@ -283,7 +283,7 @@ typedef struct {
     uint32_t n_snapshots;        /* entries used in snapshots[] */
     struct {
         char name[128];      /* directory in the snapshot cache */
-        char language[16];   /* "python", "javascript", "raw" */
+        char language[16];   /* "python", "javascript", "typescript", "raw" */
         uint32_t memory_mb;  /* guest RAM it was made for */
         char state[16];      /* "ready", "building" or "failed" */
         uint64_t disk_mb;    /* ready: its RAM file's size on disk */
@@ -316,7 +316,7 @@ SBX_API int sbx_status(sbx_client *c, sbx_status_info *out, sbx_error *err);
 
 /* A session request; zero-initialise and set what you need. */
 typedef struct {
-    const char *language;     /* "python", "javascript" or "raw"; NULL: "python" */
+    const char *language;     /* "python", "javascript", "typescript", "raw"; NULL: python */
     uint32_t memory_mb;       /* 0: the daemon's default (256); else 128..2048 */
     uint32_t timeout_seconds; /* default limit of each exec; 0: the daemon's (30) */
     const sbx_env *env;       /* n_env variables for every exec, at most 100 */

@@ -155,8 +155,8 @@ static int run_validate(const sbx_run_opts *o, const char *lang, size_t code_len
 {
     sbx_err why_err = {0};
     if (!limits_language_ok(lang))
-        return sbx_fail(err, SBX_ERR_VM_CONFIG,
-                        "unknown language `%.64s` (python, javascript or raw)", lang);
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "unknown language `%.64s` (" SBX_LANGUAGES ")",
+                        lang);
     if (!o->code)
         return sbx_fail(err, SBX_ERR_VM_CONFIG, "no code given");
     if (limits_check_code((const uint8_t *)o->code, code_len, &why_err) < 0 ||

@@ -42,8 +42,8 @@ static int session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session
     const char *lang = o->language ? o->language : "python";
     sbx_err why_err = {0};
     if (!limits_language_ok(lang))
-        return sbx_fail(err, SBX_ERR_VM_CONFIG,
-                        "unknown language `%.64s` (python, javascript or raw)", lang);
+        return sbx_fail(err, SBX_ERR_VM_CONFIG, "unknown language `%.64s` (" SBX_LANGUAGES ")",
+                        lang);
     if ((o->timeout_seconds && limits_check_timeout(o->timeout_seconds, &why_err) < 0) ||
         (o->memory_mb && limits_check_memory(o->memory_mb, &why_err) < 0) ||
         (o->idle_timeout_seconds &&

@@ -7,9 +7,18 @@
 #include <stdio.h>
 #include <string.h>
 
+const char *limits_language_name(const char *lang)
+{
+    static const char *const names[] = {"python", "javascript", "typescript", "raw"};
+    for (size_t i = 0; lang && i < ARRAY_LEN(names); i++)
+        if (!strcmp(lang, names[i]))
+            return names[i];
+    return NULL;
+}
+
 bool limits_language_ok(const char *lang)
 {
-    return lang && (!strcmp(lang, "python") || !strcmp(lang, "javascript") || !strcmp(lang, "raw"));
+    return limits_language_name(lang) != NULL;
 }
 
 int limits_check_code(const uint8_t *code, size_t len, sbx_err *err)

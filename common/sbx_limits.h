@@ -29,7 +29,11 @@
 #define SBX_MAX_PATH 255u           /* a guest path, bytes */
 #define SBX_FILE_CHUNK (256u << 10) /* content bytes in one FileChunk (before compression) */
 
-/* Returns true for python, javascript, raw. */
+/* The languages a request may name, as error messages list them. */
+#define SBX_LANGUAGES "python, javascript, typescript or raw"
+/* The canonical static spelling of one of SBX_LANGUAGES, NULL for anything else (and NULL). */
+const char *limits_language_name(const char *lang);
+/* Returns true for one of SBX_LANGUAGES. */
 bool limits_language_ok(const char *lang);
 /* Each returns 0, or -1 with err saying what is wrong (EINVAL). */
 int limits_check_code(const uint8_t *code, size_t len, sbx_err *err);

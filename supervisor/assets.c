@@ -1,5 +1,6 @@
 /* Where a VM's guest assets are: kernel, initramfs and the language's root image, resolved in
- * images_dir. It only finds files; building them is scripts/build-assets.sh's business. */
+ * images_dir. It only finds files; building them is scripts/build-assets.sh's business.
+ * TypeScript has no image of its own: Bun, in the JavaScript image, runs it. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +14,7 @@ int assets_resolve(const char *language, char *kernel, char *initrd, char *rootf
 {
     const char *names[3] = {"vmlinux", "initramfs.cpio", NULL};
     char img[64];
-    snprintf(img, sizeof img, "%s.sqfs", language);
+    snprintf(img, sizeof img, "%s.sqfs", !strcmp(language, "typescript") ? "javascript" : language);
     names[2] = img;
     char *outs[3] = {kernel, initrd, rootfs};
     for (int i = 0; i < 3; i++) {

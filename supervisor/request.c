@@ -123,7 +123,7 @@ static int check_vm_request(client *c, uint64_t id, char **language, uint32_t *m
     if (default_language(language) < 0)
         return -1;
     if (!limits_language_ok(*language)) {
-        control_send_error(c, id, bad, false, "unknown language `%.32s` (python, javascript, raw)",
+        control_send_error(c, id, bad, false, "unknown language `%.32s` (" SBX_LANGUAGES ")",
                            *language);
         return -1;
     }

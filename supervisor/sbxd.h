@@ -163,7 +163,7 @@ const char *accel_reason(void);
 /* Called by sched when no verdict exists yet: starts the probe once. */
 void accel_need(void);
 
-/* Paths of the assets for a language; -1 with err when missing. */
+/* Paths of the assets for a language (typescript: javascript's); -1 with err when missing. */
 int assets_resolve(const char *language, char *kernel, char *initrd, char *rootfs, size_t n,
                    sbx_err *err);
 

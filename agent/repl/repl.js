@@ -1,23 +1,27 @@
-// Persistent JavaScript REPL of sbx-agent (keep_state execs), run by Bun as uid 1000 with
-//   argv: bun repl.js CODE_FILE ENV_FILE
+// Persistent JavaScript and TypeScript REPL of sbx-agent (keep_state execs), run by Bun as uid
+// 1000 with
+//   argv: bun repl.js CODE_FILE ENV_FILE js|ts
 //   fd 100: commands, one line per exec: "SEQ HAS_ENV\n"
 //   fd 101: results, one line per exec: "SEQ EXIT_CODE\n", written after stdout/stderr drained
 // Each exec's code (CODE_FILE, rewritten by the agent before each command) goes through Bun's
 // REPL transform: top-level const/let/class/function/import become global var bindings inside an
 // async wrapper, so names persist, a later exec may declare them again, and top-level await
-// works. ENV_FILE holds KEY=VALUE\0 entries to set first. An exec is done when its code has run
-// and the promise of its top-level awaits has settled; timers it leaves run on in the
-// background. A thrown error is printed and reported as exit code 1 with the state kept;
-// process.exit() ends the process, and the agent reports the code and restarts the REPL.
+// works. With `ts` the code is TypeScript: the same transform strips its types (Bun does not
+// check them) and a syntax error is thrown as a build error. ENV_FILE holds KEY=VALUE\0 entries
+// to set first. An exec is done when its code has run and the promise of its top-level awaits
+// has settled; timers it leaves run on in the background. A thrown error is printed and reported
+// as exit code 1 with the state kept; process.exit() ends the process, and the agent reports the
+// code and restarts the REPL.
 const fs = require("node:fs");
 const vm = require("node:vm");
 const { createRequire } = require("node:module");
 
 const CMD_FD = 100;
 const RESULT_FD = 101;
-const [codePath, envPath] = process.argv.slice(2);
-const transpiler = new Bun.Transpiler({ loader: "js", replMode: true });
-const loader = vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER;
+const [codePath, envPath, mode] = process.argv.slice(2);
+const loader = mode === "ts" ? "ts" : "js";
+const transpiler = new Bun.Transpiler({ loader, replMode: true });
+const importer = vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER;
 
 // Like a script in the home directory: require() and relative imports resolve from there.
 globalThis.require = createRequire(process.cwd() + "/");
@@ -107,8 +111,8 @@ async function runOne(seq, hasEnv) {
     if (src) n += 1;
     const js = transpiler.transformSync(src);
     const result = vm.runInThisContext(js, {
-      filename: `exec-${n}.js`,
-      importModuleDynamically: loader,
+      filename: `exec-${n}.${loader}`,
+      importModuleDynamically: importer,
     });
     if (result && typeof result.then === "function") await result;
   } catch (e) {

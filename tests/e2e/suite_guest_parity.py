@@ -42,6 +42,8 @@ def _session_exec(c, sid, code, env=None):
 BOM_CASES = [
     ("python", "print('first', 6*7)\nprint('second')", "first 42\nsecond\n"),
     ("javascript", "console.log('first', 6*7)\nconsole.log('second')", "first 42\nsecond\n"),
+    ("typescript", "const n: number = 6*7; console.log('first', n)\nconsole.log('second')",
+     "first 42\nsecond\n"),
     ("raw", "echo first $((6*7))\necho second", "first 42\nsecond\n"),
 ]
 
@@ -68,6 +70,7 @@ def guest_parity_bom_in_sessions(c):
     second = {
         "python": ("x = 41", "print(x + 1)"),
         "javascript": ("let x = 41", "console.log(x + 1)"),
+        "typescript": ("let x: number = 41", "console.log(x + 1)"),
         "raw": ("x=41", "echo $((x + 1))"),
     }
     for lang, code, want in BOM_CASES:

@@ -46,6 +46,9 @@ def warm_pool_serves_and_refills(c):
         eq((j["warm_pool_hit"], j["start_mode"]), (False, "cold"), "-m 512 boots its own VM")
         j, _ = c.run_json("-l", "raw", "echo 1", env=env)
         eq(j["warm_pool_hit"], False, "raw is not pooled")
+        # Nor is typescript, and a javascript pool VM (whose REPL reads no types) is not taken.
+        j, _ = c.run_json("-l", "typescript", "const n: number = 1; console.log(n)", env=env)
+        eq((j["stdout"], j["warm_pool_hit"]), ("1\n", False), "typescript is not pooled")
         j, _ = c.run_json("import sys; sys.exit(3)", env=env)
         eq(j["exit_code"], 3, "exit codes through the pool")
     finally:

@@ -88,6 +88,23 @@ async def test_daemon_killed_mid_run_is_transient_and_next_scheduler_works():
         assert (await scheduler.run("print('again')")).stdout == "again\n"
 
 
+async def test_typescript_runs_and_sessions():
+    async with Scheduler() as scheduler:
+        r = await scheduler.run("const n: number = 6 * 7; console.log(n)", language="typescript")
+        assert (r.stdout, r.exit_code) == ("42\n", 0)
+        # Bun strips types without checking them; a syntax error is an error.
+        r = await scheduler.run("const n: number = 'x'; console.log(n)", language="typescript")
+        assert (r.stdout, r.exit_code) == ("x\n", 0)
+        r = await scheduler.run("let z: = 3", language="typescript")
+        assert r.exit_code == 1 and "Unexpected" in r.stderr
+        async with await scheduler.session(language="typescript") as s:
+            await s.exec("let x: number = 1")
+            await s.write_file("in.txt", b"ts")
+            r = await s.exec("import { readFileSync } from 'node:fs';\n"
+                             "console.log(x + 1, readFileSync('in.txt', 'utf8'))")
+            assert r.stdout == "2 ts\n" and s.language == "typescript"
+
+
 async def test_closing_a_session_twice_is_harmless():
     async with Scheduler() as scheduler:
         session = await scheduler.session(language="raw")

@@ -235,6 +235,19 @@ async def test_fake_session_files_and_double_close(tmp_path):
             assert not d.sessions
 
 
+async def test_fake_languages_are_the_references_and_typescript():
+    import typing
+    assert typing.get_args(es.Language) == ("python", "javascript", "typescript", "raw")
+    async with FakeSbxd() as d:
+        async with es.Scheduler(es.SchedulerConfig(socket=d.socket)) as s:
+            with pytest.raises(es.VmConfigError, match="python, javascript, typescript or raw"):
+                await s.run("console.log(1)", language="ts")
+            with pytest.raises(es.VmConfigError, match="unknown language `TypeScript`"):
+                await s.session(language="TypeScript")
+            async with await s.session(language="typescript") as ses:
+                assert ses.language == "typescript"
+
+
 async def test_fake_run_with_ports_hands_them_over_before_the_output():
     async with FakeSbxd() as d:
         async with es.Scheduler(es.SchedulerConfig(socket=d.socket)) as s:

@@ -209,8 +209,8 @@ static void test_run_source_errors(void **state)
 
 static void test_language(void **state)
 {
-    const char *langs[] = {"python", "javascript", "raw"};
-    for (size_t i = 0; i < 3; i++) {
+    const char *langs[] = {"python", "javascript", "typescript", "raw"};
+    for (size_t i = 0; i < ARRAY_LEN(langs); i++) {
         args a;
         assert_int_equal(parse(&a, "run", "-l", langs[i], "x", NULL), 0);
         assert_string_equal(a.language, langs[i]);
@@ -234,6 +234,8 @@ static void test_language(void **state)
     args_free(&a);
     expect_error("unknown language `ruby`", "run", "-l", "ruby", "x", NULL);
     expect_error("unknown language `Python`", "run", "--language=Python", "x", NULL);
+    expect_error("unknown language `ts` (python, javascript, typescript or raw)", "run", "-l", "ts",
+                 "x", NULL);
     expect_error("unknown language ``", "run", "--language=", "x", NULL);
     expect_error("--language needs a value", "run", "x", "--language", NULL);
 }
@@ -895,6 +897,11 @@ static void test_language_for_path(void **state)
     assert_string_equal(args_language_for_path("dir/a.PY"), "python");
     assert_string_equal(args_language_for_path("a.js"), "javascript");
     assert_string_equal(args_language_for_path("/x/a.mjs"), "javascript");
+    assert_string_equal(args_language_for_path("a.ts"), "typescript");
+    assert_string_equal(args_language_for_path("dir/a.TS"), "typescript");
+    assert_string_equal(args_language_for_path("/x/a.mts"), "typescript");
+    assert_null(args_language_for_path("a.tsx"));
+    assert_null(args_language_for_path("a.d.ts.map"));
     assert_string_equal(args_language_for_path("run.sh"), "raw");
     assert_null(args_language_for_path("a.rb"));
     assert_null(args_language_for_path("Makefile"));
@@ -909,6 +916,8 @@ static void test_looks_like_path(void **state)
     assert_true(args_looks_like_path("./dir/app.js"));
     assert_true(args_looks_like_path("/abs/x.mjs"));
     assert_true(args_looks_like_path("go.sh"));
+    assert_true(args_looks_like_path("src/main.ts"));
+    assert_false(args_looks_like_path("const n: number = 1; // a.ts"));
     assert_false(args_looks_like_path("print(1)"));
     assert_false(args_looks_like_path("print('a.py')"));
     assert_false(args_looks_like_path("import x.py"));
@@ -954,16 +963,18 @@ static void write_file(const char *path, const void *data, size_t n)
 static void test_resolve(void **state)
 {
     tmp *t = *state;
-    char py[128], js[128], mjs[128], sh[128], noext[128], missing[128];
+    char py[128], js[128], mjs[128], ts[128], sh[128], noext[128], missing[128];
     snprintf(py, sizeof py, "%s/a.py", t->dir);
     snprintf(js, sizeof js, "%s/b.js", t->dir);
     snprintf(mjs, sizeof mjs, "%s/c.mjs", t->dir);
+    snprintf(ts, sizeof ts, "%s/e.ts", t->dir);
     snprintf(sh, sizeof sh, "%s/d.sh", t->dir);
     snprintf(noext, sizeof noext, "%s/script", t->dir);
     snprintf(missing, sizeof missing, "%s/missing.py", t->dir);
     write_file(py, "print(1)\n", 9);
     write_file(js, "console.log(1)\n", 15);
     write_file(mjs, "console.log(1)\n", 15);
+    write_file(ts, "const n: number = 1\n", 20);
     write_file(sh, "echo 1\n", 7);
     write_file(noext, "print(1)\n", 9);
 
@@ -977,11 +988,14 @@ static void test_resolve(void **state)
         {py, false, NULL, SOURCE_FILE, "python"},
         {js, false, NULL, SOURCE_FILE, "javascript"},
         {mjs, false, NULL, SOURCE_FILE, "javascript"},
+        {ts, false, NULL, SOURCE_FILE, "typescript"},
+        {ts, false, "javascript", SOURCE_FILE, "javascript"},
         {sh, false, NULL, SOURCE_FILE, "raw"},
         {noext, false, NULL, SOURCE_FILE, "python"},
         {py, false, "raw", SOURCE_FILE, "raw"}, /* -l beats the extension */
         {"print(1)", false, NULL, SOURCE_INLINE, "python"},
         {"console.log(1)", false, "javascript", SOURCE_INLINE, "javascript"},
+        {"let n: number = 1", false, "typescript", SOURCE_INLINE, "typescript"},
         {"-", false, NULL, SOURCE_STDIN, "python"},
         {"-", false, "raw", SOURCE_STDIN, "raw"},
         {missing, true, NULL, SOURCE_INLINE, "python"}, /* -c is always code */
@@ -1009,6 +1023,9 @@ static void test_resolve(void **state)
     in.text = "nope.js";
     assert_int_equal(args_source_resolve(&in, NULL, &s, &err), -1);
     assert_string_equal(err.msg, "file not found: nope.js");
+    in.text = "nope.ts";
+    assert_int_equal(args_source_resolve(&in, NULL, &s, &err), -1);
+    assert_string_equal(err.msg, "file not found: nope.ts");
 
     char dirpy[128];
     snprintf(dirpy, sizeof dirpy, "%s/pkg.py", t->dir);

@@ -13,10 +13,22 @@ static void test_language(void **state)
 {
     assert_true(limits_language_ok("python"));
     assert_true(limits_language_ok("javascript"));
+    assert_true(limits_language_ok("typescript"));
     assert_true(limits_language_ok("raw"));
     assert_false(limits_language_ok("ruby"));
+    assert_false(limits_language_ok("ts"));
+    assert_false(limits_language_ok("TypeScript"));
     assert_false(limits_language_ok(""));
     assert_false(limits_language_ok(NULL));
+    /* The canonical spelling is a static string, never the caller's. */
+    char ts[] = "typescript";
+    assert_string_equal(limits_language_name(ts), "typescript");
+    assert_ptr_not_equal(limits_language_name(ts), ts);
+    assert_ptr_equal(limits_language_name(ts), limits_language_name("typescript"));
+    assert_null(limits_language_name("typescrip"));
+    assert_null(limits_language_name(NULL));
+    /* The list the error messages give names it too. */
+    assert_non_null(strstr(SBX_LANGUAGES, "typescript"));
 }
 
 static void test_code(void **state)

@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-Language = Literal["python", "javascript", "raw"]
-LANGUAGES = ("python", "javascript", "raw")
+# The reference's three, and TypeScript (run by Bun, like JavaScript).
+Language = Literal["python", "javascript", "typescript", "raw"]
+LANGUAGES = ("python", "javascript", "typescript", "raw")
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,8 @@ def _report(r: pb.ExecResult) -> Optional[NetworkReport]:
 
 def _check_language(language: str) -> str:
     if language not in LANGUAGES:
-        raise VmConfigError(f"unknown language `{language}` (python, javascript or raw)")
+        raise VmConfigError(
+            f"unknown language `{language}` (python, javascript, typescript or raw)")
     return language
 
 
