@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,6 +22,34 @@
 
 static net_shared *sh;
 static pid_t net_pid = -1;
+
+/* The network process's descriptors: its own (2 per connection, CONN_MAX of them, and a few
+ * fixed ones), slirp's sockets (one per guest connection until slirp ends it), the rest kept in
+ * reserve. The soft limit goes as high as the hard one allows, up to NET_FDS_WANTED. */
+#define NET_FDS_WANTED 4096u
+static size_t socket_cap;
+
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rlim_t want = rl.rlim_max < NET_FDS_WANTED ? rl.rlim_max : NET_FDS_WANTED;
+        if (rl.rlim_cur < want) {
+            rl.rlim_cur = want;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        getrlimit(RLIMIT_NOFILE, &rl);
+    } else {
+        rl.rlim_cur = 1024;
+    }
+    size_t ours = 2 * 256 + 64;
+    socket_cap = rl.rlim_cur > ours + 64 ? (size_t)rl.rlim_cur - ours : 64;
+}
+
+size_t net_socket_cap(void)
+{
+    return socket_cap;
+}
 
 bool net_wanted(const Sbx__Worker__VmConfig *cfg)
 {
@@ -51,6 +80,7 @@ int net_start(const Sbx__Worker__VmConfig *cfg, int *qemu_fd, vm_err *err)
             _exit(1);
         close_range(5, ~0U, 0);
         sbx_child_of(parent); /* before its filter, which has no prctl */
+        raise_fd_limit();
         signal(SIGTERM, SIG_DFL);
         signal(SIGPIPE, SIG_IGN);
         sbx_err e = {0};
@@ -77,16 +107,23 @@ int net_ready(vm_err *err)
     if (sh->state == 1)
         return 0;
     kill(net_pid, SIGKILL);
+    char why[sizeof sh->error];
+    memcpy(why, sh->error, sizeof why);
+    why[sizeof why - 1] = '\0';
     return vm_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false, "network: %s",
-                   sh->state < 0 ? sh->error : "the network process did not start in time");
+                   sh->state < 0 ? why : "the network process did not start in time");
 }
 
 size_t net_ports(Sbx__Control__ExposedPort ***out)
 {
     static Sbx__Control__ExposedPort ports[10], *ptrs[10];
     static char urls[10][40];
+    /* The counts come from the network process, which parses what the guest sends: never
+     * trusted beyond the arrays. */
     size_t n = sh ? sh->n_ports : 0;
-    for (size_t i = 0; i < n && i < 10; i++) {
+    if (n > 10)
+        n = 10;
+    for (size_t i = 0; i < n; i++) {
         sbx__control__exposed_port__init(&ports[i]);
         ports[i].internal = sh->ports[i].internal;
         ports[i].external = sh->ports[i].external;
@@ -114,7 +151,9 @@ Sbx__Control__NetworkReport *net_report(void)
     if (!sh)
         return &r;
     uint32_t n = __atomic_load_n(&sh->blocked_n, __ATOMIC_ACQUIRE);
-    for (uint32_t i = 0; i < n && i < NET_MAX_BLOCKED; i++) {
+    if (n > NET_MAX_BLOCKED)
+        n = NET_MAX_BLOCKED;
+    for (uint32_t i = 0; i < n; i++) {
         copy[i] = sh->blocked[i];
         copy[i].what[sizeof copy[i].what - 1] = 0;
         copy[i].reason[sizeof copy[i].reason - 1] = 0;

@@ -62,6 +62,8 @@ Sbx__Control__NetworkReport *net_report(void);
 /* Its loop: never returns. */
 __attribute__((noreturn)) void net_main(const Sbx__Worker__VmConfig *cfg, int frames, int broker,
                                         net_shared *sh);
+/* How many sockets slirp may hold, from the descriptor limit the process got. */
+size_t net_socket_cap(void);
 /* One line in the daemon's log and one entry in the report. */
 __attribute__((format(printf, 3, 4))) void net_block(const char *what, uint32_t port,
                                                      const char *fmt, ...);

@@ -249,9 +249,10 @@ static int pump(int from, int to, pipe_buf *p)
 size_t conn_poll_fill(struct pollfd *p, size_t cap, uint64_t *deadline)
 {
     size_t n = 0;
+    for (size_t i = 0; i < CONN_MAX; i++)
+        conns[i].ia = conns[i].ib = -1;
     for (size_t i = 0; i < CONN_MAX && n + 2 <= cap; i++) {
         conn *c = &conns[i];
-        c->ia = c->ib = -1;
         if (c->st == C_FREE)
             continue;
         if (c->st != C_SPLICE && c->deadline < *deadline)

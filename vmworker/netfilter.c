@@ -22,8 +22,9 @@
 #define DNS_MAX_ANSWERS 8u
 #define MAX_FORWARDS 512u
 /* New guest connections: at most SYN_WINDOW_N in any SYN_WINDOW_MS. Slirp keeps each ended
- * connection's socket and buffers (~60 KiB) for about 10 s, so this bounds what a guest opening
- * thousands at once can make this process hold (~15 MiB), while a burst of hundreds passes. */
+ * connection's socket and buffers (~60 KiB) for about 10 s (a guest that does not finish the
+ * close can make it minutes: net_socket_cap bounds those), so this bounds what a guest opening
+ * thousands at once makes this process hold, while a burst of hundreds passes. */
 #define SYN_WINDOW_N 256u
 #define SYN_WINDOW_MS 10000u
 
@@ -272,6 +273,31 @@ static bool forward_for(uint32_t vip, uint16_t port)
 }
 
 /* A new connection from the guest: allowed to begin only towards a virtual address. */
+/* Whether a new connection may start now: at most SYN_WINDOW_N in SYN_WINDOW_MS, a free
+ * connection slot, and slirp holding fewer than its share of sockets (a guest can keep ended
+ * connections alive in slirp for minutes). Checked before anything is made for the SYN. */
+static bool syn_budget(const net_pkt *p)
+{
+    static uint64_t started[SYN_WINDOW_N]; /* when the last SYN_WINDOW_N were let through */
+    static size_t next;
+    char ip[INET_ADDRSTRLEN];
+    uint64_t now = now_ms();
+    const char *why = NULL;
+    if (started[next] && now - started[next] < SYN_WINDOW_MS)
+        why = "more than 256 new connections in 10 s";
+    else if (conn_count() >= CONN_MAX)
+        why = "256 connections open already";
+    else if (slirp_sockets() >= net_socket_cap())
+        why = "too many connections not yet ended";
+    if (why) {
+        net_block(ip_str(p->dst, ip), p->dport, "connection refused: %s", why);
+        return false;
+    }
+    started[next] = now;
+    next = (next + 1) % SYN_WINDOW_N;
+    return true;
+}
+
 static bool syn_allowed(const net_pkt *p)
 {
     char ip[INET_ADDRSTRLEN];
@@ -290,16 +316,6 @@ static bool syn_allowed(const net_pkt *p)
         net_block(name, p->dport, "connection refused: only TLS on port 443");
         return false;
     }
-    static uint64_t started[SYN_WINDOW_N]; /* when the last SYN_WINDOW_N were let through */
-    static size_t next;
-    uint64_t now = now_ms();
-    if ((started[next] && now - started[next] < SYN_WINDOW_MS) || conn_count() >= CONN_MAX) {
-        net_block(name, p->dport, "connection refused: more than %u new connections in %u s",
-                  SYN_WINDOW_N, SYN_WINDOW_MS / 1000);
-        return false;
-    }
-    started[next] = now;
-    next = (next + 1) % SYN_WINDOW_N;
     if (!forward_for(p->dst, p->dport)) {
         net_block(name, p->dport, "connection refused: too many destinations");
         return false;
@@ -315,6 +331,10 @@ static void tcp(const uint8_t *f, size_t len, const net_pkt *orig)
     static uint8_t copy[NET_MAX_FRAME];
     net_pkt nat = *orig;
     const net_pkt *p = orig;
+    if (syn && !syn_budget(orig)) {
+        reply_rst(orig);
+        return;
+    }
     if (N.mode == NET_OPEN && !in_vnetwork(orig->dst) && len <= sizeof copy) {
         char ip[INET_ADDRSTRLEN];
         uint32_t v = vip_get(orig->dst, ip_str(orig->dst, ip), true, syn);
@@ -327,7 +347,7 @@ static void tcp(const uint8_t *f, size_t len, const net_pkt *orig)
         }
     }
     if (syn && !syn_allowed(p)) {
-        reply_rst(p);
+        reply_rst(orig); /* from the address the guest dialled */
         return;
     }
     slirp_input(N.slirp, f, (int)len);

@@ -29,6 +29,8 @@ extern netproc N;
 
 /* netloop.c */
 int broker_send(Sbx__Net__NetMsg *m);
+/* Sockets slirp holds now. */
+size_t slirp_sockets(void);
 void qemu_send_frame(const uint8_t *f, size_t len);
 
 /* netfilter.c */

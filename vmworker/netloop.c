@@ -27,7 +27,7 @@ netproc N = {.broker = -1, .egress = -1};
 #define QEMU_IN_BUF (256u << 10)
 #define BROKER_MSG_MAX (64u << 10)
 #define BROKER_MAX_FDS 16
-#define MAX_POLL 1024
+#define MAX_POLL 4096 /* fixed entries, 2 per connection, and slirp's sockets */
 #define START_TIMEOUT_MS 10000
 
 static int frames = -1;
@@ -165,8 +165,15 @@ static Sbx__Net__NetMsg *broker_recv(int *fds, size_t *n_fds)
             for (size_t i = 0; i < k && *n_fds < BROKER_MAX_FDS; i++)
                 memcpy(&fds[(*n_fds)++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
         }
+    /* Descriptors that did not fit (this process out of them): the reply stands, without its
+     * socket, and the connection it was for is refused. */
+    if (mh.msg_flags & MSG_CTRUNC) {
+        for (size_t i = 0; i < *n_fds; i++)
+            close(fds[i]);
+        *n_fds = 0;
+    }
     uint32_t be;
-    if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || r < (ssize_t)FRAME_HDR ||
+    if ((mh.msg_flags & MSG_TRUNC) || r < (ssize_t)FRAME_HDR ||
         (memcpy(&be, buf, FRAME_HDR), ntohl(be) != (size_t)r - FRAME_HDR))
         net_fatal("malformed message from the broker");
     Sbx__Net__NetMsg *m = sbx__net__net_msg__unpack(NULL, (size_t)r - FRAME_HDR, buf + FRAME_HDR);
@@ -314,10 +321,27 @@ static void cb_timer_mod(void *timer, int64_t expire_ms, void *opaque)
     ((net_timer *)timer)->expire_ms = expire_ms;
 }
 
-static void cb_fd(int fd, void *opaque)
+/* Slirp's own sockets, as it registers them: what syn_budget weighs against net_socket_cap. */
+static size_t slirp_fds;
+
+size_t slirp_sockets(void)
+{
+    return slirp_fds;
+}
+
+static void cb_register(int fd, void *opaque)
 {
     (void)fd;
     (void)opaque;
+    slirp_fds++;
+}
+
+static void cb_unregister(int fd, void *opaque)
+{
+    (void)fd;
+    (void)opaque;
+    if (slirp_fds)
+        slirp_fds--;
 }
 
 static void cb_notify(void *opaque)
@@ -352,8 +376,8 @@ static const SlirpCb callbacks = {
     .timer_new = cb_timer_new,
     .timer_free = cb_timer_free,
     .timer_mod = cb_timer_mod,
-    .register_poll_fd = cb_fd,
-    .unregister_poll_fd = cb_fd,
+    .register_poll_fd = cb_register,
+    .unregister_poll_fd = cb_unregister,
     .notify = cb_notify,
     .timer_new_opaque = cb_timer_new_opaque,
 };
@@ -479,7 +503,7 @@ __attribute__((noreturn)) void net_main(const Sbx__Worker__VmConfig *cfg, int fr
         size_t udp_n = ps.n - udp_at;
         size_t conn_at = ps.n;
         uint64_t due = timers_due();
-        ps.n += conn_poll_fill(ps.p + ps.n, MAX_POLL / 2 - ps.n, &due);
+        ps.n += conn_poll_fill(ps.p + ps.n, 2 * CONN_MAX, &due);
         size_t conn_n = ps.n - conn_at;
         uint32_t timeout = UINT32_MAX;
         slirp_pollfds_fill(N.slirp, &timeout, add_poll, &ps);
