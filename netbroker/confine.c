@@ -103,6 +103,8 @@ static int load_filter(sbx_err *err)
         SCMP_SYS(set_robust_list),
         SCMP_SYS(futex),
         SCMP_SYS(uname),
+        SCMP_SYS(getsockname),
+        SCMP_SYS(writev),
 #if defined(__SANITIZE_ADDRESS__)
         /* The sanitizer runtime of test builds (reports, the leak check at exit). */
         SCMP_SYS(mprotect),
@@ -150,6 +152,7 @@ static int load_filter(sbx_err *err)
         {SCMP_ACT_ALLOW, SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, AF_INET)},
         {SCMP_ACT_ERRNO(EACCES), SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, AF_UNIX)},
         {SCMP_ACT_ERRNO(EAFNOSUPPORT), SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, AF_INET6)},
+        {SCMP_ACT_ERRNO(EAFNOSUPPORT), SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, AF_NETLINK)},
         {SCMP_ACT_ALLOW, SCMP_SYS(clone), SCMP_A0(SCMP_CMP_EQ, FORK_FLAGS)},
         {SCMP_ACT_ALLOW, SCMP_SYS(prctl), SCMP_A0(SCMP_CMP_EQ, PR_SET_PDEATHSIG)},
         {SCMP_ACT_ALLOW, SCMP_SYS(openat), SCMP_A2(SCMP_CMP_MASKED_EQ, OPEN_WRITE_BITS, 0)},

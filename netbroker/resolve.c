@@ -12,6 +12,7 @@
 #include <ctype.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <resolv.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -159,8 +160,9 @@ const char *connect_check(const broker_policy *p, uint32_t ipv4, uint32_t port, 
         }
         if (!sni[0])
             return "no SNI: only TLS to a named server";
-        if (!name_ok(sni) ||
-            !net_name_allowed(sni, (const char *const *)p->domains, p->n_domains)) {
+        if (!name_ok(sni))
+            return "the SNI is not a valid name";
+        if (!net_name_allowed(sni, (const char *const *)p->domains, p->n_domains)) {
             snprintf(buf, n, "SNI %.253s not allowed", sni);
             return buf;
         }
@@ -195,6 +197,9 @@ static __attribute__((noreturn)) void resolver_child_run(int out, const char *na
                                        .tv_usec = BROKER_RESOLVE_DEADLINE_MS % 1000 * 1000}};
     if (setitimer(ITIMER_REAL, &t, NULL) < 0)
         _exit(1);
+    /* The name as asked, never with resolv.conf's search list or local domain appended. */
+    if (res_init() == 0)
+        _res.options &= ~(unsigned long)(RES_DNSRCH | RES_DEFNAMES);
     res_answer a = {.status = RES_OK};
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
     int rc = getaddrinfo(name, NULL, &hints, &res);

@@ -223,9 +223,14 @@ int spawn_broker(cgroup_vm *cg, uint64_t seq, const Sbx__Net__NetPolicy *policy,
     if (pipe2(logp, O_CLOEXEC) < 0)
         return sbx_fail(err, errno, "pipe: %s", strerror(errno));
     log0 = logp[0], log1 = logp[1];
-    /* A fresh pipe holds 64 KiB: the write cannot block. */
-    if (sbx_write_all(pol1, buf, n + FRAME_HDR) < 0)
-        return sbx_fail(err, errno, "write the network policy: %s", strerror(errno));
+    /* Never blocking sbxd's loop: a pipe may hold less than 64 KiB (a user over
+     * fs.pipe-user-pages-soft gets two pages), so it is asked for room and written without
+     * waiting; a policy that does not fit fails the VM. */
+    fcntl(pol1, F_SETPIPE_SZ, 65536);
+    ssize_t w = fcntl(pol1, F_SETFL, O_NONBLOCK) < 0 ? -1 : write(pol1, buf, n + FRAME_HDR);
+    if (w != (ssize_t)(n + FRAME_HDR))
+        return sbx_fail(err, w < 0 ? errno : EMSGSIZE, "write the network policy (%zu bytes): %s",
+                        n + FRAME_HDR, w < 0 ? strerror(errno) : "the pipe is too small");
     close(steal_fd(&pol1));
     snprintf(uid_s, sizeof uid_s, "%u", (unsigned)uid);
     snprintf(gid_s, sizeof gid_s, "%u", (unsigned)gid);
