@@ -15,7 +15,7 @@ CFLAGS_COMMON += $(shell pkg-config --cflags $(PKGS))
 PROTOS = files control worker agent net
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
-COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c common/netpolicy.c
+COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c common/netpolicy.c common/pump.c
 # Package specs and the allowlists compiled in from data/ (sbxd, sbx, libsbx; not the agent).
 PKG_SRC = common/packages.c
 PKG_GEN = $(BUILD)/gen/pkglists.c
@@ -33,7 +33,7 @@ LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli
 SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c
 # The network broker (one per VM with a NIC): policy, resolution, connect, listening sockets.
 BROKER_SRC = netbroker/broker.c netbroker/request.c netbroker/policyio.c netbroker/resolve.c \
-	netbroker/confine.c common/netpolicy.c proto/frame.c
+	netbroker/confine.c netbroker/relay.c common/netpolicy.c common/pump.c proto/frame.c
 BROKER_PROTOS = net control files
 LIBS_BROKER = $(shell pkg-config --libs libprotobuf-c libseccomp libcap-ng)
 AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/net.c agent/exec.c agent/sandbox.c agent/repl.c \

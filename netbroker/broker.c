@@ -33,7 +33,8 @@ typedef struct {
 /* Every reply comes from a request read while fewer than BROKER_MAX_QUEUED_REPLIES were queued,
  * or from an operation in flight: the queue never holds more than this. */
 #define OUT_CAP                                                                                    \
-    (BROKER_MAX_QUEUED_REPLIES + BROKER_MAX_PENDING_CONNECT + BROKER_MAX_PENDING_RESOLVE + 8)
+    (BROKER_MAX_QUEUED_REPLIES + BROKER_MAX_PENDING_CONNECT + BROKER_MAX_PENDING_RESOLVE +         \
+     NET_MAX_EXPOSE + 8)
 
 static struct {
     int sock;
@@ -343,11 +344,13 @@ static void connect_done(size_t i, bool timed_out)
         connect_fail(pc.id, pc.ipv4, pc.port, strerror(soerr));
         return;
     }
-    /* Handed over in blocking mode, as a plain connect() would give it. */
-    int fl = fcntl(fd, F_GETFL);
-    if (fl >= 0)
-        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-    reply_connected(pc.id, steal_fd(&fd), NULL);
+    /* The socket stays here; the worker gets the other end of a relay. */
+    int w;
+    if (relay_add(steal_fd(&fd), &w) < 0) {
+        connect_fail(pc.id, pc.ipv4, pc.port, "too many connections open");
+        return;
+    }
+    reply_connected(pc.id, w, NULL);
 }
 
 static void msg_freep(Sbx__Net__NetMsg **m)
@@ -389,9 +392,20 @@ static void on_request(void)
         on_connect(m->id, m->connect);
 }
 
+static void on_inbound(uint32_t expose, int worker_end)
+{
+    Sbx__Net__Inbound in = SBX__NET__INBOUND__INIT;
+    in.expose = expose;
+    Sbx__Net__NetMsg m = SBX__NET__NET_MSG__INIT;
+    m.body_case = SBX__NET__NET_MSG__BODY_INBOUND;
+    m.inbound = &in;
+    queue(&m, worker_end);
+}
+
 static __attribute__((noreturn)) void loop(void)
 {
-    struct pollfd pfd[1 + BROKER_MAX_PENDING_CONNECT + BROKER_MAX_PENDING_RESOLVE];
+    static struct pollfd pfd[1 + BROKER_MAX_PENDING_CONNECT + BROKER_MAX_PENDING_RESOLVE +
+                             2 * NET_MAX_EXPOSE + 2 * BROKER_MAX_RELAYS];
     for (;;) {
         flush();
         uint64_t now = now_ms(), next = UINT64_MAX;
@@ -409,6 +423,8 @@ static __attribute__((noreturn)) void loop(void)
             pfd[k++] = (struct pollfd){.fd = B.res[i].fd, .events = POLLIN};
             next = B.res[i].deadline < next ? B.res[i].deadline : next;
         }
+        size_t relay_at = k;
+        k += relay_poll_fill(pfd + k, ARRAY_LEN(pfd) - k, B.out_n < BROKER_MAX_QUEUED_REPLIES);
         int wait = next == UINT64_MAX ? -1 : next <= now ? 0 : (int)(next - now);
         if (poll(pfd, k, wait) < 0) {
             if (errno == EINTR)
@@ -431,6 +447,7 @@ static __attribute__((noreturn)) void loop(void)
             else if (B.conns[i].deadline <= now)
                 connect_done(i, true);
         }
+        relay_poll_done(pfd + relay_at, k - relay_at, on_inbound);
         if (pfd[0].revents & (POLLHUP | POLLERR))
             _exit(0); /* the worker closed its end: nobody is left to serve */
         if (pfd[0].revents & POLLIN)
@@ -512,6 +529,16 @@ int main(int argc, char **argv)
         sbx_wrap(&err, "confine");
         send_listening_error(err.msg);
     }
+    /* The host sockets stay here (relay.c); the worker gets a datagram pair per UDP port. */
+    relay_init();
+    int udp_ends[NET_MAX_EXPOSE];
+    size_t n_udp = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool udp = !strcmp(ports[i].protocol, "udp");
+        if (relay_expose(fds[i], udp, &udp_ends[n_udp]) < 0)
+            send_listening_error("cannot relay an exposed port");
+        n_udp += udp;
+    }
     Sbx__Net__Listening l = SBX__NET__LISTENING__INIT;
     for (size_t i = 0; i < n; i++)
         pp[i] = &ports[i];
@@ -520,9 +547,9 @@ int main(int argc, char **argv)
     Sbx__Net__NetMsg m = SBX__NET__NET_MSG__INIT;
     m.body_case = SBX__NET__NET_MSG__BODY_LISTENING;
     m.listening = &l;
-    send_now(&m, fds, n);
-    for (size_t i = 0; i < n; i++)
-        close(fds[i]);
+    send_now(&m, udp_ends, n_udp);
+    for (size_t i = 0; i < n_udp; i++)
+        close(udp_ends[i]);
     blog("ready: mode %s%s, %zu allowed domains, %zu exposed ports, %zu hosts-file names, uid %u",
          net_mode_name(B.pol.mode), B.pol.allow_private ? " (private addresses allowed)" : "",
          B.pol.n_domains, n, B.pol.n_hosts, run_uid);

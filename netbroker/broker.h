@@ -5,6 +5,7 @@
 #ifndef SBX_NETBROKER_H
 #define SBX_NETBROKER_H
 
+#include <poll.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,7 +31,8 @@
 #define BROKER_MAX_ADDRS 16               /* addresses per name, returned and remembered */
 #define BROKER_HOSTS_MAX_BYTES (1u << 20) /* the hosts file */
 #define BROKER_HOSTS_MAX_ENTRIES 10000u
-#define BROKER_NAME_MAX 253u /* a DNS name without its trailing dot */
+#define BROKER_NAME_MAX 253u  /* a DNS name without its trailing dot */
+#define BROKER_MAX_RELAYS 256 /* connections whose bytes the broker copies at once */
 
 /* One "IP name" pair of the hosts file (a line with aliases gives one per name). */
 typedef struct {
@@ -93,6 +95,20 @@ int resolver_start(resolver_child *c, const char *name, uint64_t id, sbx_err *er
 int resolver_finish(resolver_child *c, bool timed_out, uint32_t *out, char *buf, size_t n);
 /* Reaps the children given up on at the backstop deadline that have ended since. */
 void resolver_reap(void);
+
+/* relay.c: the host sockets, kept here; the worker gets socketpair ends. */
+void relay_init(void);
+/* A connected host socket (taken: closed on failure); *worker_end for the worker. -1 when all
+ * BROKER_MAX_RELAYS are busy or a socketpair cannot be made. */
+int relay_add(int host, int *worker_end);
+/* An exposed port's host socket (listening TCP, or bound UDP: then *worker_end is the worker's
+ * end of its datagram pair). */
+int relay_expose(int fd, bool udp, int *worker_end);
+typedef void relay_inbound_fn(uint32_t expose, int worker_end);
+/* Poll entries for the exposed ports (accepting TCP clients only when asked) and the relays;
+ * then their handling: each new TCP client goes to inbound. */
+size_t relay_poll_fill(struct pollfd *p, size_t cap, bool accepting);
+void relay_poll_done(const struct pollfd *p, size_t n, relay_inbound_fn *inbound);
 
 /* request.c: one request as received (header + NetMsg, n bytes): a NetMsg whose body is a
  * resolve or a connect (free with sbx__net__net_msg__free_unpacked), or NULL and why. */

@@ -105,6 +105,9 @@ static int load_filter(sbx_err *err)
         SCMP_SYS(uname),
         SCMP_SYS(getsockname),
         SCMP_SYS(writev),
+        /* The relays: exposed ports' clients, half-closes. */
+        SCMP_SYS(accept4),
+        SCMP_SYS(shutdown),
 #if defined(__SANITIZE_ADDRESS__)
         /* The sanitizer runtime of test builds (reports, the leak check at exit). */
         SCMP_SYS(mprotect),
@@ -150,6 +153,7 @@ static int load_filter(sbx_err *err)
         struct scmp_arg_cmp cmp;
     } const conds[] = {
         {SCMP_ACT_ALLOW, SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, AF_INET)},
+        {SCMP_ACT_ALLOW, SCMP_SYS(socketpair), SCMP_A0(SCMP_CMP_EQ, AF_UNIX)},
         {SCMP_ACT_ERRNO(EACCES), SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, AF_UNIX)},
         {SCMP_ACT_ERRNO(EAFNOSUPPORT), SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, AF_INET6)},
         {SCMP_ACT_ERRNO(EAFNOSUPPORT), SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, AF_NETLINK)},

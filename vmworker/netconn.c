@@ -16,19 +16,12 @@
 #include <unistd.h>
 
 #include "netparse.h"
+#include "pump.h"
 
-#define CONN_BUF (32u << 10) /* per direction; holds a whole ClientHello */
 #define HELLO_TIMEOUT_MS 10000u
 #define CONNECT_SLACK_MS 5000u
 
 typedef enum { C_FREE, C_HELLO, C_WAIT, C_SPLICE } conn_state;
-
-typedef struct {
-    uint8_t data[CONN_BUF];
-    size_t len;
-    bool eof;  /* the source said so */
-    bool shut; /* ...and we passed it on, all bytes delivered */
-} pipe_buf;
 
 typedef struct {
     conn_state st;
@@ -38,7 +31,7 @@ typedef struct {
     uint16_t port;
     char name[254];
     uint64_t id, deadline;
-    pipe_buf *ab, *ba;
+    pump_buf *ab, *ba;
 } conn;
 
 static conn conns[CONN_MAX];
@@ -50,7 +43,7 @@ static void conn_close(conn *c)
         close(c->a);
     if (c->b >= 0)
         close(c->b);
-    pipe_buf *ab = c->ab, *ba = c->ba;
+    pump_buf *ab = c->ab, *ba = c->ba;
     *c = (conn){.st = C_FREE, .a = -1, .b = -1, .ab = ab, .ba = ba};
 }
 
@@ -59,8 +52,8 @@ static conn *conn_new(int a, const char *what, uint16_t port)
     for (size_t i = 0; i < CONN_MAX; i++)
         if (conns[i].st == C_FREE) {
             conn *c = &conns[i];
-            pipe_buf *ab = c->ab ? c->ab : malloc(sizeof *ab);
-            pipe_buf *ba = c->ba ? c->ba : malloc(sizeof *ba);
+            pump_buf *ab = c->ab ? c->ab : malloc(sizeof *ab);
+            pump_buf *ba = c->ba ? c->ba : malloc(sizeof *ba);
             *c = (conn){.st = C_FREE,
                         .a = a,
                         .b = -1,
@@ -174,8 +167,8 @@ void conn_connected(uint64_t id, const Sbx__Net__Connected *r, int fd)
  * nothing goes anywhere. */
 static void read_hello(conn *c)
 {
-    pipe_buf *p = c->ab;
-    ssize_t r = read(c->a, p->data + p->len, CONN_BUF - p->len);
+    pump_buf *p = c->ab;
+    ssize_t r = read(c->a, p->data + p->len, PUMP_BUF - p->len);
     if (r < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (r <= 0) {
@@ -218,34 +211,6 @@ static void read_hello(conn *c)
     conn_close(c);
 }
 
-/* Moves what it can from `from` through buf to `to`; -1 when the connection is broken. */
-static int pump(int from, int to, pipe_buf *p)
-{
-    if (!p->eof && p->len < CONN_BUF) {
-        ssize_t r = read(from, p->data + p->len, CONN_BUF - p->len);
-        if (r > 0)
-            p->len += (size_t)r;
-        else if (r == 0)
-            p->eof = true;
-        else if (errno != EAGAIN && errno != EINTR)
-            return -1;
-    }
-    if (p->len) {
-        ssize_t w = send(to, p->data, p->len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0 && errno != EAGAIN && errno != EINTR)
-            return -1;
-        if (w > 0) {
-            memmove(p->data, p->data + w, p->len - (size_t)w);
-            p->len -= (size_t)w;
-        }
-    }
-    if (p->eof && !p->len && !p->shut) {
-        shutdown(to, SHUT_WR);
-        p->shut = true;
-    }
-    return 0;
-}
-
 size_t conn_poll_fill(struct pollfd *p, size_t cap, uint64_t *deadline)
 {
     size_t n = 0;
@@ -261,10 +226,8 @@ size_t conn_poll_fill(struct pollfd *p, size_t cap, uint64_t *deadline)
         if (c->st == C_HELLO)
             ea = POLLIN;
         if (c->st == C_SPLICE) {
-            ea = (short)((!c->ab->eof && c->ab->len < CONN_BUF ? POLLIN : 0) |
-                         (c->ba->len ? POLLOUT : 0));
-            eb = (short)((!c->ba->eof && c->ba->len < CONN_BUF ? POLLIN : 0) |
-                         (c->ab->len ? POLLOUT : 0));
+            ea = (short)(pump_events_from(c->ab) | pump_events_to(c->ba));
+            eb = (short)(pump_events_from(c->ba) | pump_events_to(c->ab));
         }
         if (ea) {
             c->ia = (int)n;
@@ -301,7 +264,7 @@ void conn_poll_done(const struct pollfd *p, size_t n, uint64_t now)
         }
         if (!ready)
             continue;
-        if (pump(c->a, c->b, c->ab) < 0 || pump(c->b, c->a, c->ba) < 0 ||
+        if (pump_move(c->a, c->b, c->ab) < 0 || pump_move(c->b, c->a, c->ba) < 0 ||
             (c->ab->shut && c->ba->shut))
             conn_close(c);
     }

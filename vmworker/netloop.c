@@ -34,20 +34,19 @@ static int frames = -1;
 static uint8_t *qin, *qout;
 static size_t qin_len, qout_off, qout_len;
 
-/* Exposed TCP ports: the broker's listening socket on the host, and slirp's Unix listener that
- * forwards into the guest (UDP ones: netudp.c). */
-static struct {
-    int fd;
-    char path[108];
-} exposes[NET_MAX_EXPOSE];
-static size_t n_exposes;
+/* Exposed TCP ports, by their index in the broker's Listening: slirp's Unix listener that
+ * forwards into the guest ("" for UDP ports: netudp.c). The broker accepts the host's clients and
+ * hands each over as an Inbound message. */
+static char expose_path[NET_MAX_EXPOSE][108];
+static size_t n_ports;
 
 static __attribute__((noreturn)) void net_exit(int code)
 {
     if (N.egress_path[0])
         unlink(N.egress_path);
-    for (size_t i = 0; i < n_exposes; i++)
-        unlink(exposes[i].path);
+    for (size_t i = 0; i < n_ports; i++)
+        if (expose_path[i][0])
+            unlink(expose_path[i]);
     _exit(code);
 }
 
@@ -191,6 +190,9 @@ static void broker_read(void)
         size_t used = 0;
         if (m->body_case == SBX__NET__NET_MSG__BODY_RESOLVED)
             filter_resolved(m->id, m->resolved);
+        else if (m->body_case == SBX__NET__NET_MSG__BODY_INBOUND && n_fds &&
+                 m->inbound->expose < n_ports && expose_path[m->inbound->expose][0])
+            conn_inbound(fds[used++], expose_path[m->inbound->expose]);
         else if (m->body_case == SBX__NET__NET_MSG__BODY_CONNECTED)
             conn_connected(m->id, m->connected, m->connected->ok && n_fds ? fds[used++] : -1);
         for (size_t i = used; i < n_fds; i++)
@@ -199,49 +201,53 @@ static void broker_read(void)
     }
 }
 
-/* The broker's first message: the exposed ports, bound on the host. Each TCP one is joined to a
- * slirp forward from a Unix socket of ours to the guest's port. */
+/* The broker's first message: the exposed ports, bound on the host. Each TCP one is joined to
+ * a slirp forward from a Unix socket of ours to the guest's port; each UDP one comes with its
+ * datagram pair (netudp.c). */
 static void take_listening(void)
 {
     struct pollfd p = {.fd = N.broker, .events = POLLIN};
     if (poll(&p, 1, START_TIMEOUT_MS) <= 0)
-        net_fatal("the broker did not report its listening sockets in time");
+        net_fatal("the broker did not report its exposed ports in time");
     int fds[BROKER_MAX_FDS];
     size_t n_fds;
     Sbx__Net__NetMsg *m = broker_recv(fds, &n_fds);
     if (!m || m->body_case != SBX__NET__NET_MSG__BODY_LISTENING)
-        net_fatal("the broker's first message is not its listening sockets");
+        net_fatal("the broker's first message is not its exposed ports");
     Sbx__Net__Listening *l = m->listening;
     if (l->error && *l->error)
         net_fatal("%s", l->error);
-    if (l->n_ports != n_fds || n_fds > NET_MAX_EXPOSE)
-        net_fatal("the broker sent %zu sockets for %zu ports", n_fds, l->n_ports);
-    for (size_t i = 0; i < n_fds; i++) {
+    if (l->n_ports > NET_MAX_EXPOSE)
+        net_fatal("the broker reported %zu ports", l->n_ports);
+    size_t used = 0;
+    for (size_t i = 0; i < l->n_ports; i++) {
         Sbx__Control__ExposedPort *ep = l->ports[i];
         bool udp = ep->protocol && !strcmp(ep->protocol, "udp");
         N.sh->ports[i].internal = ep->internal;
         N.sh->ports[i].external = ep->external;
         N.sh->ports[i].udp = udp;
         if (udp) {
-            fcntl(fds[i], F_SETFL, O_NONBLOCK);
-            udp_expose_add(fds[i], (uint16_t)ep->internal);
+            if (used == n_fds)
+                net_fatal("the broker sent no socket for UDP port %u", ep->internal);
+            fcntl(fds[used], F_SETFL, O_NONBLOCK);
+            udp_expose_add(fds[used++], (uint16_t)ep->internal);
             continue;
         }
-        exposes[n_exposes].fd = fds[i];
-        snprintf(exposes[n_exposes].path, sizeof exposes[n_exposes].path, "%s/x%zu.sock",
-                 N.cfg->run_dir, i);
+        snprintf(expose_path[i], sizeof expose_path[i], "%s/x%zu.sock", N.cfg->run_dir, i);
         struct sockaddr_un h = {.sun_family = AF_UNIX};
-        snprintf(h.sun_path, sizeof h.sun_path, "%s", exposes[n_exposes].path);
+        snprintf(h.sun_path, sizeof h.sun_path, "%s", expose_path[i]);
         struct sockaddr_in g = {.sin_family = AF_INET,
                                 .sin_port = htons((uint16_t)ep->internal),
                                 .sin_addr.s_addr = htonl(NET_GUEST)};
-        n_exposes++;
+        n_ports = i + 1;
         if (slirp_add_hostxfwd(N.slirp, (struct sockaddr *)&h, sizeof h, (struct sockaddr *)&g,
                                sizeof g, 0) < 0)
             net_fatal("forward to guest port %u: %s", ep->internal, strerror(errno));
-        fcntl(exposes[n_exposes - 1].fd, F_SETFL, O_NONBLOCK);
     }
-    N.sh->n_ports = (uint32_t)n_fds;
+    if (used != n_fds)
+        net_fatal("the broker sent %zu sockets for %zu UDP ports", n_fds, used);
+    n_ports = l->n_ports;
+    N.sh->n_ports = (uint32_t)l->n_ports;
     sbx__net__net_msg__free_unpacked(m, NULL);
 }
 
@@ -457,16 +463,6 @@ static int get_revents(int idx, void *opaque)
     return ev;
 }
 
-static void accept_inbound(size_t i)
-{
-    for (;;) {
-        int c = accept4(exposes[i].fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (c < 0)
-            return;
-        conn_inbound(c, exposes[i].path);
-    }
-}
-
 __attribute__((noreturn)) void net_main(const Sbx__Worker__VmConfig *cfg, int frame_fd, int broker,
                                         net_shared *sh)
 {
@@ -496,8 +492,6 @@ __attribute__((noreturn)) void net_main(const Sbx__Worker__VmConfig *cfg, int fr
         ps.p[P_BROKER] = (struct pollfd){.fd = N.broker, .events = POLLIN};
         ps.p[P_EGRESS] = (struct pollfd){.fd = N.egress, .events = POLLIN};
         ps.n = P_FIXED;
-        for (size_t i = 0; i < n_exposes; i++)
-            ps.p[ps.n++] = (struct pollfd){.fd = exposes[i].fd, .events = POLLIN};
         size_t udp_at = ps.n;
         ps.n += udp_poll_fill(ps.p + ps.n, NET_MAX_EXPOSE);
         size_t udp_n = ps.n - udp_at;
@@ -527,9 +521,6 @@ __attribute__((noreturn)) void net_main(const Sbx__Worker__VmConfig *cfg, int fr
             if (c >= 0)
                 close(c);
         }
-        for (size_t i = 0; i < n_exposes; i++)
-            if (ps.p[P_FIXED + i].revents)
-                accept_inbound(i);
         udp_poll_done(ps.p + udp_at, udp_n);
         now = (uint64_t)(clock_ns() / 1000000);
         conn_poll_done(ps.p + conn_at, conn_n, now);

@@ -1,8 +1,8 @@
-/* UDP port forwarding (`--expose P/udp`): a datagram from a host peer on the exposed port (a
- * socket the broker bound on 127.0.0.1) becomes a frame to the guest's port P, from the gateway at
- * a port that stands for that peer; what the guest sends back from P to that port goes to the
- * peer. Slirp is not involved: its UDP forwards would bind inside the jail, where nothing can
- * reach them. */
+/* UDP port forwarding (`--expose P/udp`): a datagram from a host peer on the exposed port
+ * (relayed by the broker, which keeps the host socket, with the peer's address in front) becomes
+ * a frame to the guest's port P, from the gateway at a port that stands for that peer; what the
+ * guest sends back from P to that port goes to the broker for that peer. Slirp is not involved:
+ * its UDP forwards would bind inside the jail, where nothing can reach them. */
 #include "netint.h"
 
 #include <arpa/inet.h>
@@ -13,6 +13,7 @@
 #include "netparse.h"
 
 #define UDP_PEERS 256u
+#define UDP_HDR 6u /* the peer's IPv4 address and port, as the broker puts them in front */
 #define UDP_PEER_PORT0 30000u /* the gateway's port for peer i: UDP_PEER_PORT0 + i */
 
 static const uint8_t guest_mac[6] = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
@@ -28,7 +29,7 @@ static size_t n_exposes;
 static struct {
     bool used;
     size_t expose;
-    struct sockaddr_in peer;
+    uint8_t peer[UDP_HDR];
     uint64_t last;
 } peers[UDP_PEERS];
 
@@ -42,41 +43,37 @@ void udp_expose_add(int fd, uint16_t internal)
 }
 
 /* The slot standing for peer on expose e: found, else the free or least recently used one. */
-static size_t peer_slot(size_t e, const struct sockaddr_in *peer)
+static size_t peer_slot(size_t e, const uint8_t *peer)
 {
     size_t lru = 0;
     for (size_t i = 0; i < UDP_PEERS; i++) {
-        if (peers[i].used && peers[i].expose == e &&
-            peers[i].peer.sin_addr.s_addr == peer->sin_addr.s_addr &&
-            peers[i].peer.sin_port == peer->sin_port)
+        if (peers[i].used && peers[i].expose == e && !memcmp(peers[i].peer, peer, UDP_HDR))
             return i;
         if (!peers[i].used || (peers[lru].used && peers[i].last < peers[lru].last))
             lru = i;
     }
     peers[lru].used = true;
     peers[lru].expose = e;
-    peers[lru].peer = *peer;
+    memcpy(peers[lru].peer, peer, UDP_HDR);
     return lru;
 }
 
 static void inbound(size_t e)
 {
     static uint8_t buf[NET_MAX_FRAME];
-    for (int k = 0; k < 64; k++) { /* a bounded batch per turn */
-        struct sockaddr_in peer;
-        socklen_t plen = sizeof peer;
-        size_t room = sizeof buf - NET_ETH_HLEN - 28;
-        ssize_t r = recvfrom(exposes[e].fd, buf + NET_ETH_HLEN + 28, room, MSG_DONTWAIT,
-                             (struct sockaddr *)&peer, &plen);
-        if (r < 0)
+    const size_t at = NET_ETH_HLEN + 28 - UDP_HDR; /* the payload lands where the frame wants it */
+    for (int k = 0; k < 64; k++) {                 /* a bounded batch per turn */
+        ssize_t r = recv(exposes[e].fd, buf + at, sizeof buf - at, MSG_DONTWAIT);
+        if (r < (ssize_t)UDP_HDR)
             return;
-        size_t i = peer_slot(e, &peer);
+        size_t i = peer_slot(e, buf + at);
         peers[i].last = now_ms();
         net_endpoint from = {.ip = htonl(NET_GATEWAY), .port = (uint16_t)(UDP_PEER_PORT0 + i)};
         net_endpoint to = {.ip = htonl(NET_GUEST), .port = exposes[e].internal};
         memcpy(from.mac, gateway_mac, 6);
         memcpy(to.mac, guest_mac, 6);
-        size_t n = net_build_udp(&from, &to, buf + NET_ETH_HLEN + 28, (size_t)r, buf, sizeof buf);
+        size_t n =
+            net_build_udp(&from, &to, buf + at + UDP_HDR, (size_t)r - UDP_HDR, buf, sizeof buf);
         if (n)
             qemu_send_frame(buf, n);
     }
@@ -91,8 +88,11 @@ bool udp_from_guest(const net_pkt *p)
     if (!peers[i].used || exposes[peers[i].expose].internal != p->sport)
         return false;
     peers[i].last = now_ms();
-    sendto(exposes[peers[i].expose].fd, p->payload, p->payload_len, MSG_DONTWAIT,
-           (const struct sockaddr *)&peers[i].peer, sizeof peers[i].peer);
+    uint8_t buf[UDP_HDR + 65536];
+    size_t len = p->payload_len < 65536 ? p->payload_len : 65536;
+    memcpy(buf, peers[i].peer, UDP_HDR);
+    memcpy(buf + UDP_HDR, p->payload, len);
+    send(exposes[peers[i].expose].fd, buf, UDP_HDR + len, MSG_DONTWAIT | MSG_NOSIGNAL);
     return true;
 }
 

@@ -402,8 +402,10 @@ def test_allowlist_connect(start, servers):
     assert b.resolve("b.good.test")[0] == [NET + "3"]
     s, why = b.connect(NET + "2", 443, sni="a.good.test", name="a.good.test")
     assert s and why == ""
-    assert not fcntl.fcntl(s.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
-    assert s.getpeername() == (NET + "2", 443)
+    # Not the host socket: one end of a Unix pair the broker copies to it (a worker taken over
+    # could re-aim a host socket anywhere: connect(AF_UNSPEC), then connect or bind again).
+    assert s.family == socket.AF_UNIX and s.type == socket.SOCK_STREAM
+    s.setblocking(True)
     echo_through(s, servers[0])
     s.close()
     assert b.connect(NET + "2", 80, sni="a.good.test") == (None,
@@ -579,30 +581,50 @@ def test_listening(start):
     b = start(mode="ports", expose=[(8000, 0), (8080, explicit, "tcp"), (53, 0, "udp")])
     ports = b.listening.listening.ports
     assert b.listening.id == 0 and not b.listening.listening.error
-    assert len(ports) == 3 and len(b.listen_fds) == 3
+    # The host sockets stay in the broker: only the UDP port's datagram pair is handed over.
+    assert len(ports) == 3 and len(b.listen_fds) == 1
     assert ports[0].internal == 8000 and ports[0].external >= 1024
     assert ports[0].host == "127.0.0.1" and ports[0].protocol == "tcp"
     assert ports[0].url == f"http://127.0.0.1:{ports[0].external}"
     assert ports[1].external == explicit and ports[1].protocol == "tcp"
     assert ports[2].protocol == "udp" and ports[2].url == "" and ports[2].external >= 1024
     for i in (0, 1):
-        ls = socket.socket(fileno=os.dup(b.listen_fds[i]))
-        assert ls.getsockname() == ("127.0.0.1", ports[i].external)
-        assert ls.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        # A host client becomes an Inbound message with the worker's end of its relay.
         c = socket.create_connection(("127.0.0.1", ports[i].external), timeout=5)
-        ls.settimeout(5)
-        peer, _ = ls.accept()
+        m, fds = b.recv(timeout=5)
+        assert m.WhichOneof("body") == "inbound" and m.inbound.expose == i and len(fds) == 1
+        peer = socket.socket(fileno=fds[0])
+        assert peer.family == socket.AF_UNIX
+        peer.setblocking(True)
+        peer.settimeout(5)
         c.sendall(b"ping")
         assert peer.recv(4) == b"ping"
+        peer.sendall(b"pong")
+        assert c.recv(4) == b"pong"
         peer.close()
+        assert c.recv(4) == b""  # the worker's close reaches the client
         c.close()
-        ls.close()
-    us = socket.socket(fileno=os.dup(b.listen_fds[2]))
-    assert us.type == socket.SOCK_DGRAM and us.getsockname() == ("127.0.0.1", ports[2].external)
-    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    c.sendto(b"dgram", ("127.0.0.1", ports[2].external))
+    us = socket.socket(fileno=os.dup(b.listen_fds[0]))
+    assert us.family == socket.AF_UNIX and us.type == socket.SOCK_SEQPACKET
+    us.setblocking(True)
     us.settimeout(5)
-    assert us.recvfrom(100)[0] == b"dgram"
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.settimeout(5)
+    c.sendto(b"dgram", ("127.0.0.1", ports[2].external))
+    got = us.recv(100)
+    hdr, payload = got[:6], got[6:]
+    assert payload == b"dgram" and hdr == socket.inet_aton("127.0.0.1") + struct.pack(
+        ">H", c.getsockname()[1])
+    us.send(hdr + b"answer")
+    assert c.recvfrom(100) == (b"answer", ("127.0.0.1", ports[2].external))
+    # Only peers that wrote first get datagrams: the worker cannot aim the port elsewhere.
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.settimeout(0.5)
+    us.send(socket.inet_aton("127.0.0.1") + struct.pack(">H", other.getsockname()[1]) + b"x")
+    with pytest.raises(socket.timeout):
+        other.recvfrom(100)
+    other.close()
     c.close()
     us.close()
 
