@@ -242,10 +242,26 @@ static void resolve_answer(uint64_t id, const char *name, uint32_t *addrs, size_
     reply_resolved(id, name, addrs, k, NULL);
 }
 
+/* The broker's own budget, whatever the worker does: at most BROKER_RATE_N resolutions and as
+ * many connects in any BROKER_RATE_MS (a worker taken over cannot scan or flood through it). */
+static bool within_rate(uint64_t *started, size_t *next)
+{
+    uint64_t now = now_ms();
+    if (started[*next] && now - started[*next] < BROKER_RATE_MS)
+        return false;
+    started[*next] = now;
+    *next = (*next + 1) % BROKER_RATE_N;
+    return true;
+}
+
 static void on_resolve(uint64_t id, const Sbx__Net__Resolve *r)
 {
+    static uint64_t started[BROKER_RATE_N];
+    static size_t next;
     char buf[300];
     const char *why = resolve_check(&B.pol, r->name, buf, sizeof buf);
+    if (!why && !within_rate(started, &next))
+        why = "too many resolutions (the broker's own budget)";
     if (why) {
         resolve_refuse(id, r->name, why);
         return;
@@ -295,9 +311,13 @@ static void on_connect(uint64_t id, const Sbx__Net__Connect *c)
 {
     char buf[600], ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &c->ipv4, ip, sizeof ip);
+    static uint64_t started[BROKER_RATE_N];
+    static size_t next;
     const char *why = connect_check(&B.pol, c->ipv4, c->port, c->sni, buf, sizeof buf);
     if (!why && B.n_conns == BROKER_MAX_PENDING_CONNECT)
         why = "too many pending connections";
+    if (!why && !within_rate(started, &next))
+        why = "too many connections (the broker's own budget)";
     if (why) {
         char ps[BROKER_NAME_MAX + 1];
         blog("refused connect %s:%u (SNI %s): %s", ip, c->port, printable(c->sni, ps, sizeof ps),
@@ -485,7 +505,7 @@ int main(int argc, char **argv)
                              : !strcmp(argv[i], "--uid")       ? &uid
                              : !strcmp(argv[i], "--gid")       ? &gid
                                                                : NULL;
-        if (!dst || i + 1 == argc || parse_uint(argv[++i], INT_MAX - 1, dst) < 0)
+        if (!dst || i + 1 == argc || parse_uint(argv[++i], UINT32_MAX - 1, dst) < 0)
             usage();
     }
     if (sock == ULONG_MAX || pfd == ULONG_MAX || sock == pfd ||

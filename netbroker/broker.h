@@ -33,6 +33,8 @@
 #define BROKER_HOSTS_MAX_ENTRIES 10000u
 #define BROKER_NAME_MAX 253u  /* a DNS name without its trailing dot */
 #define BROKER_MAX_RELAYS 256 /* connections whose bytes the broker copies at once */
+#define BROKER_RATE_N 512     /* resolutions, and connects, in any BROKER_RATE_MS */
+#define BROKER_RATE_MS 10000u
 
 /* One "IP name" pair of the hosts file (a line with aliases gives one per name). */
 typedef struct {

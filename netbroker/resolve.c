@@ -241,7 +241,11 @@ int resolver_start(resolver_child *c, const char *name, uint64_t id, sbx_err *er
         return sbx_fail(err, e, "resolve %s: fork: %s", c->name, strerror(e));
     }
     if (pid == 0) {
-        close(p[0]);
+        /* Nothing of the broker's but its answer pipe and stderr: not the worker's socket, not
+         * connects in flight, not relays (a child that parses DNS answers needs none of them). */
+        for (int fd = 3; fd < 4096; fd++)
+            if (fd != p[1])
+                close(fd);
         resolver_child_run(p[1], c->name, parent);
     }
     close(p[1]);

@@ -161,6 +161,37 @@ static void reply_dns(const net_pkt *p, const dns_query *q, int rcode, const uin
 
 /* ---- DNS ---- */
 
+/* Answers given, kept for their TTL: a guest that resolves the same name over and over (no
+ * cache of its own) is answered here, without a request to the broker, which has a budget. */
+#define ANSWERS_KEPT 256u
+typedef struct {
+    char name[254];
+    uint32_t addrs[DNS_MAX_ANSWERS]; /* virtual */
+    size_t n;
+    uint64_t until;
+} kept_answer;
+static kept_answer answers[ANSWERS_KEPT];
+static size_t answers_next;
+
+static const kept_answer *answer_kept(const char *name)
+{
+    uint64_t now = now_ms();
+    for (size_t i = 0; i < ANSWERS_KEPT; i++)
+        if (answers[i].until > now && !strcmp(answers[i].name, name))
+            return &answers[i];
+    return NULL;
+}
+
+static void answer_keep(const char *name, const uint32_t *addrs, size_t n)
+{
+    size_t i = answers_next;
+    answers_next = (answers_next + 1) % ANSWERS_KEPT;
+    snprintf(answers[i].name, sizeof answers[i].name, "%s", name);
+    memcpy(answers[i].addrs, addrs, n * sizeof *addrs);
+    answers[i].n = n;
+    answers[i].until = now_ms() + DNS_TTL * 1000u;
+}
+
 static void dns(const net_pkt *p)
 {
     dns_query q;
@@ -189,6 +220,11 @@ static void dns(const net_pkt *p)
     }
     if (q.qtype != DNS_TYPE_A) {
         reply_dns(p, &q, DNS_RCODE_OK, NULL, 0); /* NODATA: IPv4 only */
+        return;
+    }
+    const kept_answer *kept = answer_kept(q.name);
+    if (kept) {
+        reply_dns(p, &q, DNS_RCODE_OK, kept->addrs, kept->n);
         return;
     }
     size_t i = 0;
@@ -240,6 +276,8 @@ void filter_resolved(uint64_t id, const Sbx__Net__Resolved *r)
         if (v)
             a[n++] = v;
     }
+    if (n)
+        answer_keep(q->name, a, n);
     reply_dns(&p, q, n || !r->n_ipv4 ? DNS_RCODE_OK : DNS_RCODE_SERVFAIL, a, n);
 }
 
