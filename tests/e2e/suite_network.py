@@ -246,6 +246,21 @@ def free_port():
     return p
 
 
+def port_announced(p, what):
+    """The external port sbx prints on stderr for `what` (e.g. b"8000/tcp") as soon as the VM
+    has booted, while the code still runs (PortsReady)."""
+    err, deadline = b"", time.time() + 120
+    marker = b"port " + what + b" -> "
+    while time.time() < deadline:
+        ln = p.stderr.readline()
+        if not ln:
+            break
+        err += ln
+        if marker in ln:
+            return int(ln.rsplit(b":", 1)[1])
+    raise AssertionError(f"no PortsReady line for {what!r}: " + err.decode())
+
+
 GUEST_SERVER = r"""
 import http.server, socket
 try:
@@ -282,17 +297,7 @@ def network_ports_only(c, d, srv):
                          stderr=subprocess.PIPE, env=d.env, cwd=c.tmp)
     try:
         # The ports are announced before the code's output ends (PortsReady, on stderr).
-        port = None
-        deadline = time.time() + 120
-        err = b""
-        while time.time() < deadline and port is None:
-            ln = p.stderr.readline()
-            if not ln:
-                break
-            err += ln
-            if b"port 8000/tcp -> http://127.0.0.1:" in ln:
-                port = int(ln.rsplit(b":", 1)[1])
-        ok(port, "PortsReady line for 8000: " + err.decode())
+        port = port_announced(p, b"8000/tcp")
         body = None
         for _ in range(200):
             try:
@@ -510,16 +515,7 @@ def network_udp_expose(c, d, srv):
                           "--expose", "5353", UDP_ECHO], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=d.env, cwd=c.tmp)
     try:
-        port, err = None, b""
-        deadline = time.time() + 120
-        while time.time() < deadline and port is None:
-            ln = p.stderr.readline()
-            if not ln:
-                break
-            err += ln
-            if b"port 5353/udp -> 127.0.0.1:" in ln:
-                port = int(ln.rsplit(b":", 1)[1])
-        ok(port, "PortsReady line for 5353/udp: " + err.decode())
+        port = port_announced(p, b"5353/udp")
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         u.settimeout(0.5)
         got = []
