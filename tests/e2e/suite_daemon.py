@@ -190,8 +190,8 @@ def embedded_daemon_autostart(c):
 
 @test()
 def valgrind_clean_daemon(c):
-    """sbxd under valgrind: no errors, no leaks, through a run, a timeout, a bad frame and
-    shutdown. (Workers install a seccomp filter that valgrind's own syscalls would trip, so they
+    """sbxd under valgrind: no errors, no leaks, through a run, a timeout, a run and a session
+    with a NIC, a bad frame and shutdown. (Workers install a seccomp filter that valgrind's own syscalls would trip, so they
     are checked by the ASan/LSan build instead.)"""
     if not shutil.which("valgrind"):
         raise AssertionError("valgrind not installed (scripts/setup-host.sh installs it)")
@@ -207,6 +207,11 @@ def valgrind_clean_daemon(c):
         wait_for(lambda: os.path.exists(sock), 60, "sbxd under valgrind")
         eq(c.sbx("run", "-q", "print('vg')", env=env, check_rc=0).out, "vg\n", "run under valgrind")
         eq(c.sbx("run", "-q", "-t", "1", "while True: pass", env=env).returncode, 124, "timeout")
+        # A VM with a NIC (the broker, PortsReady) and a session exposing a port (kept ports).
+        eq(c.sbx("run", "-q", "--expose", "8000", "print('net')", env=env, check_rc=0).out,
+           "net\n", "a run with an exposed port")
+        sid = c.sbx("session", "new", "-q", "--expose", "9000", env=env, check_rc=0).out.strip()
+        c.sbx("session", "close", sid, env=env, check_rc=0)
         s = socket.socket(socket.AF_UNIX)
         s.connect(sock)
         s.sendall(struct.pack(">I", 3) + b"\xff\xff\xff")
