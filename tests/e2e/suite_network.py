@@ -537,3 +537,89 @@ def network_udp_expose(c, d, srv):
     ok("peers 10.0.2.2" in j["stdout"], "the guest sees its peer as the gateway: " + j["stdout"])
     eq(sorted((e["internal"], e["protocol"], e["url"] == "") for e in j["exposed_ports"]),
        [(5353, "tcp", False), (5353, "udp", True)], "both ports in the result")
+
+
+STREAM_SERVER = r"""
+import socket, threading, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 8000))
+srv.listen(64)
+served = [0]
+def serve(c):
+    try:
+        what = c.recv(1)
+        if what == b"f":            # a flood the client will not read
+            blob = b"x" * 65536
+            while True:
+                c.sendall(blob)
+        elif what == b"e":          # echo one line
+            c.sendall(b"echo " + c.recv(100))
+            served[0] += 1
+    except OSError:
+        pass
+    finally:
+        c.close()
+print("SERVING", flush=True)
+end = time.time() + 50
+srv.settimeout(1)
+while time.time() < end and served[0] < 41:
+    try:
+        c, _ = srv.accept()
+    except OSError:
+        continue
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+print("served", served[0], flush=True)
+"""
+
+
+@test()
+@with_net()
+def network_exposed_port_hostile_clients(c, d, srv):
+    """Host clients of an exposed port that stall (never read a flood), that connect and vanish
+    at once, and ordinary ones, all at the same time: the ordinary ones are served, the broker
+    and the network process do not grow, nothing is left behind."""
+    p = subprocess.Popen([c.sbx_bin, "run", "--json", "-t", "90", "--expose", "8000",
+                          STREAM_SERVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=d.env, cwd=c.tmp)
+    stalled = []
+    try:
+        port = port_announced(p, b"8000/tcp")
+
+        def echo(i, tries=1):
+            # Until the guest's server listens, a client is reset (or closed): the first one
+            # tries again; every later one must be served at once.
+            for _ in range(tries):
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                        s.sendall(b"e" + f"line{i}".encode())
+                        got = s.recv(100)
+                        if got:
+                            return got
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            return b""
+        got = echo(0, tries=100)
+        eq(got, b"echo line0", "the server answers")
+        for _ in range(4):  # clients that make the guest write and never read
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"f")
+            stalled.append(s)
+        for _ in range(50):  # clients that connect and vanish
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.close()
+        time.sleep(1)
+        rss = {comm: kib for _, comm, kib in _net_processes(d.p.pid)}
+        answers = [echo(i) for i in range(1, 41)]
+        eq(answers, [f"echo line{i}".encode() for i in range(1, 41)],
+           "ordinary clients served while others stall")
+        ok(rss and max(rss.values()) < 64 * 1024, f"RSS KiB {rss}")
+        out, _ = p.communicate(timeout=120)
+    finally:
+        for s in stalled:
+            s.close()
+        if p.poll() is None:
+            p.kill()
+    j = json.loads(out)
+    ok("served 41" in j["stdout"], j["stdout"][-500:])
