@@ -109,6 +109,8 @@ typedef enum {
     SOURCE_STDIN,  /* `-` */
 } source_kind;
 
+/* ---- sources.c: the code the arguments name ---- */
+
 /* A source resolved to what it is, then loaded. */
 typedef struct {
     source_kind kind;
