@@ -20,8 +20,11 @@
 
 #define HELLO_TIMEOUT_MS 10000u
 #define CONNECT_SLACK_MS 5000u
+#define DNS_TCP_IDLE_MS 10000u
+#define DNS_TCP_MAX_QUERY 4096u
 
-typedef enum { C_FREE, C_HELLO, C_WAIT, C_SPLICE } conn_state;
+/* C_DNS: a DNS-over-TCP client of ours (port 53 of any address), answered here. */
+typedef enum { C_FREE, C_HELLO, C_WAIT, C_SPLICE, C_DNS } conn_state;
 
 typedef struct {
     conn_state st;
@@ -118,7 +121,11 @@ void conn_egress(int fd, uint32_t vip, uint16_t port)
         return;
     c->real = real;
     snprintf(c->name, sizeof c->name, "%s", name);
-    if (N.mode == NET_ALLOWLIST) {
+    if (port == 53) { /* never proxied: our resolver answers */
+        c->st = C_DNS;
+        c->id = ++N.next_id;
+        c->deadline = now_ms() + DNS_TCP_IDLE_MS;
+    } else if (N.mode == NET_ALLOWLIST) {
         c->st = C_HELLO;
         c->deadline = now_ms() + HELLO_TIMEOUT_MS;
     } else {
@@ -161,6 +168,56 @@ void conn_connected(uint64_t id, const Sbx__Net__Connected *r, int fd)
     }
     if (fd >= 0)
         close(fd); /* the guest gave up first */
+}
+
+void conn_dns_answer(uint64_t id, const uint8_t *msg, size_t len)
+{
+    for (size_t i = 0; i < CONN_MAX; i++) {
+        conn *c = &conns[i];
+        if (c->st != C_DNS || c->id != id)
+            continue;
+        uint8_t buf[2 + 512];
+        if (len > 512)
+            return;
+        buf[0] = (uint8_t)(len >> 8);
+        buf[1] = (uint8_t)len;
+        memcpy(buf + 2, msg, len);
+        /* An answer the guest's socket cannot take at once: the guest is not reading. */
+        if (send(c->a, buf, 2 + len, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)(2 + len))
+            conn_close(c);
+        return;
+    }
+}
+
+/* Length-prefixed queries on a DNS-over-TCP connection, each answered like a UDP one. */
+static void read_dns(conn *c)
+{
+    pump_buf *p = c->ab;
+    ssize_t r = read(c->a, p->data + p->len, PUMP_BUF - p->len);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (r <= 0) {
+        conn_close(c);
+        return;
+    }
+    p->len += (size_t)r;
+    c->deadline = now_ms() + DNS_TCP_IDLE_MS;
+    while (p->len >= 2) {
+        size_t m = (size_t)p->data[0] << 8 | p->data[1];
+        if (m == 0 || m > DNS_TCP_MAX_QUERY) {
+            conn_close(c);
+            return;
+        }
+        if (p->len < 2 + m)
+            return;
+        dns_asker from = {.tcp = true, .conn = c->id};
+        uint64_t id = c->id;
+        dns_query_in(p->data + 2, m, &from);
+        if (c->st != C_DNS || c->id != id)
+            return; /* closed while answering */
+        memmove(p->data, p->data + 2 + m, p->len - 2 - m);
+        p->len -= 2 + m;
+    }
 }
 
 /* The guest's first bytes on an allowlist connection: a ClientHello for an allowed name, or
@@ -223,7 +280,7 @@ size_t conn_poll_fill(struct pollfd *p, size_t cap, uint64_t *deadline)
         if (c->st != C_SPLICE && c->deadline < *deadline)
             *deadline = c->deadline;
         short ea = 0, eb = 0;
-        if (c->st == C_HELLO)
+        if (c->st == C_HELLO || c->st == C_DNS)
             ea = POLLIN;
         if (c->st == C_SPLICE) {
             ea = (short)(pump_events_from(c->ab) | pump_events_to(c->ba));
@@ -251,6 +308,13 @@ void conn_poll_done(const struct pollfd *p, size_t n, uint64_t now)
                      (c->ib >= 0 && (size_t)c->ib < n && p[c->ib].revents);
         if (c->st == C_HELLO && ready) {
             read_hello(c);
+            continue;
+        }
+        if (c->st == C_DNS) {
+            if (ready)
+                read_dns(c);
+            else if (now >= c->deadline)
+                conn_close(c); /* idle */
             continue;
         }
         if (c->st == C_HELLO || c->st == C_WAIT) {

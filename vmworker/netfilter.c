@@ -31,8 +31,7 @@
 static struct {
     bool used;
     uint64_t id, deadline;
-    uint8_t frame[1600];
-    size_t len;
+    dns_asker from;
     dns_query q;
 } pending[DNS_PENDING_MAX];
 
@@ -150,13 +149,29 @@ static void reply_icmp(const net_pkt *p)
         qemu_send_frame(out, n);
 }
 
-static void reply_dns(const net_pkt *p, const dns_query *q, int rcode, const uint32_t *a, size_t n)
+/* A DNS message to whoever asked: a UDP frame answering theirs, or their TCP stream. */
+static void dns_send(const dns_asker *from, const uint8_t *msg, size_t len)
 {
-    uint8_t msg[512], out[600];
-    size_t m = dns_build_answer(q, rcode, a, n, DNS_TTL, msg, sizeof msg);
-    size_t f = m ? net_build_udp_reply(p, msg, m, out, sizeof out) : 0;
+    if (from->tcp) {
+        conn_dns_answer(from->conn, msg, len);
+        return;
+    }
+    uint8_t out[600];
+    net_pkt p;
+    if (net_parse_frame(from->frame, from->len, &p) != PKT_UDP)
+        return;
+    size_t f = net_build_udp_reply(&p, msg, len, out, sizeof out);
     if (f)
         qemu_send_frame(out, f);
+}
+
+static void reply_dns(const dns_asker *from, const dns_query *q, int rcode, const uint32_t *a,
+                      size_t n)
+{
+    uint8_t msg[512];
+    size_t m = dns_build_answer(q, rcode, a, n, DNS_TTL, msg, sizeof msg);
+    if (m)
+        dns_send(from, msg, m);
 }
 
 /* ---- DNS ---- */
@@ -192,46 +207,44 @@ static void answer_keep(const char *name, const uint32_t *addrs, size_t n)
     answers[i].until = now_ms() + DNS_TTL * 1000u;
 }
 
-static void dns(const net_pkt *p)
+void dns_query_in(const uint8_t *msg, size_t len, const dns_asker *from)
 {
     dns_query q;
-    if (dns_parse_query(p->payload, p->payload_len, &q) < 0) {
-        uint8_t msg[16], out[128];
-        if (p->payload_len < 2)
-            return;
-        uint16_t id = (uint16_t)(p->payload[0] << 8 | p->payload[1]);
-        size_t m = dns_build_error(id, DNS_RCODE_FORMERR, msg, sizeof msg);
-        size_t f = m ? net_build_udp_reply(p, msg, m, out, sizeof out) : 0;
-        if (f)
-            qemu_send_frame(out, f);
+    if (dns_parse_query(msg, len, &q) < 0) {
+        uint8_t err[16];
+        size_t m = len >= 2 ? dns_build_error((uint16_t)(msg[0] << 8 | msg[1]), DNS_RCODE_FORMERR,
+                                              err, sizeof err)
+                            : 0;
+        if (m)
+            dns_send(from, err, m);
         return;
     }
     if (N.mode == NET_PORTS) {
         net_block(q.name, 53, "DNS refused: this VM has exposed ports only, no outbound network");
-        reply_dns(p, &q, DNS_RCODE_REFUSED, NULL, 0);
+        reply_dns(from, &q, DNS_RCODE_REFUSED, NULL, 0);
         return;
     }
     bool allowed = N.mode == NET_OPEN || net_name_allowed(q.name, N.allowed, N.n_allowed);
     if (!allowed || q.qclass != DNS_CLASS_IN) {
         if (q.qtype == DNS_TYPE_A)
             net_block(q.name, 53, "name not on the allowlist (NXDOMAIN)");
-        reply_dns(p, &q, DNS_RCODE_NXDOMAIN, NULL, 0);
+        reply_dns(from, &q, DNS_RCODE_NXDOMAIN, NULL, 0);
         return;
     }
     if (q.qtype != DNS_TYPE_A) {
-        reply_dns(p, &q, DNS_RCODE_OK, NULL, 0); /* NODATA: IPv4 only */
+        reply_dns(from, &q, DNS_RCODE_OK, NULL, 0); /* NODATA: IPv4 only */
         return;
     }
     const kept_answer *kept = answer_kept(q.name);
     if (kept) {
-        reply_dns(p, &q, DNS_RCODE_OK, kept->addrs, kept->n);
+        reply_dns(from, &q, DNS_RCODE_OK, kept->addrs, kept->n);
         return;
     }
     size_t i = 0;
     while (i < DNS_PENDING_MAX && pending[i].used)
         i++;
-    if (i == DNS_PENDING_MAX || p->len > sizeof pending[i].frame) {
-        reply_dns(p, &q, DNS_RCODE_SERVFAIL, NULL, 0);
+    if (i == DNS_PENDING_MAX) {
+        reply_dns(from, &q, DNS_RCODE_SERVFAIL, NULL, 0);
         return;
     }
     Sbx__Net__Resolve rs = SBX__NET__RESOLVE__INIT;
@@ -241,15 +254,25 @@ static void dns(const net_pkt *p)
     m.body_case = SBX__NET__NET_MSG__BODY_RESOLVE;
     m.resolve = &rs;
     if (broker_send(&m) < 0) {
-        reply_dns(p, &q, DNS_RCODE_SERVFAIL, NULL, 0);
+        reply_dns(from, &q, DNS_RCODE_SERVFAIL, NULL, 0);
         return;
     }
     pending[i].used = true;
     pending[i].id = m.id;
     pending[i].deadline = now_ms() + DNS_TIMEOUT_MS;
-    memcpy(pending[i].frame, p->frame, p->len);
-    pending[i].len = p->len;
+    pending[i].from = *from;
     pending[i].q = q;
+}
+
+/* A query over UDP (to any resolver address): answered as a frame from that address. */
+static void dns_udp(const net_pkt *p)
+{
+    dns_asker from = {.tcp = false};
+    if (p->len > sizeof from.frame)
+        return;
+    memcpy(from.frame, p->frame, p->len);
+    from.len = p->len;
+    dns_query_in(p->payload, p->payload_len, &from);
 }
 
 void filter_resolved(uint64_t id, const Sbx__Net__Resolved *r)
@@ -260,13 +283,11 @@ void filter_resolved(uint64_t id, const Sbx__Net__Resolved *r)
     if (i == DNS_PENDING_MAX)
         return; /* answered already (timed out) */
     pending[i].used = false;
-    net_pkt p;
-    if (net_parse_frame(pending[i].frame, pending[i].len, &p) != PKT_UDP)
-        return;
+    const dns_asker *from = &pending[i].from;
     const dns_query *q = &pending[i].q;
     if (r->refused && *r->refused) {
         net_block(q->name, 53, "%s (NXDOMAIN)", r->refused);
-        reply_dns(&p, q, DNS_RCODE_NXDOMAIN, NULL, 0);
+        reply_dns(from, q, DNS_RCODE_NXDOMAIN, NULL, 0);
         return;
     }
     uint32_t a[DNS_MAX_ANSWERS];
@@ -278,7 +299,7 @@ void filter_resolved(uint64_t id, const Sbx__Net__Resolved *r)
     }
     if (n)
         answer_keep(q->name, a, n);
-    reply_dns(&p, q, n || !r->n_ipv4 ? DNS_RCODE_OK : DNS_RCODE_SERVFAIL, a, n);
+    reply_dns(from, q, n || !r->n_ipv4 ? DNS_RCODE_OK : DNS_RCODE_SERVFAIL, a, n);
 }
 
 void filter_expire(uint64_t now)
@@ -286,9 +307,7 @@ void filter_expire(uint64_t now)
     for (size_t i = 0; i < DNS_PENDING_MAX; i++)
         if (pending[i].used && pending[i].deadline <= now) {
             pending[i].used = false;
-            net_pkt p;
-            if (net_parse_frame(pending[i].frame, pending[i].len, &p) == PKT_UDP)
-                reply_dns(&p, &pending[i].q, DNS_RCODE_SERVFAIL, NULL, 0);
+            reply_dns(&pending[i].from, &pending[i].q, DNS_RCODE_SERVFAIL, NULL, 0);
         }
 }
 
@@ -350,7 +369,7 @@ static bool syn_allowed(const net_pkt *p)
                       "connection refused: not an address our resolver gave for an allowed name");
         return false;
     }
-    if (N.mode == NET_ALLOWLIST && p->dport != 443) {
+    if (N.mode == NET_ALLOWLIST && p->dport != 443 && p->dport != 53) {
         net_block(name, p->dport, "connection refused: only TLS on port 443");
         return false;
     }
@@ -373,7 +392,12 @@ static void tcp(const uint8_t *f, size_t len, const net_pkt *orig)
         reply_rst(orig);
         return;
     }
-    if (N.mode == NET_OPEN && !in_vnetwork(orig->dst) && len <= sizeof copy) {
+    /* DNS over TCP to any resolver address, in the modes that have DNS, lands in netconn.c's
+     * reader the same way (port 53 is never proxied anywhere). */
+    uint32_t dh = ntohl(orig->dst);
+    bool is_vip = dh > NET_VIP_BASE && dh <= NET_VIP_BASE + NET_MAX_VIPS;
+    bool nat_dns = N.mode != NET_PORTS && orig->dport == 53 && !is_vip;
+    if ((nat_dns || (N.mode == NET_OPEN && !in_vnetwork(orig->dst))) && len <= sizeof copy) {
         char ip[INET_ADDRSTRLEN];
         uint32_t v = vip_get(orig->dst, ip_str(orig->dst, ip), true, syn);
         if (v) {
@@ -422,7 +446,7 @@ void filter_frame(const uint8_t *f, size_t len)
         if (p.src != htonl(NET_GUEST) || udp_from_guest(&p))
             return;
         if (p.dport == 53) {
-            dns(&p);
+            dns_udp(&p);
             return;
         }
         net_block(ip_str(p.dst, ip), p.dport, "UDP refused: only DNS");

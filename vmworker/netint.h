@@ -34,6 +34,16 @@ size_t slirp_sockets(void);
 void qemu_send_frame(const uint8_t *f, size_t len);
 
 /* netfilter.c */
+/* Who asked a DNS question: a UDP frame (answered as a frame from the address it went to) or a
+ * TCP connection (netconn.c, by its id). */
+typedef struct {
+    bool tcp;
+    uint64_t conn;
+    uint8_t frame[1600];
+    size_t len;
+} dns_asker;
+/* One DNS query (the message, without TCP's length): answered now or once the broker resolved. */
+void dns_query_in(const uint8_t *msg, size_t len, const dns_asker *from);
 void filter_frame(const uint8_t *f, size_t len);
 void filter_resolved(uint64_t id, const Sbx__Net__Resolved *r);
 /* A frame from slirp on its way to the guest (addresses the guest chose are put back). */
@@ -53,6 +63,8 @@ void udp_poll_done(const struct pollfd *p, size_t n);
 #define CONN_MAX 256u
 /* Connections open now. */
 size_t conn_count(void);
+/* A DNS answer for the TCP connection `id` (length-prefixed there), if it is still open. */
+void conn_dns_answer(uint64_t id, const uint8_t *msg, size_t len);
 /* A guestfwd connection slirp just made for the guest's connection to vip:port. */
 void conn_egress(int fd, uint32_t vip, uint16_t port);
 /* A host client on an exposed port: joined to slirp's listener at path. */

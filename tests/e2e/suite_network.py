@@ -623,3 +623,60 @@ def network_exposed_port_hostile_clients(c, d, srv):
             p.kill()
     j = json.loads(out)
     ok("served 41" in j["stdout"], j["stdout"][-500:])
+
+
+DNS_TCP = r"""
+import socket, struct
+def query(name, qid):
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0\0\1\0\1"
+    return struct.pack(">H", len(q)) + q
+def answers(s, n):
+    out, buf = [], b""
+    while len(out) < n:
+        while len(buf) < 2 or len(buf) < 2 + struct.unpack(">H", buf[:2])[0]:
+            more = s.recv(4096)
+            if not more:
+                return out + ["closed"]
+            buf += more
+        m = struct.unpack(">H", buf[:2])[0]
+        msg, buf = buf[2:2 + m], buf[2 + m:]
+        qid, flags, _, ancount = struct.unpack(">HHHH", msg[:8])
+        addr = ".".join(str(b) for b in msg[-4:]) if ancount else "-"
+        out.append(f"{qid}:rcode={flags & 15}:an={ancount}:{addr}")
+    return out
+for server in ("10.0.2.3", "192.0.2.53"):
+    try:
+        s = socket.create_connection((server, 53), timeout=10)
+        # Two queries in one write (pipelined), then a third.
+        s.sendall(query("allowed.test", 1) + query("other.test", 2))
+        got = answers(s, 2)
+        s.sendall(query("api.allowed.test", 3))
+        got += answers(s, 1)
+        print(server, " ".join(got), "peer", s.getpeername()[0])
+        s.close()
+    except OSError as e:
+        print(server, "error", type(e).__name__)
+"""
+
+
+@test()
+@with_net()
+def network_dns_over_tcp(c, d, srv):
+    """DNS over TCP to any resolver address is answered on the host side like UDP (allowed names
+    get virtual addresses, others NXDOMAIN), pipelined queries included; with exposed ports
+    only, it is refused at once."""
+    j, r = d.run_json("--network", "--allow-domain", "allowed.test", DNS_TCP)
+    out = j.get("stdout", "")
+    for server in ("10.0.2.3", "192.0.2.53"):
+        line = [ln for ln in out.splitlines() if ln.startswith(server + " ")]
+        ok(line, f"{server}: {out} {j.get('stderr', '')[-500:]}")
+        # Pipelined queries may be answered out of order (RFC 7766): matched by id.
+        parts = sorted(line[0].split()[1:4])
+        ok(parts[0].startswith("1:rcode=0:an=1:10.0.128."), f"allowed name: {line[0]}")
+        ok(parts[1] == "2:rcode=3:an=0:-", f"other name NXDOMAIN: {line[0]}")
+        ok(parts[2].startswith("3:rcode=0:an=1:10.0.128."), f"subdomain: {line[0]}")
+        ok(line[0].endswith("peer " + server), f"the guest talks to the address it dialled: {line}")
+    ok(any(b[0] == "other.test" and b[1] == 53 for b in blocked(j)), str(blocked(j)))
+    j, r = d.run_json("--expose", "8000", DNS_TCP)
+    ok("10.0.2.3 error ConnectionRefusedError" in j["stdout"], j["stdout"])
