@@ -189,18 +189,28 @@ void conn_dns_answer(uint64_t id, const uint8_t *msg, size_t len)
     }
 }
 
-/* Length-prefixed queries on a DNS-over-TCP connection, each answered like a UDP one. */
-static void read_dns(conn *c)
+/* What the guest sent next on c (into c->ab): 1 bytes came, 0 none yet, -1 the guest closed or
+ * the connection broke (c is closed). */
+static int read_more(conn *c)
 {
     pump_buf *p = c->ab;
     ssize_t r = read(c->a, p->data + p->len, PUMP_BUF - p->len);
     if (r < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
+        return 0;
     if (r <= 0) {
         conn_close(c);
-        return;
+        return -1;
     }
     p->len += (size_t)r;
+    return 1;
+}
+
+/* Length-prefixed queries on a DNS-over-TCP connection, each answered like a UDP one. */
+static void read_dns(conn *c)
+{
+    pump_buf *p = c->ab;
+    if (read_more(c) <= 0)
+        return;
     c->deadline = now_ms() + DNS_TCP_IDLE_MS;
     while (p->len >= 2) {
         size_t m = (size_t)p->data[0] << 8 | p->data[1];
@@ -225,14 +235,8 @@ static void read_dns(conn *c)
 static void read_hello(conn *c)
 {
     pump_buf *p = c->ab;
-    ssize_t r = read(c->a, p->data + p->len, PUMP_BUF - p->len);
-    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+    if (read_more(c) <= 0)
         return;
-    if (r <= 0) {
-        conn_close(c);
-        return;
-    }
-    p->len += (size_t)r;
     char sni[256];
     hello_verdict v = tls_client_hello_sni(p->data, p->len, sni, sizeof sni);
     const char *why = NULL;
