@@ -210,6 +210,21 @@ def tcp_server(addr, port, backlog=16):
     return s
 
 
+def full_listener(addr):
+    """A listener whose accept queue is full: loopback never drops a SYN otherwise, so a connect
+    to it stays pending. Returns it, its port and the sockets that fill it."""
+    srv = tcp_server(addr, 0, backlog=0)
+    port = srv.getsockname()[1]
+    fill = []
+    for _ in range(4):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex((addr, port))
+        fill.append(c)
+    time.sleep(0.2)
+    return srv, port, fill
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -475,17 +490,8 @@ def test_open_connect(start):
 
 
 def test_pending_connects_and_timeout(start):
-    # Loopback never drops a SYN, except to a listener whose accept queue is full.
-    srv = tcp_server(NET + "2", 0, backlog=0)
-    port = srv.getsockname()[1]
-    fill = []
+    srv, port, fill = full_listener(NET + "2")
     try:
-        for _ in range(4):
-            c = socket.socket()
-            c.setblocking(False)
-            c.connect_ex((NET + "2", port))
-            fill.append(c)
-        time.sleep(0.2)
         other = tcp_server(NET + "3", 0)
         b = start(mode="open", allow_private=True, connect_timeout_ms=700)
         b.send(net_pb2.NetMsg(id=7, connect=net_pb2.Connect(ipv4=ip(NET + "2"), port=port)))
@@ -509,16 +515,8 @@ def test_pending_connects_and_timeout(start):
 
 
 def test_pending_connect_cap(start):
-    srv = tcp_server(NET + "2", 0, backlog=0)
-    port = srv.getsockname()[1]
-    fill = []
+    srv, port, fill = full_listener(NET + "2")
     try:
-        for _ in range(4):
-            c = socket.socket()
-            c.setblocking(False)
-            c.connect_ex((NET + "2", port))
-            fill.append(c)
-        time.sleep(0.2)
         b = start(mode="open", allow_private=True, connect_timeout_ms=3000)
         for i in range(64):
             b.send(net_pb2.NetMsg(id=1000 + i, connect=net_pb2.Connect(ipv4=ip(NET + "2"),

@@ -2,6 +2,7 @@
 mode, and that every refusal is fast and reported. Real VMs, a daemon of their own per test (with
 a dns_hosts_file naming loopback servers), real HTTPS servers on 127.0.0.x:443. Only loopback
 traffic: every name the guests use is in the hosts file or is refused before any resolver."""
+import contextlib
 import http.server
 import json
 import os
@@ -87,6 +88,18 @@ class NetDaemon:
             return json.loads(r.stdout), r
         except ValueError:
             raise AssertionError(f"not JSON (exit {r.returncode}): {r.out[:500]} {r.err[-1500:]}")
+
+    @contextlib.contextmanager
+    def running(self, *args):
+        """`sbx run --json ARGS` in the background, for a test that talks to the VM while it runs;
+        killed if the test leaves before it ends."""
+        p = subprocess.Popen([self.c.sbx_bin, "run", "--json", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=self.env, cwd=self.c.tmp)
+        try:
+            yield p
+        finally:
+            if p.poll() is None:
+                p.kill()
 
     def close(self):
         self.p.terminate()
@@ -292,10 +305,8 @@ while not stop:
 @with_net()
 def network_ports_only(c, d, srv):
     ext = free_port()
-    p = subprocess.Popen([c.sbx_bin, "run", "--json", "-t", "60", "--expose", "8000",
-                          "--expose", f"8001:{ext}", GUEST_SERVER], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=d.env, cwd=c.tmp)
-    try:
+    with d.running("-t", "60", "--expose", "8000", "--expose", f"8001:{ext}",
+                   GUEST_SERVER) as p:
         # The ports are announced before the code's output ends (PortsReady, on stderr).
         port = port_announced(p, b"8000/tcp")
         body = None
@@ -320,9 +331,6 @@ def network_ports_only(c, d, srv):
             s.sendall(b"GET /stop HTTP/1.0\r\n\r\n")
             s.recv(4096)
         out, err2 = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
     j = json.loads(out)
     ok("OUT refused" in j["stdout"], "outbound refused: " + j["stdout"])
     ok("DNS refused" in j["stdout"], "no DNS: " + j["stdout"])
@@ -457,10 +465,8 @@ def network_flood_stays_bounded(c, d, srv):
         eq(j.get("stdout"), "1\n", json.dumps(j)[:500])
         return time.time() - t0
     base = sorted(timed_run() for _ in range(3))[1]
-    p = subprocess.Popen([c.sbx_bin, "run", "--json", "-q", "-t", "120", "--network",
-                          "--allow-domain", "allowed.test", FLOOD], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=d.env, cwd=c.tmp)
-    try:
+    with d.running("-q", "-t", "120", "--network", "--allow-domain", "allowed.test",
+                       FLOOD) as p:
         peak, during, status_s = 0, [], []
         deadline = time.time() + 150
         while p.poll() is None and time.time() < deadline:
@@ -473,11 +479,8 @@ def network_flood_stays_bounded(c, d, srv):
                 during.append(timed_run())
             time.sleep(0.2)
         out, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
     j = json.loads(out)
-    ok("flooded 20000" in j["stdout"] or "flooded" in j["stdout"], json.dumps(j)[:1500])
+    ok("flooded" in j["stdout"], json.dumps(j)[:1500])
     net = j["network"]
     ok(net["blocked_total"] >= 1000, f"every refusal counted: {net['blocked_total']}")
     ok(len(net["blocked"]) <= 32, "the list is capped")
@@ -511,10 +514,7 @@ print("peers", peer[0], flush=True)
 def network_udp_expose(c, d, srv):
     """A UDP port on the host reaches the guest's and gets its answers; the same number over TCP
     is another port, not a duplicate."""
-    p = subprocess.Popen([c.sbx_bin, "run", "--json", "-t", "90", "--expose", "5353/udp",
-                          "--expose", "5353", UDP_ECHO], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=d.env, cwd=c.tmp)
-    try:
+    with d.running("-t", "90", "--expose", "5353/udp", "--expose", "5353", UDP_ECHO) as p:
         port = port_announced(p, b"5353/udp")
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         u.settimeout(0.5)
@@ -530,9 +530,6 @@ def network_udp_expose(c, d, srv):
         u.close()
         eq(got, [b"echo ping0", b"echo ping1", b"echo ping2"], "echoes")
         out, _ = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
     j = json.loads(out)
     ok("peers 10.0.2.2" in j["stdout"], "the guest sees its peer as the gateway: " + j["stdout"])
     eq(sorted((e["internal"], e["protocol"], e["url"] == "") for e in j["exposed_ports"]),
@@ -579,11 +576,8 @@ def network_exposed_port_hostile_clients(c, d, srv):
     """Host clients of an exposed port that stall (never read a flood), that connect and vanish
     at once, and ordinary ones, all at the same time: the ordinary ones are served, the broker
     and the network process do not grow, nothing is left behind."""
-    p = subprocess.Popen([c.sbx_bin, "run", "--json", "-t", "90", "--expose", "8000",
-                          STREAM_SERVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=d.env, cwd=c.tmp)
     stalled = []
-    try:
+    with d.running("-t", "90", "--expose", "8000", STREAM_SERVER) as p:
         port = port_announced(p, b"8000/tcp")
 
         def echo(i, tries=1):
@@ -616,11 +610,8 @@ def network_exposed_port_hostile_clients(c, d, srv):
            "ordinary clients served while others stall")
         ok(rss and max(rss.values()) < 64 * 1024, f"RSS KiB {rss}")
         out, _ = p.communicate(timeout=120)
-    finally:
-        for s in stalled:
-            s.close()
-        if p.poll() is None:
-            p.kill()
+    for s in stalled:
+        s.close()
     j = json.loads(out)
     ok("served 41" in j["stdout"], j["stdout"][-500:])
 
