@@ -125,6 +125,13 @@ static void drop(pvm *v)
     pool_refill();
 }
 
+/* A VM that booted cold before its language's snapshot was ready makes way for a restored one. */
+static void replace_stale(pvm *v)
+{
+    slog("pool: replacing a cold-booted %s VM with one from the new snapshot", v->language);
+    drop(v);
+}
+
 static void vm_booted(void *owner, const Sbx__Worker__Booted *b)
 {
     pvm *v = owner;
@@ -150,8 +157,8 @@ static void vm_frame(void *owner, Sbx__Worker__FromWorker *m)
             drop(v);
             return;
         }
-        if (v->stale) {
-            drop(v);
+        if (v->stale) { /* its snapshot became ready while it warmed up */
+            replace_stale(v);
             return;
         }
         v->state = P_READY;
@@ -289,9 +296,7 @@ void pool_snapshot_ready(const char *language, uint32_t memory_mb)
         again = false;
         for (pvm *v = vms; v && !again; v = v->next)
             if (v->stale && v->state == P_READY) {
-                slog("pool: replacing a cold-booted %s VM with one from the new snapshot",
-                     language);
-                drop(v);
+                replace_stale(v);
                 again = true;
             }
     }
