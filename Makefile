@@ -24,7 +24,7 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 	supervisor/sched.c \
 	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
 	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c supervisor/spawn.c \
-	supervisor/assets.c
+	supervisor/assets.c supervisor/layers.c supervisor/install.c
 WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapshot.c vmworker/qemu.c \
 	vmworker/jail.c vmworker/qmp.c vmworker/balloon.c vmworker/net.c vmworker/netloop.c \
 	vmworker/netfilter.c vmworker/netconn.c vmworker/netudp.c vmworker/netparse.c
@@ -38,7 +38,7 @@ BROKER_SRC = netbroker/broker.c netbroker/request.c netbroker/policyio.c netbrok
 BROKER_PROTOS = net control files
 LIBS_BROKER = $(shell pkg-config --libs libprotobuf-c libseccomp libcap-ng)
 AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/net.c agent/exec.c agent/sandbox.c agent/repl.c \
-	agent/files.c agent/zram.c
+	agent/files.c agent/zram.c agent/pkgs.c
 
 # Header dependencies of every object, written by the compiler (-MMD -MP).
 .DEFAULT_GOAL := all

@@ -39,7 +39,8 @@ static void agent_handle(struct chan *c, const uint8_t *data, size_t len)
         boot_hello(m->hello);
         /* Before Ready: the first code may use the network at once. A VM whose NIC cannot be set
          * up says so rather than running code that would find no network. */
-        if (m->hello->net && net_apply(m->hello->net, &err) < 0) {
+        if ((m->hello->net && net_apply(m->hello->net, &err) < 0) ||
+            (m->hello->packages && pkgs_mount(boot_dev_dir(), &err) < 0)) {
             chan_failure(c, m->id, "%s", err.msg);
             break;
         }

@@ -52,6 +52,7 @@ int boot_switch_root(sbx_err *err);
 int boot_hide_cmdline(sbx_err *err);
 /* The initramfs /dev (out of the code's reach), or -1 before boot_early. */
 int boot_dev_dir(void);
+void sleep_ms(unsigned ms);
 /* Each Hello: reseed the RNG, set the clock. */
 void boot_hello(const Sbx__Agent__Hello *h);
 /* After each Ready to a Hello; does its work once: hostname, loopback, zram swap. */
@@ -184,6 +185,11 @@ bool files_ready(const struct chan *c);
 void files_pump(struct chan *c);
 /* The host went away: drop any transfer in progress (and its partial file). */
 void files_abort(void);
+
+/* pkgs.c: the package layer, mounted on the first Hello that says the VM has one. */
+#define AGENT_PKGS_DIR AGENT_CODE_DIR "/packages"
+int pkgs_mount(int dev_dir_fd, sbx_err *err);
+bool pkgs_mounted(void);
 
 /* zram.c: compressed swap in guest RAM, set up once after the first Ready. */
 void zram_swap_on(int dev_dir_fd);

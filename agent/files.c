@@ -42,6 +42,7 @@ static struct {
     int fd;  /* write: the temporary file; read: the file */
     char name[SBX_MAX_PATH + 1], tmp[64];
     uint64_t size, done; /* write: announced size; both: bytes so far */
+    uint64_t max;        /* read: the most bytes the host takes */
     uint8_t want[SHA256_DIGEST_LENGTH];
     SHA256_CTX sha;
     int carry; /* read: a byte read ahead to learn whether the chunk is the last, or -1 */
@@ -365,9 +366,12 @@ void files_read(struct chan *c, uint64_t id, const Sbx__Agent__FileRead *r)
         sbx_fail(&err, EINVAL, "`%s` is not a regular file", r->path);
         goto fail;
     }
-    if ((uint64_t)st.st_size > SBX_MAX_FILE) {
-        sbx_fail(&err, EFBIG, "`%s` holds %llu bytes, over the limit of %u MiB", r->path,
-                 (unsigned long long)st.st_size, SBX_MAX_FILE >> 20);
+    /* Only sbxd asks for more than the usual limit (a package tree); clients cannot. */
+    x.max = r->max_bytes ? (r->max_bytes < SBX_MAX_LAYER_TAR ? r->max_bytes : SBX_MAX_LAYER_TAR)
+                         : SBX_MAX_FILE;
+    if ((uint64_t)st.st_size > x.max) {
+        sbx_fail(&err, EFBIG, "`%s` holds %llu bytes, over the limit of %llu MiB", r->path,
+                 (unsigned long long)st.st_size, (unsigned long long)x.max >> 20);
         goto fail;
     }
     x.kind = XFER_READ;
@@ -433,9 +437,9 @@ void files_pump(struct chan *c)
         ssize_t n = read_chunk(&last, &err);
         if (n < 0)
             goto fail;
-        if (x.done + (uint64_t)n > SBX_MAX_FILE) {
-            sbx_fail(&err, EFBIG, "`%s` grew over the limit of %u MiB while being read", x.name,
-                     SBX_MAX_FILE >> 20);
+        if (x.done + (uint64_t)n > x.max) {
+            sbx_fail(&err, EFBIG, "`%s` grew over the limit of %llu MiB while being read", x.name,
+                     (unsigned long long)x.max >> 20);
             goto fail;
         }
         x.done += (uint64_t)n;

@@ -44,11 +44,18 @@ int sandbox_env(struct env_list *e, Sbx__Files__EnvVar **vars, size_t nvars, sbx
          * restored from its snapshot) and any python3 the code starts all get it. */
         "PYTHONINTMAXSTRDIGITS=0",
     };
-    e->v = calloc(ARRAY_LEN(base) + nvars + 1, sizeof *e->v);
+    /* A package layer: pip's --target tree, and Bun's node_modules (require and import). */
+    static const char *const pkgs[] = {
+        "PYTHONPATH=" AGENT_PKGS_DIR,
+        "NODE_PATH=" AGENT_PKGS_DIR "/node_modules",
+    };
+    size_t npkgs = pkgs_mounted() ? ARRAY_LEN(pkgs) : 0;
+    e->v = calloc(ARRAY_LEN(base) + npkgs + nvars + 1, sizeof *e->v);
     if (!e->v)
         return sbx_fail(err, ENOMEM, "out of memory");
-    for (size_t i = 0; i < ARRAY_LEN(base); i++) {
-        if (!(e->v[e->n] = strdup(base[i])))
+    for (size_t i = 0; i < ARRAY_LEN(base) + npkgs; i++) {
+        const char *kv = i < ARRAY_LEN(base) ? base[i] : pkgs[i - ARRAY_LEN(base)];
+        if (!(e->v[e->n] = strdup(kv)))
             return sbx_fail(err, ENOMEM, "out of memory");
         e->n++;
     }

@@ -51,6 +51,8 @@ const char *sbx_error_kind_name(int kind)
         return "AssetError";
     case SBX_ERR_INTERNAL:
         return "InternalError";
+    case SBX_ERR_PACKAGE_INSTALL:
+        return "PackageInstallError";
     case SBX_ERR_PERMISSION:
         return "PermissionError";
     case SBX_ERR_CONNECT:
@@ -156,7 +158,8 @@ int client_recv(sbx_client *c, int timeout_ms, Sbx__Control__Reply **out, sbx_er
 }
 
 /* Replies for our request, or id 0 (the daemon's way to report a connection-level error). A
- * PortsReady for our request is handed to c->on_ports on the way, and the wait goes on. */
+ * PortsReady for our request is handed to c->on_ports on the way, a Progress to c->on_progress,
+ * and the wait goes on. */
 int client_recv_for(sbx_client *c, uint64_t id, int timeout_ms, Sbx__Control__Reply **out,
                     sbx_err *err)
 {
@@ -164,14 +167,29 @@ int client_recv_for(sbx_client *c, uint64_t id, int timeout_ms, Sbx__Control__Re
         if (client_recv(c, timeout_ms, out, err) < 0)
             return -1;
         bool ports = (*out)->body_case == SBX__CONTROL__REPLY__BODY_PORTS;
+        bool progress = (*out)->body_case == SBX__CONTROL__REPLY__BODY_PROGRESS;
         if ((*out)->id == id && ports)
             ports_deliver(c, (*out)->ports); /* early news; the reply is still to come */
+        else if ((*out)->id == id && progress)
+            progress_deliver(c, (*out)->progress);
         else if ((*out)->id == id || (*out)->id == 0)
             return 0;
         /* Only one request is in flight per client, so anything else is stale: drop it. */
         sbx__control__reply__free_unpacked(*out, NULL);
         *out = NULL;
     }
+}
+
+/* A person's one line: control characters out, at most 200 bytes. */
+void progress_deliver(sbx_client *c, const Sbx__Control__Progress *p)
+{
+    char msg[201];
+    size_t n = 0;
+    for (const char *s = p->message; s && *s && n < sizeof msg - 1; s++)
+        msg[n++] = (unsigned char)*s < 0x20 || *s == 0x7f ? ' ' : *s;
+    msg[n] = '\0';
+    if (c->on_progress)
+        c->on_progress(msg, c->ports_userdata);
 }
 
 int unexpected(sbx_client *c, const Sbx__Control__Reply *r, const char *waiting_for, sbx_err *err)

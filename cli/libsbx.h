@@ -35,6 +35,8 @@ typedef enum {
     SBX_ERR_ASSET = 10,              /* permanent: kernel or image missing or unusable */
     SBX_ERR_INTERNAL = 11,           /* transient: a daemon-side failure with no better kind */
     SBX_ERR_PERMISSION = 12,         /* permanent: this user may not use the daemon */
+    SBX_ERR_PACKAGE_INSTALL = 13,    /* installing the packages failed: permanent (no such
+                                        version, no wheel) or transient (index unreachable) */
     SBX_ERR_CONNECT = 100,           /* no daemon could be reached (or started, with autostart) */
     SBX_ERR_LOCAL_FILE = 101,        /* a local file could not be read or written (the message
                                         names it); nothing is wrong with the sandbox */
@@ -134,6 +136,7 @@ typedef struct {
  * is valid only during the call. */
 typedef void (*sbx_ports_fn)(const sbx_exposed_port *ports, size_t n, void *userdata);
 
+
 /* One refused attempt of the code to reach something. */
 typedef struct {
     char what[256]; /* a name, an address or a protocol */
@@ -210,6 +213,7 @@ typedef struct {
     const char *const *packages;  /* n_packages specs to install first (sbx_check_packages) */
     size_t n_packages;            /* at most SBX_PACKAGES_MAX */
     bool skip_package_validation; /* do not check names against the top-10k lists */
+    sbx_progress_fn on_progress;  /* optional: news of a first install (userdata as above) */
 } sbx_run_opts;
 
 /* Where the time of a run went, as measured by the daemon. */
@@ -245,6 +249,8 @@ typedef struct {
     size_t n_exposed_ports;           /* runs with exposed ports: how they were bound */
     sbx_exposed_port exposed_ports[SBX_EXPOSE_MAX];
     sbx_network_report *network; /* NULL when the VM had no network interface */
+    char package_layer[64];      /* the package layer the VM had ("" without packages) */
+    bool package_layer_built;    /* runs: it was installed for this request */
 } sbx_result;
 
 /* Run code in a fresh VM and wait for its result. The request is checked against the limits
@@ -258,6 +264,7 @@ SBX_API void sbx_result_free(sbx_result *r);
 /* ---- daemon status ---- */
 
 #define SBX_STATUS_SNAPSHOTS_MAX 32 /* snapshots a status lists at most */
+#define SBX_STATUS_LAYERS_MAX 32    /* package layers a status lists at most */
 
 /* The daemon's view of itself. Strings are NUL-terminated, cut to fit. */
 typedef struct {
@@ -299,6 +306,18 @@ typedef struct {
         uint64_t connections_refused; /* closed at accept */
         uint64_t clients_dropped;     /* dropped for not reading their replies */
     } limits;
+    /* Package layers: on disk (with their memory snapshots) against snapshot_cache_max_bytes,
+     * and those known, most recently used first. */
+    uint64_t layer_cache_bytes, layer_cache_max_bytes;
+    uint32_t n_layers;
+    struct {
+        char name[64];               /* directory in the layer cache */
+        char language[16];           /* "python" or "javascript" */
+        char state[16];              /* "ready", "checking" or "building" */
+        uint64_t size_bytes;         /* ready: its image's size */
+        uint64_t last_used_unix_ms;  /* when a VM last got it */
+        char packages[512];          /* its specs, space-separated (cut to fit) */
+    } layers[SBX_STATUS_LAYERS_MAX];
 } sbx_status_info;
 
 /* Ask the daemon for its status. */
@@ -328,6 +347,7 @@ typedef struct {
     const char *const *packages;   /* as in sbx_run_opts */
     size_t n_packages;
     bool skip_package_validation;
+    sbx_progress_fn on_progress; /* as in sbx_run_opts (userdata as above) */
 } sbx_session_opts;
 
 /* What sbxd says about a session. Strings are NUL-terminated. */

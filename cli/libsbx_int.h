@@ -38,7 +38,9 @@ struct sbx_client {
     /* Where a PortsReady reply to the request in flight goes (set by the call that may get one;
      * client_recv_for hands it over and waits on, or drops it when fn is NULL). */
     sbx_ports_fn on_ports;
-    void *ports_userdata;
+    void *ports_userdata; /* also on_progress's */
+    /* Where Progress replies to the request in flight go (dropped when NULL). */
+    sbx_progress_fn on_progress;
 };
 
 static inline void reply_freep(Sbx__Control__Reply **r)
@@ -95,6 +97,7 @@ int check_network(const sbx_network *n, sbx_err *err);
 Sbx__Control__NetworkRequest *network_request(const sbx_network *n, network_msg *m);
 size_t ports_fill(sbx_exposed_port *out, Sbx__Control__ExposedPort *const *in, size_t n);
 void ports_deliver(sbx_client *c, const Sbx__Control__PortsReady *p);
+void progress_deliver(sbx_client *c, const Sbx__Control__Progress *p);
 int report_fill(sbx_network_report **out, const Sbx__Control__NetworkReport *in, sbx_err *err);
 
 /* ---- pkg.c ---- */

@@ -88,6 +88,8 @@ static int result_fill(sbx_result *out, const Sbx__Control__ExecResult *r, struc
     out->exec_count = r->exec_count;
     out->interpreter_reset = r->interpreter_reset;
     out->n_exposed_ports = ports_fill(out->exposed_ports, r->exposed_ports, r->n_exposed_ports);
+    copy_text(out->package_layer, sizeof out->package_layer, r->package_layer);
+    out->package_layer_built = r->package_layer_built;
     if (report_fill(&out->network, r->network, err) < 0) {
         sbx_result_free(out);
         return -1;
@@ -217,9 +219,11 @@ static int run_code(sbx_client *c, const sbx_run_opts *o, sbx_result *out, sbx_e
         return -1;
     struct output_cb cb = {o->on_output, o->userdata};
     c->on_ports = o->on_ports;
+    c->on_progress = o->on_progress;
     c->ports_userdata = o->userdata;
     int rc = exec_wait(c, rq.id, &cb, out, err);
     c->on_ports = NULL;
+    c->on_progress = NULL;
     return rc;
 }
 

@@ -156,11 +156,6 @@ static const char status_help[] =
     "\n"
     "Exit status: 0 when a daemon answered, 3 when none is listening, 125 on other errors.\n";
 
-static void progress_cb(const char *msg, void *userdata)
-{
-    fprintf(stderr, "sbx: %s\n", msg);
-}
-
 int connect_client(const args *a, bool show_progress, sbx_client **out, sbx_error *err)
 {
     sbx_connect_opts o = {

@@ -38,6 +38,7 @@ void fmt_size(char *out, size_t n, uint64_t b);
 void print_notes(const args *a, const sbx_result *r);
 void stream_cb(sbx_stream stream, const char *data, size_t len, void *userdata);
 void ports_cb(const sbx_exposed_port *ports, size_t n, void *userdata);
+void progress_cb(const char *message, void *userdata);
 json_t *json_ports(const sbx_exposed_port *ports, size_t n);
 void end_lines(void);
 json_t *json_bytes(const char *data, size_t len);

@@ -131,6 +131,14 @@ void ports_cb(const sbx_exposed_port *ports, size_t n, void *userdata)
     fflush(stderr);
 }
 
+/* News of a slow first step (a package install): one line on stderr. */
+void progress_cb(const char *message, void *userdata)
+{
+    end_lines();
+    fprintf(stderr, "sbx: %s\n", message);
+    fflush(stderr);
+}
+
 /* Before sbx's own lines on stderr: end the code's unfinished line, so `sbx: ...` starts a line
  * of its own (on stdout only for a terminal, where both streams share the screen). */
 void end_lines(void)
@@ -191,7 +199,7 @@ json_t *json_result_fields(const char *language, const char *source, const sbx_r
 {
     json_t *j = json_pack(
         "{s:o, s:o, s:i, s:b, s:b, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:o, s:b, s:o,"
-        " s:o, s:o}",
+        " s:o, s:o, s:o, s:b}",
         "stdout", json_bytes(r->stdout_buf, r->stdout_len), "stderr",
         json_bytes(r->stderr_buf, r->stderr_len), "exit_code", r->exit_code, "timed_out",
         r->timed_out, "stdout_truncated", r->stdout_truncated, "stderr_truncated",
@@ -202,7 +210,8 @@ json_t *json_result_fields(const char *language, const char *source, const sbx_r
         (json_int_t)r->timing.execute_ms, "total_ms", (json_int_t)r->timing.total_ms, "accelerator",
         json_text(r->accelerator), "warm_pool_hit", r->warm_pool_hit, "start_mode",
         json_text(r->start_mode), "exposed_ports", json_ports(r->exposed_ports, r->n_exposed_ports),
-        "network", json_network(r->network));
+        "network", json_network(r->network), "package_layer", json_text(r->package_layer),
+        "package_layer_built", r->package_layer_built);
     if (j && language)
         json_object_set_new(j, "language", json_string(language));
     if (j && source)

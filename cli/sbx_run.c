@@ -26,6 +26,7 @@ static int run_one(const args *a, const sbx_env *env, run_source *src)
         .packages = a->packages,
         .n_packages = a->n_packages,
         .skip_package_validation = a->no_validation,
+        .on_progress = a->quiet ? NULL : progress_cb,
     };
     int rc = connect_client(a, !a->quiet, &c, &e);
     if (rc == 0)
@@ -129,6 +130,7 @@ static int session_run_steps(const args *a, const sbx_env *env, run_source *src,
         .packages = a->packages,
         .n_packages = a->n_packages,
         .skip_package_validation = a->no_validation,
+        .on_progress = a->quiet ? NULL : progress_cb,
     };
     if (connect_client(a, !a->quiet, &c, &e) < 0 || sbx_session_open(c, &so, &info, &e) < 0) {
         sbx_close(c);
@@ -273,6 +275,7 @@ static void *pool_worker(void *arg)
             .packages = p->a->packages,
             .n_packages = p->a->n_packages,
             .skip_package_validation = p->a->no_validation,
+            .on_progress = p->a->quiet ? NULL : progress_cb,
         };
         bool ok = (c || connect_client(p->a, false, &c, &j->err) == 0) &&
                   sbx_run(c, &o, &j->res, &j->err) == 0;

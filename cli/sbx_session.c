@@ -106,6 +106,7 @@ int cmd_session_new(const args *a)
         .packages = a->packages,
         .n_packages = a->n_packages,
         .skip_package_validation = a->no_validation,
+        .on_progress = a->quiet ? NULL : progress_cb,
     };
     int code = packages_check(a, a->language ? a->language : "python", true);
     if (code >= 0)

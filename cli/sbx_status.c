@@ -53,9 +53,21 @@ int cmd_status(const args *a)
                                                    json_text(s.snapshots[i].state), "disk_mb",
                                                    (json_int_t)s.snapshots[i].disk_mb, "retry_in_s",
                                                    (int)s.snapshots[i].retry_in_s));
+        json_t *layers = json_array();
+        for (uint32_t i = 0; i < s.n_layers; i++)
+            json_array_append_new(
+                layers, json_pack("{s:o, s:o, s:o, s:I, s:I, s:o}", "name",
+                                  json_text(s.layers[i].name), "language",
+                                  json_text(s.layers[i].language), "state",
+                                  json_text(s.layers[i].state), "size_bytes",
+                                  (json_int_t)s.layers[i].size_bytes, "last_used_unix_ms",
+                                  (json_int_t)s.layers[i].last_used_unix_ms, "packages",
+                                  json_text(s.layers[i].packages)));
+        json_t *pkg = json_pack("{s:I, s:I, s:o}", "bytes", (json_int_t)s.layer_cache_bytes,
+                                "max_bytes", (json_int_t)s.layer_cache_max_bytes, "layers", layers);
         return json_print(json_pack(
                    "{s:b, s:o, s:o, s:i, s:o, s:o, s:i, s:i, s:i, s:I, s:I, s:o, s:i, s:o, s:i, "
-                   "s:i, s:i, s:I, s:b, s:o, s:o, s:I, s:o}",
+                   "s:i, s:i, s:I, s:b, s:o, s:o, s:I, s:o, s:o}",
                    "running", 1, "socket", json_text(path), "version", json_text(s.version), "pid",
                    (int)s.pid, "accelerator", json_text(s.accelerator), "accel_reason",
                    json_text(s.accel_reason), "running_vms", (int)s.running_vms, "queued",
@@ -66,7 +78,7 @@ int cmd_status(const args *a)
                    (int)s.pool_ready, "pool_booting", (int)s.pool_booting, "pool_memory_mb",
                    (json_int_t)s.pool_memory_mb, "snapshots_enabled", (int)s.snapshots_enabled,
                    "snapshot_dir", json_text(s.snapshot_dir), "snapshots", snaps, "uid",
-                   (json_int_t)s.daemon_uid, "limits", limits)) < 0
+                   (json_int_t)s.daemon_uid, "limits", limits, "package_layers", pkg)) < 0
                    ? EXIT_SANDBOX
                    : 0;
     }
@@ -93,6 +105,14 @@ int cmd_status(const args *a)
         else if (!strcmp(s.snapshots[i].state, "failed"))
             printf(", next try in %u s", s.snapshots[i].retry_in_s);
         putchar('\n');
+    }
+    printf("packages     %u layer%s, %" PRIu64 " MiB of %" PRIu64 " MiB on disk\n", s.n_layers,
+           s.n_layers == 1 ? "" : "s", s.layer_cache_bytes >> 20, s.layer_cache_max_bytes >> 20);
+    for (uint32_t i = 0; i < s.n_layers; i++) {
+        printf("  %-40s %s", s.layers[i].name, s.layers[i].state);
+        if (!strcmp(s.layers[i].state, "ready"))
+            printf(", %" PRIu64 " KiB", s.layers[i].size_bytes >> 10);
+        printf(": %s\n", s.layers[i].packages);
     }
     printf("runs         %" PRIu64 "\n", s.runs_total);
     printf("connections  %u open of %u; Hello within %u s, a frame within %u s; %" PRIu64

@@ -73,9 +73,11 @@ static int session_open(sbx_client *c, const sbx_session_opts *opts, sbx_session
     cleanup_reply Sbx__Control__Reply *r = NULL;
     /* No deadline of our own: booting is bounded by the daemon, which answers either way. */
     c->on_ports = o->on_ports;
+    c->on_progress = o->on_progress;
     c->ports_userdata = o->userdata;
     int rc = request(c, &rq, -1, "open session", &r, err);
     c->on_ports = NULL;
+    c->on_progress = NULL;
     if (rc < 0)
         return -1;
     if (r->body_case != SBX__CONTROL__REPLY__BODY_SESSION)

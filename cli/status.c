@@ -51,6 +51,28 @@ static int status_get(sbx_client *c, sbx_status_info *out, sbx_err *err)
         out->snapshots[i].retry_in_s = x->retry_in_s;
         out->n_snapshots = (uint32_t)i + 1;
     }
+    out->layer_cache_bytes = s->layer_cache_bytes;
+    out->layer_cache_max_bytes = s->layer_cache_max_bytes;
+    out->n_layers = 0;
+    for (size_t i = 0; i < s->n_layers && i < SBX_STATUS_LAYERS_MAX; i++) {
+        const Sbx__Control__LayerInfo *x = s->layers[i];
+        copy_text(out->layers[i].name, sizeof out->layers[i].name, x->name);
+        copy_text(out->layers[i].language, sizeof out->layers[i].language, x->language);
+        copy_text(out->layers[i].state, sizeof out->layers[i].state, x->state);
+        out->layers[i].size_bytes = x->size_bytes;
+        out->layers[i].last_used_unix_ms = x->last_used_unix_ms;
+        size_t used = 0;
+        out->layers[i].packages[0] = '\0';
+        for (size_t k = 0; k < x->n_packages; k++) {
+            size_t room = sizeof out->layers[i].packages - used;
+            int w = snprintf(out->layers[i].packages + used, room, "%s%s", k ? " " : "",
+                             x->packages[k] ? x->packages[k] : "");
+            if (w < 0 || (size_t)w >= room)
+                break;
+            used += (size_t)w;
+        }
+        out->n_layers = (uint32_t)i + 1;
+    }
     const Sbx__Control__StatusLimits *l = s->limits;
     if (l) {
         out->limits.connections = l->connections;

@@ -13,6 +13,11 @@ static const char *const index_names[] = {[PKG_PYTHON] = "PyPI", [PKG_JAVASCRIPT
 
 int pkg_lang_of(const char *language, pkg_lang *out, sbx_err *err)
 {
+    /* TypeScript runs on Bun with JavaScript's packages (and layers). */
+    if (language && !strcmp(language, "typescript")) {
+        *out = PKG_JAVASCRIPT;
+        return 0;
+    }
     for (size_t i = 0; language && i < ARRAY_LEN(lang_names); i++)
         if (!strcmp(language, lang_names[i])) {
             *out = (pkg_lang)i;

@@ -27,8 +27,8 @@ typedef struct {
     char version[PKG_MAX_VERSION + 1]; /* "": unpinned */
 } pkg_spec;
 
-/* "python" -> PKG_PYTHON, "javascript" -> PKG_JAVASCRIPT; -1 with err for any other language
- * (raw has no packages). */
+/* "python" -> PKG_PYTHON, "javascript" and "typescript" -> PKG_JAVASCRIPT; -1 with err for any
+ * other language (raw has no packages). */
 int pkg_lang_of(const char *language, pkg_lang *out, sbx_err *err);
 
 /* One spec as the user writes it. Python: `name` or `name==version` (PEP 508 name: letters,

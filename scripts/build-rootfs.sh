@@ -17,7 +17,7 @@ CACHE="${EXEC_SANDBOX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/exec-sandbox}"
 SUITE=trixie
 MIRROR=http://deb.debian.org/debian
 BASE_PACKAGES=bash,coreutils,git,curl,jq,tar,gzip,unzip,file,ca-certificates,procps
-PYTHON_PACKAGES=(python3)
+PYTHON_PACKAGES=(python3 python3-pip)
 # Bun from npm (glibc "baseline" build: no AVX2 requirement). Pinned version + npm integrity.
 BUN_VERSION=1.4.5
 BUN_INTEGRITY=sha512-s8yMwYcFnnrA178gji0gZbkE2WVDej/Ti1x770oPfihxyRxSMNhGhiAQNXV53aDeraZxksdvKV/RAdQBCd0qPA==
@@ -161,8 +161,8 @@ raw) ;;
 python)
   log "installing ${PYTHON_PACKAGES[*]} from $SUITE (no recommends)..."
   chroot_apt_install "${PYTHON_PACKAGES[@]}"
-  chroot "$R" /usr/bin/python3 --version >>"$LOGF" 2>&1 ||
-    die "python3 in the image does not run"
+  chroot "$R" /usr/bin/python3 -m pip --version >>"$LOGF" 2>&1 ||
+    die "python3 -m pip in the image does not run"
   ;;
 javascript)
   tgz="$CACHE/downloads/bun-linux-x64-baseline-$BUN_VERSION.tgz"

@@ -11,7 +11,7 @@ PKGS_MAIN=(
   libcurl4-openssl-dev libarchive-dev libzstd-dev libjansson-dev libcmocka-dev
   libssl-dev zstd
   bc bison flex libelf-dev dwarves
-  debootstrap squashfs-tools
+  debootstrap squashfs-tools squashfs-tools-ng
   clang clang-format libclang-rt-14-dev valgrind python3 util-linux
   python3-protobuf protobuf-compiler python3-pytest python3-pytest-asyncio python3-pip python3-setuptools python3-venv
 )

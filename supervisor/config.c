@@ -11,7 +11,7 @@
 #include "sbx_limits.h"
 #include "paths.h"
 
-enum kind { K_U32, K_BOOL, K_STR };
+enum kind { K_U32, K_U64, K_BOOL, K_STR };
 
 struct key {
     const char *name;
@@ -25,6 +25,11 @@ struct key {
 #define U32(f, lo, hi, h)                                                                          \
     {                                                                                              \
 #f, K_U32, offsetof(sbx_config, f), 0, lo, hi, h                                           \
+    }
+/* 64-bit sizes: min and max in MiB. */
+#define U64(f, lo, hi, h)                                                                          \
+    {                                                                                              \
+#f, K_U64, offsetof(sbx_config, f), 0, lo, hi, h                                           \
     }
 #define BOOL(f, h)                                                                                 \
     {                                                                                              \
@@ -76,6 +81,12 @@ static const struct key keys[] = {
     BOOL(egress_allow_private,
          "let VMs with network reach private, loopback and link-local addresses (default: off)"),
     STR(dns_hosts_file, "hosts file (/etc/hosts format) the VMs' resolver consults first"),
+    STR(pypi_index_url, "Python package index (PEP 503 simple API) for installs"),
+    STR(npm_registry_url, "npm registry for JavaScript installs"),
+    STR(package_index_ca_file, "CA certificate (PEM) of a private package index"),
+    U32(package_install_timeout, 10, 3600, "how long one package install may take, s"),
+    U64(snapshot_cache_max_bytes, 1, 16u << 20,
+        "bytes of package layers (and their memory snapshots) kept on disk, LRU beyond"),
 };
 
 void config_defaults(sbx_config *c)
@@ -106,6 +117,10 @@ void config_defaults(sbx_config *c)
     c->max_client_buffer_mb = 64;
     c->max_session_upload_mb = 128;
     c->run_grace_seconds = 15;
+    snprintf(c->pypi_index_url, sizeof c->pypi_index_url, "https://pypi.org/simple");
+    snprintf(c->npm_registry_url, sizeof c->npm_registry_url, "https://registry.npmjs.org/");
+    c->package_install_timeout = 300;
+    c->snapshot_cache_max_bytes = 10ull << 30;
 }
 
 static const struct key *find_key(const char *name)
@@ -137,6 +152,17 @@ int config_set(sbx_config *c, const char *name, const char *value, sbx_err *err)
             return sbx_fail(err, EINVAL, "%s: `%s` is not a number in %u-%u", k->name, value,
                             k->min, k->max);
         *(uint32_t *)field = (uint32_t)v;
+        break;
+    }
+    case K_U64: {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(value, &end, 10);
+        if (!*value || *end || errno || value[0] == '-' || v < 1 ||
+            v > (unsigned long long)k->max << 20)
+            return sbx_fail(err, EINVAL, "%s: `%s` is not a number of bytes in 1-%llu", k->name,
+                            value, (unsigned long long)k->max << 20);
+        *(uint64_t *)field = (uint64_t)v;
         break;
     }
     case K_BOOL:

@@ -47,6 +47,12 @@ typedef struct {
     uint32_t run_grace_seconds;     /* sbxd's own deadline: timeout + boot + this, then kill */
     bool egress_allow_private;
     char dns_hosts_file[512];
+    /* Packages (supervisor/layers.c, install.c). */
+    char pypi_index_url[512];       /* a PEP 503 simple index */
+    char npm_registry_url[512];
+    char package_index_ca_file[512]; /* a private index's CA (PEM), given to the installers */
+    uint32_t package_install_timeout;
+    uint64_t snapshot_cache_max_bytes; /* package layers and their memory snapshots, on disk */
 } sbx_config;
 
 void config_defaults(sbx_config *c);

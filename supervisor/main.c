@@ -14,6 +14,7 @@
 #include "cgroup.h"
 #include "paths.h"
 #include "sbxd.h"
+#include "layers.h"
 #include "snapshot.h"
 #include "workerlog.h"
 
@@ -151,6 +152,7 @@ int main(int argc, char **argv)
     }
     accel_init();
     snapshot_init();
+    layers_init();
     char why[256];
     if (cgroup_init(why, sizeof why))
         slog("%s", why);
@@ -172,9 +174,11 @@ int main(int argc, char **argv)
     control_shutdown();
     pool_shutdown();
     session_shutdown();
+    layers_stop();
     sched_shutdown();
     workerlog_shutdown();
     snapshot_shutdown();
+    layers_shutdown();
     rmdir(run_base);
     ev_loop_destroy(loop);
     return 0;

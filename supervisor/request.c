@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cgroup.h"
+#include "layers.h"
 #include "netpolicy.h"
 #include "packages.h"
 #include "sbx_limits.h"
@@ -26,7 +27,7 @@ bool control_error_transient(Sbx__Control__ErrorKind k)
 void control_send_error(client *c, uint64_t id, Sbx__Control__ErrorKind kind, bool transient,
                         const char *fmt, ...)
 {
-    char msg[1024];
+    char msg[2048];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
@@ -105,10 +106,51 @@ static int check_packages(client *c, uint64_t id, const char *language, char **s
                            false, "%s", why.msg);
         return -1;
     }
-    /* PACKAGES-NOT-WIRED (issue 13): remove this refusal once sbxd installs packages. */
-    control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG, false,
-                       "packages are not available in this daemon yet");
-    return -1;
+    return 0;
+}
+
+void control_send_layer(client *c, Sbx__Control__Reply *r, const char *layer_name, bool built)
+{
+    Sbx__Control__ExecResult *res = r->body_case == SBX__CONTROL__REPLY__BODY_RESULT ? r->result
+                                                                                     : NULL;
+    char *owned = res ? res->package_layer : NULL;
+    if (res) {
+        res->package_layer = (char *)layer_name;
+        res->package_layer_built = built;
+    }
+    control_send(c, r);
+    if (res)
+        res->package_layer = owned;
+}
+
+layer_wait *request_packages(client *c, uint64_t id, const char *language, char **specs, size_t n,
+                             layer_cb cb, void *owner)
+{
+    sbx_err err = {0};
+    pkg_spec *list = calloc(n ? n : 1, sizeof *list);
+    bool installing = false;
+    layer_wait *w = NULL;
+    /* Validated already: this only gives the canonical order and forms. */
+    if (!list || pkg_check_list(language, (const char *const *)specs, n, true, list, &err) < 0) {
+        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "%s",
+                           list ? err.msg : "out of memory");
+    } else if (!(w = layer_acquire(language, list, n, cb, owner, &installing, &err))) {
+        Sbx__Control__ErrorKind kind = (Sbx__Control__ErrorKind)err.code;
+        control_send_error(c, id, kind, control_error_transient(kind), "%s", err.msg);
+    } else if (installing) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "installing %zu package%s (first time for this set)...", n,
+                 n == 1 ? "" : "s");
+        Sbx__Control__Progress p = SBX__CONTROL__PROGRESS__INIT;
+        p.message = msg;
+        Sbx__Control__Reply r = SBX__CONTROL__REPLY__INIT;
+        r.id = id;
+        r.body_case = SBX__CONTROL__REPLY__BODY_PROGRESS;
+        r.progress = &p;
+        control_send(c, &r);
+    }
+    free(list);
+    return w;
 }
 
 /* What runs and sessions share: a language (default python), a VM (memory, default timeout), an
@@ -254,6 +296,7 @@ static void send_status(client *c, uint64_t id)
     s.pool_memory_mb = pool_mb;
     s.warm_pool_size = cfg.warm_pool_size;
     snapshot_status(&s);
+    layers_status(&s);
     Sbx__Control__StatusLimits l = SBX__CONTROL__STATUS_LIMITS__INIT;
     l.connections = control_clients();
     l.max_connections = cfg.max_connections;

@@ -1,9 +1,11 @@
 /* One-shot runs: each RunRequest gets a warm pool VM when one fits, else a VM of its own (a VM
  * owner like sessions and the pool), and ends in exactly one result or one typed error for its
- * client. A run never outlives its client: when the client goes, its VM is stopped. */
+ * client. A run with packages first waits for its package layer (layers.c), then boots with it.
+ * A run never outlives its client: when the client goes, its VM (or its wait) is stopped. */
 #include <stdio.h>
 #include <string.h>
 
+#include "layers.h"
 #include "netpolicy.h"
 #include "sbxd.h"
 
@@ -12,6 +14,9 @@ typedef struct run {
     uint64_t id;
     Sbx__Control__RunRequest *req;
     job *job;
+    layer_wait *wait; /* for its package layer, before it has a job */
+    char layer_name[64];
+    bool layer_built;
     bool answered; /* the one result or error has been sent */
     struct run *next;
 } run;
@@ -72,7 +77,7 @@ static void run_frame(void *owner, Sbx__Worker__FromWorker *m)
         sched_vm_fill_result(r->job, m->result);
     }
     r->answered = final;
-    control_send(r->c, &reply);
+    control_send_layer(r->c, &reply, r->layer_name, r->layer_built);
 }
 
 static void run_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, const char *why)
@@ -95,35 +100,74 @@ static const vm_owner_ops run_ops = {
     .one_shot = true,
 };
 
-void run_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req)
+static run *run_new(client *c, uint64_t id, Sbx__Control__RunRequest *req)
 {
     run *r = calloc(1, sizeof *r);
     if (!r) {
         control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
         sbx__control__run_request__free_unpacked(req, NULL);
-        return;
+        return NULL;
     }
     r->c = c;
     r->id = id;
     r->req = req;
     r->next = runs;
     runs = r;
-    r->job = sched_open_vm(req->language, req->memory_mb, &run_ops, r);
+    return r;
+}
+
+/* Its VM, with its package layer if it has one (the job holds it from here). */
+static void run_open_vm(run *r, layer *l)
+{
+    r->job = sched_open_vm(r->req->language, r->req->memory_mb, &run_ops, r);
     if (r->job) {
-        sched_vm_set_network(r->job, req->network);
+        sched_vm_set_network(r->job, r->req->network);
+        if (l)
+            sched_vm_set_layer(r->job, l);
         return;
     }
     if (errno == EAGAIN)
-        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
+        control_send_error(r->c, r->id, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
                            "%u requests already wait for a VM slot (max_queued); try again later",
                            sched_queued());
     else
-        control_send_error(c, id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+        control_send_error(r->c, r->id, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true,
+                           "out of memory");
     run_free(r);
+}
+
+void run_cold(client *c, uint64_t id, Sbx__Control__RunRequest *req)
+{
+    run *r = run_new(c, id, req);
+    if (r)
+        run_open_vm(r, NULL);
+}
+
+static void run_layer_ready(void *owner, const layer_result *res)
+{
+    run *r = owner;
+    r->wait = NULL;
+    if (!res->l) {
+        control_send_error(r->c, r->id, res->kind, res->transient, "%s", res->why);
+        run_free(r);
+        return;
+    }
+    snprintf(r->layer_name, sizeof r->layer_name, "%s", layer_name(res->l));
+    r->layer_built = res->built;
+    run_open_vm(r, res->l);
+    layer_release(res->l); /* the job holds it now (if it was opened) */
 }
 
 void run_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
 {
+    if (req->n_packages) {
+        /* Pool VMs have no package layer. */
+        run *r = run_new(c, id, req);
+        if (r && !(r->wait = request_packages(c, id, req->language, req->packages,
+                                              req->n_packages, run_layer_ready, r)))
+            run_free(r);
+        return;
+    }
     /* Pool VMs have no NIC. */
     const Sbx__Control__NetworkRequest *n = req->network;
     if ((n && net_mode_of(n->allow_network, n->n_allowed_domains, n->n_expose) != NET_NONE) ||
@@ -137,8 +181,12 @@ void run_client_gone(client *c)
         next = r->next;
         if (r->c != c)
             continue;
-        /* Its VM goes too (SIGKILL: see sched_vm_close), with no callbacks. */
-        sched_vm_close(r->job);
+        /* Its VM goes too (SIGKILL: see sched_vm_close), with no callbacks; or its wait for a
+         * package layer (whose install goes on for the next request). */
+        if (r->wait)
+            layer_wait_cancel(r->wait);
+        else
+            sched_vm_close(r->job);
         run_free(r);
     }
 }

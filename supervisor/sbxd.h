@@ -42,6 +42,9 @@ client *control_adopt(int fd, uid_t uid, pid_t pid);
 uid_t control_client_uid(const client *c);
 /* Queue a reply for a client (NULL or closed client: dropped). Never frees anything. */
 void control_send(client *c, Sbx__Control__Reply *r);
+/* control_send, a result saying which package layer its VM had (the reply points into a worker's
+ * message, which owns its strings: the field is set only for the send). */
+void control_send_layer(client *c, Sbx__Control__Reply *r, const char *layer_name, bool built);
 /* PortsReady to a run or session opener whose VM exposes ports (nothing otherwise). */
 void control_send_ports(client *c, uint64_t id, const Sbx__Worker__Booted *b);
 
@@ -56,6 +59,12 @@ request_verdict request_handle(client *c, const client_peer *peer, const uint8_t
 void control_send_error(client *c, uint64_t id, Sbx__Control__ErrorKind kind, bool transient,
                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 bool control_error_transient(Sbx__Control__ErrorKind kind);
+/* A run's or session open's package layer: layer_acquire for its (validated) specs, a Progress
+ * reply when it waits for an install. NULL after replying with the error. */
+typedef struct layer_wait layer_wait;
+struct layer_result;
+layer_wait *request_packages(client *c, uint64_t id, const char *language, char **specs, size_t n,
+                             void (*cb)(void *owner, const struct layer_result *r), void *owner);
 /* The one translation of what a worker says into the reply to client request id (the reply
  * points into m). false for frames that answer no request (Hello, Booted, SnapshotSaved);
  * *final: whether it ends the request. */
@@ -94,6 +103,9 @@ job *sched_open_vm(const char *language, uint32_t memory_mb, const vm_owner_ops 
 void sched_vm_set_network(job *j, const Sbx__Control__NetworkRequest *n);
 /* A NIC that reaches nothing and exposes nothing (snapshot templates for VMs with a NIC). */
 void sched_vm_set_nic_only(job *j);
+/* The package layer the VM gets (layers.c; before it starts): the job holds it until it ends. */
+typedef struct layer layer;
+void sched_vm_set_layer(job *j, layer *l);
 /* Send a request to the VM's worker, tagged with the id set by sched_vm_set_request. */
 int sched_vm_send(job *j, Sbx__Worker__ToWorker *m);
 void sched_vm_set_request(job *j, uint64_t req_id);

@@ -14,6 +14,7 @@
 
 #include "cgroup.h"
 #include "conn.h"
+#include "layers.h"
 #include "paths.h"
 #include "sbxd.h"
 #include "snapshot.h"
@@ -59,6 +60,7 @@ typedef struct job {
      * when the worker's end of its socket closes, and is in the VM's cgroup (spawn.c reaps it). */
     const Sbx__Control__NetworkRequest *net;
     bool nic_only; /* a NIC that reaches nothing (snapshot templates of VMs with a NIC) */
+    layer *layer;  /* held until the job is freed */
     pid_t broker_pid;
     struct job *next;
 } job;
@@ -76,6 +78,13 @@ void sched_vm_set_network(job *j, const Sbx__Control__NetworkRequest *n)
 void sched_vm_set_nic_only(job *j)
 {
     j->nic_only = true;
+}
+
+void sched_vm_set_layer(job *j, layer *l)
+{
+    layer_hold(l);
+    layer_release(j->layer);
+    j->layer = l;
 }
 
 unsigned sched_running(void)
@@ -125,6 +134,7 @@ static void job_free(job *j)
             nclosing--;
     }
     job_unlink(j);
+    layer_release(j->layer);
     free(j);
     sbxd_activity();
 }
@@ -513,7 +523,9 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     }
     /* VMs with a NIC have snapshots of their own (the device set differs; the policy lives
      * outside the guest, so one template serves every policy). */
-    snapshot_prepare(&vc, language, j->ops->probe, j->ops, j->owner, j->snapshot,
+    if (j->layer)
+        vc.layer = (char *)layer_path(j->layer);
+    snapshot_prepare(&vc, language, j->layer, j->ops->probe, j->ops, j->owner, j->snapshot,
                      sizeof j->snapshot);
     Sbx__Worker__ToWorker m2 = SBX__WORKER__TO_WORKER__INIT;
     m2.body_case = SBX__WORKER__TO_WORKER__BODY_START;

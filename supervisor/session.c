@@ -9,6 +9,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "layers.h"
 #include "sbx_limits.h"
 #include "netpolicy.h"
 #include "sbxd.h"
@@ -37,6 +38,8 @@ typedef struct session {
     char id[33];
     uid_t owner; /* the uid that opened it */
     job *job;    /* NULL once the VM is gone */
+    layer_wait *wait; /* for its package layer, before it has a job */
+    char layer_name[64];
     Sbx__Control__SessionOpen *open;
     uint32_t timeout_s, idle_s;
     uint64_t exec_count, created_unix_ms, last_used_unix_ms, boot_ms;
@@ -184,6 +187,10 @@ static void session_closed(session *s, const char *why)
             closed_error(o->c, o->id, s, NULL);
         op_free(o);
     }
+    if (s->wait) {
+        layer_wait_cancel(s->wait);
+        s->wait = NULL;
+    }
     if (s->job) {
         job *j = s->job;
         s->job = NULL;
@@ -319,7 +326,7 @@ static void vm_frame(void *owner, Sbx__Worker__FromWorker *m)
         m->result->exec_count = s->exec_count;
         sched_vm_fill_result(s->job, m->result);
     }
-    control_send(o->c, &r);
+    control_send_layer(o->c, &r, s->layer_name, false);
     if (final)
         op_done(s);
 }
@@ -339,6 +346,8 @@ static void forget_unopened(session *s)
         op_unlink(s, o);
         op_free(o);
     }
+    if (s->wait)
+        layer_wait_cancel(s->wait);
     if (s->job)
         sched_vm_close(s->job);
     sbx__control__session_open__free_unpacked(s->open, NULL);
@@ -378,6 +387,36 @@ static const vm_owner_ops session_vm = {
 
 /* ---- the client's side ---- */
 
+/* Its VM, with its package layer if it has one (the job holds it from here). */
+static void open_vm(session *s, layer *l)
+{
+    const Sbx__Control__SessionOpen *o = s->open;
+    s->job = sched_open_vm(o->language, o->memory_mb, &session_vm, s);
+    if (s->job) {
+        sched_vm_set_network(s->job, o->network);
+        if (l)
+            sched_vm_set_layer(s->job, l);
+    }
+    if (!s->job && errno == EAGAIN)
+        vm_gone(s, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
+                "too many requests already wait for a VM slot (max_queued); try again later");
+    else if (!s->job)
+        vm_gone(s, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+}
+
+static void layer_ready(void *owner, const layer_result *r)
+{
+    session *s = owner;
+    s->wait = NULL;
+    if (!r->l) {
+        vm_gone(s, r->kind, r->transient, r->why);
+        return;
+    }
+    snprintf(s->layer_name, sizeof s->layer_name, "%s", layer_name(r->l));
+    open_vm(s, r->l);
+    layer_release(r->l);
+}
+
 static void do_open(client *c, uid_t uid, uint64_t id, Sbx__Control__SessionOpen *o)
 {
     session *s = calloc(1, sizeof *s);
@@ -402,14 +441,13 @@ static void do_open(client *c, uid_t uid, uint64_t id, Sbx__Control__SessionOpen
     s->next = sessions;
     sessions = s;
     nopen++;
-    s->job = sched_open_vm(o->language, o->memory_mb, &session_vm, s);
-    if (s->job)
-        sched_vm_set_network(s->job, o->network);
-    if (!s->job && errno == EAGAIN)
-        vm_gone(s, SBX__CONTROL__ERROR_KIND__ERROR_VM_CAPACITY, true,
-                "too many requests already wait for a VM slot (max_queued); try again later");
-    else if (!s->job)
-        vm_gone(s, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "out of memory");
+    if (!o->n_packages) {
+        open_vm(s, NULL);
+        return;
+    }
+    s->wait = request_packages(c, id, o->language, o->packages, o->n_packages, layer_ready, s);
+    if (!s->wait)
+        forget_unopened(s);
 }
 
 static bool listed(const session *s, uid_t uid)

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "layers.h"
 #include "paths.h"
 #include "snapshot.h"
 #include "spawn.h"
@@ -50,6 +51,7 @@ typedef struct snap {
     char language[16];
     uint32_t memory_mb;
     bool nic;      /* of VMs with a NIC (any policy: it lives outside the guest) */
+    layer *layer;  /* of VMs with this package layer (held while a template is wanted or built) */
     bool want;     /* a template should be queued */
     bool building; /* a template job exists */
     bool saved;    /* ...and has published its snapshot */
@@ -115,9 +117,12 @@ static void worker_id(char *out, size_t n)
     file_id(exe, out, n);
 }
 
+/* How a layer shows in the names of its snapshots. */
+#define LAYER_TAG_FMT "-pkg%.12s"
+
 /* key: sha256 (hex) of every input; name: the directory, readable and unique per key. */
-static int make_key(const Sbx__Worker__VmConfig *vc, const char *language, char key[65], char *name,
-                    size_t n)
+static int make_key(const Sbx__Worker__VmConfig *vc, const char *language, const layer *l,
+                    char key[65], char *name, size_t n)
 {
     char ids[5][900], text[5000];
     file_id(vc->kernel, ids[0], sizeof ids[0]);
@@ -128,9 +133,10 @@ static int make_key(const Sbx__Worker__VmConfig *vc, const char *language, char 
     bool nic = vc->net_mode && *vc->net_mode;
     int len = snprintf(text, sizeof text,
                        "sbx memory snapshot 1\nlanguage=%s\nmemory_mb=%u\naccel=%s\nkernel=%s\n"
-                       "initrd=%s\nrootfs=%s\nqemu=%s\nworker=%s\nprotocol=%d\nnic=%d\n",
+                       "initrd=%s\nrootfs=%s\nqemu=%s\nworker=%s\nprotocol=%d\nnic=%d\n"
+                       "layer=%s\n",
                        language, vc->memory_mb, vc->accel, ids[0], ids[1], ids[2], ids[3], ids[4],
-                       SBX_PROTOCOL_VERSION, nic);
+                       SBX_PROTOCOL_VERSION, nic, l ? layer_key(l) : "");
     if (len < 0 || (size_t)len >= sizeof text)
         return -1;
     unsigned char md[32];
@@ -138,8 +144,11 @@ static int make_key(const Sbx__Worker__VmConfig *vc, const char *language, char 
     if (EVP_Digest(text, (size_t)len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32)
         return -1;
     sbx_hex(md, 32, key);
-    snprintf(name, n, "%s-%um-%s%s-%.16s", language, vc->memory_mb, vc->accel, nic ? "-nic" : "",
-             key);
+    char tag[32] = "";
+    if (l)
+        snprintf(tag, sizeof tag, LAYER_TAG_FMT, layer_key(l));
+    snprintf(name, n, "%s-%um-%s%s%s-%.16s", language, vc->memory_mb, vc->accel, nic ? "-nic" : "",
+             tag, key);
     return 0;
 }
 
@@ -246,23 +255,27 @@ static int snap_valid(const char *path, const char *key, uint32_t memory_mb, con
     return 1;
 }
 
-/* Snapshots for the same language and memory made from other assets or binaries are left over
- * from before an upgrade (or belong to another daemon sharing the cache: those are spared while
- * recent). Those of an earlier boot are never valid again. */
-#define SNAP_SIBLING_MAX_AGE_S 3600
-static void prune(const char *language, uint32_t memory_mb, const char *keep)
+/* Whether two snapshot names differ only in their key (the last part): the same kind of VM
+ * (language, memory, accelerator, NIC, layer) made from other inputs. */
+static bool same_kind(const char *a, const char *b)
 {
-    char prefix[64];
-    if (language)
-        snprintf(prefix, sizeof prefix, "%s-%um-", language, memory_mb);
+    const char *da = strrchr(a, '-'), *db = strrchr(b, '-');
+    return da && db && da - a == db - b && !strncmp(a, b, (size_t)(da - a));
+}
+
+/* Snapshots of the same kind as keep made from other assets or binaries are left over from
+ * before an upgrade (or belong to another daemon sharing the cache: those are spared while
+ * recent). Those of an earlier boot are never valid again (keep NULL: only those). */
+#define SNAP_SIBLING_MAX_AGE_S 3600
+static void prune(const char *keep)
+{
     DIR *d = opendir(base);
     if (!d)
         return;
     struct dirent *e;
     time_t now = time(NULL);
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.' || (keep && !strcmp(e->d_name, keep)) ||
-            (language && strncmp(e->d_name, prefix, strlen(prefix))))
+        if (e->d_name[0] == '.' || (keep && !strcmp(e->d_name, keep)))
             continue;
         char p[PATH_MAX], meta[SNAP_META_MAX + 1], v[128] = "";
         snprintf(p, sizeof p, "%s/%s/meta", base, e->d_name);
@@ -278,7 +291,8 @@ static void prune(const char *language, uint32_t memory_mb, const char *keep)
             meta_get(meta, "boot_id", v, sizeof v);
         }
         bool stale = n <= 0 || strcmp(v, boot_id);
-        if (stale || (language && now - st.st_mtime > SNAP_SIBLING_MAX_AGE_S))
+        if (stale || (keep && same_kind(e->d_name, keep) &&
+                      now - st.st_mtime > SNAP_SIBLING_MAX_AGE_S))
             retire(e->d_name);
     }
     closedir(d);
@@ -313,6 +327,13 @@ static void snap_failed(snap *s)
     s->retry_at = now_ms() + wait;
 }
 
+/* A layer's snapshot holds its layer only while a template is wanted or built. */
+static void snap_drop_layer_ref(snap *s)
+{
+    layer_release(s->layer);
+    s->layer = NULL;
+}
+
 /* Queue the templates that were asked for (from the loop, never from inside the scheduler). */
 static void kick_cb(EV_P_ ev_timer *w, int revents)
 {
@@ -328,9 +349,13 @@ static void kick_cb(EV_P_ ev_timer *w, int revents)
         if (!t) {
             s->building = false;
             snap_failed(s);
-        } else if (s->nic) {
-            sched_vm_set_nic_only(t);
+            snap_drop_layer_ref(s);
+            continue;
         }
+        if (s->nic)
+            sched_vm_set_nic_only(t);
+        if (s->layer)
+            sched_vm_set_layer(t, s->layer);
     }
 }
 
@@ -338,7 +363,8 @@ static void kick_cb(EV_P_ ev_timer *w, int revents)
 
 static void template_prepare(Sbx__Worker__VmConfig *vc, snap *s)
 {
-    if (make_key(vc, s->language, s->built_key, s->built_name, sizeof s->built_name) < 0)
+    if (make_key(vc, s->language, s->layer, s->built_key, s->built_name, sizeof s->built_name) <
+        0)
         s->built_name[0] = '\0';
     snprintf(s->staging, sizeof s->staging, "%s/.tmp-%d-%u", base, (int)getpid(), ++tmp_seq);
     if (mkdir(s->staging, 0700) < 0 ||
@@ -428,8 +454,9 @@ static void publish(snap *s, const Sbx__Worker__SnapshotSaved *sv)
     s->saved = true;
     s->failures = 0;
     s->slow = 0;
-    prune(s->language, s->memory_mb, s->built_name);
-    pool_snapshot_ready(s->language, s->memory_mb);
+    prune(s->built_name);
+    if (!s->nic && !s->layer)
+        pool_snapshot_ready(s->language, s->memory_mb);
     struct stat st;
     snprintf(p, sizeof p, "%s/%s/mem", base, s->built_name);
     unsigned long long disk = stat(p, &st) == 0 ? (unsigned long long)st.st_blocks * 512u : 0;
@@ -454,6 +481,7 @@ static void template_gone(void *owner, Sbx__Control__ErrorKind kind, bool transi
 {
     snap *s = owner;
     s->building = false;
+    snap_drop_layer_ref(s);
     if (s->staging[0]) {
         rm_dir(s->staging);
         s->staging[0] = '\0';
@@ -525,12 +553,12 @@ void snapshot_init(void)
         }
         closedir(d);
     }
-    prune(NULL, 0, NULL);
+    prune(NULL);
     enabled = true;
     slog("memory snapshots: on, in %s", base);
 }
 
-void snapshot_prepare(Sbx__Worker__VmConfig *vc, const char *language, bool probe,
+void snapshot_prepare(Sbx__Worker__VmConfig *vc, const char *language, layer *l, bool probe,
                       const vm_owner_ops *ops, void *owner, char *dir, size_t n)
 {
     dir[0] = '\0';
@@ -541,7 +569,8 @@ void snapshot_prepare(Sbx__Worker__VmConfig *vc, const char *language, bool prob
     /* For the worker: packed by job_dispatch before anything else runs. */
     static char path[PATH_MAX];
     char key[65], name[128];
-    if (!enabled || probe || make_key(vc, language, key, name, sizeof name) < 0)
+    if (!enabled || probe || (l && layer_ephemeral(l)) ||
+        make_key(vc, language, l, key, name, sizeof name) < 0)
         return;
     snprintf(path, sizeof path, "%s/%s", base, name);
     const char *why = "";
@@ -567,6 +596,11 @@ void snapshot_prepare(Sbx__Worker__VmConfig *vc, const char *language, bool prob
     snprintf(s->language, sizeof s->language, "%s", language);
     s->memory_mb = vc->memory_mb;
     s->nic = vc->net_mode && *vc->net_mode;
+    if (l && s->layer != l) {
+        layer_release(s->layer);
+        layer_hold(l);
+        s->layer = l;
+    }
     s->want = true;
     ev_timer_stop(EV_DEFAULT, &kick);
     ev_timer_set(&kick, 0., 0.);
@@ -686,4 +720,44 @@ void snapshot_shutdown(void)
             rm_dir(s->staging);
         free(s);
     }
+}
+
+/* The snapshots made with a package layer: their names carry its tag. */
+static bool of_layer(const char *name, const char *layer_key)
+{
+    char tag[32];
+    snprintf(tag, sizeof tag, LAYER_TAG_FMT "-", layer_key);
+    return name[0] != '.' && strstr(name, tag);
+}
+
+uint64_t snapshot_layer_disk(const char *layer_key)
+{
+    uint64_t total = 0;
+    DIR *d = enabled ? opendir(base) : NULL;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (!of_layer(e->d_name, layer_key))
+            continue;
+        char p[PATH_MAX];
+        struct stat st;
+        snprintf(p, sizeof p, "%s/%s/mem", base, e->d_name);
+        if (stat(p, &st) == 0)
+            total += (uint64_t)st.st_blocks * 512u;
+    }
+    if (d)
+        closedir(d);
+    return total;
+}
+
+void snapshot_drop_layer(const char *layer_key)
+{
+    DIR *d = enabled ? opendir(base) : NULL;
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (of_layer(e->d_name, layer_key)) {
+            slog("memory snapshot %s removed with its package layer", e->d_name);
+            retire(e->d_name);
+        }
+    if (d)
+        closedir(d);
 }

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "layers.h"
 #include "sbxd.h"
 #include "control.pb-c.h"
 #include "worker.pb-c.h"
@@ -16,7 +17,7 @@ void snapshot_init(void);
  * "restore" and the snapshot's directory when a valid one exists for its inputs, and dir (n
  * bytes, kept with the job) notes which one for snapshot_booted ("" otherwise); with none, it
  * boots cold and a template build is queued for later. Probes always boot cold. */
-void snapshot_prepare(Sbx__Worker__VmConfig *vc, const char *language, bool probe,
+void snapshot_prepare(Sbx__Worker__VmConfig *vc, const char *language, layer *l, bool probe,
                       const vm_owner_ops *ops, void *owner, char *dir, size_t n);
 /* The worker's Booted for a VM that snapshot_prepare told to restore: a failed restore marks
  * the snapshot bad (it is removed and rebuilt), a slow one counts towards that. */
@@ -24,6 +25,10 @@ void snapshot_booted(const char *dir, const Sbx__Worker__Booted *b);
 /* For `sbx status`: whether snapshots are in use, where, and those known (ready in the cache,
  * building, or failed and waiting to be tried again). Valid until the next call. */
 void snapshot_status(Sbx__Control__StatusReply *s);
+/* Disk used by the snapshots of VMs with the package layer of that key, and removing them (the
+ * layer is evicted or was found broken). */
+uint64_t snapshot_layer_disk(const char *layer_key);
+void snapshot_drop_layer(const char *layer_key);
 /* After sched_shutdown: remove the staging directories of builds cut short. */
 void snapshot_shutdown(void);
 

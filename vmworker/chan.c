@@ -203,6 +203,7 @@ int send_hello(vm_err *err)
         nc.nameserver = htonl(NET_NAMESERVER);
         h.net = &nc;
     }
+    h.packages = W.cfg->layer && *W.cfg->layer;
     Sbx__Agent__HostMsg m = SBX__AGENT__HOST_MSG__INIT;
     m.body_case = SBX__AGENT__HOST_MSG__BODY_HELLO;
     m.hello = &h;

@@ -159,7 +159,8 @@ static int build_root(const jail_spec *s, const char *root, sbx_err *err)
     if (bind_in(root, "assets/vmlinux", s->kernel, false, false, err) < 0 ||
         bind_in(root, "assets/initramfs.cpio", s->initrd, false, false, err) < 0 ||
         bind_in(root, "assets/rootfs.sqfs", s->rootfs, false, false, err) < 0 ||
-        bind_in(root, "assets/qemu-system-x86_64", s->qemu, false, false, err) < 0)
+        bind_in(root, "assets/qemu-system-x86_64", s->qemu, false, false, err) < 0 ||
+        (s->layer && bind_in(root, "assets/layer.sqfs", s->layer, false, false, err) < 0))
         return -1;
     /* QEMU's executable needs exec rights on its bind mount. */
     char q[PATH_MAX];

@@ -15,6 +15,7 @@ typedef struct {
     const char *kernel, *initrd, *rootfs, *qemu; /* host paths: bound read-only under /assets */
     const char *snapshot_dir;                    /* host path or NULL: bound on JAIL_SNAPSHOT */
     bool snapshot_rw; /* a template writes its snapshot there; restores only read */
+    const char *layer; /* host path or NULL: a package layer, bound read-only on JAIL_LAYER */
     bool kvm;         /* give QEMU /dev/kvm */
     bool userns;      /* already in a user namespace where uid 0 is sbxd's user */
     uid_t uid;
@@ -36,6 +37,7 @@ typedef struct {
 #define JAIL_ROOTFS "/assets/rootfs.sqfs"
 #define JAIL_QEMU "/assets/qemu-system-x86_64"
 #define JAIL_SNAPSHOT "/assets/snapshot"
+#define JAIL_LAYER "/assets/layer.sqfs"
 
 /* Called once, early, in the fresh namespaces sbxd created. After it returns 0 the process sees
  * only: /usr (read-only), /assets, /vm, a minimal /dev, /proc of its own pid namespace, /tmp;

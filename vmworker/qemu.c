@@ -53,7 +53,7 @@ static bool safe_path(const char *p)
 int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
 {
     if (!safe_path(cfg->kernel) || !safe_path(cfg->initrd) || !safe_path(cfg->rootfs) ||
-        !safe_path(cfg->run_dir))
+        !safe_path(cfg->run_dir) || (cfg->layer && *cfg->layer && !safe_path(cfg->layer)))
         return sbx_fail(err, EINVAL, "VM config: paths must be absolute and free of commas");
     if (strcmp(cfg->accel, "kvm") && strcmp(cfg->accel, "tcg"))
         return sbx_fail(err, EINVAL, "VM config: accel `%s`", cfg->accel);
@@ -99,6 +99,11 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
     bad |= arg(&a, "-drive") |
            arg(&a, "file=%s,if=none,id=root,format=raw,readonly=on,cache=unsafe", cfg->rootfs);
     bad |= arg(&a, "-device") | arg(&a, "virtio-blk-device,drive=root");
+    /* A package layer: read-only like the root, found by the agent through its serial. */
+    if (cfg->layer && *cfg->layer)
+        bad |= arg(&a, "-drive") |
+               arg(&a, "file=%s,if=none,id=pkgs,format=raw,readonly=on,cache=unsafe", cfg->layer) |
+               arg(&a, "-device") | arg(&a, "virtio-blk-device,drive=pkgs,serial=sbx-packages");
     bad |= arg(&a, "-device") | arg(&a, "virtio-serial-device,max_ports=2");
     bad |=
         arg(&a, "-chardev") | arg(&a, "socket,id=agent,path=%s,server=on,wait=off", vm->agent_sock);

@@ -278,6 +278,7 @@ int run_file_op(Sbx__Worker__ToWorker *m, vm_err *err)
         hm.file_write = &fw;
     } else if (m->body_case == SBX__WORKER__TO_WORKER__BODY_FILE_READ) {
         fr.path = m->file_read->path;
+        fr.max_bytes = m->read_max_bytes;
         hm.body_case = SBX__AGENT__HOST_MSG__BODY_FILE_READ;
         hm.file_read = &fr;
     } else {

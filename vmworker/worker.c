@@ -302,6 +302,7 @@ static int enter_jail(Sbx__Worker__VmConfig *c, vm_err *err)
                     .kernel = c->kernel,
                     .initrd = c->initrd,
                     .rootfs = c->rootfs,
+                    .layer = c->layer && *c->layer ? c->layer : NULL,
                     .qemu = c->qemu,
                     .kvm = !strcmp(c->accel, "kvm"),
                     .userns = c->userns,
@@ -317,7 +318,8 @@ static int enter_jail(Sbx__Worker__VmConfig *c, vm_err *err)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (set_str(&c->run_dir, JAIL_VM_DIR, err) < 0 || set_str(&c->kernel, JAIL_KERNEL, err) < 0 ||
         set_str(&c->initrd, JAIL_INITRD, err) < 0 || set_str(&c->rootfs, JAIL_ROOTFS, err) < 0 ||
-        set_str(&c->qemu, JAIL_QEMU, err) < 0)
+        set_str(&c->qemu, JAIL_QEMU, err) < 0 ||
+        (js.layer && set_str(&c->layer, JAIL_LAYER, err) < 0))
         return -1;
     if (js.snapshot_dir)
         return set_str(&c->snapshot_dir, JAIL_SNAPSHOT, err);
