@@ -136,7 +136,6 @@ typedef struct {
  * is valid only during the call. */
 typedef void (*sbx_ports_fn)(const sbx_exposed_port *ports, size_t n, void *userdata);
 
-
 /* One refused attempt of the code to reach something. */
 typedef struct {
     char what[256]; /* a name, an address or a protocol */
@@ -311,12 +310,12 @@ typedef struct {
     uint64_t layer_cache_bytes, layer_cache_max_bytes;
     uint32_t n_layers;
     struct {
-        char name[64];               /* directory in the layer cache */
-        char language[16];           /* "python" or "javascript" */
-        char state[16];              /* "ready", "checking" or "building" */
-        uint64_t size_bytes;         /* ready: its image's size */
-        uint64_t last_used_unix_ms;  /* when a VM last got it */
-        char packages[512];          /* its specs, space-separated (cut to fit) */
+        char name[64];              /* directory in the layer cache */
+        char language[16];          /* "python" or "javascript" */
+        char state[16];             /* "ready", "checking" or "building" */
+        uint64_t size_bytes;        /* ready: its image's size */
+        uint64_t last_used_unix_ms; /* when a VM last got it */
+        char packages[512];         /* its specs, space-separated (cut to fit) */
     } layers[SBX_STATUS_LAYERS_MAX];
 } sbx_status_info;
 

@@ -55,14 +55,14 @@ int cmd_status(const args *a)
                                                    (int)s.snapshots[i].retry_in_s));
         json_t *layers = json_array();
         for (uint32_t i = 0; i < s.n_layers; i++)
-            json_array_append_new(
-                layers, json_pack("{s:o, s:o, s:o, s:I, s:I, s:o}", "name",
-                                  json_text(s.layers[i].name), "language",
-                                  json_text(s.layers[i].language), "state",
-                                  json_text(s.layers[i].state), "size_bytes",
-                                  (json_int_t)s.layers[i].size_bytes, "last_used_unix_ms",
-                                  (json_int_t)s.layers[i].last_used_unix_ms, "packages",
-                                  json_text(s.layers[i].packages)));
+            json_array_append_new(layers,
+                                  json_pack("{s:o, s:o, s:o, s:I, s:I, s:o}", "name",
+                                            json_text(s.layers[i].name), "language",
+                                            json_text(s.layers[i].language), "state",
+                                            json_text(s.layers[i].state), "size_bytes",
+                                            (json_int_t)s.layers[i].size_bytes, "last_used_unix_ms",
+                                            (json_int_t)s.layers[i].last_used_unix_ms, "packages",
+                                            json_text(s.layers[i].packages)));
         json_t *pkg = json_pack("{s:I, s:I, s:o}", "bytes", (json_int_t)s.layer_cache_bytes,
                                 "max_bytes", (json_int_t)s.layer_cache_max_bytes, "layers", layers);
         return json_print(json_pack(

@@ -25,7 +25,7 @@
 #define SBX_MAX_CONCURRENT_MAX 100u
 #define SBX_IDLE_TIMEOUT_MIN 10u /* a session's idle timeout, s */
 #define SBX_IDLE_TIMEOUT_MAX 3600u
-#define SBX_MAX_FILE (50u << 20)    /* one file moved in or out of a session */
+#define SBX_MAX_FILE (50u << 20) /* one file moved in or out of a session */
 /* The package tree (a tar) sbxd reads out of an install VM: the biggest read it may ask for. */
 #define SBX_MAX_LAYER_TAR (2048ull << 20)
 #define SBX_MAX_PATH 255u           /* a guest path, bytes */

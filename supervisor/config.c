@@ -83,7 +83,8 @@ static const struct key keys[] = {
     STR(dns_hosts_file, "hosts file (/etc/hosts format) the VMs' resolver consults first"),
     STR(pypi_index_url, "Python package index (PEP 503 simple API) for installs"),
     STR(npm_registry_url, "npm registry for JavaScript installs"),
-    STR(package_index_ca_file, "CA certificate (PEM) of a private package index"),
+    STR(package_index_ca_file, "CA certificates (PEM) the installers trust (default: the host's "
+                               "store; none: the image's)"),
     U32(package_install_timeout, 10, 3600, "how long one package install may take, s"),
     U64(snapshot_cache_max_bytes, 1, 16u << 20,
         "bytes of package layers (and their memory snapshots) kept on disk, LRU beyond"),

@@ -48,7 +48,7 @@ typedef struct {
     bool egress_allow_private;
     char dns_hosts_file[512];
     /* Packages (supervisor/layers.c, install.c). */
-    char pypi_index_url[512];       /* a PEP 503 simple index */
+    char pypi_index_url[512]; /* a PEP 503 simple index */
     char npm_registry_url[512];
     char package_index_ca_file[512]; /* a private index's CA (PEM), given to the installers */
     uint32_t package_install_timeout;

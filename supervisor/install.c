@@ -147,25 +147,40 @@ int install_index_hosts(const char *language, char hosts[2][256], size_t *n, sbx
  * where a TLS-inspecting proxy stands between the host and the index): the program carries it,
  * and code may be 1 MiB. */
 #define CA_FILE_MAX (512 << 10)
+#define HOST_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
+
+/* package_index_ca_file: a path; unset, the host's trust store when it has one (the installers
+ * then trust what the host trusts, a TLS-inspecting proxy's CA included); "none": the guest
+ * image's own store. */
+static const char *ca_path(void)
+{
+    const char *p = cfg.package_index_ca_file;
+    if (!strcmp(p, "none"))
+        return NULL;
+    if (!*p)
+        return access(HOST_CA_BUNDLE, R_OK) == 0 ? HOST_CA_BUNDLE : NULL;
+    return p;
+}
+
 static int read_ca(char **out, sbx_err *err)
 {
     *out = NULL;
-    if (!cfg.package_index_ca_file[0])
+    const char *path = ca_path();
+    if (!path)
         return 0;
-    cleanup_close int fd = open(cfg.package_index_ca_file, O_RDONLY | O_CLOEXEC);
+    cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0)
-        return sbx_fail(err, errno, "package_index_ca_file `%s`: %s", cfg.package_index_ca_file,
-                        strerror(errno));
+        return sbx_fail(err, errno, "package_index_ca_file `%s`: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size > CA_FILE_MAX)
         return sbx_fail(err, EINVAL, "package_index_ca_file `%s`: not a PEM file of 1 B-%d KiB",
-                        cfg.package_index_ca_file, CA_FILE_MAX >> 10);
+                        path, CA_FILE_MAX >> 10);
     char *buf = calloc(1, (size_t)st.st_size + 1);
     if (!buf)
         return sbx_fail(err, ENOMEM, "out of memory");
     if (read(fd, buf, (size_t)st.st_size) != st.st_size) {
         free(buf);
-        return sbx_fail(err, EIO, "read `%s`", cfg.package_index_ca_file);
+        return sbx_fail(err, EIO, "read `%s`", path);
     }
     *out = buf;
     return 0;
@@ -309,8 +324,8 @@ static void hasher_exited(EV_P_ ev_child *w, int revents)
 
 /* Fork the child: hash path, after packing tar_fd into it when tar_fd >= 0 (then as a VM uid,
  * with stderr to log_fd). */
-static hasher *hasher_start(const char *path, int tar_fd, int log_fd, int uid_slot,
-                            hash_done done, void *owner, sbx_err *err)
+static hasher *hasher_start(const char *path, int tar_fd, int log_fd, int uid_slot, hash_done done,
+                            void *owner, sbx_err *err)
 {
     hasher *h = calloc(1, sizeof *h);
     int p[2];
@@ -435,9 +450,8 @@ static void install_finish(install *in)
     done(owner, &o);
 }
 
-__attribute__((format(printf, 4, 5))) static void install_fail(install *in,
-                                                               Sbx__Control__ErrorKind kind,
-                                                               bool transient, const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static void
+install_fail(install *in, Sbx__Control__ErrorKind kind, bool transient, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -457,6 +471,8 @@ static void keep_output(install *in, const Sbx__Control__ExecResult *r)
     const ProtobufCBinaryData parts[2] = {r->stdout, r->stderr};
     for (int i = 0; i < 2; i++) {
         size_t take = parts[i].len > OUTPUT_TAIL ? OUTPUT_TAIL : parts[i].len;
+        if (!take)
+            continue;
         memcpy(all + n, parts[i].data + parts[i].len - take, take);
         n += take;
         if (take && all[n - 1] != '\n')
@@ -619,8 +635,8 @@ static void got_done(install *in, const Sbx__Files__FileDone *d)
     /* The VM's work is done: its slot goes back now, not after the packing. */
     sched_vm_close(in->job);
     in->job = NULL;
-    slog("package install: tree of %llu KiB read in %llu ms", (unsigned long long)in->tar_bytes >> 10,
-         (unsigned long long)(now_ms() - in->t_read));
+    slog("package install: tree of %llu KiB read in %llu ms",
+         (unsigned long long)in->tar_bytes >> 10, (unsigned long long)(now_ms() - in->t_read));
     start_packer(in);
 }
 
@@ -671,8 +687,7 @@ static void install_frame(void *owner, Sbx__Worker__FromWorker *m)
     }
 }
 
-static void install_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient,
-                         const char *why)
+static void install_gone(void *owner, Sbx__Control__ErrorKind kind, bool transient, const char *why)
 {
     install *in = owner;
     in->job = NULL;
@@ -721,8 +736,8 @@ install *install_start(const char *language, const char *const *specs, size_t n,
     in->net.n_allowed_domains = nh;
     in->job = sched_open_vm(language, INSTALL_MEMORY_MB, &install_ops, in);
     if (!in->job) {
-        sbx_fail(err, errno, errno == EAGAIN ? "too many requests wait for a VM slot"
-                                             : "out of memory");
+        sbx_fail(err, errno,
+                 errno == EAGAIN ? "too many requests wait for a VM slot" : "out of memory");
         install_free(in);
         return NULL;
     }

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "install.h"
+#include "cachedir.h"
 #include "paths.h"
 #include "snapshot.h"
 
@@ -82,39 +83,6 @@ static ev_timer deliver_soon;
 
 /* ---- files -------------------------------------------------------------------------------- */
 
-static void rm_dir(const char *path)
-{
-    if (paths_rm_tree_at(AT_FDCWD, path, 1) < 0)
-        slog("package layers: remove `%s`: %s", path, strerror(errno));
-}
-
-/* Rename out of the way first: nobody finds it half-removed. */
-static void retire(const char *name)
-{
-    static unsigned n;
-    char from[PATH_MAX], to[PATH_MAX];
-    snprintf(from, sizeof from, "%s/%s", base, name);
-    snprintf(to, sizeof to, "%s/.bad-%d-%u", base, (int)getpid(), ++n);
-    if (rename(from, to) == 0)
-        rm_dir(to);
-    else if (errno != ENOENT)
-        slog("package layers: rename `%s`: %s", from, strerror(errno));
-}
-
-static void meta_get(const char *meta, const char *name, char *out, size_t n)
-{
-    out[0] = '\0';
-    size_t nl = strlen(name);
-    for (const char *l = meta; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
-        if (strncmp(l, name, nl) || strncmp(l + nl, " = ", 3))
-            continue;
-        const char *v = l + nl + 3;
-        size_t vl = strcspn(v, "\n");
-        snprintf(out, n, "%.*s", (int)(vl < n ? vl : n - 1), v);
-        return;
-    }
-}
-
 /* meta of DIR/name into buf (NUL-terminated); -1 when absent or not ours. */
 static int meta_read(const char *name, char *buf, size_t n)
 {
@@ -144,9 +112,9 @@ static bool unchanged(const layer *l)
     char p[PATH_MAX];
     struct stat st;
     image_path(l, p, sizeof p);
-    return l->verified && lstat(p, &st) == 0 && S_ISREG(st.st_mode) && st.st_ino == l->seen.st_ino &&
-           st.st_dev == l->seen.st_dev && st.st_size == l->seen.st_size &&
-           st.st_mtim.tv_sec == l->seen.st_mtim.tv_sec &&
+    return l->verified && lstat(p, &st) == 0 && S_ISREG(st.st_mode) &&
+           st.st_ino == l->seen.st_ino && st.st_dev == l->seen.st_dev &&
+           st.st_size == l->seen.st_size && st.st_mtim.tv_sec == l->seen.st_mtim.tv_sec &&
            st.st_mtim.tv_nsec == l->seen.st_mtim.tv_nsec && (uint64_t)st.st_size == l->size;
 }
 
@@ -194,16 +162,16 @@ static layer *load(const char *name)
     if (!l)
         return NULL;
     snprintf(l->name, sizeof l->name, "%s", name);
-    meta_get(meta, "key", l->key, sizeof l->key);
-    meta_get(meta, "language", l->language, sizeof l->language);
-    meta_get(meta, "sha256", l->sha256, sizeof l->sha256);
-    meta_get(meta, "size", v, sizeof v);
+    cachedir_meta_get(meta, "key", l->key, sizeof l->key);
+    cachedir_meta_get(meta, "language", l->language, sizeof l->language);
+    cachedir_meta_get(meta, "sha256", l->sha256, sizeof l->sha256);
+    cachedir_meta_get(meta, "size", v, sizeof v);
     l->size = strtoull(v, NULL, 10);
-    meta_get(meta, "ephemeral", v, sizeof v);
+    cachedir_meta_get(meta, "ephemeral", v, sizeof v);
     l->ephemeral = !strcmp(v, "1");
     char *specs = malloc(SPECS_TEXT_MAX);
     if (specs)
-        meta_get(meta, "packages", specs, SPECS_TEXT_MAX);
+        cachedir_meta_get(meta, "packages", specs, SPECS_TEXT_MAX);
     l->specs = specs;
     for (const char *s = specs; s && *s; s += strcspn(s, " "), s += strspn(s, " "))
         l->nspecs++;
@@ -229,7 +197,7 @@ void layer_release(layer *l)
     if (--l->refs || !l->ephemeral || l->state == L_BUILDING)
         return;
     /* Built for one request, which is done with it. */
-    retire(l->name);
+    cachedir_retire(base, l->name, "package layers");
     unlink_layer(l);
 }
 
@@ -265,8 +233,7 @@ static void touch(layer *l)
 }
 
 /* Every waiter hears, in order; each success passes the waiter's hold to its owner. */
-static void answer(layer *l, bool ok, Sbx__Control__ErrorKind kind, bool transient,
-                   const char *why)
+static void answer(layer *l, bool ok, Sbx__Control__ErrorKind kind, bool transient, const char *why)
 {
     layer_wait *w = l->waiters;
     l->waiters = NULL;
@@ -353,9 +320,10 @@ static void evict(const layer *keep)
         uint64_t d = disk_of(lru);
         total -= d < total ? d : total;
         slog("package layer %s evicted (least recently used; the cache holds %llu of %llu bytes)",
-             lru->name, (unsigned long long)total, (unsigned long long)cfg.snapshot_cache_max_bytes);
+             lru->name, (unsigned long long)total,
+             (unsigned long long)cfg.snapshot_cache_max_bytes);
         snapshot_drop_layer(lru->key);
-        retire(lru->name);
+        cachedir_retire(base, lru->name, "package layers");
         unlink_layer(lru);
     }
 }
@@ -365,7 +333,7 @@ static void evict(const layer *keep)
 static void build_failed(layer *l, Sbx__Control__ErrorKind kind, bool transient, const char *why)
 {
     if (l->staging[0]) {
-        rm_dir(l->staging);
+        cachedir_rm(l->staging, "package layers");
         l->staging[0] = '\0';
     }
     l->build = NULL;
@@ -398,19 +366,21 @@ static int publish(layer *l, const install_outcome *o, sbx_err *err)
     cleanup_free char *meta = malloc(META_MAX);
     if (!meta)
         return sbx_fail(err, ENOMEM, "out of memory");
-    int len = snprintf(meta, META_MAX,
-                       "# exec-sandbox package layer (supervisor/layers.c)\nkey = %s\nlanguage = "
-                       "%s\nindex = %s\npackages = %s\nsha256 = %s\nsize = %llu\ncreated = %lld\n"
-                       "install_ms = %llu\npack_ms = %llu\nephemeral = %d\n",
-                       l->key, l->language, install_index_url(l->language), l->specs, o->sha256,
-                       (unsigned long long)o->size, (long long)now.tv_sec,
-                       (unsigned long long)o->install_ms, (unsigned long long)o->pack_ms,
-                       l->ephemeral);
+    int len =
+        snprintf(meta, META_MAX,
+                 "# exec-sandbox package layer (supervisor/layers.c)\nkey = %s\nlanguage = "
+                 "%s\nindex = %s\npackages = %s\nsha256 = %s\nsize = %llu\ncreated = %lld\n"
+                 "install_ms = %llu\npack_ms = %llu\nephemeral = %d\n",
+                 l->key, l->language, install_index_url(l->language), l->specs, o->sha256,
+                 (unsigned long long)o->size, (long long)now.tv_sec,
+                 (unsigned long long)o->install_ms, (unsigned long long)o->pack_ms, l->ephemeral);
     if (len < 0 || (size_t)len >= META_MAX)
         return sbx_fail(err, E2BIG, "meta over %u bytes", META_MAX);
     if (paths_write_at(dir, l->staging, "meta", meta, (size_t)len, 0444, err) < 0)
         return -1;
-    retire(l->name); /* whatever held the name was not valid, or nothing would be built */
+    cachedir_retire(
+        base, l->name,
+        "package layers"); /* whatever held the name was not valid, or nothing would be built */
     char p[PATH_MAX];
     snprintf(p, sizeof p, "%s/%s", base, l->name);
     if (rename(l->staging, p) < 0)
@@ -477,8 +447,8 @@ static void checked(void *owner, bool ok, const char *sha256, uint64_t size)
 {
     layer *l = owner;
     l->check = NULL;
-    const char *why = !ok                       ? "its image cannot be read"
-                      : size != l->size         ? "its image's size differs from meta's"
+    const char *why = !ok                         ? "its image cannot be read"
+                      : size != l->size           ? "its image's size differs from meta's"
                       : strcmp(sha256, l->sha256) ? "its image's sha256 differs from meta's"
                                                   : NULL;
     if (!why) {
@@ -489,7 +459,7 @@ static void checked(void *owner, bool ok, const char *sha256, uint64_t size)
     }
     slog("package layer %s is not usable (%s); removed, building it again", l->name, why);
     snapshot_drop_layer(l->key);
-    retire(l->name);
+    cachedir_retire(base, l->name, "package layers");
     /* The first waiter's request now installs it. */
     if (l->waiters)
         l->waiters->built = true;
@@ -533,7 +503,8 @@ layer_wait *layer_acquire(const char *language, const pkg_spec *specs, size_t n,
     *installing = false;
     if (!enabled)
         return sbx_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_PACKAGE_INSTALL,
-                        "packages are off in this daemon: %s", why_off), NULL;
+                        "packages are off in this daemon: %s", why_off),
+               NULL;
     pkg_lang pl;
     if (pkg_lang_of(language, &pl, err) < 0) {
         err->code = SBX__CONTROL__ERROR_KIND__ERROR_VM_CONFIG;
@@ -592,7 +563,7 @@ layer_wait *layer_acquire(const char *language, const pkg_spec *specs, size_t n,
                             "package layer %s: a layer of another key is in use under its name",
                             name),
                    NULL;
-        retire(l->name);
+        cachedir_retire(base, l->name, "package layers");
         unlink_layer(l);
         l = NULL;
     }
@@ -690,30 +661,19 @@ void layers_init(void)
         slog("warning: package layers off: %s", why_off);
         return;
     }
+    cachedir_clean(base, "package layers");
     DIR *d = opendir(base);
     struct dirent *e;
     uint64_t total = 0;
     unsigned count = 0;
     while (d && (e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+        if (e->d_name[0] == '.')
             continue;
-        int pid = 0;
-        char p[PATH_MAX];
-        snprintf(p, sizeof p, "%s/%s", base, e->d_name);
-        if (e->d_name[0] == '.') {
-            /* Half-removed, or staged by a daemon that is gone. */
-            bool stale = !strncmp(e->d_name, ".bad-", 5) ||
-                         (sscanf(e->d_name, ".tmp-%d-", &pid) == 1 && pid > 0 &&
-                          kill(pid, 0) < 0 && errno == ESRCH);
-            if (stale)
-                rm_dir(p);
-            continue;
-        }
         layer *l = load(e->d_name);
         if (!l || l->ephemeral || !l->key[0]) {
             if (l)
                 unlink_layer(l);
-            retire(e->d_name);
+            cachedir_retire(base, e->d_name, "package layers");
             continue;
         }
         total += l->size;
@@ -761,7 +721,9 @@ void layers_status(Sbx__Control__StatusReply *s)
         sbx__control__layer_info__init(x);
         x->name = (char *)l->name;
         x->language = (char *)l->language;
-        x->state = l->state == L_BUILDING ? "building" : l->state == L_CHECKING ? "checking" : "ready";
+        x->state = l->state == L_BUILDING   ? "building"
+                   : l->state == L_CHECKING ? "checking"
+                                            : "ready";
         x->size_bytes = l->state == L_READY ? l->size : 0;
         x->last_used_unix_ms = l->last_used;
         snprintf(buf[i], sizeof buf[i], "%s", l->specs ? l->specs : "");
@@ -794,14 +756,14 @@ void layers_shutdown(void)
     while (layers) {
         layer *l = layers;
         if (l->staging[0])
-            rm_dir(l->staging);
+            cachedir_rm(l->staging, "package layers");
         while (l->waiters) {
             layer_wait *w = l->waiters;
             l->waiters = w->next;
             free(w);
         }
         if (l->ephemeral)
-            retire(l->name);
+            cachedir_retire(base, l->name, "package layers");
         layers = l->next;
         free(l->specs);
         free(l);

@@ -111,8 +111,8 @@ static int check_packages(client *c, uint64_t id, const char *language, char **s
 
 void control_send_layer(client *c, Sbx__Control__Reply *r, const char *layer_name, bool built)
 {
-    Sbx__Control__ExecResult *res = r->body_case == SBX__CONTROL__REPLY__BODY_RESULT ? r->result
-                                                                                     : NULL;
+    Sbx__Control__ExecResult *res =
+        r->body_case == SBX__CONTROL__REPLY__BODY_RESULT ? r->result : NULL;
     char *owned = res ? res->package_layer : NULL;
     if (res) {
         res->package_layer = (char *)layer_name;

@@ -163,8 +163,8 @@ void run_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
     if (req->n_packages) {
         /* Pool VMs have no package layer. */
         run *r = run_new(c, id, req);
-        if (r && !(r->wait = request_packages(c, id, req->language, req->packages,
-                                              req->n_packages, run_layer_ready, r)))
+        if (r && !(r->wait = request_packages(c, id, req->language, req->packages, req->n_packages,
+                                              run_layer_ready, r)))
             run_free(r);
         return;
     }

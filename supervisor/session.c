@@ -36,8 +36,8 @@ typedef struct op {
 
 typedef struct session {
     char id[33];
-    uid_t owner; /* the uid that opened it */
-    job *job;    /* NULL once the VM is gone */
+    uid_t owner;      /* the uid that opened it */
+    job *job;         /* NULL once the VM is gone */
     layer_wait *wait; /* for its package layer, before it has a job */
     char layer_name[64];
     Sbx__Control__SessionOpen *open;

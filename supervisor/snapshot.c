@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "layers.h"
+#include "cachedir.h"
 #include "paths.h"
 #include "snapshot.h"
 #include "spawn.h"
@@ -74,27 +75,6 @@ static unsigned tmp_seq;
 static const vm_owner_ops template_ops;
 
 /* ---- files -------------------------------------------------------------------------------- */
-
-/* Our snapshot directories hold plain files only; a template's staging directory belonged to
- * its VM's uid, so nothing in it is followed. */
-static void rm_dir(const char *path)
-{
-    if (paths_rm_tree_at(AT_FDCWD, path, 1) < 0)
-        slog("memory snapshots: remove `%s`: %s", path, strerror(errno));
-}
-
-/* Rename a directory out of the way first, so that nobody finds it half-removed. */
-static void retire(const char *name)
-{
-    static unsigned n;
-    char from[PATH_MAX], to[PATH_MAX];
-    snprintf(from, sizeof from, "%s/%s", base, name);
-    snprintf(to, sizeof to, "%s/.bad-%d-%u", base, (int)getpid(), ++n);
-    if (rename(from, to) == 0)
-        rm_dir(to);
-    else if (errno != ENOENT)
-        slog("memory snapshots: rename `%s`: %s", from, strerror(errno));
-}
 
 /* What identifies a file for the key: its resolved path, size, mtime and inode (the asset
  * names carry content hashes, the binaries do not). */
@@ -194,21 +174,6 @@ static int file_sha256(const char *path, size_t max, char hex[65])
     return 0;
 }
 
-/* One `name = value` line of meta into out ("" when missing). */
-static void meta_get(const char *meta, const char *name, char *out, size_t n)
-{
-    out[0] = '\0';
-    size_t nl = strlen(name);
-    for (const char *l = meta; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
-        if (strncmp(l, name, nl) || strncmp(l + nl, " = ", 3))
-            continue;
-        const char *v = l + nl + 3;
-        size_t vl = strcspn(v, "\n");
-        snprintf(out, n, "%.*s", (int)(vl < n ? vl : n - 1), v);
-        return;
-    }
-}
-
 /* Everything in path agrees with key: ours, complete, made since this boot, sizes as noted.
  * 1 valid, 0 absent, -1 present but not valid (*why says how). */
 static int snap_valid(const char *path, const char *key, uint32_t memory_mb, const char **why)
@@ -230,22 +195,22 @@ static int snap_valid(const char *path, const char *key, uint32_t memory_mb, con
     if (n <= 0 || !file_ok(path, "meta", 0))
         return -1;
     meta[n] = '\0';
-    meta_get(meta, "key", v, sizeof v);
+    cachedir_meta_get(meta, "key", v, sizeof v);
     *why = "made from other inputs";
     if (strcmp(v, key))
         return -1;
-    meta_get(meta, "boot_id", v, sizeof v);
+    cachedir_meta_get(meta, "boot_id", v, sizeof v);
     *why = "made before the host last booted (its files were never synced to disk)";
     if (!boot_id[0] || strcmp(v, boot_id))
         return -1;
-    meta_get(meta, "state_bytes", v, sizeof v);
+    cachedir_meta_get(meta, "state_bytes", v, sizeof v);
     unsigned long long state = strtoull(v, NULL, 10);
     *why = "the state file is missing, or its size differs from meta's";
     if (!state || !file_ok(path, "state", state))
         return -1;
     char sum[65];
     snprintf(p, sizeof p, "%s/state", path);
-    meta_get(meta, "state_sha256", v, sizeof v);
+    cachedir_meta_get(meta, "state_sha256", v, sizeof v);
     *why = "the state file's sha256 differs from meta's";
     if (file_sha256(p, SNAP_STATE_MAX, sum) < 0 || strcmp(sum, v))
         return -1;
@@ -288,12 +253,12 @@ static void prune(const char *keep)
             close(fd);
         if (n > 0) {
             meta[n] = '\0';
-            meta_get(meta, "boot_id", v, sizeof v);
+            cachedir_meta_get(meta, "boot_id", v, sizeof v);
         }
         bool stale = n <= 0 || strcmp(v, boot_id);
-        if (stale || (keep && same_kind(e->d_name, keep) &&
-                      now - st.st_mtime > SNAP_SIBLING_MAX_AGE_S))
-            retire(e->d_name);
+        if (stale ||
+            (keep && same_kind(e->d_name, keep) && now - st.st_mtime > SNAP_SIBLING_MAX_AGE_S))
+            cachedir_retire(base, e->d_name, "memory snapshots");
     }
     closedir(d);
 }
@@ -363,8 +328,7 @@ static void kick_cb(EV_P_ ev_timer *w, int revents)
 
 static void template_prepare(Sbx__Worker__VmConfig *vc, snap *s)
 {
-    if (make_key(vc, s->language, s->layer, s->built_key, s->built_name, sizeof s->built_name) <
-        0)
+    if (make_key(vc, s->language, s->layer, s->built_key, s->built_name, sizeof s->built_name) < 0)
         s->built_name[0] = '\0';
     snprintf(s->staging, sizeof s->staging, "%s/.tmp-%d-%u", base, (int)getpid(), ++tmp_seq);
     if (mkdir(s->staging, 0700) < 0 ||
@@ -444,7 +408,7 @@ static void publish(snap *s, const Sbx__Worker__SnapshotSaved *sv)
     if ((geteuid() == 0 && chown(s->staging, 0, 0) < 0) || chmod(s->staging, 0755) < 0)
         return;
     /* Whatever held this name was not valid (or no template would have been built). */
-    retire(s->built_name);
+    cachedir_retire(base, s->built_name, "memory snapshots");
     snprintf(p, sizeof p, "%s/%s", base, s->built_name);
     if (rename(s->staging, p) < 0) {
         slog("warning: memory snapshot %s: rename into `%s`: %s", s->name, p, strerror(errno));
@@ -483,7 +447,7 @@ static void template_gone(void *owner, Sbx__Control__ErrorKind kind, bool transi
     s->building = false;
     snap_drop_layer_ref(s);
     if (s->staging[0]) {
-        rm_dir(s->staging);
+        cachedir_rm(s->staging, "memory snapshots");
         s->staging[0] = '\0';
     }
     if (s->saved)
@@ -536,23 +500,7 @@ void snapshot_init(void)
         slog("warning: memory snapshots off: no boot id in /proc");
         return;
     }
-    /* Staging directories of daemons that are gone, and bad snapshots half-removed. */
-    DIR *d = opendir(base);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            int pid = 0;
-            bool stale =
-                !strncmp(e->d_name, ".bad-", 5) || (sscanf(e->d_name, ".tmp-%d-", &pid) == 1 &&
-                                                    pid > 0 && kill(pid, 0) < 0 && errno == ESRCH);
-            if (stale) {
-                char p[PATH_MAX];
-                snprintf(p, sizeof p, "%s/%s", base, e->d_name);
-                rm_dir(p);
-            }
-        }
-        closedir(d);
-    }
+    cachedir_clean(base, "memory snapshots");
     prune(NULL);
     enabled = true;
     slog("memory snapshots: on, in %s", base);
@@ -588,7 +536,7 @@ void snapshot_prepare(Sbx__Worker__VmConfig *vc, const char *language, layer *l,
     dir[0] = '\0';
     if (v < 0) {
         slog("warning: memory snapshot %s is not usable (%s); removed, runs boot cold", name, why);
-        retire(name);
+        cachedir_retire(base, name, "memory snapshots");
     }
     snap *s = snap_get(name);
     if (!s || s->building || s->want || now_ms() < s->retry_at)
@@ -631,7 +579,7 @@ void snapshot_booted(const char *dir, const Sbx__Worker__Booted *b)
         return; /* removed already, perhaps rebuilt since */
     /* The snapshot itself is broken (or always too slow): remove it; the next run that misses
      * it queues a new template. */
-    retire(name);
+    cachedir_retire(base, name, "memory snapshots");
     if (s) {
         s->slow = 0;
         snap_failed(s);
@@ -667,14 +615,14 @@ void snapshot_status(Sbx__Control__StatusReply *s)
         if (got <= 0)
             continue;
         meta[got] = '\0';
-        meta_get(meta, "boot_id", v, sizeof v);
+        cachedir_meta_get(meta, "boot_id", v, sizeof v);
         if (strcmp(v, boot_id))
             continue; /* made before this boot: never used, removed soon */
         Sbx__Control__SnapshotInfo *i = &info[n];
         sbx__control__snapshot_info__init(i);
         snprintf(names[n], sizeof names[n], "%s", e->d_name);
-        meta_get(meta, "language", langs[n], sizeof langs[n]);
-        meta_get(meta, "memory_mb", v, sizeof v);
+        cachedir_meta_get(meta, "language", langs[n], sizeof langs[n]);
+        cachedir_meta_get(meta, "memory_mb", v, sizeof v);
         i->memory_mb = (uint32_t)strtoul(v, NULL, 10);
         struct stat st;
         snprintf(p, sizeof p, "%s/%s/mem", base, e->d_name);
@@ -717,7 +665,7 @@ void snapshot_shutdown(void)
         snap *s = snaps;
         snaps = s->next;
         if (s->staging[0])
-            rm_dir(s->staging);
+            cachedir_rm(s->staging, "memory snapshots");
         free(s);
     }
 }
@@ -756,7 +704,7 @@ void snapshot_drop_layer(const char *layer_key)
     while (d && (e = readdir(d)))
         if (of_layer(e->d_name, layer_key)) {
             slog("memory snapshot %s removed with its package layer", e->d_name);
-            retire(e->d_name);
+            cachedir_retire(base, e->d_name, "memory snapshots");
         }
     if (d)
         closedir(d);

@@ -14,10 +14,10 @@ typedef struct {
     const char *run_dir;                         /* host path: holds the jail's root */
     const char *kernel, *initrd, *rootfs, *qemu; /* host paths: bound read-only under /assets */
     const char *snapshot_dir;                    /* host path or NULL: bound on JAIL_SNAPSHOT */
-    bool snapshot_rw; /* a template writes its snapshot there; restores only read */
+    bool snapshot_rw;  /* a template writes its snapshot there; restores only read */
     const char *layer; /* host path or NULL: a package layer, bound read-only on JAIL_LAYER */
-    bool kvm;         /* give QEMU /dev/kvm */
-    bool userns;      /* already in a user namespace where uid 0 is sbxd's user */
+    bool kvm;          /* give QEMU /dev/kvm */
+    bool userns;       /* already in a user namespace where uid 0 is sbxd's user */
     uid_t uid;
     gid_t gid;
 } jail_spec;

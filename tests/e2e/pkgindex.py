@@ -51,6 +51,13 @@ PACKAGES = {
     "idna": (VERSION, None, []),
 }
 
+# The reference README's package example, as fakes with the versions it pins (pandas needs numpy).
+REFERENCE_PACKAGES = {
+    "numpy": ("1.26.0", {"numpy/__init__.py": '__version__ = "1.26.0"\n'}, []),
+    "pandas": ("2.2.0", {"pandas/__init__.py": 'import numpy\n__version__ = "2.2.0"\n'},
+               ["numpy==1.26.0"]),
+}
+
 
 def _b64_sha256(data):
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
@@ -154,7 +161,7 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class PkgIndex:
-    def __init__(self, tmpdir, ip="127.0.0.6", port=443, hostname=HOSTNAME):
+    def __init__(self, tmpdir, ip="127.0.0.6", port=443, hostname=HOSTNAME, packages=None):
         self.ip, self.port, self.hostname = ip, port, hostname
         self.dir = os.path.join(tmpdir, f"pkgindex-{ip}-{port}")
         self.files_dir = os.path.join(self.dir, "files")
@@ -169,7 +176,7 @@ class PkgIndex:
         self.httpd = None
         # name -> [(filename, sha256 hex)]
         self.index = {}
-        for name, (version, files, requires) in PACKAGES.items():
+        for name, (version, files, requires) in (packages or PACKAGES).items():
             if files is None:
                 p = build_sdist(self.files_dir, name, version)
             else:

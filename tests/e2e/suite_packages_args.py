@@ -1,14 +1,36 @@
 """Package requests that are refused before any VM boots: sbx's early errors for -p/--package and
 --no-validation (usage errors, PackageNotAllowedError, the unpinned warning), sbxd's own
 validation of the packages of a RunRequest and a SessionOpen on the raw protocol (a client need
-not be sbx), its enable_package_validation = false, and the interim 'not available' refusal of
-valid packages (PACKAGES-NOT-WIRED). None of these tests boots a VM."""
+not be sbx), and its enable_package_validation = false. Valid packages go on to the install: a
+daemon whose package indexes are not https:// URLs refuses them there with PackageInstallError,
+which proves they passed every check before it. None of these tests boots a VM (suite_packages.py
+installs for real)."""
 import os
 
 import wire
 from harness import *  # noqa: F401,F403
 
 OFF_LIST = "surely-not-a-real-package-zz"
+NO_INDEX = "package index `http://127.0.0.1:9/simple` is not an https:// URL"
+NO_REGISTRY = "package index `http://127.0.0.1:9/npm/` is not an https:// URL"
+
+
+def _no_index_daemon(c, name, *flags):
+    """A daemon whose package indexes cannot be used (not https): every valid package request
+    reaches the install step and is refused there, at once, without a VM."""
+    sock = os.path.join(c.tmp, name + ".sock")
+    env = c.env(EXEC_SANDBOX_SOCKET=sock, EXEC_SANDBOX_PYPI_INDEX_URL="http://127.0.0.1:9/simple",
+                EXEC_SANDBOX_NPM_REGISTRY_URL="http://127.0.0.1:9/npm/")
+    p = c.start_daemon(*flags, sock=sock, log=os.path.join(c.tmp, name + ".log"), env=env)
+    return p, sock, env
+
+
+def _stop(c, p, name):
+    p.terminate()
+    p.wait(10)
+    log = open(os.path.join(c.tmp, name + ".log")).read()
+    ok("ERROR: AddressSanitizer" not in log and "runtime error:" not in log, log[-2000:])
+    ok("starting (" not in log, "no VM started: " + log[-2000:])
 
 
 @test(fast=True)
@@ -126,20 +148,6 @@ def package_daemon_validation(c):
                 name = spec.split("==")[0].split("@")[0]
                 ok(f"`{name}`" in e.message and index in e.message and
                    "--no-validation" in e.message, f"{what} {spec}: {e.message!r}")
-            # Valid packages, on the list or with the list skipped: checked, then refused
-            # until sbxd installs packages. PACKAGES-NOT-WIRED
-            for lang, specs, skip in [("python", ["numpy==1.26.0", "Pandas==2.2.0"], False),
-                                      ("python", ["requests"], False),
-                                      ("python", [OFF_LIST + "==1.0"], True),
-                                      ("javascript", ["@types/node@20.0.0", "lodash"], False),
-                                      ("javascript", ["JSONStream@1.3.5"], False),
-                                      ("javascript", ["left-pad-zz-nope"], True)]:
-                id += 1
-                e = _refusal(conn, id, session, lang, packages=specs,
-                             skip_package_validation=skip)
-                eq((e.kind, e.message),
-                   (pb.ERROR_VM_CONFIG, "packages are not available in this daemon yet"),
-                   f"{what} {specs} (skip {skip})")
         # The rest of a request is checked first: a bad timeout is reported, not the packages.
         id += 1
         conn.send(id, run=pb.RunRequest(language="python", code=b"print(1)",
@@ -152,74 +160,102 @@ def package_daemon_validation(c):
            "status after")
     finally:
         conn.close()
+    # Valid packages, on the list or with the list skipped, pass every check and reach the
+    # install, which this daemon refuses (its indexes are not https).
+    p, sock, _ = _no_index_daemon(c, "noindex-wire")
+    conn = wire.Conn(sock).hello()
+    try:
+        id = 0
+        for session in (False, True):
+            for lang, specs, skip in [("python", ["numpy==1.26.0", "Pandas==2.2.0"], False),
+                                      ("python", ["requests"], False),
+                                      ("python", [OFF_LIST + "==1.0"], True),
+                                      ("javascript", ["@types/node@20.0.0", "lodash"], False),
+                                      ("javascript", ["JSONStream@1.3.5"], False),
+                                      ("typescript", ["JSONStream@1.3.5"], False),
+                                      ("javascript", ["left-pad-zz-nope"], True)]:
+                id += 1
+                e = _refusal(conn, id, session, lang, packages=specs,
+                             skip_package_validation=skip)
+                want = NO_INDEX if lang == "python" else NO_REGISTRY
+                eq((e.kind, e.message), (pb.ERROR_PACKAGE_INSTALL, want),
+                   f"session {session} {specs} (skip {skip})")
+    finally:
+        conn.close()
+        _stop(c, p, "noindex-wire")
 
 
 @test(fast=True)
-def package_cli_interim_refusal(c):
-    # PACKAGES-NOT-WIRED: these become real runs once sbxd installs packages.
-    r = c.sbx("run", "-p", "numpy==1.26.0", "-p", "pandas==2.2.0", "print(1)")
-    eq(r.returncode, 2, "refused: " + r.err)
-    eq(r.err, "sbx: VmConfigError: packages are not available in this daemon yet\n", "message")
+def package_cli_reaches_the_install(c):
+    p, sock, env = _no_index_daemon(c, "noindex-cli")
+    try:
+        _cli_reaches_the_install(c, env)
+    finally:
+        _stop(c, p, "noindex-cli")
+
+
+def _cli_reaches_the_install(c, env):
+    refused = f"sbx: PackageInstallError: {NO_INDEX}\n"
+    r = c.sbx("run", "-p", "numpy==1.26.0", "-p", "pandas==2.2.0", "print(1)", env=env)
+    eq(r.returncode, 125, "refused at the install: " + r.err)
+    eq(r.err, refused, "message")
     eq(r.out, "", "nothing ran")
     # Unpinned: a warning first, unless -q.
-    r = c.sbx("run", "-p", "numpy", "-p", "attrs==23.1.0", "print(1)")
-    eq(r.returncode, 2, "refused")
+    r = c.sbx("run", "-p", "numpy", "-p", "attrs==23.1.0", "print(1)", env=env)
+    eq(r.returncode, 125, "refused")
     eq(r.err.splitlines()[0], "sbx: warning: package `numpy` is not pinned (numpy==VERSION): it "
        "is installed afresh for every run, never cached", "warning")
     eq(len(r.err.splitlines()), 2, "one warning, for the unpinned one: " + r.err)
-    r = c.sbx("run", "-q", "-p", "numpy", "print(1)")
-    eq(r.err, "sbx: VmConfigError: packages are not available in this daemon yet\n", "-q")
-    r = c.sbx("run", "-l", "javascript", "-p", "lodash", "console.log(1)")
+    r = c.sbx("run", "-q", "-p", "numpy", "print(1)", env=env)
+    eq(r.err, refused, "-q: no warning")
+    r = c.sbx("run", "-l", "javascript", "-p", "lodash", "console.log(1)", env=env)
     ok("package `lodash` is not pinned (lodash@VERSION)" in r.err, r.err)
+    ok(r.err.endswith(f"sbx: PackageInstallError: {NO_REGISTRY}\n"), r.err)
     # --no-validation lets an off-list name reach the daemon, which checks it the same way.
-    r = c.sbx("run", "-q", "--no-validation", "-p", OFF_LIST + "==1.0", "print(1)")
-    eq((r.returncode, r.err), (2, "sbx: VmConfigError: packages are not available in this "
-                                  "daemon yet\n"), "--no-validation")
-    # --json: the error as JSON, exit 2.
-    r = c.sbx("run", "--json", "-q", "-p", "numpy==1.26.0", "print(1)")
-    eq(r.returncode, 2, "--json refused")
-    ok("not available" in r.out, "JSON error: " + r.out)
+    r = c.sbx("run", "-q", "--no-validation", "-p", OFF_LIST + "==1.0", "print(1)", env=env)
+    eq((r.returncode, r.err), (125, refused), "--no-validation")
+    # --json: the error as JSON, exit 125, typed.
+    r = c.sbx("run", "--json", "-q", "-p", "numpy==1.26.0", "print(1)", env=env)
+    eq(r.returncode, 125, "--json refused")
+    ok('"PackageInstallError"' in r.out and "https://" in r.out, "JSON error: " + r.out)
     # Sessions, and a run with --upload (which goes through a session).
-    r = c.sbx("session", "new", "-p", "numpy==1.26.0")
-    eq((r.returncode, r.out), (2, ""), "session new refused: " + r.err)
-    ok("packages are not available in this daemon yet" in r.err, r.err)
+    r = c.sbx("session", "new", "-p", "numpy==1.26.0", env=env)
+    eq((r.returncode, r.out), (125, ""), "session new refused: " + r.err)
+    ok(NO_INDEX in r.err, r.err)
     up = os.path.join(c.tmp, "pkg-up.txt")
     with open(up, "w") as f:
         f.write("x")
-    r = c.sbx("run", "-q", "-p", "numpy==1.26.0", "--upload", up + ":up.txt", "print(1)")
-    eq(r.returncode, 2, "run through a session refused: " + r.err)
-    ok("packages are not available" in r.err, r.err)
+    r = c.sbx("run", "-q", "-p", "numpy==1.26.0", "--upload", up + ":up.txt", "print(1)",
+              env=env)
+    eq(r.returncode, 125, "run through a session refused: " + r.err)
+    ok(NO_INDEX in r.err, r.err)
     # Several sources: each refused.
-    r = c.sbx("run", "-q", "-p", "numpy==1.26.0", "-c", "print(1)", "-c", "print(2)")
+    r = c.sbx("run", "-q", "-p", "numpy==1.26.0", "-c", "print(1)", "-c", "print(2)", env=env)
     eq(r.returncode, 1, "several sources: " + r.err)
-    eq(r.out.count("VmConfigError"), 2, "both refused: " + r.out)
+    eq(r.out.count("PackageInstallError"), 2, "both refused: " + r.out)
 
 
 @test(fast=True)
 def package_validation_off_in_the_daemon(c):
     pb = wire.pb()
-    sock = os.path.join(c.tmp, "novalidation.sock")
-    p = c.start_daemon("--enable-package-validation", "false", sock=sock,
-                       log=os.path.join(c.tmp, "novalidation.log"))
+    p, sock, env = _no_index_daemon(c, "novalidation", "--enable-package-validation", "false")
     try:
         conn = wire.Conn(sock).hello()
         try:
             for session in (False, True):
                 e = _refusal(conn, 1 + session * 10, session, packages=[OFF_LIST + "==1.0"])
-                eq((e.kind, e.message), (pb.ERROR_VM_CONFIG, "packages are not available in "
-                                         "this daemon yet"), "list skipped by the daemon")
+                eq((e.kind, e.message), (pb.ERROR_PACKAGE_INSTALL, NO_INDEX),
+                   "list skipped by the daemon: on to the install")
                 e = _refusal(conn, 2 + session * 10, session, packages=["pandas>=1"])
                 ok(e.kind == pb.ERROR_VM_CONFIG and "only exact pins" in e.message,
                    "syntax still checked: " + e.message)
         finally:
             conn.close()
         # sbx checks the lists itself (it cannot know the daemon's setting): --no-validation.
-        r = c.sbx("--socket", sock, "run", "-q", "-p", OFF_LIST, "print(1)")
+        r = c.sbx("--socket", sock, "run", "-q", "-p", OFF_LIST, "print(1)", env=env)
         ok(r.returncode == 2 and "PackageNotAllowedError" in r.err, r.err)
-        r = c.sbx("--socket", sock, "run", "-q", "--no-validation", "-p", OFF_LIST, "print(1)")
-        ok(r.returncode == 2 and "not available in this daemon yet" in r.err, r.err)
+        r = c.sbx("--socket", sock, "run", "-q", "--no-validation", "-p", OFF_LIST, "print(1)",
+                  env=env)
+        ok(r.returncode == 125 and NO_INDEX in r.err, r.err)
     finally:
-        p.terminate()
-        p.wait(10)
-    log = open(os.path.join(c.tmp, "novalidation.log")).read()
-    ok("ERROR: AddressSanitizer" not in log and "runtime error:" not in log, log[-2000:])
+        _stop(c, p, "novalidation")

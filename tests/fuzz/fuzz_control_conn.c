@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "frame.h"
+#include "layers.h"
 #include "sbxd.h"
 #include "snapshot.h"
 
@@ -45,6 +46,36 @@ const char *cgroup_mode(void)
 void snapshot_status(Sbx__Control__StatusReply *s)
 {
     (void)s;
+}
+/* Package layers: as in a daemon without a layer cache (every wait fails at once). */
+layer_wait *layer_acquire(const char *language, const pkg_spec *specs, size_t n, layer_cb cb,
+                          void *owner, bool *installing, sbx_err *err)
+{
+    (void)language, (void)specs, (void)n, (void)cb, (void)owner;
+    *installing = false;
+    sbx_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_PACKAGE_INSTALL, "packages are off (fuzzer)");
+    return NULL;
+}
+void layer_wait_cancel(layer_wait *w)
+{
+    (void)w;
+}
+void layer_release(layer *l)
+{
+    (void)l;
+}
+const char *layer_name(const layer *l)
+{
+    (void)l;
+    return "";
+}
+void layers_status(Sbx__Control__StatusReply *s)
+{
+    (void)s;
+}
+void sched_vm_set_layer(job *j, layer *l)
+{
+    (void)j, (void)l;
 }
 void pool_stats(unsigned *ready, unsigned *booting, uint64_t *memory_mb)
 {

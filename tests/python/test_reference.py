@@ -1,20 +1,25 @@
 """The Python examples of the reference README, as written there, against the real daemon.
 
 Where an example needs a feature the daemon does not have yet the test asserts the clear error
-instead: NotSupportedError for the S3 cache; for packages, what sbxd says after checking them
-(PackageNotAllowedError for a name off the list, VmConfigError "not available" for valid ones). The network example runs against a loopback server
-the daemon's hosts file names (only loopback traffic in tests).
+instead: NotSupportedError for the S3 cache. The network example runs against a loopback server
+the daemon's hosts file names, the package example against a local index serving stand-ins for
+its packages (only loopback traffic in tests).
 """
+import os
 import socket
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import needs_vm
-from exec_sandbox import (NotSupportedError, PackageNotAllowedError, PermanentError, PortMapping,
-                          SandboxError, Scheduler, SchedulerConfig, VmConfigError,
-                          VmTimeoutError)
+from conftest import ROOT, needs_vm
+
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+from pkgindex import REFERENCE_PACKAGES, PkgIndex  # noqa: E402
+from exec_sandbox import (NotSupportedError, PackageInstallError, PackageNotAllowedError,
+                          PermanentError, PortMapping, SandboxError, Scheduler, SchedulerConfig,
+                          VmConfigError, VmTimeoutError)
 
 pytestmark = [needs_vm, pytest.mark.vm]
 
@@ -84,21 +89,42 @@ async def test_file_io(tmp_path, monkeypatch):
     assert sizes["model.pkl"] == (False, 1600)
 
 
-async def test_packages_are_checked_then_not_available_yet():
-    async with Scheduler() as scheduler:
-        # PACKAGES-NOT-WIRED: once sbxd installs packages this example runs as written.
-        with pytest.raises(VmConfigError, match="packages are not available") as ei:
-            await scheduler.run(
+async def test_packages(monkeypatch, tmp_path):
+    # The example as written, against a local index (no PyPI here) serving stand-ins for the
+    # two packages at the pinned versions; the daemon reaches it through its hosts file.
+    idx = PkgIndex(str(tmp_path), ip="127.0.0.7", packages=REFERENCE_PACKAGES).start()
+    (tmp_path / "hosts").write_text(idx.hosts_line + "\n")
+    monkeypatch.setenv("EXEC_SANDBOX_DNS_HOSTS_FILE", str(tmp_path / "hosts"))
+    monkeypatch.setenv("EXEC_SANDBOX_EGRESS_ALLOW_PRIVATE", "1")
+    monkeypatch.setenv("EXEC_SANDBOX_PYPI_INDEX_URL", idx.url)
+    monkeypatch.setenv("EXEC_SANDBOX_PACKAGE_INDEX_CA_FILE", idx.ca_file)
+    monkeypatch.setenv("EXEC_SANDBOX_CACHE_DIR", str(tmp_path / "cache"))
+    try:
+        async with Scheduler() as scheduler:
+            result = await scheduler.run(
                 code="import pandas; print(pandas.__version__)",
                 language="python",
                 packages=["pandas==2.2.0", "numpy==1.26.0"],
             )
-        assert isinstance(ei.value, PermanentError)
-        assert not isinstance(ei.value, PackageNotAllowedError)
-        with pytest.raises(PackageNotAllowedError, match="surely-not-a-real-package-zz.*"
-                           "--no-validation") as ei:
-            await scheduler.run(code="import x", packages=["surely-not-a-real-package-zz==1.0"])
-        assert isinstance(ei.value, PermanentError)
+            assert result.stdout == "2.2.0\n" and result.exit_code == 0, result
+            assert result.package_layer.startswith("python-") and result.package_layer_built
+            # The same set in another order: the same layer, from the cache.
+            again = await scheduler.run(code="import numpy; print(numpy.__version__)",
+                                        packages=["numpy==1.26.0", "pandas==2.2.0"])
+            assert again.stdout == "1.26.0\n"
+            assert (again.package_layer, again.package_layer_built) == (result.package_layer,
+                                                                        False)
+            # A version the index does not have: the installer's own words, permanent.
+            with pytest.raises(PackageInstallError, match="No matching distribution") as ei:
+                await scheduler.run(code="import pandas", packages=["pandas==9.9.9"])
+            assert isinstance(ei.value, PermanentError) and not ei.value.transient
+            with pytest.raises(PackageNotAllowedError, match="surely-not-a-real-package-zz.*"
+                               "--no-validation") as ei:
+                await scheduler.run(code="import x",
+                                    packages=["surely-not-a-real-package-zz==1.0"])
+            assert isinstance(ei.value, PermanentError)
+    finally:
+        idx.stop()
 
 
 async def test_streaming_output():

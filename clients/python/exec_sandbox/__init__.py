@@ -8,7 +8,7 @@ exec-sandbox daemon (sbxd), with the API of the reference project.
 """
 from ._config import SchedulerConfig
 from ._errors import (AssetError, CommunicationError, GuestAgentError, NotSupportedError,
-                      PackageNotAllowedError, PermanentError, ProtocolError, SandboxDependencyError,
+                      PackageInstallError, PackageNotAllowedError, PermanentError, ProtocolError, SandboxDependencyError,
                       SandboxError, SandboxPermissionError, SessionClosedError, SnapshotError,
                       TransientError, VmCapacityError, VmConfigError, VmTimeoutError)
 from ._models import (BlockedConnection, ExecutionResult, ExposedPort, FileInfo, Language,
@@ -22,6 +22,6 @@ __all__ = [
     "PortMapping", "ExposedPort", "NetworkReport", "BlockedConnection", "Language",
     "SandboxError", "TransientError", "PermanentError", "VmTimeoutError", "VmCapacityError",
     "VmConfigError", "SessionClosedError", "CommunicationError", "GuestAgentError",
-    "PackageNotAllowedError", "SnapshotError", "SandboxDependencyError", "AssetError",
+    "PackageNotAllowedError", "PackageInstallError", "SnapshotError", "SandboxDependencyError", "AssetError",
     "NotSupportedError", "ProtocolError", "SandboxPermissionError",
 ]

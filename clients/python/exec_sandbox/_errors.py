@@ -97,6 +97,21 @@ class SandboxPermissionError(PermanentError):
     """The daemon does not accept this user, or its socket cannot be trusted."""
 
 
+class PackageInstallError(SandboxError):
+    """Installing the requested packages failed. The message ends with the installer's last
+    lines. Transient (a ``TransientError`` too) when the package index did not answer or the
+    install VM was lost; permanent (a ``PermanentError``) when the installer refused the set: no
+    such version, no wheel for this platform."""
+
+
+class _TransientPackageInstallError(PackageInstallError, TransientError):
+    pass
+
+
+class _PermanentPackageInstallError(PackageInstallError, PermanentError):
+    pass
+
+
 # proto/control.proto ErrorKind -> exception class.
 _BY_KIND: dict[int, type[SandboxError]] = {
     1: VmConfigError,
@@ -118,6 +133,8 @@ def from_daemon(kind: int, transient: bool, message: str) -> SandboxError:
     """The exception for an Error reply; kinds this client does not know keep the daemon's
     transient verdict."""
     cls = _BY_KIND.get(kind)
+    if kind == 13:  # ERROR_PACKAGE_INSTALL: either, as the daemon says
+        cls = _TransientPackageInstallError if transient else _PermanentPackageInstallError
     if cls is None:
         cls = TransientError if transient else PermanentError
     return cls(message or f"sbxd error kind {kind}", kind=kind, transient=transient)

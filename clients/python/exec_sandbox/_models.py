@@ -89,6 +89,8 @@ class ExecutionResult:
     exec_count: int = 0
     interpreter_reset: bool = False
     network: Optional[NetworkReport] = None  # None when the VM had no network interface
+    package_layer: str = ""  # the package layer the VM had ("" without packages)
+    package_layer_built: bool = False  # runs: it was installed for this run
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,9 @@ FILE_CHUNK = 256 << 10
 # boot, its grace period, and slack for a loaded machine. sbxd answers within this either way.
 QUEUE_WAIT = 120.0
 BOOT_AND_GRACE = 30.0 + 15.0 + 30.0
+# A first install of a package set: the daemon's package_install_timeout (300 s by default), the
+# install VM's boot and reading the tree out.
+INSTALL_WAIT = 300.0 + 60.0
 CONTROL_TIMEOUT = 30.0
 FILE_TIMEOUT = 600.0
 
@@ -154,6 +157,7 @@ def _result(r: pb.ExecResult) -> ExecutionResult:
         warm_pool_hit=r.warm_pool_hit, exposed_ports=_exposed(r.exposed_ports),
         timed_out=r.timed_out, stdout_truncated=r.stdout_truncated,
         stderr_truncated=r.stderr_truncated, accelerator=r.accelerator, start_mode=r.start_mode,
+        package_layer=r.package_layer, package_layer_built=r.package_layer_built,
         exec_count=r.exec_count, interpreter_reset=r.interpreter_reset, network=_report(r))
 
 
@@ -195,6 +199,8 @@ async def _exec_replies(conn: Connection, rid: int, on_stdout: Optional[OutputCa
             return res
         elif body == "ports":
             await _call(on_ports, _exposed(r.ports.ports))
+        elif body == "progress":
+            pass  # a first package install: the result comes after it
         elif body == "error":
             raise from_daemon(r.error.kind, r.error.transient, r.error.message)
         else:
@@ -338,7 +344,7 @@ class Scheduler:
                             env=_env(env_vars), stream=bool(on_stdout or on_stderr),
                             network=network, packages=specs,
                             skip_package_validation=not self.config.enable_package_validation)
-        limit = QUEUE_WAIT + timeout + BOOT_AND_GRACE
+        limit = QUEUE_WAIT + timeout + BOOT_AND_GRACE + (INSTALL_WAIT if specs else 0.0)
         async with pool.connection(run_slot=True, slot_wait=QUEUE_WAIT) as c:
             try:
                 async with asyncio.timeout(limit):
@@ -369,15 +375,16 @@ class Scheduler:
             idle_timeout_seconds=idle_timeout_seconds or
             self.config.session_idle_timeout_seconds, network=network, packages=specs,
             skip_package_validation=not self.config.enable_package_validation)
-        limit = QUEUE_WAIT + BOOT_AND_GRACE
+        limit = QUEUE_WAIT + BOOT_AND_GRACE + (INSTALL_WAIT if specs else 0.0)
         async with pool.connection(run_slot=True, slot_wait=QUEUE_WAIT) as c:
             try:
                 async with asyncio.timeout(limit):
                     rid = c.next_id()
                     await c.send(pb.Request(id=rid, session_open=req))
                     r = await c.recv()
-                    while r.WhichOneof("body") == "ports":
-                        await _call(on_ports, _exposed(r.ports.ports))
+                    while r.WhichOneof("body") in ("ports", "progress"):
+                        if r.WhichOneof("body") == "ports":
+                            await _call(on_ports, _exposed(r.ports.ports))
                         r = await c.recv()
             except TimeoutError:
                 raise deadline_error("open session", limit) from None
