@@ -233,6 +233,7 @@ bench: all
 	scripts/bench-throughput.py
 	$(PYTHON) scripts/bench-python.py
 	scripts/bench-net.py
+	scripts/bench-packages.py
 
 FORMAT_SRC = $(wildcard common/*.[ch] proto/*.[ch] supervisor/*.[ch] vmworker/*.[ch] agent/*.[ch] cli/*.[ch] \
 	netbroker/*.[ch] tests/unit/*.c tests/fuzz/fuzz_netbroker.c)

@@ -17,7 +17,8 @@ typedef struct run {
     layer_wait *wait; /* for its package layer, before it has a job */
     char layer_name[64];
     bool layer_built;
-    bool answered; /* the one result or error has been sent */
+    uint64_t t_arrival, waited_ms; /* the wait for its package layer, before its VM was asked */
+    bool answered;                 /* the one result or error has been sent */
     struct run *next;
 } run;
 
@@ -75,6 +76,11 @@ static void run_frame(void *owner, Sbx__Worker__FromWorker *m)
     if (m->body_case == SBX__WORKER__FROM_WORKER__BODY_RESULT) {
         sched_count_run();
         sched_vm_fill_result(r->job, m->result);
+        if (m->result->timing) {
+            /* A first install is setup too, and part of the whole. */
+            m->result->timing->setup_ms += r->waited_ms;
+            m->result->timing->total_ms += r->waited_ms;
+        }
     }
     r->answered = final;
     control_send_layer(r->c, &reply, r->layer_name, r->layer_built);
@@ -154,6 +160,7 @@ static void run_layer_ready(void *owner, const layer_result *res)
     }
     snprintf(r->layer_name, sizeof r->layer_name, "%s", layer_name(res->l));
     r->layer_built = res->built;
+    r->waited_ms = now_ms() - r->t_arrival;
     run_open_vm(r, res->l);
     layer_release(res->l); /* the job holds it now (if it was opened) */
 }
@@ -163,6 +170,8 @@ void run_submit(client *c, uint64_t id, Sbx__Control__RunRequest *req)
     if (req->n_packages) {
         /* Pool VMs have no package layer. */
         run *r = run_new(c, id, req);
+        if (r)
+            r->t_arrival = now_ms();
         if (r && !(r->wait = request_packages(c, id, req->language, req->packages, req->n_packages,
                                               run_layer_ready, r)))
             run_free(r);

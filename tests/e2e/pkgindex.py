@@ -160,6 +160,20 @@ class _Server(http.server.ThreadingHTTPServer):
                 pass
 
 
+def npm_unreachable():
+    """Why the npm registry cannot be reached from this host (None when it can): the JavaScript
+    package tests and benchmark install from the real registry."""
+    try:
+        r = subprocess.run(["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                            "https://registry.npmjs.org/is-number"], capture_output=True,
+                           text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"curl: {e}"
+    if r.returncode != 0 or r.stdout.strip() != "200":
+        return f"curl exit {r.returncode}, HTTP {r.stdout.strip()}: {r.stderr.strip()[:200]}"
+    return None
+
+
 class PkgIndex:
     def __init__(self, tmpdir, ip="127.0.0.6", port=443, hostname=HOSTNAME, packages=None):
         self.ip, self.port, self.hostname = ip, port, hostname

@@ -19,7 +19,7 @@ import subprocess
 import time
 
 from harness import *  # noqa: F401,F403
-from pkgindex import VERSION, PkgIndex
+from pkgindex import VERSION, PkgIndex, npm_unreachable
 from suite_sessions import _session, _sx
 
 INDEX_IP = "127.0.0.6"
@@ -523,21 +523,9 @@ def package_layer_under_snapshots(c):
         d.close()
 
 
-def npm_reachable():
-    try:
-        r = subprocess.run(["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}",
-                            "https://registry.npmjs.org/is-number"], capture_output=True,
-                           text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"curl: {e}"
-    if r.returncode != 0 or r.stdout.strip() != "200":
-        return f"curl exit {r.returncode}, HTTP {r.stdout.strip()}: {r.stderr.strip()[:200]}"
-    return None
-
-
 @test()
 def package_javascript_and_typescript_from_npm(c):
-    why = npm_reachable()
+    why = npm_unreachable()
     if why:
         raise Skip("registry.npmjs.org unreachable: " + why)
     d = PkgDaemon(c, "npm")  # the real registry: no index settings, no egress_allow_private

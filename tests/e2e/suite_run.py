@@ -108,7 +108,7 @@ def usage_errors_exit_2(c):
         (["-m", "99999", "print(1)"], "memory"),
         ([""], "empty"),
         (["/nonexistent/script.py"], "not found"),
-        (["-p", "requests", "print(1)"], "not available"),
+        (["-p", "requests>=2", "print(1)"], "only exact pins"),
     ]
     for args, word in cases:
         r = c.sbx("run", "-q", *args)
@@ -126,13 +126,14 @@ def json_result_fields(c):
     for k in ["stdout", "stderr", "exit_code", "timed_out", "stdout_truncated",
               "stderr_truncated", "execution_time_ms", "external_cpu_time_ms",
               "external_memory_peak_mb", "timing", "accelerator", "warm_pool_hit",
-              "start_mode"]:
+              "start_mode", "package_layer", "package_layer_built"]:
         ok(k in j, "missing field " + k)
     for k in ["setup_ms", "boot_ms", "execute_ms", "total_ms"]:
         ok(isinstance(j["timing"][k], int), "timing." + k)
     ok(j["timing"]["boot_ms"] > 0, "boot_ms > 0")
     ok(j["timing"]["total_ms"] >= j["timing"]["boot_ms"] + j["timing"]["execute_ms"], "total")
     ok(j["external_cpu_time_ms"] > 0, "external cpu measured")
+    eq((j["package_layer"], j["package_layer_built"]), ("", False), "no packages, no layer")
     ok(j["external_memory_peak_mb"] > 10, "external memory measured")
     ok(j["accelerator"] in ("kvm", "tcg"), "accelerator")
     eq(j["start_mode"], "cold", "start_mode")

@@ -21,7 +21,34 @@ static void test_defaults(void **state)
     assert_string_equal(c.accel, "auto");
     assert_string_equal(c.images_dir, "/tmp/sbx-test-cache/images");
     assert_true(c.enable_package_validation);
+    assert_string_equal(c.pypi_index_url, "https://pypi.org/simple");
+    assert_string_equal(c.npm_registry_url, "https://registry.npmjs.org/");
+    assert_string_equal(c.package_index_ca_file, "");
+    assert_int_equal(c.package_install_timeout, 300);
+    assert_true(c.snapshot_cache_max_bytes == 10ull << 30);
     unsetenv("EXEC_SANDBOX_CACHE_DIR");
+}
+
+/* Byte counts past 4 GiB: a 64-bit key. */
+static void test_sizes(void **state)
+{
+    sbx_config c;
+    sbx_err e = {0};
+    char *a1[] = {"sbxd", "--snapshot-cache-max-bytes", "21474836480", NULL};
+    assert_int_equal(config_load(&c, 3, a1, &e), 0);
+    assert_true(c.snapshot_cache_max_bytes == 20ull << 30);
+    char *a2[] = {"sbxd", "--snapshot-cache-max-bytes", "1", NULL};
+    assert_int_equal(config_load(&c, 3, a2, &e), 0);
+    assert_true(c.snapshot_cache_max_bytes == 1);
+    const char *bad[] = {"0", "-1", "12k", "", "18446744073709551616", "17592186044417"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *a[] = {"sbxd", "--snapshot-cache-max-bytes", (char *)bad[i], NULL};
+        assert_int_equal(config_load(&c, 3, a, &e), -1);
+        assert_non_null(strstr(e.msg, "snapshot_cache_max_bytes"));
+    }
+    char *a3[] = {"sbxd", "--package-install-timeout", "5", NULL};
+    assert_int_equal(config_load(&c, 3, a3, &e), -1);
+    assert_non_null(strstr(e.msg, "package_install_timeout"));
 }
 
 static void test_precedence(void **state)
@@ -85,6 +112,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_sizes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

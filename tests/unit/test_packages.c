@@ -201,6 +201,13 @@ static void test_lang(void **state)
     assert_int_equal(l, PKG_PYTHON);
     assert_int_equal(pkg_lang_of("javascript", &l, &err), 0);
     assert_int_equal(l, PKG_JAVASCRIPT);
+    /* TypeScript installs (and shares) JavaScript's packages. */
+    l = PKG_PYTHON;
+    assert_int_equal(pkg_lang_of("typescript", &l, &err), 0);
+    assert_int_equal(l, PKG_JAVASCRIPT);
+    assert_int_equal(pkg_check_list("typescript", (const char *const[]){"is-number@7.0.0"}, 1,
+                                    false, NULL, &err),
+                     0);
     assert_int_equal(pkg_lang_of("raw", &l, &err), -1);
     assert_non_null(strstr(err.msg, "python or javascript, not `raw`"));
     assert_int_equal(pkg_lang_of(NULL, &l, &err), -1);
