@@ -59,7 +59,8 @@ int pkgs_mount(int dev_dir_fd, sbx_err *err)
         return sbx_fail(err, ENODEV, "package layer: no device directory");
     char disk[32];
     uint64_t until = now_ms() + PKGS_WAIT_MS;
-    while (!find_disk(disk, sizeof disk)) {
+    /* The node in devtmpfs comes a little after the sysfs entry. */
+    while (!find_disk(disk, sizeof disk) || faccessat(dev_dir_fd, disk, F_OK, 0) < 0) {
         if (now_ms() >= until)
             return sbx_fail(err, ENODEV, "package layer: no disk with serial `%s`", PKGS_SERIAL);
         sleep_ms(2);

@@ -134,7 +134,8 @@ static int check_npm_part(const char *spec, const char *p, size_t n, sbx_err *er
     shown(spec, sh);
     if (n == 0)
         return sbx_fail(err, PKG_ERR_SYNTAX, "package `%s` has an empty name", sh);
-    if (p[0] == '.' || p[0] == '_')
+    /* `-` too: the installer would take the spec for an option (`bun add --trust`). */
+    if (p[0] == '.' || p[0] == '_' || p[0] == '-')
         return sbx_fail(err, PKG_ERR_SYNTAX, "package `%s`: a name may not start with `%c`", sh,
                         p[0]);
     for (size_t i = 0; i < n; i++)

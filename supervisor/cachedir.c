@@ -51,9 +51,11 @@ void cachedir_clean(const char *base, const char *what)
     struct dirent *e;
     while (d && (e = readdir(d))) {
         int pid = 0;
-        bool stale =
-            !strncmp(e->d_name, ".bad-", 5) || (sscanf(e->d_name, ".tmp-%d-", &pid) == 1 &&
-                                                pid > 0 && kill(pid, 0) < 0 && errno == ESRCH);
+        /* Our own pid too: nothing is staged yet, and a daemon before us had it (containers
+         * start sbxd with the same pid every time). */
+        bool stale = !strncmp(e->d_name, ".bad-", 5) ||
+                     (sscanf(e->d_name, ".tmp-%d-", &pid) == 1 && pid > 0 &&
+                      (pid == getpid() || (kill(pid, 0) < 0 && errno == ESRCH)));
         if (stale) {
             char p[PATH_MAX];
             snprintf(p, sizeof p, "%s/%s", base, e->d_name);

@@ -28,6 +28,7 @@
 
 #include "netpolicy.h"
 #include "packages.h"
+#include "paths.h"
 #include "sbx_limits.h"
 #include "spawn.h"
 
@@ -182,6 +183,10 @@ static int read_ca(char **out, sbx_err *err)
         free(buf);
         return sbx_fail(err, EIO, "read `%s`", path);
     }
+    /* PEM is ASCII; a bundle's comments need not be (and JSON wants UTF-8). */
+    for (char *c = buf; *c; c++)
+        if ((unsigned char)*c >= 0x80)
+            *c = '?';
     *out = buf;
     return 0;
 }
@@ -193,12 +198,13 @@ static char *make_program(const char *language, const char *const *specs, size_t
     if (read_ca(&ca, err) < 0)
         return NULL;
     json_t *c = json_object(), *list = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(list, json_string(specs[i]));
-    json_object_set_new(c, "specs", list);
-    json_object_set_new(c, "index", json_string(install_index_url(language)));
-    json_object_set_new(c, "ca", ca ? json_string(ca) : json_null());
-    cleanup_free char *text = json_dumps(c, JSON_COMPACT);
+    bool bad = !c || !list;
+    for (size_t i = 0; !bad && i < n; i++)
+        bad = json_array_append_new(list, json_string(specs[i])) < 0;
+    bad = bad || json_object_set_new(c, "specs", list) < 0 ||
+          json_object_set_new(c, "index", json_string(install_index_url(language))) < 0 ||
+          json_object_set_new(c, "ca", ca ? json_string(ca) : json_null()) < 0;
+    cleanup_free char *text = bad ? NULL : json_dumps(c, JSON_COMPACT);
     json_decref(c);
     if (!text) {
         sbx_fail(err, ENOMEM, "out of memory");
@@ -229,13 +235,17 @@ static char *make_program(const char *language, const char *const *specs, size_t
 /* ---- children that hash a file (and the packer, which runs tar2sqfs first) ---------------- */
 
 struct hasher {
-    pid_t pid;
+    pid_t pid; /* also its process group's id */
     ev_child w;
+    ev_timer deadline;
     int rd; /* the child's stdout: "HEX SIZE\n" */
     int uid_slot;
     hash_done done;
     void *owner;
 };
+
+/* Wall-clock bound of a hashing or packing child (its CPU is bounded by RLIMIT_CPU too). */
+#define CHILD_WALL_S 1800
 
 /* In the child: sha256 of path to fd 1. Never returns. */
 static void __attribute__((noreturn)) child_hash(const char *path)
@@ -268,20 +278,27 @@ static void __attribute__((noreturn)) child_hash(const char *path)
     _exit(0);
 }
 
-/* In the packer child, as the packer's uid: tar (fd 0) to a squashfs image at out. */
-static void pack(const char *out)
+/* In the packer child, as the packer's uid: tar (fd 0) to a squashfs image at out, by the
+ * tar2sqfs at tool. */
+static void pack(const char *tool, const char *out)
 {
+    pid_t packer = getpid();
     pid_t p = fork();
     if (p < 0)
         _exit(20);
     if (p == 0) {
+        sbx_child_of(packer);
         int devnull = open("/dev/null", O_WRONLY);
         dup2(devnull, 1);
+        char *const env[] = {"PATH=/usr/bin:/bin", "LC_ALL=C", NULL};
         /* -k/-d: no time stamps and root-owned implicit directories, so that the same tree
          * gives the same image; -x: no xattrs; -s: a record it cannot read is an error. */
-        execlp("tar2sqfs", "tar2sqfs", "-q", "-f", "-c", "zstd", "-j", "1", "-k", "-x", "-s", "-d",
-               "uid=0,gid=0,mode=0755,mtime=0", out, (char *)NULL);
-        dprintf(2, "exec tar2sqfs: %s (install squashfs-tools-ng)\n", strerror(errno));
+        char *const argv[] = {"tar2sqfs",  "-q", "-f", "-c",
+                              "zstd",      "-j", "1",  "-k",
+                              "-x",        "-s", "-d", "uid=0,gid=0,mode=0755,mtime=0",
+                              (char *)out, NULL};
+        execve(tool, argv, env);
+        dprintf(2, "exec %s: %s (install squashfs-tools-ng)\n", tool, strerror(errno));
         _exit(127);
     }
     int st;
@@ -297,6 +314,7 @@ static void pack(const char *out)
 static void hasher_free(hasher *h)
 {
     ev_child_stop(EV_DEFAULT, &h->w);
+    ev_timer_stop(EV_DEFAULT, &h->deadline);
     if (h->rd >= 0)
         close(h->rd);
     if (h->uid_slot >= 0)
@@ -322,8 +340,17 @@ static void hasher_exited(EV_P_ ev_child *w, int revents)
     done(owner, ok, hex, size);
 }
 
-/* Fork the child: hash path, after packing tar_fd into it when tar_fd >= 0 (then as a VM uid,
- * with stderr to log_fd). */
+static void hasher_late(EV_P_ ev_timer *t, int revents)
+{
+    hasher *h = t->data;
+    slog("package layers: a child ran past %d s; killing it", CHILD_WALL_S);
+    kill(-h->pid, SIGKILL); /* its exit ends it as a failure */
+}
+
+/* Fork the child, in a process group of its own: hash path, after packing tar_fd into it when
+ * tar_fd >= 0. The packer runs as the VM uid of uid_slot (when sbxd is root) with no_new_privs,
+ * limits on file size, CPU and processes (that uid may hold two: the packer and tar2sqfs, so
+ * nothing of its outlives them), and dies with sbxd; stderr goes to log_fd. */
 static hasher *hasher_start(const char *path, int tar_fd, int log_fd, int uid_slot, hash_done done,
                             void *owner, sbx_err *err)
 {
@@ -335,6 +362,13 @@ static hasher *hasher_start(const char *path, int tar_fd, int log_fd, int uid_sl
         free(h);
         return sbx_fail(err, errno, "pipe: %s", strerror(errno)), NULL;
     }
+    char tool[PATH_MAX] = "";
+    if (tar_fd >= 0 && paths_which("tar2sqfs", tool, sizeof tool) < 0) {
+        close(p[0]);
+        close(p[1]);
+        free(h);
+        return sbx_fail(err, ENOENT, "tar2sqfs is not installed (squashfs-tools-ng)"), NULL;
+    }
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
@@ -345,6 +379,7 @@ static hasher *hasher_start(const char *path, int tar_fd, int log_fd, int uid_sl
     }
     if (pid == 0) {
         sbx_child_of(parent);
+        setpgid(0, 0);
         int devnull = open("/dev/null", O_RDWR);
         dup2(tar_fd >= 0 ? tar_fd : devnull, 0);
         dup2(p[1], 1);
@@ -362,19 +397,24 @@ static hasher *hasher_start(const char *path, int tar_fd, int log_fd, int uid_sl
             }
             if (uid_slot >= 0) {
                 uid_t u = cfg.vm_uid_base + (uid_t)uid_slot;
-                if (setgroups(0, NULL) < 0 || setresgid(u, u, u) < 0 || setresuid(u, u, u) < 0)
+                struct rlimit procs = {2, 2};
+                if (setgroups(0, NULL) < 0 || setresgid(u, u, u) < 0 ||
+                    setrlimit(RLIMIT_NPROC, &procs) < 0 || setresuid(u, u, u) < 0)
                     _exit(30);
+                /* Changing uid cleared the parent-death signal. */
+                sbx_child_of(parent);
             }
             struct rlimit fs = {INSTALL_TREE_MAX, INSTALL_TREE_MAX};
             struct rlimit cpu = {PACK_CPU_S, PACK_CPU_S};
             if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || setrlimit(RLIMIT_FSIZE, &fs) < 0 ||
                 setrlimit(RLIMIT_CPU, &cpu) < 0)
                 _exit(31);
-            pack(path);
+            pack(tool, path);
         }
         child_hash(path);
     }
     close(p[1]);
+    setpgid(pid, pid); /* as the child does: whoever runs first */
     h->pid = pid;
     h->rd = p[0];
     h->uid_slot = uid_slot;
@@ -383,6 +423,9 @@ static hasher *hasher_start(const char *path, int tar_fd, int log_fd, int uid_sl
     ev_child_init(&h->w, hasher_exited, pid, 0);
     h->w.data = h;
     ev_child_start(EV_DEFAULT, &h->w);
+    ev_timer_init(&h->deadline, hasher_late, CHILD_WALL_S, 0.);
+    h->deadline.data = h;
+    ev_timer_start(EV_DEFAULT, &h->deadline);
     return h;
 }
 
@@ -393,6 +436,8 @@ hasher *install_hash_file(const char *path, hash_done done, void *owner, sbx_err
 
 void install_hash_cancel(hasher *h)
 {
+    /* The group: the packer and its tar2sqfs (which would die with it anyway). */
+    kill(-h->pid, SIGKILL);
     kill(h->pid, SIGKILL);
     spawn_reap(h->pid);
     hasher_free(h);
@@ -412,6 +457,7 @@ struct install {
     Sbx__Control__NetworkRequest net;
     char staging[PATH_MAX];
     int tar_fd; /* staging/tree.tar, being written */
+    int log_fd; /* staging/pack.log: the packer's stderr */
     uint64_t tar_bytes;
     EVP_MD_CTX *sha;
     ZSTD_DCtx *z;
@@ -432,6 +478,8 @@ static void install_free(install *in)
         install_hash_cancel(in->packer);
     if (in->tar_fd >= 0)
         close(in->tar_fd);
+    if (in->log_fd >= 0)
+        close(in->log_fd);
     EVP_MD_CTX_free(in->sha);
     ZSTD_freeDCtx(in->z);
     free(in->plain);
@@ -494,12 +542,9 @@ static void packed(void *owner, bool ok, const char *sha256, uint64_t size)
     install *in = owner;
     in->packer = NULL;
     if (!ok) {
-        char p[PATH_MAX + 16], log[600] = "";
-        snprintf(p, sizeof p, "%s/pack.log", in->staging);
-        int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        ssize_t r = fd >= 0 ? read(fd, log, sizeof log - 1) : -1;
-        if (fd >= 0)
-            close(fd);
+        /* Through the fd opened before the packer owned the directory, never by name. */
+        char log[600] = "";
+        ssize_t r = pread(in->log_fd, log, sizeof log - 1, 0);
         log[r > 0 ? r : 0] = '\0';
         log[strcspn(log, "\n")] = '\0';
         install_fail(in, SBX__CONTROL__ERROR_KIND__ERROR_PACKAGE_INSTALL, true,
@@ -521,6 +566,15 @@ static void start_packer(install *in)
     in->t_pack = now_ms();
     sbx_err err = {0};
     int slot = -1;
+    char out[PATH_MAX + 16], logp[PATH_MAX + 16];
+    snprintf(out, sizeof out, "%s/" LAYER_FILE, in->staging);
+    snprintf(logp, sizeof logp, "%s/pack.log", in->staging);
+    in->log_fd = open(logp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (in->log_fd < 0) {
+        install_fail(in, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, "create `%s`: %s", logp,
+                     strerror(errno));
+        return;
+    }
     if (getuid() == 0) {
         if ((slot = spawn_uid_alloc()) < 0) {
             install_fail(in, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true,
@@ -535,12 +589,8 @@ static void start_packer(install *in)
             return;
         }
     }
-    char out[PATH_MAX + 16], logp[PATH_MAX + 16];
-    snprintf(out, sizeof out, "%s/" LAYER_FILE, in->staging);
-    snprintf(logp, sizeof logp, "%s/pack.log", in->staging);
-    cleanup_close int log = open(logp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     lseek(in->tar_fd, 0, SEEK_SET);
-    in->packer = hasher_start(out, in->tar_fd, log, slot, packed, in, &err);
+    in->packer = hasher_start(out, in->tar_fd, in->log_fd, slot, packed, in, &err);
     close(in->tar_fd);
     in->tar_fd = -1;
     if (!in->packer) {
@@ -708,7 +758,7 @@ install *install_start(const char *language, const char *const *specs, size_t n,
     install *in = calloc(1, sizeof *in);
     if (!in)
         return sbx_fail(err, ENOMEM, "out of memory"), NULL;
-    in->tar_fd = -1;
+    in->tar_fd = in->log_fd = -1;
     snprintf(in->language, sizeof in->language, "%s", language);
     snprintf(in->staging, sizeof in->staging, "%s", staging);
     in->done = done;

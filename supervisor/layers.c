@@ -64,7 +64,7 @@ struct layer {
     bool deliver; /* answer the waiters from the loop: ready, or failed (fail_why) */
     Sbx__Control__ErrorKind fail_kind;
     bool fail_transient;
-    char fail_why[600];
+    char fail_why[1600]; /* the installer's last lines included */
     install *build;
     hasher *check;
     uint64_t t_build;
@@ -194,10 +194,15 @@ void layer_release(layer *l)
 {
     if (!l || !l->refs)
         return;
-    if (--l->refs || !l->ephemeral || l->state == L_BUILDING)
+    if (--l->refs || !l->ephemeral)
         return;
-    /* Built for one request, which is done with it. */
-    cachedir_retire(base, l->name, "package layers");
+    /* Built (or being built) for one request, which is done with it. */
+    if (l->build)
+        install_cancel(l->build);
+    if (l->staging[0])
+        cachedir_rm(l->staging, "package layers");
+    if (l->state == L_READY)
+        cachedir_retire(base, l->name, "package layers");
     unlink_layer(l);
 }
 
@@ -208,6 +213,10 @@ const char *layer_name(const layer *l)
 const char *layer_key(const layer *l)
 {
     return l->key;
+}
+const char *layer_sha256(const layer *l)
+{
+    return l->sha256;
 }
 bool layer_ephemeral(const layer *l)
 {
@@ -279,6 +288,9 @@ static void deliver_cb(EV_P_ ev_timer *t, int revents)
             answer(l, false, l->fail_kind, l->fail_transient, why);
         } else if (l->state == L_READY) {
             answer(l, true, 0, false, NULL);
+        } else if (l->state == L_ABSENT) {
+            answer(l, false, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true,
+                   "the package layer could not be made");
         }
     }
 }
@@ -356,10 +368,13 @@ static int publish(layer *l, const install_outcome *o, sbx_err *err)
         return sbx_fail(err, errno, "chmod `%s`: %s", l->staging, strerror(errno));
     unlinkat(dir, "tree.tar", 0);
     unlinkat(dir, "pack.log", 0);
-    cleanup_close int fd = openat(dir, LAYER_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    /* Non-blocking: a FIFO planted under the name must not hang sbxd; one link only: a hard
+     * link to some other file of that uid must not become ours. */
+    cleanup_close int fd = openat(dir, LAYER_FILE, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != o->size ||
-        (geteuid() == 0 && fchown(fd, 0, 0) < 0) || fchmod(fd, 0444) < 0)
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+        (uint64_t)st.st_size != o->size || (geteuid() == 0 && fchown(fd, 0, 0) < 0) ||
+        fchmod(fd, 0444) < 0)
         return sbx_fail(err, EINVAL, "the packed image is missing or not what was hashed");
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -378,9 +393,10 @@ static int publish(layer *l, const install_outcome *o, sbx_err *err)
         return sbx_fail(err, E2BIG, "meta over %u bytes", META_MAX);
     if (paths_write_at(dir, l->staging, "meta", meta, (size_t)len, 0444, err) < 0)
         return -1;
-    cachedir_retire(
-        base, l->name,
-        "package layers"); /* whatever held the name was not valid, or nothing would be built */
+    /* Memory snapshots made with an earlier build of this key hold its file system's state;
+     * whatever held the name was not valid, or nothing would have been built. */
+    snapshot_drop_layer(l->key);
+    cachedir_retire(base, l->name, "package layers");
     char p[PATH_MAX];
     snprintf(p, sizeof p, "%s/%s", base, l->name);
     if (rename(l->staging, p) < 0)
@@ -536,6 +552,9 @@ layer_wait *layer_acquire(const char *language, const pkg_spec *specs, size_t n,
         used += (size_t)snprintf(text + used, SPECS_TEXT_MAX - used, "%s%s", i ? " " : "", one);
         pinned &= specs[i].version[0] != '\0';
     }
+    /* Exact versions only: a dist-tag (npm's `latest`) moves, so it is not cached either. */
+    for (size_t i = 0; i < n; i++)
+        pinned &= specs[i].version[0] >= '0' && specs[i].version[0] <= '9';
     char key[65], name[64];
     if (make_key(lang, text, img, key) < 0)
         return sbx_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, "out of memory"), NULL;
@@ -588,6 +607,18 @@ layer_wait *layer_acquire(const char *language, const pkg_spec *specs, size_t n,
     if (!l || !w) {
         free(w);
         return sbx_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, "out of memory"), NULL;
+    }
+    /* A layer known from meta builds again from what made its key, not from meta's words. */
+    if (l->state != L_BUILDING && (!l->specs || strcmp(l->specs, text))) {
+        char *copy = strdup(text);
+        if (!copy) {
+            free(w);
+            return sbx_fail(err, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, "out of memory"), NULL;
+        }
+        free(l->specs);
+        l->specs = copy;
+        l->nspecs = n;
+        snprintf(l->language, sizeof l->language, "%s", lang);
     }
     w->l = l;
     w->cb = cb;

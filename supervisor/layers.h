@@ -36,9 +36,10 @@ layer_wait *layer_acquire(const char *language, const pkg_spec *specs, size_t n,
 void layer_wait_cancel(layer_wait *w);
 void layer_hold(layer *l);
 void layer_release(layer *l);
-const char *layer_path(const layer *l); /* the image file */
-const char *layer_name(const layer *l); /* its directory name: <language>-<key16> */
-const char *layer_key(const layer *l);  /* sha256 hex of everything that made it */
+const char *layer_path(const layer *l);   /* the image file */
+const char *layer_name(const layer *l);   /* its directory name: <language>-<key16> */
+const char *layer_key(const layer *l);    /* sha256 hex of everything that made it */
+const char *layer_sha256(const layer *l); /* of its image: what a memory snapshot saw mounted */
 /* Unpinned sets are built for one request and never cached (nor snapshotted). */
 bool layer_ephemeral(const layer *l);
 void layers_status(Sbx__Control__StatusReply *s);

@@ -114,9 +114,9 @@ static int make_key(const Sbx__Worker__VmConfig *vc, const char *language, const
     int len = snprintf(text, sizeof text,
                        "sbx memory snapshot 1\nlanguage=%s\nmemory_mb=%u\naccel=%s\nkernel=%s\n"
                        "initrd=%s\nrootfs=%s\nqemu=%s\nworker=%s\nprotocol=%d\nnic=%d\n"
-                       "layer=%s\n",
+                       "layer=%s:%s\n",
                        language, vc->memory_mb, vc->accel, ids[0], ids[1], ids[2], ids[3], ids[4],
-                       SBX_PROTOCOL_VERSION, nic, l ? layer_key(l) : "");
+                       SBX_PROTOCOL_VERSION, nic, l ? layer_key(l) : "", l ? layer_sha256(l) : "");
     if (len < 0 || (size_t)len >= sizeof text)
         return -1;
     unsigned char md[32];
@@ -699,13 +699,18 @@ uint64_t snapshot_layer_disk(const char *layer_key)
 
 void snapshot_drop_layer(const char *layer_key)
 {
+    /* Names first, renames after: renaming while reading the directory may skip entries. */
+    char names[STATUS_MAX][128];
+    size_t n = 0;
     DIR *d = enabled ? opendir(base) : NULL;
     struct dirent *e;
-    while (d && (e = readdir(d)))
-        if (of_layer(e->d_name, layer_key)) {
-            slog("memory snapshot %s removed with its package layer", e->d_name);
-            cachedir_retire(base, e->d_name, "memory snapshots");
-        }
+    while (d && n < STATUS_MAX && (e = readdir(d)))
+        if (of_layer(e->d_name, layer_key) && strlen(e->d_name) < sizeof names[0])
+            snprintf(names[n++], sizeof names[0], "%s", e->d_name);
     if (d)
         closedir(d);
+    for (size_t i = 0; i < n; i++) {
+        slog("memory snapshot %s removed with its package layer", names[i]);
+        cachedir_retire(base, names[i], "memory snapshots");
+    }
 }

@@ -244,6 +244,13 @@ def package_python_install_and_cache(c):
     eq((j2["package_layer"], j2["package_layer_built"]), (name, False), "second run: cached")
     eq(idx.count(), seen, f"no new index requests: {idx.requests[seen:]}")
     eq(len(d.installing()), 1, "still one install")
+    # sbx status lists it, with the cache's size and bound.
+    st = json.loads(d.sbx("status", "--json", check_rc=0).out)["package_layers"]
+    mine = [x for x in st["layers"] if x["name"] == name]
+    eq(len(mine), 1, f"the layer in sbx status: {st}")
+    eq((mine[0]["state"], mine[0]["packages"], mine[0]["language"], mine[0]["size_bytes"]),
+       ("ready", ATTRS, "python", int(m["size"])), "its status entry")
+    ok(int(m["size"]) <= st["bytes"] <= st["max_bytes"], f"cache bytes: {st}")
     # Without packages: no layer, and attrs is not importable.
     j3 = d.run_ok("try:\n import attrs; print('found', getattr(attrs, 'SBX_FAKE', 'real'))\n"
                   "except ImportError:\n print('none')\n", out="none\n")
@@ -363,6 +370,25 @@ def package_dir_read_only(c):
                  "attrs.__file__), 'x.py')), os.path.exists(six.__file__))",
                  out=f"attrs {VERSION} on six {VERSION} False True\n")
     eq(j["package_layer_built"], False, "still the cached layer")
+
+
+@test()
+def package_unpinned_never_cached(c):
+    d, idx = shared(c)
+    before = set(d.layer_dirs())
+    names = []
+    for _ in range(2):
+        r = d.sbx("run", "--json", "-p", "six", SIX_CODE)
+        j = json.loads(r.stdout)
+        eq((j.get("stdout"), j.get("exit_code")), (SIX_OUT, 0), "unpinned six: " + r.err[-1500:])
+        ok("not pinned" in r.err, "the CLI warns: " + r.err[-500:])
+        ok(j["package_layer"].startswith("python-tmp-") and j["package_layer_built"],
+           f"a layer of its own, installed for the run: {j['package_layer']}")
+        names.append(j["package_layer"])
+        # Removed once its run is done (the VM is gone when the result is out, give or take).
+        wait_for(lambda: set(d.layer_dirs()) == before, 10, "the unpinned layer removed")
+    ok(names[0] != names[1], f"never shared: {names}")
+    eq(len(d.installing(names[0])) + len(d.installing(names[1])), 2, "installed each time")
 
 
 @test()

@@ -136,6 +136,9 @@ static void test_javascript_refused(void **state)
     expect_bad(PKG_JAVASCRIPT, ".bin", "may not start with `.`");
     expect_bad(PKG_JAVASCRIPT, "_private", "may not start with `_`");
     expect_bad(PKG_JAVASCRIPT, "@scope/.x", "may not start with `.`");
+    expect_bad(PKG_JAVASCRIPT, "--trust", "may not start with `-`");
+    expect_bad(PKG_JAVASCRIPT, "-g@1.0.0", "may not start with `-`");
+    expect_bad(PKG_JAVASCRIPT, "@-x/y", "may not start with `-`");
     expect_bad(PKG_JAVASCRIPT, "a/b", "`/`");
     expect_bad(PKG_JAVASCRIPT, "@a/b/c", "`/`");
     expect_bad(PKG_JAVASCRIPT, "node_modules", "reserved");
