@@ -244,6 +244,8 @@ struct hasher {
     void *owner;
 };
 
+/* Processes and threads the packer's uid may have: itself, tar2sqfs and its block processor. */
+#define PACK_PROCS 8
 /* Wall-clock bound of a hashing or packing child (its CPU is bounded by RLIMIT_CPU too). */
 #define CHILD_WALL_S 1800
 
@@ -311,14 +313,33 @@ static void pack(const char *tool, const char *out)
     }
 }
 
+/* Every process of a uid, gone: a child that becomes it and signals all it may (kill -1
+ * spares the caller). The packer's uid is its own while the slot is held, so this reaches
+ * whatever tar2sqfs might have left behind, before the slot (and the directory it owned) is
+ * reused or trusted. */
+static void kill_uid(int slot)
+{
+    uid_t u = cfg.vm_uid_base + (uid_t)slot;
+    pid_t p = fork();
+    if (p == 0) {
+        if (setgroups(0, NULL) == 0 && setresgid(u, u, u) == 0 && setresuid(u, u, u) == 0)
+            kill(-1, SIGKILL);
+        _exit(0);
+    }
+    while (p > 0 && waitpid(p, NULL, 0) < 0 && errno == EINTR)
+        ;
+}
+
 static void hasher_free(hasher *h)
 {
     ev_child_stop(EV_DEFAULT, &h->w);
     ev_timer_stop(EV_DEFAULT, &h->deadline);
     if (h->rd >= 0)
         close(h->rd);
-    if (h->uid_slot >= 0)
+    if (h->uid_slot >= 0) {
+        kill_uid(h->uid_slot);
         spawn_uid_free(h->uid_slot);
+    }
     free(h);
 }
 
@@ -349,8 +370,8 @@ static void hasher_late(EV_P_ ev_timer *t, int revents)
 
 /* Fork the child, in a process group of its own: hash path, after packing tar_fd into it when
  * tar_fd >= 0. The packer runs as the VM uid of uid_slot (when sbxd is root) with no_new_privs,
- * limits on file size, CPU and processes (that uid may hold two: the packer and tar2sqfs, so
- * nothing of its outlives them), and dies with sbxd; stderr goes to log_fd. */
+ * limits on file size, CPU and processes, and dies with sbxd; stderr goes to log_fd. Whatever of
+ * that uid is left when it ends is killed (kill_uid). */
 static hasher *hasher_start(const char *path, int tar_fd, int log_fd, int uid_slot, hash_done done,
                             void *owner, sbx_err *err)
 {
@@ -397,7 +418,7 @@ static hasher *hasher_start(const char *path, int tar_fd, int log_fd, int uid_sl
             }
             if (uid_slot >= 0) {
                 uid_t u = cfg.vm_uid_base + (uid_t)uid_slot;
-                struct rlimit procs = {2, 2};
+                struct rlimit procs = {PACK_PROCS, PACK_PROCS};
                 if (setgroups(0, NULL) < 0 || setresgid(u, u, u) < 0 ||
                     setrlimit(RLIMIT_NPROC, &procs) < 0 || setresuid(u, u, u) < 0)
                     _exit(30);

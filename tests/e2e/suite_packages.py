@@ -452,6 +452,41 @@ def package_truncated_layer_rebuilt(c):
 
 
 @test()
+def package_client_leaves_during_install(c):
+    """A client that goes away while its packages install: the daemon lives on; a pinned set is
+    still built and cached for the next request, an unpinned one is stopped and leaves nothing."""
+    idx = index(c)
+    d = PkgDaemon(c, "leave", idx)
+    try:
+        for spec, kept in ((SIX, True), ("attrs", False)):
+            n = len(d.installing())
+            p = subprocess.Popen([c.sbx_bin, "run", "--json", "-q", "-p", spec, "print(1)"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=d.env,
+                                 cwd=c.tmp)
+            try:
+                wait_for(lambda: len(d.installing()) > n, 30, f"the install of {spec} began")
+            finally:
+                p.kill()
+                p.wait()
+            name = d.installing()[-1][0]
+            if kept:
+                wait_for(lambda: d.has_line(name, "ready"), INSTALL_TIMEOUT_S,
+                         f"{name} built for nobody in particular")
+                j = d.run_ok("-p", SIX, SIX_CODE, out=SIX_OUT)
+                eq((j["package_layer"], j["package_layer_built"]), (name, False),
+                   "the next request finds it cached")
+            else:
+                # Its install VM is stopped and its staging directory removed.
+                wait_for(lambda: not d.layer_dirs() or d.layer_dirs() == [d.installing()[0][0]],
+                         30, "nothing of the unpinned set left")
+                time.sleep(2)
+                ok(not d.has_line(name, "ready"), "the unpinned install was stopped, not finished")
+        eq(d.p.poll(), None, "the daemon lives on")
+    finally:
+        d.close()
+
+
+@test()
 def package_concurrent_identical_requests(c):
     idx = index(c)
     d = PkgDaemon(c, "concurrent", idx)
