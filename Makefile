@@ -9,7 +9,7 @@ CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wmissing-
 	-iquote $(BUILD)/gen -iquote common -iquote proto -iquote cli -g
 CFLAGS ?= -O2
 # Libraries from pkg-config where they ship a .pc file (libev does not).
-PKGS = libprotobuf-c jansson libseccomp libcap-ng libzstd libcrypto
+PKGS = libprotobuf-c jansson libseccomp libcap-ng libzstd libcrypto libcurl
 LIBS_HOST = -lev $(shell pkg-config --libs $(PKGS)) -lslirp -pthread
 CFLAGS_COMMON += $(shell pkg-config --cflags $(PKGS))
 PROTOS = files control worker agent net
@@ -24,7 +24,7 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 	supervisor/sched.c \
 	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
 	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c supervisor/spawn.c \
-	supervisor/assets.c supervisor/layers.c supervisor/install.c supervisor/cachedir.c
+	supervisor/assets.c supervisor/layers.c supervisor/install.c supervisor/cachedir.c supervisor/child.c supervisor/remote.c
 WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapshot.c vmworker/qemu.c \
 	vmworker/jail.c vmworker/qmp.c vmworker/balloon.c vmworker/net.c vmworker/netloop.c \
 	vmworker/netfilter.c vmworker/netconn.c vmworker/netudp.c vmworker/netparse.c

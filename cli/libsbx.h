@@ -317,6 +317,16 @@ typedef struct {
         uint64_t last_used_unix_ms; /* when a VM last got it */
         char packages[512];         /* its specs, space-separated (cut to fit) */
     } layers[SBX_STATUS_LAYERS_MAX];
+    /* The remote package-layer cache (s3_bucket): counts since the daemon started. */
+    struct {
+        bool enabled;
+        char location[512];   /* s3://bucket/prefix at endpoint */
+        bool reachable;       /* the last transfer was answered and not refused */
+        char last_error[300]; /* "" when none */
+        uint64_t hits, misses, errors, uploads_done, uploads_failed;
+        uint32_t uploads_queued, uploads_in_flight, max_concurrent_uploads;
+        bool signed_entries;
+    } remote;
 } sbx_status_info;
 
 /* Ask the daemon for its status. */

@@ -63,8 +63,19 @@ int cmd_status(const args *a)
                                             (json_int_t)s.layers[i].size_bytes, "last_used_unix_ms",
                                             (json_int_t)s.layers[i].last_used_unix_ms, "packages",
                                             json_text(s.layers[i].packages)));
-        json_t *pkg = json_pack("{s:I, s:I, s:o}", "bytes", (json_int_t)s.layer_cache_bytes,
-                                "max_bytes", (json_int_t)s.layer_cache_max_bytes, "layers", layers);
+        json_t *remote = json_pack(
+            "{s:b, s:o, s:b, s:o, s:I, s:I, s:I, s:I, s:I, s:i, s:i, s:i, s:b}", "enabled",
+            s.remote.enabled, "location", json_text(s.remote.location), "reachable",
+            s.remote.reachable, "last_error", json_text(s.remote.last_error), "hits",
+            (json_int_t)s.remote.hits, "misses", (json_int_t)s.remote.misses, "errors",
+            (json_int_t)s.remote.errors, "uploads_done", (json_int_t)s.remote.uploads_done,
+            "uploads_failed", (json_int_t)s.remote.uploads_failed, "uploads_queued",
+            (int)s.remote.uploads_queued, "uploads_in_flight", (int)s.remote.uploads_in_flight,
+            "max_concurrent_uploads", (int)s.remote.max_concurrent_uploads, "signed_entries",
+            s.remote.signed_entries);
+        json_t *pkg =
+            json_pack("{s:I, s:I, s:o, s:o}", "bytes", (json_int_t)s.layer_cache_bytes, "max_bytes",
+                      (json_int_t)s.layer_cache_max_bytes, "layers", layers, "remote", remote);
         return json_print(json_pack(
                    "{s:b, s:o, s:o, s:i, s:o, s:o, s:i, s:i, s:i, s:I, s:I, s:o, s:i, s:o, s:i, "
                    "s:i, s:i, s:I, s:b, s:o, s:o, s:I, s:o, s:o}",
@@ -113,6 +124,18 @@ int cmd_status(const args *a)
         if (!strcmp(s.layers[i].state, "ready"))
             printf(", %" PRIu64 " KiB", s.layers[i].size_bytes >> 10);
         printf(": %s\n", s.layers[i].packages);
+    }
+    if (s.remote.enabled) {
+        printf("remote cache %s%s, %s%s%s\n", s.remote.location,
+               s.remote.signed_entries ? " (signed entries)" : "",
+               s.remote.reachable ? "reachable" : "not reachable or refusing",
+               s.remote.last_error[0] ? "; last error: " : "", s.remote.last_error);
+        printf("  %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64
+               " failed downloads; uploads: %" PRIu64 " done, %" PRIu64
+               " failed, %u in flight (at most %u), %u queued\n",
+               s.remote.hits, s.remote.misses, s.remote.errors, s.remote.uploads_done,
+               s.remote.uploads_failed, s.remote.uploads_in_flight, s.remote.max_concurrent_uploads,
+               s.remote.uploads_queued);
     }
     printf("runs         %" PRIu64 "\n", s.runs_total);
     printf("connections  %u open of %u; Hello within %u s, a frame within %u s; %" PRIu64

@@ -73,6 +73,22 @@ static int status_get(sbx_client *c, sbx_status_info *out, sbx_err *err)
         }
         out->n_layers = (uint32_t)i + 1;
     }
+    const Sbx__Control__RemoteCacheInfo *rc = s->remote_cache;
+    if (rc) {
+        out->remote.enabled = rc->enabled;
+        copy_text(out->remote.location, sizeof out->remote.location, rc->location);
+        out->remote.reachable = rc->reachable;
+        copy_text(out->remote.last_error, sizeof out->remote.last_error, rc->last_error);
+        out->remote.hits = rc->hits;
+        out->remote.misses = rc->misses;
+        out->remote.errors = rc->errors;
+        out->remote.uploads_done = rc->uploads_done;
+        out->remote.uploads_failed = rc->uploads_failed;
+        out->remote.uploads_queued = rc->uploads_queued;
+        out->remote.uploads_in_flight = rc->uploads_in_flight;
+        out->remote.max_concurrent_uploads = rc->max_concurrent_uploads;
+        out->remote.signed_entries = rc->signed_entries;
+    }
     const Sbx__Control__StatusLimits *l = s->limits;
     if (l) {
         out->limits.connections = l->connections;

@@ -50,9 +50,13 @@ static const struct key keys[] = {
         "idle time after which a cold-booted session VM gives back free memory (0: never)"),
     STR(images_dir, "kernel and guest images (default: CACHE/images)"),
     STR(snapshot_cache_dir, "local snapshot cache"),
-    STR(s3_bucket, "S3 bucket for the snapshot cache (not in this version)"),
+    STR(s3_bucket, "S3 bucket of the remote package-layer cache (unset: none)"),
     STR(s3_region, "S3 region"),
     U32(max_concurrent_s3_uploads, 1, 16, "background S3 uploads (1-16)"),
+    STR(s3_endpoint_url, "an S3-compatible store's URL (path-style; default: AWS's for s3_region)"),
+    STR(s3_prefix, "key prefix of the remote cache's objects"),
+    STR(cache_signing_key_file,
+        "a key (file, 16-512 bytes, 0600): remote cache entries are signed, and checked"),
     BOOL(enable_package_validation, "check packages against the allowlists"),
     BOOL(auto_download_assets, "download assets (this version builds them locally instead)"),
     STR(socket, "control socket path"),
@@ -102,6 +106,7 @@ void config_defaults(sbx_config *c)
     snprintf(c->snapshot_cache_dir, sizeof c->snapshot_cache_dir, "/tmp/exec-sandbox-cache");
     snprintf(c->s3_region, sizeof c->s3_region, "us-east-1");
     c->max_concurrent_s3_uploads = 4;
+    snprintf(c->s3_prefix, sizeof c->s3_prefix, "exec-sandbox/");
     c->enable_package_validation = true;
     c->auto_download_assets = true;
     snprintf(c->accel, sizeof c->accel, "auto");
@@ -319,10 +324,6 @@ int config_load(sbx_config *c, int argc, char **argv, sbx_err *err)
         if (!((*p >= '0' && *p <= '9') || *p == ',' || *p == ' '))
             return sbx_fail(err, EINVAL, "allowed_uids: `%s` is not a comma-separated list of uids",
                             c->allowed_uids);
-    if (c->s3_bucket[0])
-        return sbx_fail(err, ENOTSUP,
-                        "s3_bucket: the S3 snapshot cache is not available in this "
-                        "version");
     if (!c->cache_dir[0] && paths_cache_dir(c->cache_dir, sizeof c->cache_dir, err) < 0)
         return -1;
     if (!c->images_dir[0] && snprintf(c->images_dir, sizeof c->images_dir, "%s/images",

@@ -20,6 +20,9 @@ typedef struct {
     char s3_bucket[256];
     char s3_region[64];
     uint32_t max_concurrent_s3_uploads;
+    char s3_endpoint_url[512];
+    char s3_prefix[256];
+    char cache_signing_key_file[512];
     bool enable_package_validation;
     bool auto_download_assets;
     /* Ours. */

@@ -26,6 +26,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include "child.h"
 #include "netpolicy.h"
 #include "packages.h"
 #include "paths.h"
@@ -234,39 +235,44 @@ static char *make_program(const char *language, const char *const *specs, size_t
 
 /* ---- children that hash a file (and the packer, which runs tar2sqfs first) ---------------- */
 
-struct hasher {
-    pid_t pid; /* also its process group's id */
-    ev_child w;
-    ev_timer deadline;
-    int rd; /* the child's stdout: "HEX SIZE\n" */
-    int uid_slot;
-    hash_done done;
-    void *owner;
-};
-
 /* Processes and threads the packer's uid may have: itself, tar2sqfs and its block processor. */
 #define PACK_PROCS 8
 /* Wall-clock bound of a hashing or packing child (its CPU is bounded by RLIMIT_CPU too). */
 #define CHILD_WALL_S 1800
 
-/* In the child: sha256 of path to fd 1. Never returns. */
-static void __attribute__((noreturn)) child_hash(const char *path)
+struct hasher {
+    child *c;
+    int uid_slot; /* the packer's, or -1 */
+    hash_done done;
+    void *owner;
+};
+
+/* What a hashing child is told: the file, and for the packer where tar2sqfs is and its uid. */
+struct hash_job {
+    const char *path;
+    const char *tool; /* NULL: hash only */
+    int uid_slot;
+    pid_t sbxd;
+};
+
+/* sha256 of path to fd 1 as "HEX SIZE". */
+static int hash_to_stdout(const char *path)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-        _exit(10);
+        return 10;
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     static unsigned char buf[1 << 20];
     uint64_t total = 0;
     if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
-        _exit(11);
+        return 11;
     for (;;) {
         ssize_t r = read(fd, buf, sizeof buf);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
-            _exit(12);
+            return 12;
         if (r == 0)
             break;
         EVP_DigestUpdate(md, buf, (size_t)r);
@@ -277,17 +283,16 @@ static void __attribute__((noreturn)) child_hash(const char *path)
     EVP_DigestFinal_ex(md, d, NULL);
     sbx_hex(d, 32, hex);
     dprintf(1, "%s %llu\n", hex, (unsigned long long)total);
-    _exit(0);
+    return 0;
 }
 
-/* In the packer child, as the packer's uid: tar (fd 0) to a squashfs image at out, by the
- * tar2sqfs at tool. */
-static void pack(const char *tool, const char *out)
+/* In the packer, as the packer's uid: tar (fd 0) to a squashfs image at out. */
+static int pack(const char *tool, const char *out)
 {
     pid_t packer = getpid();
     pid_t p = fork();
     if (p < 0)
-        _exit(20);
+        return 20;
     if (p == 0) {
         sbx_child_of(packer);
         int devnull = open("/dev/null", O_WRONLY);
@@ -309,8 +314,43 @@ static void pack(const char *tool, const char *out)
     if (!WIFEXITED(st) || WEXITSTATUS(st)) {
         dprintf(2, "tar2sqfs %s %d\n", WIFEXITED(st) ? "exited with status" : "died of signal",
                 WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-        _exit(21);
+        return 21;
     }
+    return 0;
+}
+
+/* The child's body. The packer goes into the staging directory first (its parents are not its
+ * to walk), becomes the VM uid of its slot (when sbxd is root) with no_new_privs and limits on
+ * file size, CPU and processes, and dies with sbxd. */
+static int hash_body(void *arg)
+{
+    const struct hash_job *j = arg;
+    const char *path = j->path;
+    if (!j->tool)
+        return hash_to_stdout(path);
+    const char *slash = strrchr(path, '/');
+    if (slash) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+        if (chdir(dir) < 0)
+            return 32;
+        path = slash + 1;
+    }
+    if (j->uid_slot >= 0) {
+        uid_t u = cfg.vm_uid_base + (uid_t)j->uid_slot;
+        struct rlimit procs = {PACK_PROCS, PACK_PROCS};
+        if (setgroups(0, NULL) < 0 || setresgid(u, u, u) < 0 ||
+            setrlimit(RLIMIT_NPROC, &procs) < 0 || setresuid(u, u, u) < 0)
+            return 30;
+        sbx_child_of(j->sbxd); /* changing uid cleared the parent-death signal */
+    }
+    struct rlimit fs = {INSTALL_TREE_MAX, INSTALL_TREE_MAX};
+    struct rlimit cpu = {PACK_CPU_S, PACK_CPU_S};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || setrlimit(RLIMIT_FSIZE, &fs) < 0 ||
+        setrlimit(RLIMIT_CPU, &cpu) < 0)
+        return 31;
+    int rc = pack(j->tool, path);
+    return rc ? rc : hash_to_stdout(path);
 }
 
 /* Every process of a uid, gone: a child that becomes it and signals all it may (kill -1
@@ -332,10 +372,6 @@ static void kill_uid(int slot)
 
 static void hasher_free(hasher *h)
 {
-    ev_child_stop(EV_DEFAULT, &h->w);
-    ev_timer_stop(EV_DEFAULT, &h->deadline);
-    if (h->rd >= 0)
-        close(h->rd);
     if (h->uid_slot >= 0) {
         kill_uid(h->uid_slot);
         spawn_uid_free(h->uid_slot);
@@ -343,110 +379,39 @@ static void hasher_free(hasher *h)
     free(h);
 }
 
-static void hasher_exited(EV_P_ ev_child *w, int revents)
+static void hashed(void *owner, bool ok, const char *line)
 {
-    hasher *h = w->data;
-    char buf[128] = "", hex[65] = "";
-    ssize_t r = read(h->rd, buf, sizeof buf - 1);
-    buf[r > 0 ? r : 0] = '\0';
+    hasher *h = owner;
+    char hex[65] = "";
     unsigned long long size = 0;
-    bool ok = WIFEXITED(w->rstatus) && WEXITSTATUS(w->rstatus) == 0 &&
-              sscanf(buf, "%64[0-9a-f] %llu", hex, &size) == 2 && strlen(hex) == 64;
-    if (!ok)
-        slog("package layers: a %s child ended with status %d",
-             h->uid_slot >= 0 ? "packer" : "hashing", w->rstatus);
+    ok = ok && sscanf(line, "%64[0-9a-f] %llu", hex, &size) == 2 && strlen(hex) == 64;
     hash_done done = h->done;
-    void *owner = h->owner;
+    void *o = h->owner;
     hasher_free(h);
-    done(owner, ok, hex, size);
+    done(o, ok, hex, size);
 }
 
-static void hasher_late(EV_P_ ev_timer *t, int revents)
-{
-    hasher *h = t->data;
-    slog("package layers: a child ran past %d s; killing it", CHILD_WALL_S);
-    kill(-h->pid, SIGKILL); /* its exit ends it as a failure */
-}
-
-/* Fork the child, in a process group of its own: hash path, after packing tar_fd into it when
- * tar_fd >= 0. The packer runs as the VM uid of uid_slot (when sbxd is root) with no_new_privs,
- * limits on file size, CPU and processes, and dies with sbxd; stderr goes to log_fd. Whatever of
- * that uid is left when it ends is killed (kill_uid). */
+/* Hash path, after packing tar_fd into it when tar_fd >= 0 (as the packer: see hash_body; the
+ * hasher owns uid_slot from here, its stderr goes to log_fd). */
 static hasher *hasher_start(const char *path, int tar_fd, int log_fd, int uid_slot, hash_done done,
                             void *owner, sbx_err *err)
 {
+    char tool[PATH_MAX] = "";
+    if (tar_fd >= 0 && paths_which("tar2sqfs", tool, sizeof tool) < 0)
+        return sbx_fail(err, ENOENT, "tar2sqfs is not installed (squashfs-tools-ng)"), NULL;
     hasher *h = calloc(1, sizeof *h);
-    int p[2];
     if (!h)
         return sbx_fail(err, ENOMEM, "out of memory"), NULL;
-    if (pipe2(p, O_CLOEXEC) < 0) {
-        free(h);
-        return sbx_fail(err, errno, "pipe: %s", strerror(errno)), NULL;
-    }
-    char tool[PATH_MAX] = "";
-    if (tar_fd >= 0 && paths_which("tar2sqfs", tool, sizeof tool) < 0) {
-        close(p[0]);
-        close(p[1]);
-        free(h);
-        return sbx_fail(err, ENOENT, "tar2sqfs is not installed (squashfs-tools-ng)"), NULL;
-    }
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(p[0]);
-        close(p[1]);
-        free(h);
-        return sbx_fail(err, errno, "fork: %s", strerror(errno)), NULL;
-    }
-    if (pid == 0) {
-        sbx_child_of(parent);
-        setpgid(0, 0);
-        int devnull = open("/dev/null", O_RDWR);
-        dup2(tar_fd >= 0 ? tar_fd : devnull, 0);
-        dup2(p[1], 1);
-        dup2(log_fd >= 0 ? log_fd : devnull, 2);
-        close_range(3, ~0U, 0);
-        if (tar_fd >= 0) {
-            /* Into the staging directory first: its parents are not the packer's to walk. */
-            const char *slash = strrchr(path, '/');
-            if (slash) {
-                char dir[PATH_MAX];
-                snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-                if (chdir(dir) < 0)
-                    _exit(32);
-                path = slash + 1;
-            }
-            if (uid_slot >= 0) {
-                uid_t u = cfg.vm_uid_base + (uid_t)uid_slot;
-                struct rlimit procs = {PACK_PROCS, PACK_PROCS};
-                if (setgroups(0, NULL) < 0 || setresgid(u, u, u) < 0 ||
-                    setrlimit(RLIMIT_NPROC, &procs) < 0 || setresuid(u, u, u) < 0)
-                    _exit(30);
-                /* Changing uid cleared the parent-death signal. */
-                sbx_child_of(parent);
-            }
-            struct rlimit fs = {INSTALL_TREE_MAX, INSTALL_TREE_MAX};
-            struct rlimit cpu = {PACK_CPU_S, PACK_CPU_S};
-            if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || setrlimit(RLIMIT_FSIZE, &fs) < 0 ||
-                setrlimit(RLIMIT_CPU, &cpu) < 0)
-                _exit(31);
-            pack(tool, path);
-        }
-        child_hash(path);
-    }
-    close(p[1]);
-    setpgid(pid, pid); /* as the child does: whoever runs first */
-    h->pid = pid;
-    h->rd = p[0];
     h->uid_slot = uid_slot;
     h->done = done;
     h->owner = owner;
-    ev_child_init(&h->w, hasher_exited, pid, 0);
-    h->w.data = h;
-    ev_child_start(EV_DEFAULT, &h->w);
-    ev_timer_init(&h->deadline, hasher_late, CHILD_WALL_S, 0.);
-    h->deadline.data = h;
-    ev_timer_start(EV_DEFAULT, &h->deadline);
+    struct hash_job j = {path, tar_fd >= 0 ? tool : NULL, uid_slot, getpid()};
+    h->c = child_start(tar_fd >= 0 ? "package layers: packer" : "package layers: hashing",
+                       hash_body, &j, tar_fd, log_fd, CHILD_WALL_S, hashed, h, err);
+    if (!h->c) {
+        free(h); /* the slot stays the caller's */
+        return NULL;
+    }
     return h;
 }
 
@@ -457,10 +422,7 @@ hasher *install_hash_file(const char *path, hash_done done, void *owner, sbx_err
 
 void install_hash_cancel(hasher *h)
 {
-    /* The group: the packer and its tar2sqfs (which would die with it anyway). */
-    kill(-h->pid, SIGKILL);
-    kill(h->pid, SIGKILL);
-    spawn_reap(h->pid);
+    child_cancel(h->c);
     hasher_free(h);
 }
 

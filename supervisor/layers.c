@@ -31,6 +31,7 @@
 #include "install.h"
 #include "cachedir.h"
 #include "paths.h"
+#include "remote.h"
 #include "snapshot.h"
 
 #define META_MAX (32u << 10)
@@ -67,6 +68,7 @@ struct layer {
     char fail_why[1600]; /* the installer's last lines included */
     install *build;
     hasher *check;
+    remote_fetch *fetch;
     uint64_t t_build;
     char staging[PATH_MAX];
     struct layer *next;
@@ -426,14 +428,43 @@ static void built(void *owner, const install_outcome *o)
          "packages)",
          l->name, (unsigned long long)(now_ms() - l->t_build), (unsigned long long)o->install_ms,
          (unsigned long long)o->pack_ms, (unsigned long long)o->size >> 10, l->nspecs);
-    if (!l->ephemeral)
+    if (!l->ephemeral) {
+        remote_upload(l->key, layer_path(l), l->sha256, l->size);
         evict(l);
+    }
     answer(l, true, 0, false, NULL);
+}
+
+static void install_it(layer *l);
+
+/* The remote cache answered: a hit is published like a build; anything else builds here. */
+static void fetched(void *owner, remote_result r, const char *sha256, uint64_t size)
+{
+    layer *l = owner;
+    l->fetch = NULL;
+    if (r == REMOTE_HIT) {
+        install_outcome o = {.ok = true, .size = size};
+        snprintf(o.sha256, sizeof o.sha256, "%s", sha256);
+        sbx_err err = {0};
+        if (publish(l, &o, &err) == 0) {
+            l->state = L_READY;
+            slog("package layer %s ready from the remote cache after %llu ms (%llu KiB)", l->name,
+                 (unsigned long long)(now_ms() - l->t_build), (unsigned long long)size >> 10);
+            evict(l);
+            answer(l, true, 0, false, NULL);
+            return;
+        }
+        slog("package layer %s: the remote cache's copy: %s; building it here", l->name, err.msg);
+    }
+    /* Whatever the download left is not trusted. */
+    char p[PATH_MAX + 16];
+    snprintf(p, sizeof p, "%s/" LAYER_FILE, l->staging);
+    unlink(p);
+    install_it(l);
 }
 
 static void build(layer *l)
 {
-    sbx_err err = {0};
     l->state = L_BUILDING;
     l->verified = false;
     l->t_build = now_ms();
@@ -445,6 +476,15 @@ static void build(layer *l)
         build_failed(l, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, why);
         return;
     }
+    /* Built once per fleet: another host may have it (never an unpinned set). */
+    if (!l->ephemeral && (l->fetch = remote_fetch_start(l->key, l->staging, fetched, l)))
+        return;
+    install_it(l);
+}
+
+static void install_it(layer *l)
+{
+    sbx_err err = {0};
     /* The specs, one string each, for the installer. */
     const char *argv[PKG_MAX];
     char buf[SPECS_TEXT_MAX];
@@ -777,9 +817,13 @@ void layers_stop(void)
             install_cancel(l->build);
         if (l->check)
             install_hash_cancel(l->check);
+        if (l->fetch)
+            remote_fetch_cancel(l->fetch);
         l->build = NULL;
         l->check = NULL;
+        l->fetch = NULL;
     }
+    remote_stop();
 }
 
 void layers_shutdown(void)

@@ -15,6 +15,7 @@
 #include "paths.h"
 #include "sbxd.h"
 #include "layers.h"
+#include "remote.h"
 #include "snapshot.h"
 #include "workerlog.h"
 
@@ -152,6 +153,7 @@ int main(int argc, char **argv)
     }
     accel_init();
     snapshot_init();
+    remote_init();
     layers_init();
     char why[256];
     if (cgroup_init(why, sizeof why))

@@ -9,6 +9,7 @@
 
 #include "cgroup.h"
 #include "layers.h"
+#include "remote.h"
 #include "netpolicy.h"
 #include "packages.h"
 #include "sbx_limits.h"
@@ -297,6 +298,7 @@ static void send_status(client *c, uint64_t id)
     s.warm_pool_size = cfg.warm_pool_size;
     snapshot_status(&s);
     layers_status(&s);
+    remote_status(&s);
     Sbx__Control__StatusLimits l = SBX__CONTROL__STATUS_LIMITS__INIT;
     l.connections = control_clients();
     l.max_connections = cfg.max_connections;

@@ -17,6 +17,7 @@
 
 #include "frame.h"
 #include "layers.h"
+#include "remote.h"
 #include "sbxd.h"
 #include "snapshot.h"
 
@@ -70,6 +71,10 @@ const char *layer_name(const layer *l)
     return "";
 }
 void layers_status(Sbx__Control__StatusReply *s)
+{
+    (void)s;
+}
+void remote_status(Sbx__Control__StatusReply *s)
 {
     (void)s;
 }

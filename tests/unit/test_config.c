@@ -26,6 +26,10 @@ static void test_defaults(void **state)
     assert_string_equal(c.package_index_ca_file, "");
     assert_int_equal(c.package_install_timeout, 300);
     assert_true(c.snapshot_cache_max_bytes == 10ull << 30);
+    assert_string_equal(c.s3_bucket, "");
+    assert_string_equal(c.s3_region, "us-east-1");
+    assert_string_equal(c.s3_prefix, "exec-sandbox/");
+    assert_int_equal(c.max_concurrent_s3_uploads, 4);
     unsetenv("EXEC_SANDBOX_CACHE_DIR");
 }
 
@@ -101,9 +105,9 @@ static void test_errors(void **state)
     char *a8[] = {"sbxd", "--warm-pool-size", "101", NULL};
     assert_int_equal(config_load(&c, 3, a8, &e), -1);
     assert_non_null(strstr(e.msg, "warm_pool_size"));
-    char *a9[] = {"sbxd", "--s3-bucket", "b", NULL};
+    char *a9[] = {"sbxd", "--max-concurrent-s3-uploads", "17", NULL};
     assert_int_equal(config_load(&c, 3, a9, &e), -1);
-    assert_non_null(strstr(e.msg, "not available"));
+    assert_non_null(strstr(e.msg, "max_concurrent_s3_uploads"));
 }
 
 int main(void)
