@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that building, running and testing exec-sandbox need.
+# Then s3rver from npm (scripts/setup-s3rver.sh) for the remote layer cache tests.
 # Idempotent: a second run with everything present does no network work.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ PKGS_MAIN=(
   debootstrap squashfs-tools squashfs-tools-ng
   clang clang-format libclang-rt-14-dev valgrind python3 util-linux
   python3-protobuf protobuf-compiler python3-pytest python3-pytest-asyncio python3-pip python3-setuptools python3-venv
+  python3-botocore
 )
 PKGS_BPO=(qemu-system-x86 qemu-utils)
 KERNEL_SRC=linux-source-6.1
@@ -28,16 +30,18 @@ if command -v qemu-system-x86_64 >/dev/null &&
 
 if [ ${#missing[@]} -eq 0 ] && [ $qemu_ok -eq 1 ]; then
   echo "setup-host: all packages present"
-  exit 0
+else
+  echo "setup-host: installing: ${missing[*]:-qemu from backports}"
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+      $SUDO tee /etc/apt/sources.list.d/sbx-bookworm-backports.list >/dev/null
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q -o Dpkg::Progress-Fancy=0
+  $SUDO apt-get install -y -q --no-install-recommends "${PKGS_MAIN[@]}" "$KERNEL_SRC"
+  $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports "${PKGS_BPO[@]}"
+  qemu-system-x86_64 --version | head -1
 fi
 
-echo "setup-host: installing: ${missing[*]:-qemu from backports}"
-if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-  echo 'deb http://deb.debian.org/debian bookworm-backports main' |
-    $SUDO tee /etc/apt/sources.list.d/sbx-bookworm-backports.list >/dev/null
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q -o Dpkg::Progress-Fancy=0
-$SUDO apt-get install -y -q --no-install-recommends "${PKGS_MAIN[@]}" "$KERNEL_SRC"
-$SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports "${PKGS_BPO[@]}"
-qemu-system-x86_64 --version | head -1
+# s3rver (npm) for the remote layer cache tests, in the project's cache dir; a no-op when present.
+"$(dirname "$0")/setup-s3rver.sh" >/dev/null
