@@ -16,6 +16,10 @@ a table; it is a measurement, not a test.
    run's median at most 1.3x the no-package one's.
 3. Each layer's size on disk: meta's size, `du` of layer.sqfs and the installed tree (the sum of
    the regular files' sizes inside the image, from `unsquashfs -lln`).
+4. The remote layer cache (issue 14): a first `-p attrs==99.0.1` run on a fresh host whose layer
+   another host built and uploaded to S3 (a real s3rver on loopback behind tests/e2e/s3front.py),
+   beside the same first run building locally (section 1's). Skipped, with the reason, when
+   s3rver is not installed (scripts/setup-s3rver.sh).
 
 The local index listens on 127.0.0.6:443 (root, or CAP_NET_BIND_SERVICE): one user at a time; an
 e2e run of suite_packages uses the same address.
@@ -78,7 +82,7 @@ class Daemon:
     """A private sbxd: its own socket, cache directory (so its own layers/) and snapshot
     directory; the real images; no warm pool. Another Daemon on the same cache is a restart."""
 
-    def __init__(self, a, d, cache, snapshots, idx=None):
+    def __init__(self, a, d, cache, snapshots, idx=None, extra=None):
         self.dir, self.cache = d, cache
         os.makedirs(d, mode=0o700, exist_ok=True)
         os.makedirs(cache, mode=0o700, exist_ok=True)
@@ -103,6 +107,7 @@ class Daemon:
             env.update(EXEC_SANDBOX_DNS_HOSTS_FILE=hosts, EXEC_SANDBOX_EGRESS_ALLOW_PRIVATE="1",
                        EXEC_SANDBOX_PYPI_INDEX_URL=idx.url,
                        EXEC_SANDBOX_PACKAGE_INDEX_CA_FILE=idx.ca_file)
+        env.update(extra or {})
         self.env = env
         self.a = a
         self.p = subprocess.Popen([a.sbxd, "--socket", self.sock, "--warm-pool-size", "0",
@@ -250,6 +255,54 @@ def wait_restore(d, label, *run_args):
         time.sleep(1)
 
 
+def remote_first_run(a, tmp, idx, py):
+    from s3front import S3Server
+    try:
+        srv = S3Server(os.path.join(tmp, "s3"))
+    except FileNotFoundError as e:
+        print(f"\n## 4. remote cache: skipped ({e})", flush=True)
+        return
+    ds = []
+    try:
+        s3 = dict(EXEC_SANDBOX_S3_BUCKET=srv.bucket, EXEC_SANDBOX_S3_ENDPOINT_URL=srv.endpoint,
+                  AWS_ACCESS_KEY_ID=srv.access_key, AWS_SECRET_ACCESS_KEY=srv.secret_key,
+                  AWS_SESSION_TOKEN="", AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
+        spec, code, out = LANGS["python"][0], LANGS["python"][1], LANGS["python"][2]
+        up = Daemon(a, os.path.join(tmp, "s3-up"), os.path.join(tmp, "s3-up-cache"), "0", idx, s3)
+        ds.append(up)
+        w_build, j = up.run("python", code, out, spec)
+        deadline = time.monotonic() + 120
+        while "uploaded" not in up.log_tail(100000):
+            if time.monotonic() > deadline:
+                raise Fail(f"the upload did not finish: {up.log_tail()}")
+            time.sleep(0.2)
+        rows = []
+        for i in range(3):
+            d = Daemon(a, os.path.join(tmp, f"s3-fresh{i}"), os.path.join(tmp, f"s3-fresh{i}-c"),
+                       "0", idx, s3)
+            ds.append(d)
+            w, jj = d.run("python", code, out, spec)
+            if jj.get("package_layer_built") or "ready from the remote cache" not in d.log_tail():
+                raise Fail(f"fresh host {i}: not served from the remote cache: {d.log_tail()}")
+            w2, _ = d.run("python", code, out, spec)
+            rows.append((w, w2))
+        print("\n## 4. a fresh host's first -p run, wall ms: its layer from S3 (s3rver behind a "
+              "SigV4-verifying front, loopback) beside building it; floor: the same host's "
+              "second run (layer cached)", flush=True)
+        med = statistics.median(r[0] for r in rows)
+        floor = statistics.median(r[1] for r in rows)
+        print(f"{'first run, from S3 (median of 3 hosts)':<44} {med:>7.0f}")
+        print(f"{'first run, building here (this run)':<44} {w_build:>7.0f}")
+        print(f"{'first run, building here (section 1)':<44} {py['w1']:>7.0f}")
+        print(f"{'second run, cached (floor)':<44} {floor:>7.0f}")
+        print(f"# from S3 / building: {med / w_build:.2f}; from S3 - cached: {med - floor:.0f} ms "
+              f"(download, decompress, check)", flush=True)
+    finally:
+        for d in ds:
+            d.stop()
+        srv.stop()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=10, help="restore runs per row (default 10)")
@@ -348,6 +401,9 @@ def main():
                   f"{(f'{size / tree:.2f}' if tree else '-'):>9}")
         print("# tree: the regular files' sizes summed (unsquashfs -lln); du: blocks on disk",
               flush=True)
+
+        # --- 4. a fresh host: from S3 versus building -----------------------------------------
+        remote_first_run(a, tmp, idx, py)
     except Fail as e:
         sys.exit(f"bench-packages: {e}")
     finally:

@@ -447,6 +447,9 @@ static void fetched(void *owner, remote_result r, const char *sha256, uint64_t s
         snprintf(o.sha256, sizeof o.sha256, "%s", sha256);
         sbx_err err = {0};
         if (publish(l, &o, &err) == 0) {
+            /* Nobody here installed it. */
+            for (layer_wait *w = l->waiters; w; w = w->next)
+                w->built = false;
             l->state = L_READY;
             slog("package layer %s ready from the remote cache after %llu ms (%llu KiB)", l->name,
                  (unsigned long long)(now_ms() - l->t_build), (unsigned long long)size >> 10);

@@ -48,8 +48,10 @@ def test_config_defaults_ranges_and_flags(monkeypatch):
                 dict(session_idle_timeout_seconds=5), dict(max_concurrent_s3_uploads=17)]:
         with pytest.raises(es.VmConfigError):
             es.SchedulerConfig(**bad)
-    with pytest.raises(es.NotSupportedError, match="S3"):
-        es.SchedulerConfig(s3_bucket="my-snapshots")
+    # The remote cache's settings go to a private daemon as flags.
+    flags = es.SchedulerConfig(s3_bucket="my-snapshots", max_concurrent_s3_uploads=2).sbxd_flags()
+    assert flags[flags.index("--s3-bucket") + 1] == "my-snapshots"
+    assert flags[flags.index("--max-concurrent-s3-uploads") + 1] == "2"
     monkeypatch.setenv("EXEC_SANDBOX_MAX_CONCURRENT_VMS", "7")
     monkeypatch.setenv("EXEC_SANDBOX_ENABLE_PACKAGE_VALIDATION", "false")
     c = es.SchedulerConfig(warm_pool_size=2)

@@ -1,9 +1,9 @@
 """The Python examples of the reference README, as written there, against the real daemon.
 
-Where an example needs a feature the daemon does not have yet the test asserts the clear error
-instead: NotSupportedError for the S3 cache. The network example runs against a loopback server
-the daemon's hosts file names, the package example against a local index serving stand-ins for
-its packages (only loopback traffic in tests).
+Every example runs as written. The network example runs against a loopback server the daemon's
+hosts file names, the package example against a local index serving stand-ins for its packages
+(only loopback traffic in tests); the production configuration names an S3 bucket the daemon
+has no credentials for, so its remote cache stays off.
 """
 import os
 import socket
@@ -17,7 +17,7 @@ from conftest import ROOT, needs_vm
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 from pkgindex import REFERENCE_PACKAGES, PkgIndex  # noqa: E402
-from exec_sandbox import (NotSupportedError, PackageInstallError, PackageNotAllowedError,
+from exec_sandbox import (PackageInstallError, PackageNotAllowedError,
                           PermanentError, PortMapping, SandboxError, Scheduler, SchedulerConfig,
                           VmConfigError, VmTimeoutError)
 
@@ -227,22 +227,19 @@ async def test_network_and_port_forwarding(monkeypatch, tmp_path):
         srv.server_close()
 
 
-async def test_production_configuration():
-    with pytest.raises(NotSupportedError, match="S3"):
-        config = SchedulerConfig(
-            max_concurrent_vms=20,       # Limit parallel executions
-            warm_pool_size=1,            # Pre-started VMs per language (0 disables)
-            default_memory_mb=512,       # Per-VM memory
-            default_timeout_seconds=60,  # Execution timeout
-            s3_bucket="my-snapshots",    # Remote cache for package snapshots
-            s3_region="us-east-1",
-        )
-    # The same without the S3 cache.
+async def test_production_configuration(monkeypatch):
+    # No credentials here (and no AWS to reach): the daemon starts with its remote cache off,
+    # says so in its log, and serves runs as ever (suite_remote.py tests the cache for real).
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     config = SchedulerConfig(
-        max_concurrent_vms=20,
-        warm_pool_size=1,
-        default_memory_mb=512,
-        default_timeout_seconds=60,
+        max_concurrent_vms=20,       # Limit parallel executions
+        warm_pool_size=1,            # Pre-started VMs per language (0 disables)
+        default_memory_mb=512,       # Per-VM memory
+        default_timeout_seconds=60,  # Execution timeout
+        s3_bucket="my-snapshots",    # Remote cache for package snapshots
+        s3_region="us-east-1",
     )
     async with Scheduler(config) as scheduler:
         st = await scheduler.status()

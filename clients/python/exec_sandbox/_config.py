@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ._errors import NotSupportedError, VmConfigError
+from ._errors import VmConfigError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -111,10 +111,6 @@ class SchedulerConfig:
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 raise VmConfigError(f"{key}: {v!r} is not a number in {lo}-{hi}")
-        if self.s3_bucket:
-            raise NotSupportedError(
-                "s3_bucket: the S3 snapshot cache is not available in this version of "
-                "exec-sandbox (snapshots are cached locally only)")
 
     def explicit(self) -> dict[str, Any]:
         """The reference keys whose value is not the reference's default."""
