@@ -24,7 +24,13 @@ if [ "$(installed_version || true)" = "$S3RVER_VERSION" ]; then
   exit 0
 fi
 
-command -v npm >/dev/null || { log "npm not found (install Node.js 18+ with npm)"; exit 1; }
+if ! command -v npm >/dev/null; then
+  # Debian's own Node.js and npm (12's are 18 and 9: enough for s3rver).
+  log "installing Debian's nodejs and npm"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  DEBIAN_FRONTEND=noninteractive timeout 900 $SUDO apt-get install -y -q --no-install-recommends \
+    nodejs npm >&2 || { log "npm not found and could not be installed"; exit 1; }
+fi
 command -v node >/dev/null || { log "node not found"; exit 1; }
 
 mkdir -p "$CACHE/npm"
