@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -43,7 +44,9 @@ static void child_exited(EV_P_ ev_child *w, int revents)
 {
     child *c = w->data;
     char line[CHILD_LINE_MAX + 1] = "";
-    /* The child has exited: whatever it wrote is in the pipe (at most one line is read). */
+    kill(-c->pid, SIGKILL); /* anything it left in its group */
+    /* The child has exited: whatever it wrote is in the pipe (at most one line is read; the
+     * read end never blocks, even should something else still hold the write end). */
     ssize_t r = read(c->rd, line, CHILD_LINE_MAX);
     line[r > 0 ? r : 0] = '\0';
     line[strcspn(line, "\n")] = '\0';
@@ -51,7 +54,6 @@ static void child_exited(EV_P_ ev_child *w, int revents)
     if (!ok)
         slog("%s: its child ended with %s %d", c->what, WIFEXITED(w->rstatus) ? "status" : "signal",
              WIFEXITED(w->rstatus) ? WEXITSTATUS(w->rstatus) : WTERMSIG(w->rstatus));
-    kill(-c->pid, SIGKILL); /* anything it left in its group */
     child_done done = c->done;
     void *owner = c->owner;
     child_free(c);
@@ -72,7 +74,7 @@ child *child_start(const char *what, child_body body, void *arg, int in_fd, int 
     int p[2];
     if (!c)
         return sbx_fail(err, ENOMEM, "out of memory"), NULL;
-    if (pipe2(p, O_CLOEXEC) < 0) {
+    if (pipe2(p, O_CLOEXEC) < 0 || fcntl(p[0], F_SETFL, O_NONBLOCK) < 0) {
         free(c);
         return sbx_fail(err, errno, "pipe: %s", strerror(errno)), NULL;
     }
@@ -85,11 +87,13 @@ child *child_start(const char *what, child_body body, void *arg, int in_fd, int 
         return sbx_fail(err, errno, "fork: %s", strerror(errno)), NULL;
     }
     if (pid == 0) {
-        sbx_child_of(parent);
-        setpgid(0, 0);
-        /* libev's handlers are the parent's business. */
+        /* libev's handlers are the parent's business: gone before the mask opens. */
         for (int s = 1; s < NSIG; s++)
             signal(s, SIG_DFL);
+        sbx_child_of(parent);
+        setpgid(0, 0);
+        struct rlimit no_core = {0, 0};
+        setrlimit(RLIMIT_CORE, &no_core);
         int devnull = open("/dev/null", O_RDWR);
         if (dup2(in_fd >= 0 ? in_fd : devnull, 0) < 0 || dup2(p[1], 1) < 0 ||
             dup2(err_fd >= 0 ? err_fd : devnull, 2) < 0)
@@ -117,7 +121,10 @@ child *child_start(const char *what, child_body body, void *arg, int in_fd, int 
 void child_cancel(child *c)
 {
     kill(-c->pid, SIGKILL);
-    kill(c->pid, SIGKILL);
-    spawn_reap(c->pid);
+    /* Reaped already (its exit waits in this loop iteration): nothing left to reap. */
+    if (!ev_is_pending(&c->w)) {
+        kill(c->pid, SIGKILL);
+        spawn_reap(c->pid);
+    }
     child_free(c);
 }

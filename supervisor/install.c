@@ -29,6 +29,7 @@
 #include "child.h"
 #include "netpolicy.h"
 #include "packages.h"
+#include "remote.h"
 #include "paths.h"
 #include "sbx_limits.h"
 #include "spawn.h"
@@ -296,7 +297,8 @@ static int pack(const char *tool, const char *out)
     if (p == 0) {
         sbx_child_of(packer);
         int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
+        if (devnull < 0 || dup2(devnull, 1) < 0)
+            _exit(126); /* never with the report pipe as its stdout */
         char *const env[] = {"PATH=/usr/bin:/bin", "LC_ALL=C", NULL};
         /* -k/-d: no time stamps and root-owned implicit directories, so that the same tree
          * gives the same image; -x: no xattrs; -s: a record it cannot read is an error. */
@@ -326,6 +328,7 @@ static int hash_body(void *arg)
 {
     const struct hash_job *j = arg;
     const char *path = j->path;
+    remote_forget();
     if (!j->tool)
         return hash_to_stdout(path);
     const char *slash = strrchr(path, '/');

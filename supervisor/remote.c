@@ -17,10 +17,12 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
@@ -73,6 +75,8 @@ static bool name_ok(const char *s, const char *extra, size_t max)
 static void ini_get(const char *path, const char *section, const char *key, char *out, size_t n)
 {
     cleanup_fclose FILE *f = fopen(path, "re");
+    if (f)
+        setvbuf(f, NULL, _IONBF, 0); /* no copy of the secrets in a stdio buffer */
     char line[4608];
     bool in = false;
     while (f && fgets(line, sizeof line, f)) {
@@ -108,6 +112,9 @@ static void load_credentials(void)
         snprintf(R.secret, sizeof R.secret, "%s", secret);
         const char *t = getenv("AWS_SESSION_TOKEN");
         snprintf(R.token, sizeof R.token, "%s", t ? t : "");
+        /* Out of sbxd's environment: its children (and /proc/PID/environ) need not have them. */
+        unsetenv("AWS_SECRET_ACCESS_KEY");
+        unsetenv("AWS_SESSION_TOKEN");
         return;
     }
     char path[PATH_MAX];
@@ -154,6 +161,20 @@ bool remote_enabled(void)
     return R.on;
 }
 
+void remote_forget(void)
+{
+    explicit_bzero(&R, sizeof R);
+}
+
+/* Printable ASCII without spaces: nothing that could end a header line or hide in one. */
+static bool token_ok(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x21 || (unsigned char)*s > 0x7e)
+            return false;
+    return true;
+}
+
 void remote_init(void)
 {
     if (!cfg.s3_bucket[0])
@@ -166,9 +187,11 @@ void remote_init(void)
         return;
     }
     if (cfg.s3_endpoint_url[0]) {
-        if (strncmp(cfg.s3_endpoint_url, "https://", 8) &&
-            strncmp(cfg.s3_endpoint_url, "http://", 7)) {
-            slog("warning: remote cache off: s3_endpoint_url is not an http(s) URL");
+        const char *e = cfg.s3_endpoint_url;
+        if ((strncmp(e, "https://", 8) && strncmp(e, "http://", 7)) || !token_ok(e) ||
+            strpbrk(e, "@?#")) {
+            slog("warning: remote cache off: s3_endpoint_url is not an http(s) URL of a host "
+                 "(no user, query or fragment)");
             return;
         }
         snprintf(R.endpoint, sizeof R.endpoint, "%s", cfg.s3_endpoint_url);
@@ -180,9 +203,21 @@ void remote_init(void)
         R.endpoint[--el] = '\0';
     snprintf(R.sigv4, sizeof R.sigv4, "aws:amz:%s:s3", cfg.s3_region);
     snprintf(R.bucket, sizeof R.bucket, "%s", cfg.s3_bucket);
-    snprintf(R.prefix, sizeof R.prefix, "%s", cfg.s3_prefix);
+    /* A prefix is a folder: `a/b/`, never `/a`. */
+    size_t pl = strlen(cfg.s3_prefix);
+    if (cfg.s3_prefix[0] == '/' || strstr(cfg.s3_prefix, "//")) {
+        slog("warning: remote cache off: s3_prefix may not start with `/` or hold `//`");
+        return;
+    }
+    snprintf(R.prefix, sizeof R.prefix, "%s%s", cfg.s3_prefix,
+             pl && cfg.s3_prefix[pl - 1] != '/' ? "/" : "");
     snprintf(R.where, sizeof R.where, "s3://%s/%s at %s", R.bucket, R.prefix, R.endpoint);
     load_credentials();
+    if (!token_ok(R.id) || !token_ok(R.secret) || !token_ok(R.token)) {
+        explicit_bzero(&R, sizeof R);
+        slog("warning: remote cache off: the credentials hold spaces or control characters");
+        return;
+    }
     if (!R.id[0] || !R.secret[0]) {
         slog("warning: remote cache %s off: no credentials (AWS_ACCESS_KEY_ID and "
              "AWS_SECRET_ACCESS_KEY, or the shared credentials file)",
@@ -197,6 +232,8 @@ void remote_init(void)
         slog("warning: remote cache %s off: libcurl would not start", R.where);
         return;
     }
+    /* Nothing may read the credentials out of a core dump or /proc/PID/mem. */
+    prctl(PR_SET_DUMPABLE, 0);
     R.on = true;
     slog("remote cache: %s (uploads: %u at once; entries %s)", R.where,
          cfg.max_concurrent_s3_uploads, R.sign_key_len ? "signed, and checked" : "unsigned");
@@ -209,21 +246,24 @@ static void object_url(const char *key, char *out, size_t n)
     snprintf(out, n, "%s/%s/%sl2/%s.zst", R.endpoint, R.bucket, R.prefix, key);
 }
 
-/* hex HMAC-SHA256 over what an entry claims, or "" without a key. */
-static void entry_signature(const char *key, const char *sha256, uint64_t size, char out[65])
+/* hex HMAC-SHA256 over what an entry claims, or "" without a key; -1 when it cannot be made
+ * (then nothing may be trusted or sent as signed). */
+static int entry_signature(const char *key, const char *sha256, uint64_t size, char out[65])
 {
     out[0] = '\0';
     if (!R.sign_key_len)
-        return;
+        return 0;
     char text[256];
     int n = snprintf(text, sizeof text, "exec-sandbox layer 1\n%s\n%s\n%llu\n", key, sha256,
                      (unsigned long long)size);
     unsigned char mac[EVP_MAX_MD_SIZE];
     unsigned len = 0;
-    if (HMAC(EVP_sha256(), R.sign_key, (int)R.sign_key_len, (unsigned char *)text, (size_t)n, mac,
-             &len) &&
-        len == 32)
-        sbx_hex(mac, 32, out);
+    if (!HMAC(EVP_sha256(), R.sign_key, (int)R.sign_key_len, (unsigned char *)text, (size_t)n, mac,
+              &len) ||
+        len != 32)
+        return -1;
+    sbx_hex(mac, 32, out);
+    return 0;
 }
 
 static void easy_free(CURL **h)
@@ -330,11 +370,13 @@ static size_t dl_write(char *b, size_t sz, size_t n, void *arg)
     return sz * n;
 }
 
-/* Prints `hit SHA SIZE`, `miss` or `error WHY`. */
+/* Prints `hit SHA SIZE`, `miss` or `error CLASS: WHY`, CLASS being net (no answer), HTTP (an
+ * answer, but no), bad (an object that is not to be trusted) or local. */
 static int download_body(void *arg)
 {
     struct download *d = arg;
     char url[1200], path[PATH_MAX];
+    signal(SIGPIPE, SIG_IGN);
     object_url(d->key, url, sizeof url);
     snprintf(path, sizeof path, "%s/" LAYER_FILE, d->dir);
     d->out = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -343,14 +385,14 @@ static int download_body(void *arg)
     d->buf = malloc(ZSTD_DStreamOutSize());
     if (d->out < 0 || !d->z || !d->md || !d->buf ||
         EVP_DigestInit_ex(d->md, EVP_sha256(), NULL) != 1) {
-        dprintf(1, "error cannot set up the download\n");
+        dprintf(1, "error local: cannot set up the download\n");
         return 0;
     }
     d->last = 1;
     cleanup_slist struct curl_slist *hdrs = NULL;
     cleanup_easy CURL *h = easy(url, &hdrs, EMPTY_SHA256);
     if (!h) {
-        dprintf(1, "error out of memory\n");
+        dprintf(1, "error local: out of memory\n");
         return 0;
     }
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, dl_header);
@@ -369,11 +411,18 @@ static int download_body(void *arg)
         dprintf(1, "error HTTP %ld\n", code);
         return 0;
     }
-    if (d->too_big || d->write_failed || rc != CURLE_OK) {
+    if (d->too_big) {
+        dprintf(1, "error bad: the object holds more than a layer may\n");
+        return 0;
+    }
+    if (d->write_failed || rc == CURLE_WRITE_ERROR) {
         dprintf(1, "error %s\n",
-                d->too_big        ? "the object holds more than a layer may"
-                : d->write_failed ? "cannot write the layer"
-                                  : curl_easy_strerror(rc));
+                d->write_failed ? "local: cannot write the layer"
+                                : "bad: the object does not decompress");
+        return 0;
+    }
+    if (rc != CURLE_OK) {
+        dprintf(1, "error net: %s\n", curl_easy_strerror(rc));
         return 0;
     }
     unsigned char md[32];
@@ -382,38 +431,46 @@ static int download_body(void *arg)
     sbx_hex(md, 32, sha);
     unsigned long long want = strtoull(d->meta_size, NULL, 10);
     if (d->last != 0)
-        dprintf(1, "error the object is truncated (its zstd frame does not end)\n");
+        dprintf(1, "error bad: the object is truncated (its zstd frame does not end)\n");
     else if (!d->meta_sha[0] || !d->meta_size[0])
-        dprintf(1, "error the object has no sha256/size metadata\n");
+        dprintf(1, "error bad: the object has no sha256/size metadata\n");
     else if (d->plain != want)
-        dprintf(1, "error size %llu, not the %llu its metadata says\n",
+        dprintf(1, "error bad: size %llu, not the %llu its metadata says\n",
                 (unsigned long long)d->plain, want);
     else if (strcmp(sha, d->meta_sha))
-        dprintf(1, "error its sha256 is not the one its metadata says\n");
-    else if (entry_signature(d->key, sha, d->plain, sig), sig[0] && !d->meta_sig[0])
-        dprintf(1, "error the object is not signed (cache_signing_key_file is set)\n");
-    else if (sig[0] && strcmp(sig, d->meta_sig))
-        dprintf(1, "error the object's signature is wrong\n");
+        dprintf(1, "error bad: its sha256 is not the one its metadata says\n");
+    else if (!R.sign_key_len)
+        dprintf(1, "hit %s %llu\n", sha, (unsigned long long)d->plain);
+    else if (entry_signature(d->key, sha, d->plain, sig) < 0)
+        dprintf(1, "error local: cannot compute the signature\n");
+    else if (!d->meta_sig[0])
+        dprintf(1, "error bad: the object is not signed (cache_signing_key_file is set)\n");
+    else if (strlen(d->meta_sig) != 64 || CRYPTO_memcmp(sig, d->meta_sig, 64))
+        dprintf(1, "error bad: the object's signature is wrong\n");
     else
         dprintf(1, "hit %s %llu\n", sha, (unsigned long long)d->plain);
     return 0;
 }
 
 struct upload_job {
-    const char *key, *path, *tmp, *sha256;
+    const char *key, *tmp, *sha256;
     uint64_t size;
 };
 
 /* Compress path into tmp (fd), returning the compressed bytes' sha256 and length. */
-static int compress_into(const char *path, int tmp, char hex[65], uint64_t *len)
+/* Compress the image (fd 0, opened by sbxd when the upload was queued) into tmp, returning the
+ * compressed bytes' sha256 and length; -1 unless the image is the one the entry describes. */
+static int compress_into(const struct upload_job *u, int tmp, char hex[65], uint64_t *len)
 {
-    cleanup_close int in = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    const int in = 0;
     ZSTD_CStream *z = ZSTD_createCStream();
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_MD_CTX *md = EVP_MD_CTX_new(), *plain = EVP_MD_CTX_new();
+    uint64_t plain_len = 0;
     size_t inl = ZSTD_CStreamInSize(), outl = ZSTD_CStreamOutSize();
     uint8_t *ib = malloc(inl), *ob = malloc(outl);
-    if (in < 0 || !z || !md || !ib || !ob || ZSTD_initCStream(z, UPLOAD_LEVEL) != 0 ||
-        EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
+    if (!z || !md || !plain || !ib || !ob || ZSTD_initCStream(z, UPLOAD_LEVEL) != 0 ||
+        EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestInit_ex(plain, EVP_sha256(), NULL) != 1)
         return -1;
     *len = 0;
     for (bool end = false; !end;) {
@@ -421,6 +478,8 @@ static int compress_into(const char *path, int tmp, char hex[65], uint64_t *len)
         if (r < 0)
             return -1;
         end = r == 0;
+        EVP_DigestUpdate(plain, ib, (size_t)r);
+        plain_len += (uint64_t)r;
         ZSTD_inBuffer zin = {ib, (size_t)r, 0};
         size_t left;
         do {
@@ -433,6 +492,11 @@ static int compress_into(const char *path, int tmp, char hex[65], uint64_t *len)
         } while (end ? left != 0 : zin.pos < zin.size);
     }
     unsigned char d[32];
+    char ph[65];
+    EVP_DigestFinal_ex(plain, d, NULL);
+    sbx_hex(d, 32, ph);
+    if (plain_len != u->size || strcmp(ph, u->sha256))
+        return -1; /* not the image this entry's metadata (and signature) describe */
     EVP_DigestFinal_ex(md, d, NULL);
     sbx_hex(d, 32, hex);
     return 0;
@@ -445,16 +509,17 @@ static int upload_body(void *arg)
     int tmp = open(u->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     char hex[65], url[1200], line[160], sig[65];
     uint64_t len = 0;
-    if (tmp < 0 || compress_into(u->path, tmp, hex, &len) < 0) {
+    signal(SIGPIPE, SIG_IGN);
+    if (tmp < 0 || compress_into(u, tmp, hex, &len) < 0) {
         if (tmp >= 0)
             unlink(u->tmp);
-        dprintf(1, "error cannot compress the layer\n");
+        dprintf(1, "error local: cannot compress the layer, or it is not the one built\n");
         return 0;
     }
     unlink(u->tmp); /* the fd is enough from here on */
     FILE *body = fdopen(tmp, "rb");
     if (!body || fseek(body, 0, SEEK_SET) < 0) {
-        dprintf(1, "error out of memory\n");
+        dprintf(1, "error local: out of memory\n");
         return 0;
     }
     object_url(u->key, url, sizeof url);
@@ -463,7 +528,10 @@ static int upload_body(void *arg)
     hdrs = curl_slist_append(hdrs, line);
     snprintf(line, sizeof line, "x-amz-meta-size: %llu", (unsigned long long)u->size);
     hdrs = curl_slist_append(hdrs, line);
-    entry_signature(u->key, u->sha256, u->size, sig);
+    if (entry_signature(u->key, u->sha256, u->size, sig) < 0) {
+        dprintf(1, "error local: cannot compute the signature\n");
+        return 0;
+    }
     if (sig[0]) {
         snprintf(line, sizeof line, "x-amz-meta-signature: %s", sig);
         hdrs = curl_slist_append(hdrs, line);
@@ -471,7 +539,7 @@ static int upload_body(void *arg)
     hdrs = curl_slist_append(hdrs, "Content-Type: application/zstd");
     cleanup_easy CURL *h = easy(url, &hdrs, hex);
     if (!h) {
-        dprintf(1, "error out of memory\n");
+        dprintf(1, "error local: out of memory\n");
         return 0;
     }
     curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
@@ -484,7 +552,7 @@ static int upload_body(void *arg)
     if (rc == CURLE_HTTP_RETURNED_ERROR)
         dprintf(1, "error HTTP %ld\n", code);
     else if (rc != CURLE_OK)
-        dprintf(1, "error %s\n", curl_easy_strerror(rc));
+        dprintf(1, "error net: %s\n", curl_easy_strerror(rc));
     else
         dprintf(1, "ok %llu\n", (unsigned long long)len);
     return 0;
@@ -492,12 +560,16 @@ static int upload_body(void *arg)
 
 /* ---- bookkeeping ---------------------------------------------------------------------------- */
 
-/* "HTTP 403" and friends: the store answered, but no. */
+/* Whether the store answered, and how, from a child's line: an HTTP error means it answered no
+ * (a 404 only to a download: a miss); `net` that it did not answer; `bad` and `local` say
+ * nothing of the store's health. */
 static void note(const char *what, const char *line, bool failed)
 {
-    bool http = !strncmp(line, "error HTTP ", 11);
-    S.reached = !failed || http;
-    S.answered_ok = !failed || (http && atoi(line + 11) == 404);
+    bool http = !strncmp(line, "error HTTP ", 11), net = !strncmp(line, "error net:", 10);
+    if (!failed || http || net) {
+        S.reached = !net;
+        S.answered_ok = !failed;
+    }
     if (failed) {
         snprintf(S.last_error, sizeof S.last_error, "%s: %s", what,
                  !strncmp(line, "error ", 6) ? line + 6
@@ -568,8 +640,9 @@ void remote_fetch_cancel(remote_fetch *f)
 }
 
 typedef struct upload {
-    char key[65], path[PATH_MAX], sha256[65], tmp[PATH_MAX + 32];
+    char key[65], sha256[65], tmp[PATH_MAX + 32];
     uint64_t size;
+    int fd;   /* the image, opened when queued: what is sent is what was built */
     child *c; /* NULL while queued */
     struct upload *next;
 } upload;
@@ -586,6 +659,8 @@ static void unlink_upload(upload *u)
             *p = u->next;
             break;
         }
+    if (u->fd >= 0)
+        close(u->fd);
     free(u);
 }
 
@@ -611,23 +686,22 @@ static void uploaded(void *owner, bool ok, const char *line)
 
 static void upload_pump(void)
 {
-    for (upload *u = uploads; u && in_flight < cfg.max_concurrent_s3_uploads; u = u->next) {
+    for (upload *u = uploads, *next; u && in_flight < cfg.max_concurrent_s3_uploads; u = next) {
+        next = u->next;
         if (u->c)
             continue;
-        struct upload_job j = {u->key, u->path, u->tmp, u->sha256, u->size};
+        struct upload_job j = {u->key, u->tmp, u->sha256, u->size};
         sbx_err err = {0};
-        u->c = child_start("remote cache: upload", upload_body, &j, -1, -1, REMOTE_CHILD_WALL_S,
+        u->c = child_start("remote cache: upload", upload_body, &j, u->fd, -1, REMOTE_CHILD_WALL_S,
                            uploaded, u, &err);
         if (!u->c) {
             slog("remote cache: upload of layer %.16s: %s", u->key, err.msg);
             S.upload_errors++;
-            upload *next = u->next;
             unlink_upload(u);
-            u = next;
-            if (!u)
-                return;
             continue;
         }
+        close(u->fd); /* the child has it */
+        u->fd = -1;
         in_flight++;
     }
 }
@@ -642,8 +716,13 @@ void remote_upload(const char *key, const char *path, const char *sha256, uint64
     upload *u = calloc(1, sizeof *u), **tail = &uploads;
     if (!u)
         return;
+    u->fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (u->fd < 0) {
+        slog("remote cache: upload of layer %.16s: open `%s`: %s", key, path, strerror(errno));
+        free(u);
+        return;
+    }
     snprintf(u->key, sizeof u->key, "%s", key);
-    snprintf(u->path, sizeof u->path, "%s", path);
     snprintf(u->sha256, sizeof u->sha256, "%s", sha256);
     u->size = size;
     /* Beside the layer's cache directory, named like staging (cleaned if sbxd dies). */
@@ -690,6 +769,8 @@ void remote_stop(void)
             unlink(u->tmp);
         }
         uploads = u->next;
+        if (u->fd >= 0)
+            close(u->fd);
         free(u);
     }
     in_flight = 0;

@@ -27,6 +27,9 @@ void remote_fetch_cancel(remote_fetch *f);
 void remote_upload(const char *key, const char *path, const char *sha256, uint64_t size);
 
 void remote_status(Sbx__Control__StatusReply *s);
+/* In a child that parses untrusted input (the packer): the credentials and signing key out of
+ * its memory. */
+void remote_forget(void);
 /* Stop every transfer (sbxd is going). */
 void remote_stop(void);
 
