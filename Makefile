@@ -24,7 +24,8 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 	supervisor/sched.c \
 	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
 	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c supervisor/spawn.c \
-	supervisor/assets.c supervisor/layers.c supervisor/install.c supervisor/cachedir.c supervisor/child.c supervisor/remote.c
+	supervisor/assets.c supervisor/layers.c supervisor/install.c supervisor/cachedir.c supervisor/child.c supervisor/remote.c \
+	supervisor/ledger.c supervisor/metrics.c
 WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapshot.c vmworker/qemu.c \
 	vmworker/jail.c vmworker/qmp.c vmworker/balloon.c vmworker/net.c vmworker/netloop.c \
 	vmworker/netfilter.c vmworker/netconn.c vmworker/netudp.c vmworker/netparse.c
@@ -160,12 +161,14 @@ $(BUILD)/fuzz/fuzz_netparse: tests/fuzz/fuzz_netparse.c vmworker/netparse.c vmwo
 # The life of control connections: sbxd's control, request and session rooms on a real loop
 # against a fake scheduler (the input is a script of connects, writes, closes, VM answers).
 CONN_FUZZ_SRC = tests/fuzz/fuzz_control_conn.c supervisor/control.c supervisor/conn.c supervisor/request.c \
-	supervisor/session.c supervisor/config.c proto/frame.c common/sbx_limits.c common/paths.c \
+	supervisor/session.c supervisor/ledger.c supervisor/config.c proto/frame.c common/sbx_limits.c \
+	common/paths.c \
 	common/netpolicy.c common/packages.c $(PKG_GEN)
 $(BUILD)/fuzz/fuzz_control_conn: $(CONN_FUZZ_SRC) $(GEN_C) $(GEN_H) supervisor/*.h common/*.h proto/*.h
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
-		-iquote common -iquote proto -iquote supervisor -o $@ $(CONN_FUZZ_SRC) $(GEN_C) -lprotobuf-c -lev
+		-iquote common -iquote proto -iquote supervisor -o $@ $(CONN_FUZZ_SRC) $(GEN_C) -lprotobuf-c -lev \
+		-ljansson -lcrypto
 # The network broker's view of a worker's request: parse, then the policy decisions and the
 # answer cache.
 NETBROKER_FUZZ_SRC = tests/fuzz/fuzz_netbroker.c netbroker/request.c netbroker/resolve.c \

@@ -85,6 +85,8 @@ static const struct key keys[] = {
     BOOL(egress_allow_private,
          "let VMs with network reach private, loopback and link-local addresses (default: off)"),
     STR(dns_hosts_file, "hosts file (/etc/hosts format) the VMs' resolver consults first"),
+    STR(metrics_listen, "serve Prometheus metrics on ADDRESS:PORT or a socket path (off if unset)"),
+    STR(audit_log, "append one JSON line per request to this file (off if unset)"),
     STR(pypi_index_url, "Python package index (PEP 503 simple API) for installs"),
     STR(npm_registry_url, "npm registry for JavaScript installs"),
     STR(package_index_ca_file, "CA certificates (PEM) the installers trust (default: the host's "

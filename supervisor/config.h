@@ -23,6 +23,8 @@ typedef struct {
     char s3_endpoint_url[512];
     char s3_prefix[256];
     char cache_signing_key_file[512];
+    char metrics_listen[256]; /* ADDRESS:PORT or a socket path: Prometheus text; "": off */
+    char audit_log[512];      /* a file: one JSON line per request; "": off */
     bool enable_package_validation;
     bool auto_download_assets;
     /* Ours. */

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "ledger.h"
 #include "paths.h"
 #include "sbxd.h"
 
@@ -67,6 +68,7 @@ static void reap_cb(EV_P_ ev_prepare *w, int revents)
         /* Their replies to it have been dropped since it died; now they forget it. */
         run_client_gone(c);
         session_client_gone(c);
+        ledger_client_gone(c);
         pool_client_gone(c);
         free(c);
     }
@@ -118,6 +120,7 @@ static void deadline_cb(EV_P_ ev_timer *w, int revents)
 
 void control_send(client *c, Sbx__Control__Reply *r)
 {
+    ledger_reply(c, r);
     if (!c || c->dead)
         return;
     size_t add = protobuf_c_message_get_packed_size(&r->base) + FRAME_HDR;

@@ -30,6 +30,7 @@
 
 #include "install.h"
 #include "cachedir.h"
+#include "metrics.h"
 #include "paths.h"
 #include "remote.h"
 #include "snapshot.h"

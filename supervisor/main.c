@@ -15,6 +15,8 @@
 #include "paths.h"
 #include "sbxd.h"
 #include "layers.h"
+#include "ledger.h"
+#include "metrics.h"
 #include "remote.h"
 #include "snapshot.h"
 #include "workerlog.h"
@@ -155,6 +157,8 @@ int main(int argc, char **argv)
     snapshot_init();
     remote_init();
     layers_init();
+    ledger_init();
+    metrics_init();
     char why[256];
     if (cgroup_init(why, sizeof why))
         slog("%s", why);
@@ -173,6 +177,7 @@ int main(int argc, char **argv)
     slog("serving %s (max %u VMs, images %s)", cfg.socket, cfg.max_concurrent_vms, cfg.images_dir);
     ev_run(loop, 0);
 
+    metrics_shutdown();
     control_shutdown();
     pool_shutdown();
     session_shutdown();
@@ -181,6 +186,7 @@ int main(int argc, char **argv)
     workerlog_shutdown();
     snapshot_shutdown();
     layers_shutdown();
+    ledger_shutdown();
     rmdir(run_base);
     ev_loop_destroy(loop);
     return 0;

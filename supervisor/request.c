@@ -9,6 +9,7 @@
 
 #include "cgroup.h"
 #include "layers.h"
+#include "ledger.h"
 #include "remote.h"
 #include "netpolicy.h"
 #include "packages.h"
@@ -382,6 +383,7 @@ request_verdict request_handle(client *c, const client_peer *peer, const uint8_t
         v = REQUEST_CLOSE_AFTER_REPLY;
         goto out;
     }
+    ledger_begin(c, peer, req);
     switch (req->body_case) {
     case SBX__CONTROL__REQUEST__BODY_HELLO: {
         if (peer->helloed) {

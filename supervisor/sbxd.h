@@ -148,6 +148,8 @@ void run_exec_request(const Sbx__Control__RunRequest *req, Sbx__Worker__ExecRequ
  * "no such session". */
 void session_handle(client *c, uid_t uid, Sbx__Control__Request *req);
 void session_client_gone(client *c);
+/* The language of an open session ("" for none). */
+const char *session_language(const char *id);
 unsigned session_count(void);
 void session_shutdown(void);
 

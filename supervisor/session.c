@@ -642,6 +642,14 @@ void session_handle(client *c, uid_t uid, Sbx__Control__Request *req)
     pump(s);
 }
 
+const char *session_language(const char *id)
+{
+    for (session *s = sessions; s && id; s = s->next)
+        if (!strcmp(s->id, id))
+            return s->open->language ? s->open->language : "";
+    return "";
+}
+
 void session_client_gone(client *c)
 {
     for (session *s = sessions, *next; s; s = next) {

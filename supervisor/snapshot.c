@@ -26,6 +26,7 @@
 
 #include "layers.h"
 #include "cachedir.h"
+#include "metrics.h"
 #include "paths.h"
 #include "snapshot.h"
 #include "spawn.h"
@@ -531,8 +532,10 @@ void snapshot_prepare(Sbx__Worker__VmConfig *vc, const char *language, layer *l,
         vc->start_mode = "restore";
         vc->snapshot_dir = path;
         vc->restore_timeout_ms = SNAP_RESTORE_TIMEOUT_MS;
+        metrics_snapshot(true);
         return;
     }
+    metrics_snapshot(false);
     dir[0] = '\0';
     if (v < 0) {
         slog("warning: memory snapshot %s is not usable (%s); removed, runs boot cold", name, why);

@@ -80,6 +80,16 @@ class Ctx:
             raise AssertionError(f"not JSON (exit {r.returncode}): {r.out[:500]} {r.err[:1500]}")
 
 
+def read_all(s, chunk=65536):
+    """Everything a socket sends until it closes."""
+    data = b""
+    while True:
+        k = s.recv(chunk)
+        if not k:
+            return data
+        data += k
+
+
 class Skip(Exception):
     """A test that cannot run on this host says why; it is counted as skipped, never passed."""
 

@@ -314,12 +314,7 @@ def network_ports_only(c, d, srv):
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                     s.sendall(b"GET /hello HTTP/1.0\r\n\r\n")
-                    data = b""
-                    while True:
-                        k = s.recv(4096)
-                        if not k:
-                            break
-                        data += k
+                    data = read_all(s)
                 if b"from-guest /hello" in data:
                     body = data
                     break

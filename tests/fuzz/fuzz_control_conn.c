@@ -17,6 +17,7 @@
 
 #include "frame.h"
 #include "layers.h"
+#include "metrics.h"
 #include "remote.h"
 #include "sbxd.h"
 #include "snapshot.h"
@@ -77,6 +78,14 @@ void layers_status(Sbx__Control__StatusReply *s)
 void remote_status(Sbx__Control__StatusReply *s)
 {
     (void)s;
+}
+void metrics_result(const char *kind, const char *language, const Sbx__Control__ExecResult *r)
+{
+    (void)kind, (void)language, (void)r;
+}
+void metrics_error(Sbx__Control__ErrorKind kind)
+{
+    (void)kind;
 }
 void sched_vm_set_layer(job *j, layer *l)
 {
