@@ -330,8 +330,60 @@ static void accept_cb(EV_P_ ev_io *w, int revents)
     }
 }
 
+static void start_accepting(int fd)
+{
+    ev_io_init(&listen_io, accept_cb, fd, EV_READ);
+    ev_io_start(EV_DEFAULT, &listen_io);
+    ev_timer_init(&accept_backoff, backoff_cb, 0.1, 0.);
+    ev_prepare_init(&reaper, reap_cb);
+}
+
+/* Socket activation (systemd's sbxd.socket): LISTEN_PID names us and LISTEN_FDS is 1, so fd 3
+ * is the control socket, already listening. 1: taken (cfg.socket gets its path); 0: not
+ * activated; -1 with err: activated with something that is not one listening Unix socket. */
+static bool activated;
+
+static int take_activated(sbx_err *err)
+{
+    const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+    if (!pid || !fds || strtol(pid, NULL, 10) != (long)getpid())
+        return 0;
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    if (strcmp(fds, "1"))
+        return sbx_fail(err, EINVAL, "socket activation passed %s sockets; sbxd takes one", fds);
+    const int fd = 3;
+    int type = 0, listening = 0;
+    socklen_t l1 = sizeof type, l2 = sizeof listening;
+    struct sockaddr_un sa = {0};
+    socklen_t sl = sizeof sa;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l1) < 0 || type != SOCK_STREAM ||
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &l2) < 0 || !listening ||
+        getsockname(fd, (struct sockaddr *)&sa, &sl) < 0 || sa.sun_family != AF_UNIX)
+        return sbx_fail(err, EINVAL,
+                        "socket activation: fd 3 is not a listening Unix stream socket");
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0 ||
+        fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+        return sbx_fail(err, errno, "socket activation: fd 3: %s", strerror(errno));
+    if (sl > offsetof(struct sockaddr_un, sun_path) && sa.sun_path[0])
+        snprintf(cfg.socket, sizeof cfg.socket, "%.*s",
+                 (int)(sl - offsetof(struct sockaddr_un, sun_path)), sa.sun_path);
+    listen_fd = fd;
+    activated = true;
+    return 1;
+}
+
 int control_listen(sbx_err *err)
 {
+    int a = take_activated(err);
+    if (a < 0)
+        return -1;
+    if (a > 0) {
+        slog("control socket from socket activation: %s", cfg.socket);
+        start_accepting(listen_fd);
+        return 0;
+    }
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(cfg.socket) >= sizeof sa.sun_path)
         return sbx_fail(err, ENAMETOOLONG, "socket path `%s` is too long", cfg.socket);
@@ -384,10 +436,7 @@ int control_listen(sbx_err *err)
         return sbx_fail(err, errno, "listen `%s`: %s", cfg.socket, strerror(errno));
     }
     listen_fd = fd;
-    ev_io_init(&listen_io, accept_cb, fd, EV_READ);
-    ev_io_start(EV_DEFAULT, &listen_io);
-    ev_timer_init(&accept_backoff, backoff_cb, 0.1, 0.);
-    ev_prepare_init(&reaper, reap_cb);
+    start_accepting(fd);
     return 0;
 }
 
@@ -405,7 +454,8 @@ void control_shutdown(void)
         ev_io_stop(EV_DEFAULT, &listen_io);
         ev_timer_stop(EV_DEFAULT, &accept_backoff);
         close(listen_fd);
-        unlink(cfg.socket);
+        if (!activated) /* systemd's socket stays for the next start */
+            unlink(cfg.socket);
         listen_fd = -1;
     }
 }
