@@ -9,7 +9,7 @@ CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wmissing-
 	-iquote $(BUILD)/gen -iquote common -iquote proto -iquote cli -g
 CFLAGS ?= -O2
 # Libraries from pkg-config where they ship a .pc file (libev does not).
-PKGS = libprotobuf-c jansson libseccomp libcap-ng libzstd libcrypto libcurl
+PKGS = libprotobuf-c jansson libseccomp libcap-ng libzstd libcrypto libcurl libarchive
 LIBS_HOST = -lev $(shell pkg-config --libs $(PKGS)) -lslirp -pthread
 CFLAGS_COMMON += $(shell pkg-config --cflags $(PKGS))
 PROTOS = files control worker agent net
@@ -32,7 +32,7 @@ WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapsho
 LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli/status.c \
 	cli/utf8.c cli/net.c cli/pkg.c
 SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_output.c cli/args.c \
-	cli/sources.c
+	cli/sources.c cli/bundle.c
 # The network broker (one per VM with a NIC): policy, resolution, connect, listening sockets.
 BROKER_SRC = netbroker/broker.c netbroker/request.c netbroker/policyio.c netbroker/resolve.c \
 	netbroker/confine.c netbroker/relay.c common/netpolicy.c common/pump.c proto/frame.c
@@ -227,6 +227,12 @@ test-broker: $(BUILD)/sbx-netbroker $(BUILD)/asan/sbx-netbroker
 
 test-fast: all asan test-unit
 	$(PYTHON) tests/e2e/run.py --fast --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
+
+# An asset bundle of the kernel, initramfs and images this host built (or fetched), for
+# `sbx prefetch --from dist` (or a URL serving dist/) on other hosts: dist/exec-sandbox-assets-
+# <version>-<arch>.tar.zst and dist/SHA256SUMS.
+release: all
+	$(BUILD)/sbx bundle --out dist
 
 # Start-up benchmarks, each way beside its floor (a table, not a test): cold, warm pool,
 # throughput and memory; then snapshot restore; the Python client; the network path (bench-net.py).

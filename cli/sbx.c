@@ -237,6 +237,11 @@ static int cmd_session(const args *a)
 
 int main(int argc, char **argv)
 {
+    /* The asset commands (bundle.c) parse their own few options. */
+    if (argc > 1 && !strcmp(argv[1], "bundle"))
+        return cmd_bundle(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "prefetch"))
+        return cmd_prefetch(argc - 1, argv + 1);
     args a;
     sbx_err why = {0};
     if (args_parse(argc, argv, &a, &why) < 0) {

@@ -39,6 +39,9 @@ void print_notes(const args *a, const sbx_result *r);
 void stream_cb(sbx_stream stream, const char *data, size_t len, void *userdata);
 void ports_cb(const sbx_exposed_port *ports, size_t n, void *userdata);
 void progress_cb(const char *message, void *userdata);
+/* bundle.c: `sbx bundle` and `sbx prefetch` (argv from the command's name). */
+int cmd_bundle(int argc, char **argv);
+int cmd_prefetch(int argc, char **argv);
 json_t *json_ports(const sbx_exposed_port *ports, size_t n);
 void end_lines(void);
 json_t *json_bytes(const char *data, size_t len);

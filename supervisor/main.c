@@ -95,6 +95,33 @@ static void remove_stale_run_dirs(void)
     closedir(d);
 }
 
+/* EXEC_SANDBOX_OFFLINE=1: nothing is ever downloaded, so missing assets are an error now, named,
+ * with the command that fetches them (otherwise each request would fail later, one by one). */
+static bool offline_assets_missing(void)
+{
+    const char *off = getenv("EXEC_SANDBOX_OFFLINE");
+    if (!off || strcmp(off, "1"))
+        return false;
+    static const char *const names[] = {"vmlinux", "initramfs.cpio", "python.sqfs",
+                                        "javascript.sqfs", "raw.sqfs"};
+    char missing[512] = "";
+    size_t len = 0;
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        char p[sizeof cfg.images_dir + 32];
+        snprintf(p, sizeof p, "%s/%s", cfg.images_dir, names[i]);
+        if (access(p, R_OK) != 0)
+            len += (size_t)snprintf(missing + len, sizeof missing - len, "%s%s", len ? ", " : "",
+                                    names[i]);
+    }
+    if (!len)
+        return false;
+    fprintf(stderr,
+            "sbxd: offline (EXEC_SANDBOX_OFFLINE=1) and guest assets are missing in %s: %s; fetch "
+            "them with `sbx prefetch --from URL|PATH` (or build them: make assets)\n",
+            cfg.images_dir, missing);
+    return true;
+}
+
 int main(int argc, char **argv)
 {
     sbx_err err = {0};
@@ -125,6 +152,8 @@ int main(int argc, char **argv)
         return 1;
     }
     close(cache);
+    if (offline_assets_missing())
+        return 1;
     if (cfg.log[0] && !freopen(cfg.log, "ae", stderr)) {
         fprintf(stdout, "sbxd: open log `%s`: %s\n", cfg.log, strerror(errno));
         return 1;
