@@ -550,11 +550,12 @@ int cmd_prefetch(int argc, char **argv)
         if (sums_lookup(sums, name, want) < 0)
             snprintf(why, sizeof why, "%s/SHA256SUMS does not list %s", from, name), rc = -1;
     }
-    if (rc == 0 && !quiet)
+    /* On a terminal: what is fetched, and a progress bar; otherwise only the outcome. */
+    bool tty = !quiet && isatty(STDERR_FILENO);
+    if (rc == 0 && tty)
         fprintf(stderr, "sbx: prefetch: %s/%s\n", from, name);
     if (rc == 0)
-        rc = fetch(from, name, bf, ASSET_MAX * 2, !quiet && isatty(STDERR_FILENO), hex, why,
-                   sizeof why);
+        rc = fetch(from, name, bf, ASSET_MAX * 2, tty, hex, why, sizeof why);
     if (rc == 0 && strcmp(hex, want))
         snprintf(why, sizeof why, "%s: sha256 mismatch (SHA256SUMS says %.12s..., it is %.12s...)",
                  name, want, hex),
@@ -592,6 +593,6 @@ int cmd_prefetch(int argc, char **argv)
     if (installed && !quiet)
         printf("sbx: prefetch: %u assets installed in %s\n", installed, cache);
     else if (!quiet)
-        printf("sbx: prefetch: all %zu assets already present in %s\n", n, cache);
+        printf("sbx: prefetch: all %zu assets already present\n", n);
     return 0;
 }
