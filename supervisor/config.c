@@ -87,6 +87,8 @@ static const struct key keys[] = {
     STR(dns_hosts_file, "hosts file (/etc/hosts format) the VMs' resolver consults first"),
     STR(metrics_listen, "serve Prometheus metrics on ADDRESS:PORT or a socket path (off if unset)"),
     STR(audit_log, "append one JSON line per request to this file (off if unset)"),
+    STR(asset_base_url, "where missing guest assets are prefetched from at start (a URL or a "
+                        "directory of bundles; unset: build them with make assets)"),
     STR(pypi_index_url, "Python package index (PEP 503 simple API) for installs"),
     STR(npm_registry_url, "npm registry for JavaScript installs"),
     STR(package_index_ca_file, "CA certificates (PEM) the installers trust (default: the host's "

@@ -25,6 +25,7 @@ typedef struct {
     char cache_signing_key_file[512];
     char metrics_listen[256]; /* ADDRESS:PORT or a socket path: Prometheus text; "": off */
     char audit_log[512];      /* a file: one JSON line per request; "": off */
+    char asset_base_url[512]; /* missing assets are prefetched from here at start; "": build */
     bool enable_package_validation;
     bool auto_download_assets;
     /* Ours. */

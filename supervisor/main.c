@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -95,25 +96,67 @@ static void remove_stale_run_dirs(void)
     closedir(d);
 }
 
+/* The guest assets missing in images_dir, listed into out; 0 when none is. */
+static size_t assets_missing(char *out, size_t n)
+{
+    static const char *const names[] = {"vmlinux", "initramfs.cpio", "python.sqfs",
+                                        "javascript.sqfs", "raw.sqfs"};
+    size_t len = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        char p[sizeof cfg.images_dir + 32];
+        snprintf(p, sizeof p, "%s/%s", cfg.images_dir, names[i]);
+        if (access(p, R_OK) != 0)
+            len += (size_t)snprintf(out + len, n - len, "%s%s", len ? ", " : "", names[i]);
+    }
+    return len;
+}
+
+/* asset_base_url and missing assets: `sbx prefetch` (beside sbxd) fetches them before serving,
+ * bounded in time; a failure is logged and the daemon serves anyway (requests then say which
+ * asset is missing). */
+static void prefetch_assets(void)
+{
+    char missing[512], dir[PATH_MAX], sbx[PATH_MAX + 8];
+    if (!cfg.asset_base_url[0] || !assets_missing(missing, sizeof missing))
+        return;
+    if (paths_exe_dir(dir, sizeof dir) < 0) {
+        slog("warning: cannot find sbx beside sbxd to prefetch the assets");
+        return;
+    }
+    snprintf(sbx, sizeof sbx, "%s/sbx", dir);
+    slog("guest assets missing (%s): prefetching them from %s", missing, cfg.asset_base_url);
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* The cache sbxd uses, not whatever sbx would compute for itself. */
+        setenv("EXEC_SANDBOX_CACHE_DIR", cfg.cache_dir, 1);
+        execl(sbx, "sbx", "prefetch", "--from", cfg.asset_base_url, "-q", (char *)NULL);
+        _exit(127);
+    }
+    int st = -1;
+    uint64_t until = now_ms() + 1800u * 1000u;
+    while (pid > 0 && waitpid(pid, &st, WNOHANG) == 0) {
+        if (now_ms() > until) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            break;
+        }
+        usleep(100 * 1000);
+    }
+    if (pid < 0 || !WIFEXITED(st) || WEXITSTATUS(st) || assets_missing(missing, sizeof missing))
+        slog("warning: prefetching the assets from %s failed (status %d); still missing: %s",
+             cfg.asset_base_url, st, missing[0] ? missing : "none");
+    else
+        slog("guest assets prefetched from %s", cfg.asset_base_url);
+}
+
 /* EXEC_SANDBOX_OFFLINE=1: nothing is ever downloaded, so missing assets are an error now, named,
  * with the command that fetches them (otherwise each request would fail later, one by one). */
 static bool offline_assets_missing(void)
 {
     const char *off = getenv("EXEC_SANDBOX_OFFLINE");
-    if (!off || strcmp(off, "1"))
-        return false;
-    static const char *const names[] = {"vmlinux", "initramfs.cpio", "python.sqfs",
-                                        "javascript.sqfs", "raw.sqfs"};
-    char missing[512] = "";
-    size_t len = 0;
-    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
-        char p[sizeof cfg.images_dir + 32];
-        snprintf(p, sizeof p, "%s/%s", cfg.images_dir, names[i]);
-        if (access(p, R_OK) != 0)
-            len += (size_t)snprintf(missing + len, sizeof missing - len, "%s%s", len ? ", " : "",
-                                    names[i]);
-    }
-    if (!len)
+    char missing[512];
+    if (!off || strcmp(off, "1") || !assets_missing(missing, sizeof missing))
         return false;
     fprintf(stderr,
             "sbxd: offline (EXEC_SANDBOX_OFFLINE=1) and guest assets are missing in %s: %s; fetch "
@@ -160,6 +203,7 @@ int main(int argc, char **argv)
     }
     setvbuf(stderr, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
+    prefetch_assets();
     started_ms = last_activity = now_ms();
 
     remove_stale_run_dirs();

@@ -745,3 +745,32 @@ def sbxd_offline_with_prefetched_assets_starts(c):
     ok(p.returncode in (0, -signal.SIGTERM), f"sbxd exit {p.returncode}")
     text = open(log).read()
     ok("ERROR: AddressSanitizer" not in text and "runtime error:" not in text, text[-3000:])
+
+
+@test()
+def sbxd_prefetches_missing_assets_at_start(c):
+    """asset_base_url and an empty cache: sbxd prefetches the bundle before it serves, and runs
+    code on what it fetched."""
+    b = _bundle(c)
+    cache = os.path.join(c.tmp, "pf-sbxd-fetch")
+    os.makedirs(cache, mode=0o700)
+    images = json.loads(c.sbx("status", "--json", check_rc=0).out)["images_dir"]
+    verdict = os.path.join(os.path.dirname(images), "accel-verdict")
+    if os.path.isfile(verdict):  # no accelerator probe
+        shutil.copyfile(verdict, os.path.join(cache, "accel-verdict"))
+        os.chmod(os.path.join(cache, "accel-verdict"), 0o600)
+    sock = os.path.join(c.tmp, "pf-sbxd-fetch.sock")
+    log = os.path.join(c.tmp, "pf-sbxd-fetch.log")
+    env = _env(c, cache, EXEC_SANDBOX_SOCKET=sock, EXEC_SANDBOX_ASSET_BASE_URL=b["dir"],
+               EXEC_SANDBOX_ASSET_VERSION=VERSION)
+    p = c.start_daemon("--idle-exit-seconds", "0", sock=sock, log=log, env=env)
+    try:
+        text = open(log).read()
+        ok("guest assets prefetched from" in text, f"prefetched at start: {text[-1500:]}")
+        for name in ("vmlinux", "initramfs.cpio", "python.sqfs", "javascript.sqfs", "raw.sqfs"):
+            ok(os.path.islink(os.path.join(cache, "images", name)), f"images/{name}")
+        r = c.sbx("run", "-q", "print(6 * 7)", env=env, timeout=TIMEOUT)
+        eq((r.returncode, r.out), (0, "42\n"), "a run on the fetched assets: " + r.err[-800:])
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
