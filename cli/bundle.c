@@ -119,23 +119,9 @@ static int opt(int argc, char **argv, int *i, const char *name, const char **val
 
 /* ---- sbx bundle ----------------------------------------------------------------------------- */
 
-static int add_entry(struct archive *a, const char *name, const void *data, size_t len)
-{
-    struct archive_entry *e = archive_entry_new();
-    archive_entry_set_pathname(e, name);
-    archive_entry_set_size(e, (la_int64_t)len);
-    archive_entry_set_filetype(e, AE_IFREG);
-    archive_entry_set_perm(e, 0444);
-    archive_entry_set_mtime(e, 0, 0);
-    int rc = archive_write_header(a, e) == ARCHIVE_OK &&
-                     (!len || archive_write_data(a, data, len) == (la_ssize_t)len)
-                 ? 0
-                 : -1;
-    archive_entry_free(e);
-    return rc;
-}
-
-static int add_file(struct archive *a, const char *name, const char *path, uint64_t size)
+/* A read-only regular file's header: every entry of a bundle is one (mtime 0: the same assets
+ * give the same bundle). */
+static int entry_header(struct archive *a, const char *name, uint64_t size)
 {
     struct archive_entry *e = archive_entry_new();
     archive_entry_set_pathname(e, name);
@@ -143,9 +129,23 @@ static int add_file(struct archive *a, const char *name, const char *path, uint6
     archive_entry_set_filetype(e, AE_IFREG);
     archive_entry_set_perm(e, 0444);
     archive_entry_set_mtime(e, 0, 0);
-    cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
-    int rc = fd >= 0 && archive_write_header(a, e) == ARCHIVE_OK ? 0 : -1;
+    int rc = archive_write_header(a, e) == ARCHIVE_OK ? 0 : -1;
     archive_entry_free(e);
+    return rc;
+}
+
+static int add_entry(struct archive *a, const char *name, const void *data, size_t len)
+{
+    return entry_header(a, name, len) == 0 &&
+                   (!len || archive_write_data(a, data, len) == (la_ssize_t)len)
+               ? 0
+               : -1;
+}
+
+static int add_file(struct archive *a, const char *name, const char *path, uint64_t size)
+{
+    cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int rc = fd >= 0 && entry_header(a, name, size) == 0 ? 0 : -1;
     static char buf[1 << 20];
     ssize_t r;
     while (rc == 0 && (r = read(fd, buf, sizeof buf)) > 0)
