@@ -24,7 +24,7 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 	supervisor/sched.c \
 	supervisor/cgroup.c supervisor/session.c supervisor/pool.c \
 	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c supervisor/spawn.c \
-	supervisor/assets.c supervisor/layers.c supervisor/install.c supervisor/cachedir.c supervisor/child.c supervisor/remote.c \
+	supervisor/assets.c supervisor/layers.c supervisor/install.c supervisor/packer.c supervisor/cachedir.c supervisor/child.c supervisor/remote.c \
 	supervisor/ledger.c supervisor/metrics.c
 WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapshot.c vmworker/qemu.c \
 	vmworker/jail.c vmworker/qmp.c vmworker/balloon.c vmworker/net.c vmworker/netloop.c \

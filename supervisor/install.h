@@ -1,6 +1,6 @@
 /* Installing a package set (supervisor/install.c): an install VM whose only egress is the
  * package index runs the language's installer into a directory, sbxd reads the tree out as a tar,
- * and a packer child turns it into a squashfs image. And the children that hash a layer file. */
+ * and a packer child (packer.c) turns it into a squashfs image. */
 #ifndef SBX_INSTALL_H
 #define SBX_INSTALL_H
 
@@ -37,13 +37,6 @@ install *install_start(const char *language, const char *const *specs, size_t n,
                        const char *staging, install_done done, void *owner, sbx_err *err);
 /* Stop it (its VM, its packer): done is not called. */
 void install_cancel(install *in);
-
-/* sha256 of a file, computed in a child (a layer is hundreds of MB: never on the loop). done gets
- * the hex digest and size, or ok = false. */
-typedef void (*hash_done)(void *owner, bool ok, const char *sha256, uint64_t size);
-typedef struct hasher hasher;
-hasher *install_hash_file(const char *path, hash_done done, void *owner, sbx_err *err);
-void install_hash_cancel(hasher *h);
 
 /* The index the language installs from, and the host names its install VM may reach. */
 const char *install_index_url(const char *language);

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "install.h"
+#include "packer.h"
 #include "cachedir.h"
 #include "metrics.h"
 #include "paths.h"
@@ -532,7 +533,7 @@ static void check(layer *l)
     char p[PATH_MAX];
     image_path(l, p, sizeof p);
     l->state = L_CHECKING;
-    l->check = install_hash_file(p, checked, l, &err);
+    l->check = hash_file(p, checked, l, &err);
     if (!l->check) {
         l->state = L_READY;
         fail_later(l, SBX__CONTROL__ERROR_KIND__ERROR_INTERNAL, true, err.msg);
@@ -820,7 +821,7 @@ void layers_stop(void)
         if (l->build)
             install_cancel(l->build);
         if (l->check)
-            install_hash_cancel(l->check);
+            hash_cancel(l->check);
         if (l->fetch)
             remote_fetch_cancel(l->fetch);
         l->build = NULL;

@@ -59,7 +59,7 @@ def index(c):
         try:
             _index = PkgIndex(c.tmp, ip=INDEX_IP).start()
         except PermissionError as e:
-            raise Skip(f"cannot listen on {INDEX_IP}:443: {e}")
+            raise AssertionError(f"cannot listen on {INDEX_IP}:443 (the tests run as root): {e}")
         atexit.register(_index.stop)
     return _index
 

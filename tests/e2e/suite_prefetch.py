@@ -320,7 +320,7 @@ def _bundle(c):
     if "bundle" in _CACHE:
         return _CACHE["bundle"]
     if not shutil.which("zstd"):
-        raise Skip("no zstd CLI on this host")
+        raise AssertionError("no zstd CLI (scripts/setup-host.sh installs it)")
     src = _harness_images(c)
     out = os.path.join(c.tmp, "prefetch-bundle")
     env = _env(c, os.path.join(c.tmp, "prefetch-bundle-cache"))
