@@ -3,7 +3,7 @@
 # Sets:
 #   ARCH        normalised: x86_64 | aarch64
 #   DEB_ARCH    Debian's name: amd64 | arm64
-#   KARCH       the kernel's ARCH= value: x86 | arm64
+#   KARCH       the kernel's ARCH= value: x86 (what Kbuild picks by itself on x86_64) | arm64
 #   CROSS       toolchain prefix ("" when building for the host, else e.g. aarch64-linux-gnu-)
 #   ARCH_TAG    "" for x86_64 (artefact names as they always were), "-aarch64" otherwise
 #   ASSET_SUBDIR  where build-assets.sh links the images under $CACHE/images ("" or "aarch64")
