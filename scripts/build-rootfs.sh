@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Builds a read-only guest root image (squashfs, lz4hc) for one language.
-# Usage: scripts/build-rootfs.sh raw|python|javascript   -> prints the artefact path on stdout
+# Usage: [ARCH=x86_64|aarch64] scripts/build-rootfs.sh raw|python|javascript
+#   -> prints the artefact path on stdout. ARCH defaults to the host's; a foreign one runs the
+#   debootstrap second stage and the chroot steps through qemu-user (scripts/setup-host.sh
+#   --arch aarch64 installs and registers it).
 #
 # 1. A common base (debootstrap --variant=minbase trixie + BASE_PACKAGES) is built once and
-#    cached as $CACHE/artefacts/base-trixie-<basehash>.tar.zst;
-#    basehash = sha256(base recipe: suite, mirror, package list, the build_base function).
+#    cached as $CACHE/artefacts/base-trixie<tag>-<basehash>.tar.zst;
+#    basehash = sha256(base recipe: suite, mirror, package list, arch, the build_base function).
 # 2. The image = base + language layer + common finalisation, squashed to
-#    $CACHE/artefacts/<lang>-<hash>.sqfs with <lang>-<hash>.sqfs.manifest (package versions);
+#    $CACHE/artefacts/<lang><tag>-<hash>.sqfs with its .manifest (package versions);
 #    hash = sha256(basehash, this script (which holds all pins), lang).
+#    <tag> is empty for x86_64 and -aarch64 for aarch64 (scripts/lib-arch.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,10 +22,14 @@ SUITE=trixie
 MIRROR=http://deb.debian.org/debian
 BASE_PACKAGES=bash,coreutils,git,curl,jq,tar,gzip,unzip,file,ca-certificates,procps
 PYTHON_PACKAGES=(python3 python3-pip)
-# Bun from npm (glibc "baseline" build: no AVX2 requirement). Pinned version + npm integrity.
+# Bun from npm, one package per architecture (x86_64: the glibc "baseline" build, no AVX2
+# requirement). Pinned version + npm integrity of each.
 BUN_VERSION=1.4.5
-BUN_INTEGRITY=sha512-s8yMwYcFnnrA178gji0gZbkE2WVDej/Ti1x770oPfihxyRxSMNhGhiAQNXV53aDeraZxksdvKV/RAdQBCd0qPA==
-BUN_URL=https://registry.npmjs.org/@oven/bun-linux-x64-baseline/-/bun-linux-x64-baseline-$BUN_VERSION.tgz
+declare -A BUN_PKG=([x86_64]=bun-linux-x64-baseline [aarch64]=bun-linux-aarch64)
+declare -A BUN_INTEGRITY_OF=(
+  [x86_64]=sha512-s8yMwYcFnnrA178gji0gZbkE2WVDej/Ti1x770oPfihxyRxSMNhGhiAQNXV53aDeraZxksdvKV/RAdQBCd0qPA==
+  [aarch64]=sha512-4BXmsSKnjOrlGWqZV4x/oWa7AVoR+B6lCXddMzOAXBIm3t50eslg9wb66gmtW1AamEQ1l1CDvmmruysEhqOWMg==
+)
 SANDBOX_UID=1000
 SANDBOX_HOME=/home/user
 MOUNT_POINTS=(proc sys dev tmp run home/user var/tmp opt/sbx)
@@ -35,10 +43,16 @@ raw | python | javascript) ;;
   ;;
 esac
 
-log() { echo "[assets] $IMG image: $*" >&2; }
-die() { echo "[assets] $IMG image: ERROR: $*" >&2; exit 1; }
+log() { echo "[assets] $IMG image ($ARCH): $*" >&2; }
+die() { echo "[assets] $IMG image ($ARCH): ERROR: $*" >&2; exit 1; }
+# shellcheck source=lib-arch.sh
+. "$ROOT/scripts/lib-arch.sh"
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot)"
 for t in debootstrap mksquashfs zstd curl chroot; do command -v "$t" >/dev/null || die "missing tool: $t (run scripts/setup-host.sh)"; done
+need_foreign_exec
+BUN_NAME=${BUN_PKG[$ARCH]}
+BUN_INTEGRITY=${BUN_INTEGRITY_OF[$ARCH]}
+BUN_URL=https://registry.npmjs.org/@oven/$BUN_NAME/-/$BUN_NAME-$BUN_VERSION.tgz
 
 mkdir -p "$CACHE/artefacts" "$CACHE/build" "$CACHE/downloads"
 
@@ -87,22 +101,22 @@ trap 'exit 130' INT TERM
 build_base() {
   local dir=$1 logf=$2
   run_logged "$logf" "debootstrap $SUITE (minbase)" \
-    debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$dir" "$MIRROR"
+    debootstrap --arch="$DEB_ARCH" --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$dir" "$MIRROR"
   # Keep apt usable for the language layers; finalisation removes lists. Drop the .debs.
   printf 'deb %s %s main\n' "$MIRROR" "$SUITE" >"$dir/etc/apt/sources.list"
   rm -f "$dir"/var/cache/apt/archives/*.deb "$dir"/var/cache/apt/*.bin
 }
 base_hash=$({
-  echo "$SUITE $MIRROR $BASE_PACKAGES"
+  echo "$SUITE $MIRROR $BASE_PACKAGES $DEB_ARCH"
   declare -f build_base run_logged
 } | sha256sum | cut -c1-16)
-BASE_TAR="$CACHE/artefacts/base-$SUITE-$base_hash.tar.zst"
+BASE_TAR="$CACHE/artefacts/base-$SUITE$ARCH_TAG-$base_hash.tar.zst"
 
 hash=$({
   echo "$base_hash $IMG"
   sha256sum "$SELF" | cut -d' ' -f1
 } | sha256sum | cut -c1-16)
-ART="$CACHE/artefacts/$IMG-$hash.sqfs"
+ART="$CACHE/artefacts/$IMG$ARCH_TAG-$hash.sqfs"
 if [ -s "$ART" ] && [ -s "$ART.manifest" ]; then
   log "up to date ($ART)"
   echo "$ART"
@@ -114,12 +128,13 @@ if [ -s "$BASE_TAR" ]; then
   log "base $SUITE up to date ($BASE_TAR)"
 else
   t0=$(date +%s)
-  WORK="$CACHE/build/base-$base_hash"
+  WORK="$CACHE/build/base$ARCH_TAG-$base_hash"
   safe_rm "$WORK"
   mkdir -p "$WORK"
-  blog="$CACHE/build/base-$base_hash.log"
+  blog="$CACHE/build/base$ARCH_TAG-$base_hash.log"
   : >"$blog"
-  log "base: debootstrap $SUITE minbase + $BASE_PACKAGES, about 2-3 min (log: $blog)..."
+  if [ -n "$CROSS" ]; then eta="3-5 min under qemu-user"; else eta="2-3 min"; fi
+  log "base: debootstrap $SUITE $DEB_ARCH minbase + $BASE_PACKAGES, about $eta (log: $blog)..."
   build_base "$WORK/root" "$blog"
   log "base: packing tree"
   tar -C "$WORK/root" --numeric-owner --xattrs -cf - . | zstd -q -T0 -3 -o "$BASE_TAR.tmp.$$" ||
@@ -131,8 +146,8 @@ else
   log "base built in $(($(date +%s) - t0)) s: $BASE_TAR ($(du -h "$BASE_TAR" | cut -f1))"
 fi
 
-WORK="$CACHE/build/$IMG-$hash"
-LOGF="$CACHE/build/$IMG-$hash.log"
+WORK="$CACHE/build/$IMG$ARCH_TAG-$hash"
+LOGF="$CACHE/build/$IMG$ARCH_TAG-$hash.log"
 safe_rm "$WORK"
 mkdir -p "$WORK/root"
 R="$WORK/root"
@@ -165,7 +180,7 @@ python)
     die "python3 -m pip in the image does not run"
   ;;
 javascript)
-  tgz="$CACHE/downloads/bun-linux-x64-baseline-$BUN_VERSION.tgz"
+  tgz="$CACHE/downloads/$BUN_NAME-$BUN_VERSION.tgz"
   want=$(echo "${BUN_INTEGRITY#sha512-}" | base64 -d | od -An -tx1 -v | tr -d ' \n')
   if [ ! -s "$tgz" ] || [ "$(sha512sum "$tgz" | cut -d' ' -f1)" != "$want" ]; then
     log "downloading Bun $BUN_VERSION from npm..."
@@ -182,7 +197,7 @@ javascript)
   install -D -m 0755 "$WORK/bun/package/bin/bun" "$R/usr/local/bin/bun"
   ln -sfn bun "$R/usr/local/bin/node"
   chroot "$R" /usr/local/bin/bun --version >>"$LOGF" 2>&1 || log "note: bun did not run on the host (CPU?), continuing"
-  extra_manifest="bun $BUN_VERSION npm:@oven/bun-linux-x64-baseline $BUN_INTEGRITY"
+  extra_manifest="bun $BUN_VERSION npm:@oven/$BUN_NAME $BUN_INTEGRITY"
   ;;
 esac
 
@@ -222,7 +237,7 @@ chmod 1777 "$R/tmp" "$R/var/tmp"
 chmod 0755 "$R/home/user" "$R/opt/sbx"
 
 {
-  echo "# $IMG image $hash (base $SUITE $base_hash), built $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "# $IMG image $hash ($DEB_ARCH, base $SUITE $base_hash), built $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   [ -z "$extra_manifest" ] || echo "$extra_manifest"
   dpkg-query --admindir="$R/var/lib/dpkg" -W -f='${Package} ${Version}\n'
 } >"$WORK/manifest" || die "dpkg-query failed"
