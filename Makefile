@@ -4,9 +4,11 @@ CC ?= cc
 # Debian's interpreter: the tests use Debian's python3-protobuf (scripts/setup-host.sh).
 PYTHON ?= /usr/bin/python3
 BUILD ?= build
-CFLAGS_COMMON = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes -Wformat=2 \
+# CFLAGS_BASE: no host include paths (the cross-built agent uses it as it is).
+CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes -Wformat=2 \
 	-Wno-unused-parameter -Wno-format-truncation \
 	-iquote $(BUILD)/gen -iquote common -iquote proto -iquote cli -g
+CFLAGS_COMMON = $(CFLAGS_BASE)
 CFLAGS ?= -O2
 # Libraries from pkg-config where they ship a .pc file (libev does not).
 PKGS = libprotobuf-c jansson libseccomp libcap-ng libzstd libcrypto libcurl libarchive
@@ -110,10 +112,17 @@ $(BUILD)/example: cli/example.c cli/libsbx.h $(BUILD)/libsbx.a
 
 asan: $(BUILD)/asan/sbxd $(BUILD)/asan/sbx-vmworker $(BUILD)/asan/sbx-netbroker $(BUILD)/asan/sbx
 
-# The guest agent is PID 1 in the VM: static, no sanitizer.
-$(BUILD)/sbx-agent: $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) agent/*.h common/*.h proto/*.h
-	$(CC) $(CFLAGS_COMMON) -O2 -static -o $@ $(AGENT_SRC) $(COMMON_SRC) \
-		$(BUILD)/gen/files.pb-c.c $(BUILD)/gen/agent.pb-c.c -l:libprotobuf-c.a -l:libzstd.a -l:libcrypto.a
+# The guest agent is PID 1 in the VM: static, no sanitizer. $(call agent_link,COMPILER,CFLAGS)
+AGENT_DEPS = $(AGENT_SRC) $(COMMON_SRC) $(GEN_C) $(GEN_H) agent/*.h common/*.h proto/*.h
+agent_link = $(1) $(2) -O2 -static -o $@ $(AGENT_SRC) $(COMMON_SRC) \
+	$(BUILD)/gen/files.pb-c.c $(BUILD)/gen/agent.pb-c.c -l:libprotobuf-c.a -l:libzstd.a -l:libcrypto.a
+$(BUILD)/sbx-agent: $(AGENT_DEPS)
+	$(call agent_link,$(CC),$(CFLAGS_COMMON))
+# The agent for a given guest architecture, with Debian's cross compiler and the static
+# libraries of that architecture (scripts/setup-host.sh --arch ARCH installs both).
+$(BUILD)/aarch64/sbx-agent $(BUILD)/x86_64/sbx-agent: $(BUILD)/%/sbx-agent: $(AGENT_DEPS)
+	@mkdir -p $(dir $@)
+	$(call agent_link,$*-linux-gnu-gcc,$(CFLAGS_BASE))
 
 # Unit tests (cmocka), built with ASan/UBSan.
 UNIT_TESTS = test_frame test_limits test_config test_cli_args test_balloon test_paths test_netparse \
@@ -190,8 +199,12 @@ fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 setup:
 	scripts/setup-host.sh
 
-assets: $(BUILD)/sbx-agent
-	scripts/build-assets.sh
+# make assets ARCH=aarch64 (or x86_64): the assets of that guest architecture, default the
+# host's; another architecture's agent is cross-built (scripts/setup-host.sh --arch ARCH).
+HOST_ARCH := $(shell uname -m)
+ASSET_AGENT = $(if $(filter-out $(HOST_ARCH),$(or $(ARCH),$(HOST_ARCH))),$(BUILD)/$(ARCH)/sbx-agent,$(BUILD)/sbx-agent)
+assets: $(ASSET_AGENT)
+	SBX_AGENT=$(ASSET_AGENT) scripts/build-assets.sh
 
 run: setup
 	$(MAKE) all

@@ -16,7 +16,8 @@
  * the child's pipes earlier, at AGENT_QUEUE_PAUSE_PIPES). */
 #define AGENT_QUEUE_PAUSE_PORT (8u << 20)
 
-/* The kernel console (ttyS0), opened on first use from the initramfs /dev: opening the UART
+/* The kernel console (/dev/console: ttyS0 on x86 microvm, ttyAMA0 on arm virt, whichever
+ * console= names), opened on first use from the initramfs /dev: opening the UART
  * costs a couple of ms of boot under TCG and is rarely needed. */
 static int console_fd = -1;
 
