@@ -29,6 +29,7 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 	supervisor/assets.c supervisor/layers.c supervisor/install.c supervisor/packer.c supervisor/cachedir.c supervisor/child.c supervisor/remote.c \
 	supervisor/ledger.c supervisor/metrics.c
 WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapshot.c vmworker/qemu.c \
+	vmworker/machine.c \
 	vmworker/jail.c vmworker/qmp.c vmworker/balloon.c vmworker/net.c vmworker/netloop.c \
 	vmworker/netfilter.c vmworker/netconn.c vmworker/netudp.c vmworker/netparse.c
 LIBSBX_SRC = cli/client.c cli/autostart.c cli/run.c cli/session.c cli/file.c cli/status.c \
@@ -126,7 +127,7 @@ $(BUILD)/aarch64/sbx-agent $(BUILD)/x86_64/sbx-agent: $(BUILD)/%/sbx-agent: $(AG
 
 # Unit tests (cmocka), built with ASan/UBSan.
 UNIT_TESTS = test_frame test_limits test_config test_cli_args test_balloon test_paths test_netparse \
-	test_netpolicy test_packages
+	test_netpolicy test_packages test_machine
 $(BUILD)/tests/test_frame: tests/unit/test_frame.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_limits: tests/unit/test_limits.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_paths: tests/unit/test_paths.c $(asan_COMMON_OBJ)
@@ -138,6 +139,7 @@ $(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.
 	$(asan_COMMON_OBJ) $(asan_PKG_OBJ)
 $(BUILD)/tests/test_balloon: tests/unit/test_balloon.c $(BUILD)/asan/vmworker/balloon.o $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_netparse: tests/unit/test_netparse.c $(BUILD)/asan/vmworker/netparse.o $(asan_COMMON_OBJ)
+$(BUILD)/tests/test_machine: tests/unit/test_machine.c $(BUILD)/asan/vmworker/machine.o
 $(UNIT_TESTS:%=$(BUILD)/tests/%):
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) -iquote supervisor -iquote vmworker $(ASAN_FLAGS) -o $@ $^ -lcmocka $(LIBS_HOST)
@@ -156,12 +158,12 @@ $(BUILD)/fuzz/fuzz_%: $(FUZZ_SRC) $(GEN_H) common/*.h proto/*.h
 		-DFUZZ_$(shell echo $* | tr a-z A-Z) -iquote $(BUILD)/gen -iquote common -iquote proto -o $@ $(FUZZ_SRC) \
 		-lprotobuf-c
 # The worker's QMP reader: QEMU's replies and events are its input.
-$(BUILD)/fuzz/fuzz_qmp: tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c $(GEN_C) $(GEN_H) \
-		vmworker/*.h common/*.h proto/*.h
+$(BUILD)/fuzz/fuzz_qmp: tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c vmworker/machine.c \
+		$(GEN_C) $(GEN_H) vmworker/*.h common/*.h proto/*.h
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
 		-iquote common -iquote proto -iquote vmworker -o $@ tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c \
-		$(GEN_C) -lprotobuf-c -ljansson
+		vmworker/machine.c $(GEN_C) -lprotobuf-c -ljansson
 # The worker's parsers of the guest's network bytes: frames, DNS queries, TLS ClientHellos.
 $(BUILD)/fuzz/fuzz_netparse: tests/fuzz/fuzz_netparse.c vmworker/netparse.c vmworker/netparse.h
 	@mkdir -p $(dir $@)

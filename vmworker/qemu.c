@@ -1,6 +1,7 @@
 /* QEMU command line, process start and /proc measurements. It holds no worker state (the QMP
  * fuzzer links it without worker.c), and never puts a path with a comma on the command line. */
 #include "qemu.h"
+#include "machine.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -12,12 +13,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-/* Kernel command line: quiet serial console, reboot (not halt) on panic so QEMU exits with
- * -no-reboot, and the TCG-friendly timer options measured in MEASUREMENTS.md. */
-static const char base_cmdline[] = "console=ttyS0 panic=-1 reboot=t quiet loglevel=1 "
-                                   "tsc=reliable no_timer_check i8042.noaux nolapic_timer "
-                                   "random.trust_cpu=on";
 
 #define MAX_ARGS 80
 
@@ -59,6 +54,10 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
         return sbx_fail(err, EINVAL, "VM config: accel `%s`", cfg->accel);
     if (cfg->memory_mb < 64 || cfg->memory_mb > 65536)
         return sbx_fail(err, EINVAL, "VM config: memory %u MB", cfg->memory_mb);
+    /* Machine, kernel command line and virtio transport of the guest's architecture. */
+    const qemu_machine *m = qemu_machine_for(cfg->guest_arch);
+    if (!m)
+        return sbx_fail(err, EINVAL, "VM config: guest architecture `%s`", cfg->guest_arch);
     snprintf(vm->agent_sock, sizeof vm->agent_sock, "%s/agent.sock", cfg->run_dir);
     snprintf(vm->console_sock, sizeof vm->console_sock, "%s/console.sock", cfg->run_dir);
     snprintf(vm->log_path, sizeof vm->log_path, "%s/qemu.log", cfg->run_dir);
@@ -72,9 +71,9 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
     const char *cpu =
         cfg->cpu && *cfg->cpu ? cfg->cpu : (!strcmp(cfg->accel, "kvm") ? "host" : "max");
     int bad = 0;
-    bad |= arg(&a, "%s", cfg->qemu);
-    bad |= arg(&a, "-M") | arg(&a, "microvm,acpi=off,x-option-roms=off,rtc=on%s",
-                               restore || template ? ",memory-backend=mem" : "");
+    bad |= arg(&a, "%s", cfg->qemu && *cfg->qemu ? cfg->qemu : m->qemu);
+    bad |= arg(&a, "-M") |
+           arg(&a, "%s%s", m->machine, restore || template ? ",memory-backend=mem" : "");
     /* TCG's translation cache would otherwise reserve up to 1 GiB: keep it within the cgroup
      * overhead sbxd allows (VM_OVERHEAD_MB). */
     bad |= arg(&a, "-accel") |
@@ -95,24 +94,26 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
     bad |= arg(&a, "-display") | arg(&a, "none");
     bad |= arg(&a, "-kernel") | arg(&a, "%s", cfg->kernel);
     bad |= arg(&a, "-initrd") | arg(&a, "%s", cfg->initrd);
-    bad |= arg(&a, "-append") | arg(&a, "%s", base_cmdline);
+    bad |= arg(&a, "-append") | arg(&a, "%s", m->cmdline);
     bad |= arg(&a, "-drive") |
            arg(&a, "file=%s,if=none,id=root,format=raw,readonly=on,cache=unsafe", cfg->rootfs);
-    bad |= arg(&a, "-device") | arg(&a, "virtio-blk-device,drive=root");
+    bad |= arg(&a, "-device") | arg(&a, "virtio-blk-%s,drive=root", m->virtio);
     /* A package layer: read-only like the root, found by the agent through its serial. */
     if (cfg->layer && *cfg->layer)
         bad |= arg(&a, "-drive") |
                arg(&a, "file=%s,if=none,id=pkgs,format=raw,readonly=on,cache=unsafe", cfg->layer) |
-               arg(&a, "-device") | arg(&a, "virtio-blk-device,drive=pkgs,serial=sbx-packages");
-    bad |= arg(&a, "-device") | arg(&a, "virtio-serial-device,max_ports=2");
+               arg(&a, "-device") |
+               arg(&a, "virtio-blk-%s,drive=pkgs,serial=sbx-packages", m->virtio);
+    bad |= arg(&a, "-device") | arg(&a, "virtio-serial-%s,max_ports=2", m->virtio);
     bad |=
         arg(&a, "-chardev") | arg(&a, "socket,id=agent,path=%s,server=on,wait=off", vm->agent_sock);
     bad |= arg(&a, "-device") | arg(&a, "virtserialport,chardev=agent,name=sbx.agent");
-    bad |= arg(&a, "-device") | arg(&a, "virtio-rng-device");
+    bad |= arg(&a, "-device") | arg(&a, "virtio-rng-%s", m->virtio);
     /* The NIC: frames go to the network process over an inherited socket (fd 3 in QEMU). */
     if (vm->net_fd >= 0)
         bad |= arg(&a, "-netdev") | arg(&a, "stream,id=net0,addr.type=fd,addr.str=3") |
-               arg(&a, "-device") | arg(&a, "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56");
+               arg(&a, "-device") |
+               arg(&a, "virtio-net-%s,netdev=net0,mac=52:54:00:12:34:56", m->virtio);
     /* The balloon: the guest reports pages it frees and QEMU returns them to the host, and the
      * worker inflates it over QMP while a session VM is idle (vmworker/balloon.c); deflate-on-oom
      * lets the guest take pages back by itself should it need them first. Cold VMs only: QEMU
@@ -120,8 +121,8 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
      * every restored VM shares), so there it would only fill the log with refusals; the
      * template has the same device (its state must match) with reporting off. */
     bad |= arg(&a, "-device") |
-           arg(&a, "virtio-balloon-device,id=balloon,deflate-on-oom=on,free-page-reporting=%s",
-               restore || template ? "off" : "on");
+           arg(&a, "virtio-balloon-%s,id=balloon,deflate-on-oom=on,free-page-reporting=%s",
+               m->virtio, restore || template ? "off" : "on");
     bad |=
         arg(&a, "-chardev") | arg(&a, "socket,id=con,path=%s,server=on,wait=off", vm->console_sock);
     bad |= arg(&a, "-serial") | arg(&a, "chardev:con");
