@@ -8,8 +8,8 @@
 #   ARCH defaults to the host's (scripts/lib-arch.sh).
 # Output: $CACHE/artefacts/vmlinux-<hash> (x86_64) or Image-aarch64-<hash> (aarch64), with the
 # final .config next to it as <artefact>.config.
-# hash = first 16 hex of sha256(this script, lib-arch.sh, both fragments, linux-source version,
-# compiler version).
+# hash = first 16 hex of sha256(this script, both fragments, linux-source version, target
+# architecture and toolchain prefix, compiler version).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,8 +39,9 @@ done
 cc_ver=$("${CROSS}gcc" --version | head -1)
 
 hash=$({
-  sha256sum "${BASH_SOURCE[0]}" "$ROOT/scripts/lib-arch.sh" "${FRAGMENTS[@]}" | cut -d' ' -f1
+  sha256sum "${BASH_SOURCE[0]}" "${FRAGMENTS[@]}" | cut -d' ' -f1
   echo "$SRC_PKG $src_ver"
+  echo "$KARCH $CROSS"
   echo "$cc_ver"
 } | sha256sum | cut -c1-16)
 
