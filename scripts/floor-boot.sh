@@ -4,18 +4,34 @@
 # min/median. Everything later (agent, snapshots) is measured against this.
 # Usage: scripts/floor-boot.sh raw|python|javascript [RUNS=5]
 #        scripts/floor-boot.sh check      boots raw, checks /dev/vda, squashfs root, no io_uring
-# Env: KERNEL, IMAGE (default $CACHE/images/vmlinux, $CACHE/images/<lang>.sqfs),
+# Env: ARCH=x86_64|aarch64 (the guest's, default the host's: microvm or virt, as the worker
+#      starts them), KERNEL, IMAGE (default $CACHE/images[/aarch64]/vmlinux and <lang>.sqfs),
 #      FLOOR_JS=/usr/bin/node (another JS runtime inside IMAGE), FLOOR_PROC=1 (raw/python also
-#      through the /proc-mounting bash), QEMU (default qemu-system-x86_64), FLOOR_VERBOSE=1.
+#      through the /proc-mounting bash), QEMU (default qemu-system-<arch>), FLOOR_VERBOSE=1.
 # TCG only (no KVM on these machines); each QEMU runs under `timeout 60`.
 set -euo pipefail
 
 CACHE="${EXEC_SANDBOX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/exec-sandbox}"
 IMG="${1:-}"
 RUNS="${2:-5}"
-QEMU="${QEMU:-qemu-system-x86_64}"
-KERNEL="${KERNEL:-$CACHE/images/vmlinux}"
 die() { echo "floor-boot: ERROR: $*" >&2; exit 1; }
+# shellcheck source=lib-arch.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib-arch.sh"
+IMAGES="$CACHE/images${ASSET_SUBDIR:+/$ASSET_SUBDIR}"
+QEMU="${QEMU:-qemu-system-$ARCH}"
+KERNEL="${KERNEL:-$IMAGES/vmlinux}"
+# Machine and kernel console/timer options as sbx-vmworker gives its VMs (vmworker/machine.c),
+# so the floor differs from a real run only by what the project adds.
+case "$ARCH" in
+x86_64)
+  MACHINE=microvm,acpi=off
+  APPEND="console=ttyS0 panic=-1 reboot=t quiet loglevel=1 tsc=reliable no_timer_check i8042.noaux nolapic_timer random.trust_cpu=on"
+  ;;
+aarch64)
+  MACHINE=virt,gic-version=3
+  APPEND="console=ttyAMA0 panic=-1 reboot=t quiet loglevel=1 random.trust_cpu=on"
+  ;;
+esac
 
 # The init's arguments go on the kernel cmdline WITHOUT "--": QEMU microvm appends
 # virtio_mmio.device=... at the end, and after "--" the kernel would hand that to init instead of
@@ -39,14 +55,11 @@ cat /proc/version; echo 1\""
   ;;
 *) die "usage: $0 raw|python|javascript|check [RUNS]" ;;
 esac
-IMAGE="${IMAGE:-$CACHE/images/${IMG/check/raw}.sqfs}"
+IMAGE="${IMAGE:-$IMAGES/${IMG/check/raw}.sqfs}"
 [ -e "$KERNEL" ] || die "kernel not found: $KERNEL (run scripts/build-assets.sh)"
 [ -e "$IMAGE" ] || die "image not found: $IMAGE (run scripts/build-assets.sh)"
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
 
-# Same kernel options and entropy sources as sbx-vmworker gives its VMs (vmworker/qemu.c), so the
-# floor differs from a real run only by what the project adds.
-APPEND="console=ttyS0 panic=-1 reboot=t quiet loglevel=1 tsc=reliable no_timer_check i8042.noaux nolapic_timer random.trust_cpu=on"
 APPEND+=" root=/dev/vda rootfstype=squashfs ro $INIT_ARGS"
 
 boot_once() {
@@ -60,7 +73,7 @@ boot_once() {
       now=$(date +%s%N)
       ms=$(((now - t0) / 1000000))
     fi
-  done < <(timeout 60 "$QEMU" -M microvm,acpi=off -accel tcg -cpu max -m 256 -smp 1 \
+  done < <(timeout 60 "$QEMU" -M "$MACHINE" -accel tcg -cpu max -m 256 -smp 1 \
     -nodefaults -no-user-config -nographic -no-reboot \
     -kernel "$KERNEL" -append "$APPEND" \
     -drive "file=$IMAGE,if=none,id=root,format=raw,readonly=on" \
@@ -79,4 +92,4 @@ done
 mapfile -t sorted < <(printf '%s\n' "${times[@]}" | sort -n)
 n=${#sorted[@]}
 if ((n % 2)); then med=${sorted[n / 2]}; else med=$(((sorted[n / 2 - 1] + sorted[n / 2]) / 2)); fi
-echo "floor $IMG: min ${sorted[0]} ms, median $med ms over $n run(s) ($($QEMU --version | head -1 | awk '{print $4}'), TCG)"
+echo "floor $IMG ($ARCH): min ${sorted[0]} ms, median $med ms over $n run(s) ($($QEMU --version | head -1 | awk '{print $4}'), TCG)"
