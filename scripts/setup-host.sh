@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that building, running and testing exec-sandbox need.
-# Then s3rver from npm (scripts/setup-s3rver.sh) for the remote layer cache tests.
+# Then test tools from npm: s3rver for the remote layer cache tests, kubernetes-models for the
+# Kubernetes manifests (scripts/setup-npm-tool.sh). podman (with runc; catatonit for its pods'
+# pause image) builds and runs the container image in the tests.
 # Idempotent: a second run with everything present does no network work.
 set -euo pipefail
 
@@ -16,6 +18,7 @@ PKGS_MAIN=(
   clang clang-format libclang-rt-14-dev valgrind python3 util-linux
   python3-protobuf protobuf-compiler python3-pytest python3-pytest-asyncio python3-pip python3-setuptools python3-venv
   python3-botocore
+  podman runc catatonit python3-yaml
 )
 PKGS_BPO=(qemu-system-x86 qemu-utils)
 KERNEL_SRC=linux-source-6.1
@@ -43,5 +46,6 @@ else
   qemu-system-x86_64 --version | head -1
 fi
 
-# s3rver (npm) for the remote layer cache tests, in the project's cache dir; a no-op when present.
+# npm tools for the tests, in the project's cache dir; a no-op when present.
 "$(dirname "$0")/setup-s3rver.sh" >/dev/null
+"$(dirname "$0")/setup-npm-tool.sh" k8s-validate >/dev/null

@@ -20,6 +20,7 @@
 #include "metrics.h"
 #include "remote.h"
 #include "snapshot.h"
+#include "spawn.h"
 #include "workerlog.h"
 
 sbx_config cfg;
@@ -204,6 +205,14 @@ int main(int argc, char **argv)
     setvbuf(stderr, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
     prefetch_assets();
+    if (spawn_probe(&err) < 0) {
+        /* Serving would only fail every run: say so once, at start. */
+        fprintf(stderr,
+                "sbxd: %s: no VM can start here. In a container, sbxd needs --privileged "
+                "(README.md, \"Container sidecar and Kubernetes\")\n",
+                err.msg);
+        return 1;
+    }
     started_ms = last_activity = now_ms();
 
     remove_stale_run_dirs();
