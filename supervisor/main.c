@@ -131,7 +131,8 @@ static void prefetch_assets(void)
     if (pid == 0) {
         /* The cache sbxd uses, not whatever sbx would compute for itself. */
         setenv("EXEC_SANDBOX_CACHE_DIR", cfg.cache_dir, 1);
-        execl(sbx, "sbx", "prefetch", "--from", cfg.asset_base_url, "-q", (char *)NULL);
+        execl(sbx, "sbx", "prefetch", "--from", cfg.asset_base_url, "--arch", cfg.guest_arch, "-q",
+              (char *)NULL);
         _exit(127);
     }
     int st = -1;
@@ -161,8 +162,8 @@ static bool offline_assets_missing(void)
         return false;
     fprintf(stderr,
             "sbxd: offline (EXEC_SANDBOX_OFFLINE=1) and guest assets are missing in %s: %s; fetch "
-            "them with `sbx prefetch --from URL|PATH` (or build them: make assets)\n",
-            cfg.images_dir, missing);
+            "them with `sbx prefetch --arch %s --from URL|PATH` (or build them: make assets)\n",
+            cfg.images_dir, missing, cfg.guest_arch);
     return true;
 }
 
@@ -179,8 +180,8 @@ int main(int argc, char **argv)
     /* The worker's jail holds only this one binary, so it must be an absolute path. */
     char qemu[sizeof cfg.qemu];
     if (paths_which(cfg.qemu, qemu, sizeof qemu) < 0) {
-        fprintf(stderr, "sbxd: QEMU binary `%s` not found (install qemu-system-x86, or set qemu)\n",
-                cfg.qemu);
+        fprintf(stderr, "sbxd: QEMU binary `%s` not found (install qemu-system-%s, or set qemu)\n",
+                cfg.qemu, !strcmp(cfg.guest_arch, "aarch64") ? "arm" : "x86");
         return 1;
     }
     memcpy(cfg.qemu, qemu, sizeof qemu);
