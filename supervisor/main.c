@@ -80,9 +80,11 @@ static void remove_stale_run_dirs(void)
     while ((e = readdir(d))) {
         int pid;
         char rest[32];
-        if (sscanf(e->d_name, "sbxd-%d-%31s", &pid, rest) != 2 || pid <= 0 || pid == getpid())
+        if (sscanf(e->d_name, "sbxd-%d-%31s", &pid, rest) != 2 || pid <= 0)
             continue;
-        if (kill(pid, 0) == 0 || errno != ESRCH)
+        /* One with our own pid predates us (this runs before ours is made): an earlier sbxd
+         * that had the same pid, as PID 1 of a restarted container always has. */
+        if (pid != getpid() && (kill(pid, 0) == 0 || errno != ESRCH))
             continue;
         struct stat st;
         if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode) &&
@@ -152,6 +154,32 @@ static void prefetch_assets(void)
         slog("guest assets prefetched from %s", cfg.asset_base_url);
 }
 
+/* Whether a worker's namespaces can be made here. Where they never can (an unprivileged
+ * container, user namespaces turned off), serving would only fail every run: say so once, at
+ * start, before anything is downloaded. A shortage (EAGAIN, ENOMEM, ENOSPC: too many namespaces
+ * or processes now) may pass, so it is only a warning. */
+static bool namespaces_usable(void)
+{
+    sbx_err err = {0};
+    if (spawn_probe(&err) == 0)
+        return true;
+    if (err.code != EPERM && err.code != EACCES && err.code != EINVAL) {
+        fprintf(stderr, "sbxd: warning: %s (a shortage, perhaps passing)\n", err.msg);
+        return true;
+    }
+    if (getuid() != 0)
+        fprintf(stderr,
+                "sbxd: %s: no VM can start here. sbxd as uid %u needs user namespaces (a "
+                "sysctl or an AppArmor policy may turn them off), or run it as root\n",
+                err.msg, (unsigned)getuid());
+    else
+        fprintf(stderr,
+                "sbxd: %s: no VM can start here. In a container, sbxd needs --privileged "
+                "(README.md, \"Container sidecar and Kubernetes\")\n",
+                err.msg);
+    return false;
+}
+
 /* EXEC_SANDBOX_OFFLINE=1: nothing is ever downloaded, so missing assets are an error now, named,
  * with the command that fetches them (otherwise each request would fail later, one by one). */
 static bool offline_assets_missing(void)
@@ -205,15 +233,9 @@ int main(int argc, char **argv)
     }
     setvbuf(stderr, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
-    prefetch_assets();
-    if (spawn_probe(&err) < 0) {
-        /* Serving would only fail every run: say so once, at start. */
-        fprintf(stderr,
-                "sbxd: %s: no VM can start here. In a container, sbxd needs --privileged "
-                "(README.md, \"Container sidecar and Kubernetes\")\n",
-                err.msg);
+    if (!namespaces_usable())
         return 1;
-    }
+    prefetch_assets();
     started_ms = last_activity = now_ms();
 
     remove_stale_run_dirs();

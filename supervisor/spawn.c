@@ -87,10 +87,6 @@ static char **worker_env(void)
     return env;
 }
 
-/* fork+exec the worker in new namespaces (it becomes PID 1 of its own pid namespace, so when it
- * dies the kernel kills QEMU too), inside the VM's cgroup before it runs a single instruction
- * of its own, with exactly one inherited socket as fd 3, its stdout and stderr on a log pipe of
- * its own (workerlog.c; none of sbxd's descriptors) and an empty environment. */
 /* The namespaces a worker starts in (a user namespace too when sbxd is not root). */
 static unsigned long worker_ns_flags(bool userns)
 {
@@ -112,6 +108,10 @@ int spawn_probe(sbx_err *err)
     return 0;
 }
 
+/* fork+exec the worker in new namespaces (it becomes PID 1 of its own pid namespace, so when it
+ * dies the kernel kills QEMU too), inside the VM's cgroup before it runs a single instruction
+ * of its own, with exactly one inherited socket as fd 3, its stdout and stderr on a log pipe of
+ * its own (workerlog.c; none of sbxd's descriptors) and an empty environment. */
 int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, int net_fd, pid_t *pid_out, int *fd_out,
                  sbx_err *err)
 {

@@ -127,9 +127,10 @@ def container_image_serves_host(c):
         eq((res["stdout"], res["exit_code"]), ("42\n", 0), f"javascript: {r.err[-800:]}")
         ok(res["accelerator"] in ("kvm", "tcg"), f"accelerator reported: {res}")
         st = json.loads(c.sbx("status", "--json", env=env, check_rc=0).out)
-        # The daemon is the container's (PID 1 there), with the assets the build prefetched.
-        eq((st["pid"], st["images_dir"]), (1, "/var/cache/exec-sandbox/images"),
-           "the container's sbxd")
+        # The daemon is the container's (PID 1 there), with the assets the build prefetched,
+        # and its VMs have cgroups (limits from the host) inside the container's.
+        eq((st["pid"], st["images_dir"]), (1, "/opt/exec-sandbox/images"), "the container's sbxd")
+        ok(st["cgroup_mode"] in ("v1", "v2"), f"cgroups: {st['cgroup_mode']}")
         # Stopped, it ends cleanly (SIGTERM to PID 1 is handled) and removes its socket.
         t0 = time.time()
         _podman("stop", "-t", "30", NAME, timeout=60)
@@ -161,10 +162,11 @@ def container_unprivileged_refused_at_start(c):
 def container_sidecar_pod_kube_play(c):
     image = _image(c)
     src = open(os.path.join(MANIFESTS, "sidecar-pod.yaml")).read()
-    ok(src.count("image: exec-sandbox:latest") == 2, "both containers name the image")
+    image_line = "image: registry.example.com/exec-sandbox:0.1.0"
+    ok(src.count(image_line) == 2, "both containers name the image")
     pod_yaml = os.path.join(c.tmp, "sidecar-pod.yaml")
     with open(pod_yaml, "w") as f:
-        f.write(src.replace("image: exec-sandbox:latest", f"image: {image}"))
+        f.write(src.replace(image_line, f"image: {image}"))
     _podman("kube", "down", pod_yaml, check=False)
     _podman("kube", "play", pod_yaml, timeout=300)
     try:
