@@ -17,7 +17,7 @@ CFLAGS_COMMON += $(shell pkg-config --cflags $(PKGS))
 PROTOS = files control worker agent net
 GEN_C = $(PROTOS:%=$(BUILD)/gen/%.pb-c.c)
 GEN_H = $(PROTOS:%=$(BUILD)/gen/%.pb-c.h)
-COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c common/netpolicy.c common/pump.c
+COMMON_SRC = proto/frame.c common/sbx_limits.c common/paths.c common/netpolicy.c common/pump.c common/arch.c
 # Package specs and the allowlists compiled in from data/ (sbxd, sbx, libsbx; not the agent).
 PKG_SRC = common/packages.c
 PKG_GEN = $(BUILD)/gen/pkglists.c
@@ -127,13 +127,14 @@ $(BUILD)/aarch64/sbx-agent $(BUILD)/x86_64/sbx-agent: $(BUILD)/%/sbx-agent: $(AG
 
 # Unit tests (cmocka), built with ASan/UBSan.
 UNIT_TESTS = test_frame test_limits test_config test_cli_args test_balloon test_paths test_netparse \
-	test_netpolicy test_packages test_machine
+	test_netpolicy test_packages test_arch test_machine
 $(BUILD)/tests/test_frame: tests/unit/test_frame.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_limits: tests/unit/test_limits.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_paths: tests/unit/test_paths.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_netpolicy: tests/unit/test_netpolicy.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_packages: tests/unit/test_packages.c $(asan_PKG_OBJ) $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_config: tests/unit/test_config.c $(BUILD)/asan/supervisor/config.o $(asan_COMMON_OBJ)
+$(BUILD)/tests/test_arch: tests/unit/test_arch.c $(BUILD)/asan/supervisor/config.o $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.o $(BUILD)/asan/cli/sources.o \
 	$(BUILD)/asan/libsbx.a \
 	$(asan_COMMON_OBJ) $(asan_PKG_OBJ)

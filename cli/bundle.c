@@ -20,10 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "arch.h"
 #include "paths.h"
 #include "sbx.h"
 
@@ -79,10 +79,14 @@ static int file_sha256(const char *path, char out[65], uint64_t *size)
     return r < 0 ? -1 : 0;
 }
 
-static void host_arch(char *out, size_t n)
+/* The architecture a command is for: --arch (an alias is accepted), else the host's. */
+static const char *arch_of(const char *arch_opt, const char *cmd)
 {
-    struct utsname u;
-    snprintf(out, n, "%s", uname(&u) == 0 ? u.machine : "x86_64");
+    const char *a = arch_opt ? arch_canonical(arch_opt) : arch_host();
+    if (!a || !arch_qemu_binary(a))
+        fprintf(stderr, "sbx: %s: architecture `%s` has no guests here (x86_64 or aarch64)\n", cmd,
+                arch_opt ? arch_opt : arch_host());
+    return a && arch_qemu_binary(a) ? a : NULL;
 }
 
 static void bundle_name(const char *version, const char *arch, char *out, size_t n)
@@ -157,9 +161,8 @@ static int add_file(struct archive *a, const char *name, const char *path, uint6
 int cmd_bundle(int argc, char **argv)
 {
     const char *images = getenv("EXEC_SANDBOX_IMAGES_DIR"), *out = NULL, *version = SBX_VERSION;
-    char arch[64], cache[PATH_MAX], dflt[PATH_MAX + 16];
+    char cache[PATH_MAX], dflt[PATH_MAX + 16];
     const char *arch_opt = NULL;
-    host_arch(arch, sizeof arch);
     for (int i = 1; i < argc; i++) {
         int r;
         if ((r = opt(argc, argv, &i, "--images-dir", &images)) ||
@@ -176,17 +179,19 @@ int cmd_bundle(int argc, char **argv)
                 argv[i]);
         return EXIT_USAGE;
     }
-    if (arch_opt)
-        snprintf(arch, sizeof arch, "%s", arch_opt);
-    if (!out || !plain_name(version) || !plain_name(arch)) {
-        fprintf(stderr, "sbx: bundle: --out DIR is needed; version and arch are plain names\n");
+    const char *arch = arch_of(arch_opt, "bundle");
+    if (!arch)
+        return EXIT_USAGE;
+    if (!out || !plain_name(version)) {
+        fprintf(stderr, "sbx: bundle: --out DIR is needed; the version is a plain name\n");
         return EXIT_USAGE;
     }
     if (!images) {
         sbx_err err = {0};
         if (paths_cache_dir(cache, sizeof cache, &err) < 0)
             return fail("bundle: %s", err.msg);
-        snprintf(dflt, sizeof dflt, "%s/images", cache);
+        if (arch_images_dir(cache, arch, dflt, sizeof dflt) < 0)
+            return fail("bundle: cache path too long");
         images = dflt;
     }
     asset as[ARRAY_LEN(image_names)];
@@ -466,11 +471,11 @@ static int unpack(const char *path, const char *staging, asset *as, size_t *n, c
     return 0;
 }
 
-/* Whether images/<image> already points at artefacts/<file> holding that sha256. */
-static bool present(const char *cache, const asset *x)
+/* Whether imgs/<image> already points at artefacts/<file> holding that sha256. */
+static bool present(const char *cache, const char *imgs, const asset *x)
 {
     char link[PATH_MAX + 100], target[PATH_MAX], want[PATH_MAX + 200], hex[65];
-    snprintf(link, sizeof link, "%s/images/%s", cache, x->image);
+    snprintf(link, sizeof link, "%s/%s", imgs, x->image);
     snprintf(want, sizeof want, "%s/artefacts/%s", cache, x->file);
     ssize_t n = readlink(link, target, sizeof target - 1);
     if (n <= 0)
@@ -512,19 +517,20 @@ int cmd_prefetch(int argc, char **argv)
         version = getenv("EXEC_SANDBOX_ASSET_VERSION");
     if (!version || !*version)
         version = SBX_VERSION;
-    char arch[64], name[256], cache[PATH_MAX], why[900] = "";
-    host_arch(arch, sizeof arch);
-    if (arch_opt)
-        snprintf(arch, sizeof arch, "%s", arch_opt);
-    if (!plain_name(version) || !plain_name(arch))
-        return fail("prefetch: version and arch are plain names");
+    char name[256], cache[PATH_MAX], why[900] = "";
+    const char *arch = arch_of(arch_opt, "prefetch");
+    if (!arch)
+        return EXIT_USAGE;
+    if (!plain_name(version))
+        return fail("prefetch: the version is a plain name");
     bundle_name(version, arch, name, sizeof name);
     sbx_err err = {0};
     if (paths_cache_dir(cache, sizeof cache, &err) < 0)
         return fail("prefetch: %s", err.msg);
     char arte[PATH_MAX + 20], imgs[PATH_MAX + 20], staging[PATH_MAX + 64];
     snprintf(arte, sizeof arte, "%s/artefacts", cache);
-    snprintf(imgs, sizeof imgs, "%s/images", cache);
+    if (arch_images_dir(cache, arch, imgs, sizeof imgs) < 0)
+        return fail("prefetch: cache path too long");
     if (paths_mkdir_p(arte, 0755) < 0 || paths_mkdir_p(imgs, 0755) < 0)
         return fail("prefetch: create `%s`: %s", arte, strerror(errno));
     snprintf(staging, sizeof staging, "%s/.prefetch-%d", arte, (int)getpid());
@@ -572,7 +578,7 @@ int cmd_prefetch(int argc, char **argv)
      * each image's link, replaced by a rename. */
     unsigned installed = 0;
     for (size_t i = 0; i < n; i++) {
-        if (present(cache, &as[i]))
+        if (present(cache, imgs, &as[i]))
             continue;
         char from_p[PATH_MAX + 200], to_p[PATH_MAX + 200], link_tmp[PATH_MAX + 200],
             link_p[PATH_MAX + 100];

@@ -239,6 +239,7 @@ typedef struct {
     uint64_t external_memory_peak_mb; /* peak memory of the VM measured by the host */
     sbx_timing timing;                /* the phases of the request */
     char accelerator[16];             /* "kvm" or "tcg" */
+    char guest_arch[16];              /* the guest's architecture: "x86_64" or "aarch64" */
     bool warm_pool_hit;               /* a pre-booted VM served the run */
     char start_mode[16];              /* how the VM was started, e.g. "cold" */
     uint64_t exec_count;              /* sessions: execs so far, this one included; 0 for runs */
@@ -270,6 +271,8 @@ typedef struct {
     char version[64];            /* sbxd version */
     char accelerator[16];        /* accelerator in force: "kvm", "tcg", or "" before the probe */
     char accel_reason[256];      /* why that accelerator was chosen */
+    char guest_arch[16];         /* the architecture of the daemon's guests */
+    char host_arch[16];          /* the daemon host's architecture */
     uint32_t running_vms;        /* VMs running now */
     uint32_t queued;             /* requests waiting for a VM slot */
     uint32_t max_concurrent_vms; /* the slot count */
@@ -370,6 +373,7 @@ typedef struct {
     uint64_t last_used_unix_ms; /* wall-clock time of the last exec or file transfer */
     bool busy;                  /* an exec or file transfer is in progress */
     char accelerator[16];       /* "kvm" or "tcg" */
+    char guest_arch[16];        /* "x86_64" or "aarch64" */
     uint64_t boot_ms;           /* how long its VM took to boot */
     char network_mode[16];      /* "none", "ports", "allowlist" or "open" ("" from an older sbxd) */
     size_t n_exposed_ports;

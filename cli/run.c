@@ -83,6 +83,7 @@ static int result_fill(sbx_result *out, const Sbx__Control__ExecResult *r, struc
         out->timing.total_ms = r->timing->total_ms;
     }
     copy_text(out->accelerator, sizeof out->accelerator, r->accelerator);
+    copy_text(out->guest_arch, sizeof out->guest_arch, r->guest_arch);
     out->warm_pool_hit = r->warm_pool_hit;
     copy_text(out->start_mode, sizeof out->start_mode, r->start_mode);
     out->exec_count = r->exec_count;

@@ -1,5 +1,6 @@
 /* sbx's output: what it prints for a result or an error, as text for a person or as JSON, and
  * the exit status each calls for. It never talks to the daemon. */
+#include "arch.h"
 #include "sbx.h"
 
 #include <inttypes.h>
@@ -49,9 +50,12 @@ static void print_summary(const char *language, const sbx_result *r)
     fmt_ms(exec, sizeof exec, r->timing.execute_ms);
     fmt_ms(total, sizeof total, r->timing.total_ms);
     const char *mode = r->warm_pool_hit ? "warm" : r->start_mode[0] ? r->start_mode : "cold";
+    /* A guest of another architecture than this host's says which. */
+    bool foreign = r->guest_arch[0] && strcmp(r->guest_arch, arch_host());
     fprintf(stderr,
-            "%s \xc2\xb7 %s \xc2\xb7 %s \xc2\xb7 boot %s \xc2\xb7 exec %s \xc2\xb7 total %s\n",
-            language, r->accelerator[0] ? r->accelerator : "?", mode, boot, exec, total);
+            "%s \xc2\xb7 %s%s%s \xc2\xb7 %s \xc2\xb7 boot %s \xc2\xb7 exec %s \xc2\xb7 total %s\n",
+            language, foreign ? r->guest_arch : "", foreign ? " " : "",
+            r->accelerator[0] ? r->accelerator : "?", mode, boot, exec, total);
 }
 
 /* Whether there are network refusals to tell a person about (--json has them all; -q none). */
@@ -198,8 +202,8 @@ static json_t *json_network(const sbx_network_report *n)
 json_t *json_result_fields(const char *language, const char *source, const sbx_result *r)
 {
     json_t *j = json_pack(
-        "{s:o, s:o, s:i, s:b, s:b, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:o, s:b, s:o,"
-        " s:o, s:o, s:o, s:b}",
+        "{s:o, s:o, s:i, s:b, s:b, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:o, s:o, s:b,"
+        " s:o, s:o, s:o, s:o, s:b}",
         "stdout", json_bytes(r->stdout_buf, r->stdout_len), "stderr",
         json_bytes(r->stderr_buf, r->stderr_len), "exit_code", r->exit_code, "timed_out",
         r->timed_out, "stdout_truncated", r->stdout_truncated, "stderr_truncated",
@@ -208,10 +212,11 @@ json_t *json_result_fields(const char *language, const char *source, const sbx_r
         (json_int_t)r->external_memory_peak_mb, "timing", "setup_ms",
         (json_int_t)r->timing.setup_ms, "boot_ms", (json_int_t)r->timing.boot_ms, "execute_ms",
         (json_int_t)r->timing.execute_ms, "total_ms", (json_int_t)r->timing.total_ms, "accelerator",
-        json_text(r->accelerator), "warm_pool_hit", r->warm_pool_hit, "start_mode",
-        json_text(r->start_mode), "exposed_ports", json_ports(r->exposed_ports, r->n_exposed_ports),
-        "network", json_network(r->network), "package_layer", json_text(r->package_layer),
-        "package_layer_built", r->package_layer_built);
+        json_text(r->accelerator), "guest_arch", json_text(r->guest_arch), "warm_pool_hit",
+        r->warm_pool_hit, "start_mode", json_text(r->start_mode), "exposed_ports",
+        json_ports(r->exposed_ports, r->n_exposed_ports), "network", json_network(r->network),
+        "package_layer", json_text(r->package_layer), "package_layer_built",
+        r->package_layer_built);
     if (j && language)
         json_object_set_new(j, "language", json_string(language));
     if (j && source)

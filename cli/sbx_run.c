@@ -173,6 +173,8 @@ static int session_run_steps(const args *a, const sbx_env *env, run_source *src,
         r.timing.boot_ms = info.boot_ms;
     if (!r.accelerator[0])
         snprintf(r.accelerator, sizeof r.accelerator, "%s", info.accelerator);
+    if (!r.guest_arch[0])
+        snprintf(r.guest_arch, sizeof r.guest_arch, "%s", info.guest_arch);
     if (!r.n_exposed_ports) {
         memcpy(r.exposed_ports, info.exposed_ports, sizeof r.exposed_ports);
         r.n_exposed_ports = info.n_exposed_ports;

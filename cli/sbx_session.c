@@ -72,13 +72,14 @@ static int session_error(const args *a, const sbx_error *e)
 
 static json_t *json_session(const sbx_session_info *s)
 {
-    return json_pack("{s:o, s:o, s:i, s:i, s:I, s:I, s:I, s:b, s:o, s:I, s:o, s:o}", "session_id",
-                     json_text(s->session_id), "language", json_text(s->language), "memory_mb",
-                     (int)s->memory_mb, "idle_timeout_seconds", (int)s->idle_timeout_seconds,
-                     "exec_count", (json_int_t)s->exec_count, "created_unix_ms",
-                     (json_int_t)s->created_unix_ms, "last_used_unix_ms",
+    return json_pack("{s:o, s:o, s:i, s:i, s:I, s:I, s:I, s:b, s:o, s:o, s:I, s:o, s:o}",
+                     "session_id", json_text(s->session_id), "language", json_text(s->language),
+                     "memory_mb", (int)s->memory_mb, "idle_timeout_seconds",
+                     (int)s->idle_timeout_seconds, "exec_count", (json_int_t)s->exec_count,
+                     "created_unix_ms", (json_int_t)s->created_unix_ms, "last_used_unix_ms",
                      (json_int_t)s->last_used_unix_ms, "busy", s->busy, "accelerator",
-                     json_text(s->accelerator), "boot_ms", (json_int_t)s->boot_ms, "network_mode",
+                     json_text(s->accelerator), "guest_arch", json_text(s->guest_arch), "boot_ms",
+                     (json_int_t)s->boot_ms, "network_mode",
                      json_text(s->network_mode[0] ? s->network_mode : "none"), "exposed_ports",
                      json_ports(s->exposed_ports, s->n_exposed_ports));
 }

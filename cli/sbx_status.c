@@ -78,7 +78,7 @@ int cmd_status(const args *a)
                       (json_int_t)s.layer_cache_max_bytes, "layers", layers, "remote", remote);
         return json_print(json_pack(
                    "{s:b, s:o, s:o, s:i, s:o, s:o, s:i, s:i, s:i, s:I, s:I, s:o, s:i, s:o, s:i, "
-                   "s:i, s:i, s:I, s:b, s:o, s:o, s:I, s:o, s:o}",
+                   "s:i, s:i, s:I, s:b, s:o, s:o, s:I, s:o, s:o, s:o, s:o}",
                    "running", 1, "socket", json_text(path), "version", json_text(s.version), "pid",
                    (int)s.pid, "accelerator", json_text(s.accelerator), "accel_reason",
                    json_text(s.accel_reason), "running_vms", (int)s.running_vms, "queued",
@@ -89,7 +89,8 @@ int cmd_status(const args *a)
                    (int)s.pool_ready, "pool_booting", (int)s.pool_booting, "pool_memory_mb",
                    (json_int_t)s.pool_memory_mb, "snapshots_enabled", (int)s.snapshots_enabled,
                    "snapshot_dir", json_text(s.snapshot_dir), "snapshots", snaps, "uid",
-                   (json_int_t)s.daemon_uid, "limits", limits, "package_layers", pkg)) < 0
+                   (json_int_t)s.daemon_uid, "limits", limits, "package_layers", pkg, "guest_arch",
+                   json_text(s.guest_arch), "host_arch", json_text(s.host_arch))) < 0
                    ? EXIT_SANDBOX
                    : 0;
     }
@@ -99,6 +100,8 @@ int cmd_status(const args *a)
     printf("socket       %s\n", path);
     printf("accelerator  %s%s%s%s\n", s.accelerator[0] ? s.accelerator : "not probed yet",
            s.accel_reason[0] ? " (" : "", s.accel_reason, s.accel_reason[0] ? ")" : "");
+    printf("guests       %s on a %s host\n", s.guest_arch[0] ? s.guest_arch : "?",
+           s.host_arch[0] ? s.host_arch : "?");
     printf("vms          %u running of %u, %u queued\n", s.running_vms, s.max_concurrent_vms,
            s.queued);
     printf("sessions     %u open\n", s.sessions);

@@ -27,6 +27,7 @@ static int info_fill(sbx_session_info *out, const Sbx__Control__SessionInfo *si,
     out->last_used_unix_ms = si->last_used_unix_ms;
     out->busy = si->busy;
     copy_text(out->accelerator, sizeof out->accelerator, si->accelerator);
+    copy_text(out->guest_arch, sizeof out->guest_arch, si->guest_arch);
     out->boot_ms = si->boot_ms;
     copy_text(out->network_mode, sizeof out->network_mode, si->network_mode);
     out->n_exposed_ports = ports_fill(out->exposed_ports, si->exposed_ports, si->n_exposed_ports);

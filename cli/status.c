@@ -23,6 +23,8 @@ static int status_get(sbx_client *c, sbx_status_info *out, sbx_err *err)
     const Sbx__Control__StatusReply *s = r->status;
     copy_text(out->version, sizeof out->version, s->version);
     copy_text(out->accelerator, sizeof out->accelerator, s->accelerator);
+    copy_text(out->guest_arch, sizeof out->guest_arch, s->guest_arch);
+    copy_text(out->host_arch, sizeof out->host_arch, s->host_arch);
     copy_text(out->accel_reason, sizeof out->accel_reason, s->accel_reason);
     out->running_vms = s->running_vms;
     out->queued = s->queued;

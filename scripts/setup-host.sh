@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that building, running and testing exec-sandbox need.
-# Then s3rver from npm (scripts/setup-s3rver.sh) for the remote layer cache tests.
+# Then test tools from npm: s3rver for the remote layer cache tests, kubernetes-models for the
+# Kubernetes manifests (scripts/setup-npm-tool.sh). podman (with runc; catatonit for its pods'
+# pause image) builds and runs the container image in the tests.
 # Idempotent: a second run with everything present does no network work.
 # Usage: scripts/setup-host.sh [--arch x86_64|aarch64]   (or ARCH=...; default the host's)
 #   A guest architecture other than the host's also gets what its assets and guests need:
@@ -33,6 +35,7 @@ PKGS_MAIN=(
   clang clang-format libclang-rt-14-dev valgrind python3 util-linux
   python3-protobuf protobuf-compiler python3-pytest python3-pytest-asyncio python3-pip python3-setuptools python3-venv
   python3-botocore
+  podman runc catatonit python3-yaml
 )
 declare -A QEMU_PKG=([x86_64]=qemu-system-x86 [aarch64]=qemu-system-arm)
 PKGS_BPO=("${QEMU_PKG[$ARCH]}" qemu-utils)
@@ -86,5 +89,6 @@ if [ -n "$CROSS" ] && [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$ARCH" ]; then
   log "registered binfmt handler qemu-$ARCH"
 fi
 
-# s3rver (npm) for the remote layer cache tests, in the project's cache dir; a no-op when present.
+# npm tools for the tests, in the project's cache dir; a no-op when present.
 "$(dirname "$0")/setup-s3rver.sh" >/dev/null
+"$(dirname "$0")/setup-npm-tool.sh" k8s-validate >/dev/null

@@ -10,6 +10,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include "arch.h"
 #include "paths.h"
 #include "sbxd.h"
 
@@ -55,6 +56,11 @@ static void qemu_identity(char *out, size_t n)
 
 void accel_init(void)
 {
+    if (strcmp(cfg.guest_arch, arch_host())) {
+        decide("tcg", "%s guests on a %s host: no KVM across architectures", cfg.guest_arch,
+               arch_host());
+        return;
+    }
     if (!strcmp(cfg.accel, "tcg")) {
         decide("tcg", "configured");
         return;

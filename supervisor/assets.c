@@ -22,9 +22,11 @@ int assets_resolve(const char *language, char *kernel, char *initrd, char *rootf
         snprintf(p, sizeof p, "%s/%s", cfg.images_dir, names[i]);
         if (!realpath(p, real) || access(real, R_OK) != 0)
             return sbx_fail(err, ENOENT,
-                            "guest asset `%s` is missing in %s: build the assets with `make "
-                            "assets` (scripts/build-assets.sh)",
-                            names[i], cfg.images_dir);
+                            "guest asset `%s` (%s) is missing in %s: build the assets with `make "
+                            "assets ARCH=%s` or fetch them with `sbx prefetch --arch %s --from "
+                            "URL|PATH`",
+                            names[i], cfg.guest_arch, cfg.images_dir, cfg.guest_arch,
+                            cfg.guest_arch);
         if (strlen(real) >= n)
             return sbx_fail(err, ENAMETOOLONG, "asset path `%s` is too long", real);
         strcpy(outs[i], real);

@@ -101,9 +101,11 @@ static void remove_stale(const char *parent)
     while ((e = readdir(d))) {
         int pid;
         unsigned long long seq;
-        if (sscanf(e->d_name, "vm-%d-%llu", &pid, &seq) != 2 || pid == getpid())
+        if (sscanf(e->d_name, "vm-%d-%llu", &pid, &seq) != 2)
             continue;
-        if (kill(pid, 0) == 0 || errno != ESRCH)
+        /* At start none is ours yet: one with our pid is an earlier sbxd's that had it (PID 1
+         * of a restarted container). */
+        if (pid != getpid() && (kill(pid, 0) == 0 || errno != ESRCH))
             continue;
         char dir[512];
         snprintf(dir, sizeof dir, "%s/%s", parent, e->d_name);

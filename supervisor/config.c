@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arch.h"
 #include "sbx_limits.h"
 #include "paths.h"
 
@@ -48,7 +49,8 @@ static const struct key keys[] = {
     U32(session_idle_timeout_seconds, 10, 3600, "session idle timeout, s (10-3600)"),
     U32(balloon_idle_seconds, 0, 3600,
         "idle time after which a cold-booted session VM gives back free memory (0: never)"),
-    STR(images_dir, "kernel and guest images (default: CACHE/images)"),
+    STR(images_dir, "kernel and guest images (default: CACHE/images, CACHE/images/aarch64 for "
+                    "aarch64 guests)"),
     STR(snapshot_cache_dir, "local snapshot cache"),
     STR(s3_bucket, "S3 bucket of the remote package-layer cache (unset: none)"),
     STR(s3_region, "S3 region"),
@@ -61,7 +63,9 @@ static const struct key keys[] = {
     BOOL(auto_download_assets, "download assets (this version builds them locally instead)"),
     STR(socket, "control socket path"),
     STR(accel, "auto | kvm | tcg"),
-    STR(qemu, "qemu-system-x86_64 binary"),
+    STR(qemu, "QEMU binary (default: qemu-system-x86_64 or -aarch64, per guest_arch)"),
+    STR(guest_arch, "guests' architecture: x86_64 | aarch64 (default: the host's; another runs "
+                    "under TCG)"),
     STR(cache_dir, "cache directory, uid's own, not writable by others (default: "
                    "~/.cache/exec-sandbox; without $HOME: /var/cache/exec-sandbox for root)"),
     U32(idle_exit_seconds, 0, 86400, "exit after this long with no clients and no VMs (0: never)"),
@@ -114,7 +118,6 @@ void config_defaults(sbx_config *c)
     c->enable_package_validation = true;
     c->auto_download_assets = true;
     snprintf(c->accel, sizeof c->accel, "auto");
-    snprintf(c->qemu, sizeof c->qemu, "qemu-system-x86_64");
     c->queue_timeout_seconds = 120;
     c->boot_timeout_seconds = 30;
     c->vm_uid_base = 2100000000u;
@@ -328,10 +331,22 @@ int config_load(sbx_config *c, int argc, char **argv, sbx_err *err)
         if (!((*p >= '0' && *p <= '9') || *p == ',' || *p == ' '))
             return sbx_fail(err, EINVAL, "allowed_uids: `%s` is not a comma-separated list of uids",
                             c->allowed_uids);
+    /* A host of another architecture runs x86_64 guests under TCG, as it always could. */
+    const char *arch = c->guest_arch[0]              ? arch_canonical(c->guest_arch)
+                       : arch_canonical(arch_host()) ? arch_host()
+                                                     : "x86_64";
+    if (!arch)
+        return sbx_fail(err, EINVAL, "guest_arch: `%s` is not x86_64 or aarch64", c->guest_arch);
+    snprintf(c->guest_arch, sizeof c->guest_arch, "%s", arch);
+    if (!strcmp(c->accel, "kvm") && strcmp(arch, arch_host()))
+        return sbx_fail(err, EINVAL, "accel kvm: %s guests cannot use KVM on a %s host", arch,
+                        arch_host());
+    if (!c->qemu[0])
+        snprintf(c->qemu, sizeof c->qemu, "%s", arch_qemu_binary(arch));
     if (!c->cache_dir[0] && paths_cache_dir(c->cache_dir, sizeof c->cache_dir, err) < 0)
         return -1;
-    if (!c->images_dir[0] && snprintf(c->images_dir, sizeof c->images_dir, "%s/images",
-                                      c->cache_dir) >= (int)sizeof c->images_dir)
+    if (!c->images_dir[0] &&
+        arch_images_dir(c->cache_dir, arch, c->images_dir, sizeof c->images_dir) < 0)
         return sbx_fail(err, ENAMETOOLONG, "images directory path too long");
     if (!c->socket[0] && paths_default_socket(c->socket, sizeof c->socket) < 0)
         return sbx_fail(err, ENAMETOOLONG, "socket path too long (max 107 characters)");

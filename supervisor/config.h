@@ -30,8 +30,9 @@ typedef struct {
     bool auto_download_assets;
     /* Ours. */
     char socket[108];
-    char accel[8];  /* auto | kvm | tcg */
-    char qemu[512]; /* qemu-system-x86_64 binary */
+    char accel[8];       /* auto | kvm | tcg */
+    char qemu[512];      /* the QEMU for guest_arch (default: qemu-system-<guest_arch>) */
+    char guest_arch[16]; /* x86_64 | aarch64 (default: the host's) */
     char cache_dir[512];
     uint32_t idle_exit_seconds;     /* 0: serve forever */
     uint32_t balloon_idle_seconds;  /* idle cold VMs inflate their balloon after this (0: never) */

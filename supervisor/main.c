@@ -20,6 +20,7 @@
 #include "metrics.h"
 #include "remote.h"
 #include "snapshot.h"
+#include "spawn.h"
 #include "workerlog.h"
 
 sbx_config cfg;
@@ -79,9 +80,11 @@ static void remove_stale_run_dirs(void)
     while ((e = readdir(d))) {
         int pid;
         char rest[32];
-        if (sscanf(e->d_name, "sbxd-%d-%31s", &pid, rest) != 2 || pid <= 0 || pid == getpid())
+        if (sscanf(e->d_name, "sbxd-%d-%31s", &pid, rest) != 2 || pid <= 0)
             continue;
-        if (kill(pid, 0) == 0 || errno != ESRCH)
+        /* One with our own pid predates us (this runs before ours is made): an earlier sbxd
+         * that had the same pid, as PID 1 of a restarted container always has. */
+        if (pid != getpid() && (kill(pid, 0) == 0 || errno != ESRCH))
             continue;
         struct stat st;
         if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode) &&
@@ -130,7 +133,8 @@ static void prefetch_assets(void)
     if (pid == 0) {
         /* The cache sbxd uses, not whatever sbx would compute for itself. */
         setenv("EXEC_SANDBOX_CACHE_DIR", cfg.cache_dir, 1);
-        execl(sbx, "sbx", "prefetch", "--from", cfg.asset_base_url, "-q", (char *)NULL);
+        execl(sbx, "sbx", "prefetch", "--from", cfg.asset_base_url, "--arch", cfg.guest_arch, "-q",
+              (char *)NULL);
         _exit(127);
     }
     int st = -1;
@@ -150,6 +154,32 @@ static void prefetch_assets(void)
         slog("guest assets prefetched from %s", cfg.asset_base_url);
 }
 
+/* Whether a worker's namespaces can be made here. Where they never can (an unprivileged
+ * container, user namespaces turned off), serving would only fail every run: say so once, at
+ * start, before anything is downloaded. A shortage (EAGAIN, ENOMEM, ENOSPC: too many namespaces
+ * or processes now) may pass, so it is only a warning. */
+static bool namespaces_usable(void)
+{
+    sbx_err err = {0};
+    if (spawn_probe(&err) == 0)
+        return true;
+    if (err.code != EPERM && err.code != EACCES && err.code != EINVAL) {
+        fprintf(stderr, "sbxd: warning: %s (a shortage, perhaps passing)\n", err.msg);
+        return true;
+    }
+    if (getuid() != 0)
+        fprintf(stderr,
+                "sbxd: %s: no VM can start here. sbxd as uid %u needs user namespaces (a "
+                "sysctl or an AppArmor policy may turn them off), or run it as root\n",
+                err.msg, (unsigned)getuid());
+    else
+        fprintf(stderr,
+                "sbxd: %s: no VM can start here. In a container, sbxd needs --privileged "
+                "(README.md, \"Container sidecar and Kubernetes\")\n",
+                err.msg);
+    return false;
+}
+
 /* EXEC_SANDBOX_OFFLINE=1: nothing is ever downloaded, so missing assets are an error now, named,
  * with the command that fetches them (otherwise each request would fail later, one by one). */
 static bool offline_assets_missing(void)
@@ -160,8 +190,8 @@ static bool offline_assets_missing(void)
         return false;
     fprintf(stderr,
             "sbxd: offline (EXEC_SANDBOX_OFFLINE=1) and guest assets are missing in %s: %s; fetch "
-            "them with `sbx prefetch --from URL|PATH` (or build them: make assets)\n",
-            cfg.images_dir, missing);
+            "them with `sbx prefetch --arch %s --from URL|PATH` (or build them: make assets)\n",
+            cfg.images_dir, missing, cfg.guest_arch);
     return true;
 }
 
@@ -178,8 +208,8 @@ int main(int argc, char **argv)
     /* The worker's jail holds only this one binary, so it must be an absolute path. */
     char qemu[sizeof cfg.qemu];
     if (paths_which(cfg.qemu, qemu, sizeof qemu) < 0) {
-        fprintf(stderr, "sbxd: QEMU binary `%s` not found (install qemu-system-x86, or set qemu)\n",
-                cfg.qemu);
+        fprintf(stderr, "sbxd: QEMU binary `%s` not found (install qemu-system-%s, or set qemu)\n",
+                cfg.qemu, !strcmp(cfg.guest_arch, "aarch64") ? "arm" : "x86");
         return 1;
     }
     memcpy(cfg.qemu, qemu, sizeof qemu);
@@ -203,6 +233,8 @@ int main(int argc, char **argv)
     }
     setvbuf(stderr, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
+    if (!namespaces_usable())
+        return 1;
     prefetch_assets();
     started_ms = last_activity = now_ms();
 

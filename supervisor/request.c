@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "arch.h"
 #include "cgroup.h"
 #include "layers.h"
 #include "ledger.h"
@@ -284,6 +285,8 @@ static void send_status(client *c, uint64_t id)
     s.version = SBX_VERSION;
     s.accelerator = (char *)(accel_verdict() ? accel_verdict() : "");
     s.accel_reason = (char *)accel_reason();
+    s.guest_arch = cfg.guest_arch;
+    s.host_arch = (char *)arch_host();
     s.running_vms = sched_running();
     s.queued = sched_queued();
     s.max_concurrent_vms = cfg.max_concurrent_vms;

@@ -325,6 +325,10 @@ void sched_vm_fill_result(job *j, Sbx__Control__ExecResult *res)
         res->external_memory_peak_mb = (peak + (1u << 20) - 1) >> 20;
     if (cpu_ns)
         res->external_cpu_time_ms = cpu_ns / 1000000u;
+    /* The worker's message owns it: protobuf-c frees a string that is not its default. */
+    char *arch = res->guest_arch == protobuf_c_empty_string ? strdup(cfg.guest_arch) : NULL;
+    if (arch)
+        res->guest_arch = arch;
     if (res->timing) {
         /* Queue wait and worker start count as setup (for the request that booted the VM); total
          * is from arrival to now. */

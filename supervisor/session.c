@@ -127,6 +127,7 @@ static void fill_info(const session *s, Sbx__Control__SessionInfo *i)
     i->busy = s->ops && s->ops->started;
     i->accelerator = (char *)(accel_verdict() ? accel_verdict() : "");
     i->boot_ms = s->boot_ms;
+    i->guest_arch = cfg.guest_arch;
     const Sbx__Control__NetworkRequest *n = s->open->network;
     i->network_mode = (char *)net_mode_name(
         n ? net_mode_of(n->allow_network, n->n_allowed_domains, n->n_expose) : NET_NONE);

@@ -87,6 +87,27 @@ static char **worker_env(void)
     return env;
 }
 
+/* The namespaces a worker starts in (a user namespace too when sbxd is not root). */
+static unsigned long worker_ns_flags(bool userns)
+{
+    unsigned long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET;
+    return userns ? flags | CLONE_NEWUSER : flags;
+}
+
+int spawn_probe(sbx_err *err)
+{
+    pid_t pid =
+        (pid_t)syscall(SYS_clone, worker_ns_flags(getuid() != 0) | SIGCHLD, NULL, NULL, NULL, 0);
+    if (pid < 0)
+        return sbx_fail(err, errno, "create the namespaces a VM's worker runs in (clone): %s",
+                        strerror(errno));
+    if (pid == 0)
+        _exit(0);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    return 0;
+}
+
 /* fork+exec the worker in new namespaces (it becomes PID 1 of its own pid namespace, so when it
  * dies the kernel kills QEMU too), inside the VM's cgroup before it runs a single instruction
  * of its own, with exactly one inherited socket as fd 3, its stdout and stderr on a log pipe of
@@ -114,9 +135,7 @@ int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, int net_fd, pid_t *pi
         return sbx_fail(err, e, "log pipe: %s", strerror(e));
     }
     char **envp = worker_env();
-    unsigned long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET;
-    if (userns)
-        flags |= CLONE_NEWUSER;
+    unsigned long flags = worker_ns_flags(userns);
     uid_t outer_uid = getuid();
     gid_t outer_gid = getgid();
     pid_t parent = getpid();

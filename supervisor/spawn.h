@@ -12,6 +12,9 @@
 
 /* The sbx-vmworker binary: $EXEC_SANDBOX_VMWORKER, else beside sbxd. -1 if unknown. */
 int spawn_worker_path(char *out, size_t n);
+/* Whether workers can start here at all: a child in their namespaces, which exits at once.
+ * Before the event loop (it waits for that child itself). err->code is clone's errno. */
+int spawn_probe(sbx_err *err);
 /* fork+exec the worker in new namespaces, attached to cg before it runs; *fd_out is sbxd's end
  * of its socket (non-blocking). */
 int spawn_worker(cgroup_vm *cg, uint64_t seq, bool userns, int net_fd, pid_t *pid_out, int *fd_out,

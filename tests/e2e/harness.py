@@ -14,11 +14,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TESTS = []
 
 
-def test(fast=False):
+def test(fast=False, any_arch=False):
+    """Registers a test. fast: in the quick subset (--fast). any_arch: in the subset that runs
+    against guests of another architecture than the host's (--guest-arch, make test-arm64)."""
     def deco(fn):
+        fn.any_arch = any_arch
         TESTS.append((fn, fast))
         return fn
     return deco
+
+
+def guest_arch():
+    """The architecture of the guests under test: EXEC_SANDBOX_GUEST_ARCH (run.py --guest-arch
+    sets it), else the host's."""
+    return os.environ.get("EXEC_SANDBOX_GUEST_ARCH") or os.uname().machine
 
 
 class Ctx:

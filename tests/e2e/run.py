@@ -51,7 +51,13 @@ def main():
     ap.add_argument("--sbxd", default=os.path.join(ROOT, "build/sbxd"))
     ap.add_argument("--fast", action="store_true", help="only the fast subset")
     ap.add_argument("-k", help="only tests whose name contains this")
+    ap.add_argument("--guest-arch", help="run the tests marked any_arch against guests of this "
+                    "architecture (its assets built: make assets ARCH=...); with another than "
+                    "the host's, under TCG")
     args = ap.parse_args()
+    if args.guest_arch:
+        # Every daemon the tests start (theirs and the harness's) inherits it.
+        os.environ["EXEC_SANDBOX_GUEST_ARCH"] = args.guest_arch
     # Suites in the order a newcomer reads them (and the quick ones first); any other suite_*.py
     # after them, by name.
     order = ["run", "limits", "sessions", "files", "pool", "snapshots", "memory", "daemon",
@@ -70,6 +76,8 @@ def main():
         for fn, fast in TESTS:
             name = fn.__name__
             if args.fast and not fast and name != "no_leftovers":
+                continue
+            if args.guest_arch and not fn.any_arch and name != "no_leftovers":
                 continue
             if args.k and args.k not in name:
                 continue

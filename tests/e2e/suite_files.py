@@ -18,7 +18,7 @@ def _sha(b):
     return hashlib.sha256(b).hexdigest()
 
 
-@test()
+@test(any_arch=True)
 def session_files_round_trip(c):
     sid = _session(c)
     d = os.path.join(c.tmp, "files")

@@ -126,7 +126,7 @@ def _status(pid):
     return out
 
 
-@test()
+@test(any_arch=True)
 def real_qemu_under_two_filters(c):
     """A real QEMU boots under both filters (ours, then its -sandbox); the worker is not
     dumpable; QEMU's /vm is a small tmpfs of its own."""
@@ -194,7 +194,7 @@ def _fds(pid):
     return out
 
 
-@test()
+@test(any_arch=True)
 def worker_gets_a_log_pipe_not_sbxd_fds(c):
     """The worker's stdout and stderr are a pipe of its own that sbxd relays; it holds nothing
     that sbxd has open (its log file above all)."""
@@ -249,7 +249,7 @@ def _mountinfo(pid):
     return out
 
 
-@test()
+@test(any_arch=True)
 def jail_mounts_read_only_recursively_and_proc_subset(c):
     """Something mounted under the host's /usr stays read-only in the jail (recursive), and the
     jail's /proc holds only processes (subset=pid)."""

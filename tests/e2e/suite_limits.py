@@ -35,7 +35,7 @@ def stdout_cap_1mb(c):
     eq(j["stderr_truncated"], True, "stderr_truncated")
 
 
-@test(fast=True)
+@test(fast=True, any_arch=True)
 def timeout_busy_loop(c):
     t0 = time.time()
     r = c.sbx("run", "-q", "-t", "2", "while True: pass")

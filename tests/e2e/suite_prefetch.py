@@ -574,6 +574,33 @@ def prefetch_local_dir(c):
 
 
 @test()
+def prefetch_other_arch_side_by_side(c):
+    """--arch aarch64 (or its alias arm64) fetches that architecture's bundle name and installs
+    its images under images/aarch64, beside the host's, which it leaves alone; an architecture
+    without guests is refused before anything is fetched."""
+    b = _bundle(c)
+    other = "aarch64" if ARCH != "aarch64" else "x86_64"
+    d = _variant_dir(c, "pf-arch-src", b, _bundle_name(VERSION, other))
+    cache = os.path.join(c.tmp, "pf-arch")
+    before = _seed(cache)
+    for alias in ("arm64" if other == "aarch64" else "amd64", other):
+        r = _prefetch(c, _env(c, cache), "--from", d, "--version", VERSION, "--arch", alias, "-q")
+        eq((r.returncode, r.err), (0, ""), f"prefetch --arch {alias}: {r.out[-800:]}")
+    sub = os.path.join(cache, "images", other) if other != "x86_64" else os.path.join(cache,
+                                                                                        "images")
+    for image, file in b["images"].items():
+        eq(os.path.realpath(os.path.join(sub, image)),
+           os.path.realpath(os.path.join(cache, "artefacts", file)), f"{other}'s {image}")
+    if other != "x86_64":
+        images, _ = _snapshot(cache)
+        images.pop(other)
+        eq(images, before[0], "the host architecture's images are untouched")
+    r = _prefetch(c, _env(c, cache), "--from", d, "--version", VERSION, "--arch", "riscv64")
+    eq(r.returncode, 2, f"unknown architecture: usage error: {r.err[-500:]}")
+    ok("riscv64" in r.err and "aarch64" in r.err, "says which architectures exist: " + r.err)
+
+
+@test()
 def prefetch_corrupt_bundle(c):
     """One byte of the bundle flipped in transit (same length): the outer sha256 catches it."""
     b = _bundle(c)

@@ -12,19 +12,19 @@ import time
 from harness import *  # noqa: F401,F403
 
 
-@test(fast=True)
+@test(fast=True, any_arch=True)
 def python_hello(c):
     r = c.sbx("run", "-q", 'print("Hello from sandbox")', check_rc=0)
     eq(r.out, "Hello from sandbox\n", "stdout")
 
 
-@test(fast=True)
+@test(fast=True, any_arch=True)
 def javascript_hello(c):
     r = c.sbx("run", "-q", "-l", "javascript", 'console.log("hi from js", 6*7)', check_rc=0)
     eq(r.out, "hi from js 42\n", "stdout")
 
 
-@test(fast=True)
+@test(fast=True, any_arch=True)
 def raw_shell_and_tools(c):
     code = ('echo "$BASH_VERSION" | cut -d. -f1; for t in git curl jq tar gzip unzip file; do '
             'command -v $t >/dev/null || echo missing $t; done; echo \'{"a":5}\' | jq .a')
@@ -33,6 +33,23 @@ def raw_shell_and_tools(c):
     ok(lines[0].isdigit() and int(lines[0]) >= 5, "bash version: " + r.out)
     ok("missing" not in r.out, "tools missing: " + r.out)
     eq(lines[-1], "5", "jq output")
+
+
+@test(fast=True, any_arch=True)
+def guest_architecture_reported(c):
+    """The guest really is of the architecture under test (the host's, or --guest-arch's), and
+    results, sessions and status say which, beside the accelerator."""
+    want = guest_arch()
+    res, r = c.run_json("-l", "raw", "uname -m")
+    eq((res["stdout"], res["exit_code"]), (want + "\n", 0), f"uname -m in the guest: {r.err}")
+    eq(res["guest_arch"], want, "the result's guest_arch")
+    ok(res["accelerator"] in ("kvm", "tcg"), f"accelerator: {res['accelerator']}")
+    if want != os.uname().machine:
+        eq(res["accelerator"], "tcg", "another architecture's guests run under TCG")
+    res, r = c.run_json("import platform; print(platform.machine())")
+    eq(res["stdout"], want + "\n", f"python's platform.machine(): {r.err}")
+    st = json.loads(c.sbx("status", "--json", check_rc=0).out)
+    eq((st["guest_arch"], st["host_arch"]), (want, os.uname().machine), "status")
 
 
 @test()

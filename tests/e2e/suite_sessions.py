@@ -31,7 +31,7 @@ def _sx(c, sid, code, *args, rc=None, env=None):
     return j, r
 
 
-@test(fast=True)
+@test(fast=True, any_arch=True)
 def session_python_state_persists(c):
     sid = _session(c)
     try:

@@ -68,7 +68,7 @@ def _sha_file(path):
     return h.hexdigest()
 
 
-@test()
+@test(any_arch=True)
 def snapshot_first_run_cold_then_restore(c):
     p, env, log, sdir = _snap_daemon(c, "basic")
     try:

@@ -21,7 +21,7 @@ TYPED = ("interface Point { x: number; y: number }\n"
          "console.log(n, Axis[Axis.Y], (p as Point).x satisfies number)\n")
 
 
-@test(fast=True)
+@test(fast=True, any_arch=True)
 def typescript_typed_run(c):
     j, _ = c.run_json("-l", "typescript", TYPED)
     eq((j["stdout"], j["stderr"], j["exit_code"]), ("42 Y 3\n", "", 0), "typed one-shot run")

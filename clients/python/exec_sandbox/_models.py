@@ -85,6 +85,7 @@ class ExecutionResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     accelerator: str = ""
+    guest_arch: str = ""  # the guest's architecture: x86_64 or aarch64
     start_mode: str = ""
     exec_count: int = 0
     interpreter_reset: bool = False

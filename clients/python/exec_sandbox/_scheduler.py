@@ -157,6 +157,7 @@ def _result(r: pb.ExecResult) -> ExecutionResult:
         warm_pool_hit=r.warm_pool_hit, exposed_ports=_exposed(r.exposed_ports),
         timed_out=r.timed_out, stdout_truncated=r.stdout_truncated,
         stderr_truncated=r.stderr_truncated, accelerator=r.accelerator, start_mode=r.start_mode,
+        guest_arch=r.guest_arch,
         package_layer=r.package_layer, package_layer_built=r.package_layer_built,
         exec_count=r.exec_count, interpreter_reset=r.interpreter_reset, network=_report(r))
 
@@ -411,6 +412,7 @@ class Session:
         self.memory_mb: int = info.memory_mb
         self.idle_timeout_seconds: int = info.idle_timeout_seconds
         self.accelerator: str = info.accelerator
+        self.guest_arch: str = info.guest_arch
         self.boot_ms: int = info.boot_ms
         self.exposed_ports: list[ExposedPort] = _exposed(info.exposed_ports)
         self.network_mode: str = info.network_mode or "none"
