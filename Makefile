@@ -140,7 +140,7 @@ $(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.
 	$(asan_COMMON_OBJ) $(asan_PKG_OBJ)
 $(BUILD)/tests/test_balloon: tests/unit/test_balloon.c $(BUILD)/asan/vmworker/balloon.o $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_netparse: tests/unit/test_netparse.c $(BUILD)/asan/vmworker/netparse.o $(asan_COMMON_OBJ)
-$(BUILD)/tests/test_machine: tests/unit/test_machine.c $(BUILD)/asan/vmworker/machine.o
+$(BUILD)/tests/test_machine: tests/unit/test_machine.c $(BUILD)/asan/vmworker/machine.o $(asan_COMMON_OBJ)
 $(UNIT_TESTS:%=$(BUILD)/tests/%):
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) -iquote supervisor -iquote vmworker $(ASAN_FLAGS) -o $@ $^ -lcmocka $(LIBS_HOST)
@@ -159,12 +159,12 @@ $(BUILD)/fuzz/fuzz_%: $(FUZZ_SRC) $(GEN_H) common/*.h proto/*.h
 		-DFUZZ_$(shell echo $* | tr a-z A-Z) -iquote $(BUILD)/gen -iquote common -iquote proto -o $@ $(FUZZ_SRC) \
 		-lprotobuf-c
 # The worker's QMP reader: QEMU's replies and events are its input.
-$(BUILD)/fuzz/fuzz_qmp: tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c vmworker/machine.c \
+$(BUILD)/fuzz/fuzz_qmp: tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c vmworker/machine.c common/arch.c \
 		$(GEN_C) $(GEN_H) vmworker/*.h common/*.h proto/*.h
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -iquote $(BUILD)/gen \
 		-iquote common -iquote proto -iquote vmworker -o $@ tests/fuzz/fuzz_qmp.c vmworker/qmp.c vmworker/qemu.c \
-		vmworker/machine.c $(GEN_C) -lprotobuf-c -ljansson
+		vmworker/machine.c common/arch.c $(GEN_C) -lprotobuf-c -ljansson
 # The worker's parsers of the guest's network bytes: frames, DNS queries, TLS ClientHellos.
 $(BUILD)/fuzz/fuzz_netparse: tests/fuzz/fuzz_netparse.c vmworker/netparse.c vmworker/netparse.h
 	@mkdir -p $(dir $@)

@@ -6,6 +6,7 @@
 
 #include <string.h>
 
+#include "arch.h"
 #include "common.h"
 
 /* Kernel options every guest gets: reboot (not halt) on panic so QEMU exits with -no-reboot,
@@ -15,7 +16,6 @@
 static const qemu_machine machines[] = {
     {
         .arch = "x86_64",
-        .qemu = "qemu-system-x86_64",
         .machine = "microvm,acpi=off,x-option-roms=off,rtc=on",
         /* The TCG-friendly timer options measured in MEASUREMENTS.md. */
         .cmdline = "console=ttyS0 " CMDLINE_COMMON " tsc=reliable no_timer_check i8042.noaux "
@@ -24,32 +24,16 @@ static const qemu_machine machines[] = {
     },
     {
         .arch = "aarch64",
-        .qemu = "qemu-system-aarch64",
         .machine = "virt,gic-version=3",
         .cmdline = "console=ttyAMA0 " CMDLINE_COMMON " random.trust_cpu=on",
         .virtio = "device",
     },
 };
 
-static const struct {
-    const char *alias, *arch;
-} aliases[] = {{"amd64", "x86_64"}, {"arm64", "aarch64"}};
-
-#if defined(__x86_64__)
-#define HOST_ARCH "x86_64"
-#elif defined(__aarch64__)
-#define HOST_ARCH "aarch64"
-#else
-#define HOST_ARCH ""
-#endif
-
 const qemu_machine *qemu_machine_for(const char *guest_arch)
 {
-    const char *a = guest_arch && *guest_arch ? guest_arch : HOST_ARCH;
-    for (size_t i = 0; i < ARRAY_LEN(aliases); i++)
-        if (!strcmp(a, aliases[i].alias))
-            a = aliases[i].arch;
-    for (size_t i = 0; i < ARRAY_LEN(machines); i++)
+    const char *a = arch_canonical(guest_arch && *guest_arch ? guest_arch : arch_host());
+    for (size_t i = 0; a && i < ARRAY_LEN(machines); i++)
         if (!strcmp(a, machines[i].arch))
             return &machines[i];
     return NULL;

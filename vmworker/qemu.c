@@ -1,6 +1,7 @@
 /* QEMU command line, process start and /proc measurements. It holds no worker state (the QMP
  * fuzzer links it without worker.c), and never puts a path with a comma on the command line. */
 #include "qemu.h"
+#include "arch.h"
 #include "machine.h"
 
 #include <fcntl.h>
@@ -71,7 +72,7 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
     const char *cpu =
         cfg->cpu && *cfg->cpu ? cfg->cpu : (!strcmp(cfg->accel, "kvm") ? "host" : "max");
     int bad = 0;
-    bad |= arg(&a, "%s", cfg->qemu && *cfg->qemu ? cfg->qemu : m->qemu);
+    bad |= arg(&a, "%s", cfg->qemu && *cfg->qemu ? cfg->qemu : arch_qemu_binary(m->arch));
     bad |= arg(&a, "-M") |
            arg(&a, "%s%s", m->machine, restore || template ? ",memory-backend=mem" : "");
     /* TCG's translation cache would otherwise reserve up to 1 GiB: keep it within the cgroup
