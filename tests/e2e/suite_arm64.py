@@ -1,12 +1,12 @@
 """aarch64 guests under cross-architecture TCG (issue 16), at the worker level.
 
-sbxd does not pick a guest architecture yet, so these tests start sbx-vmworker (the one beside
-the sbxd under test) the way sbxd does: a socketpair on fd 3, Hello, then a VmConfig with
-guest_arch "aarch64" and the assets of $CACHE/images/aarch64 (make assets ARCH=aarch64, after
-scripts/setup-host.sh --arch aarch64). No jail: what is under test is the machine, the guest
-kernel, the images and the agent of arm64, through the worker's real QEMU command line, QEMU
-seccomp filter, agent channel and snapshot code. Without those assets every test here is
-skipped, saying so.
+These tests start sbx-vmworker (the one beside the sbxd under test) the way sbxd does: a
+socketpair on fd 3, Hello, then a VmConfig with guest_arch "aarch64" and the assets of
+$CACHE/images/aarch64 (make assets ARCH=aarch64, after scripts/setup-host.sh --arch aarch64).
+No jail: what is under test is the machine, the guest kernel, the images and the agent of arm64,
+through the worker's real QEMU command line, QEMU seccomp filter, agent channel and snapshot
+code, whatever the daemon's own guest_arch (run.py --guest-arch aarch64 covers the daemon's
+path). Without those assets every test here is skipped, saying so.
 """
 import importlib
 import os
