@@ -9,10 +9,11 @@
 #   ASSET_SUBDIR  where build-assets.sh links the images under $CACHE/images ("" or "aarch64")
 # Callers define log/die before sourcing.
 
-case "${ARCH:-$(uname -m)}" in
+ARCH=${ARCH:-$(uname -m)}
+case "$ARCH" in
 x86_64 | amd64) ARCH=x86_64 DEB_ARCH=amd64 KARCH=x86 ARCH_TAG= ASSET_SUBDIR= ;;
 aarch64 | arm64) ARCH=aarch64 DEB_ARCH=arm64 KARCH=arm64 ARCH_TAG=-aarch64 ASSET_SUBDIR=aarch64 ;;
-*) die "unsupported ARCH=${ARCH} (want x86_64 or aarch64)" ;;
+*) die "unsupported guest architecture $ARCH (want x86_64 or aarch64)" ;;
 esac
 if [ "$ARCH" = "$(uname -m)" ]; then CROSS=; else CROSS=$ARCH-linux-gnu-; fi
 export ARCH
