@@ -67,14 +67,19 @@ def main():
     ap.add_argument("--langs", default="python,javascript,raw")
     ap.add_argument("--sbx", default=os.path.join(ROOT, "build/sbx"))
     ap.add_argument("--sbxd", default=os.path.join(ROOT, "build/sbxd"))
+    ap.add_argument("--guest-arch", default=os.uname().machine,
+                    help="x86_64 or aarch64 (another than the host's runs under TCG)")
     a = ap.parse_args()
+    # The daemons (EXEC_SANDBOX_GUEST_ARCH) and the floors (ARCH) inherit it.
+    os.environ["EXEC_SANDBOX_GUEST_ARCH"] = os.environ["ARCH"] = a.guest_arch
     tmp = tempfile.mkdtemp(prefix="sbx-bench-restore-")
     cold, cenv, _ = daemon(a, tmp, "cold", "0")
     warm, wenv, sdir = daemon(a, tmp, "restore", "1")
     try:
-        qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+        qemu = subprocess.run([f"qemu-system-{a.guest_arch}", "--version"], capture_output=True,
                               text=True).stdout.split("\n")[0]
-        print(f"# {qemu}; {os.cpu_count()} cores; runs per cell: {a.runs}; print(1), request "
+        print(f"# {qemu}; {a.guest_arch} guests on {os.uname().machine}; "
+              f"{os.cpu_count()} cores; runs per cell: {a.runs}; print(1), request "
               "to result, ms")
         print(f"{'language':<11} {'what':<26} {'min':>6} {'median':>7} {'max':>6}")
         for lang in a.langs.split(","):

@@ -16,6 +16,7 @@ off, so that cold means cold).
 It prints a table; it is a measurement, not a test.
 
 usage: scripts/bench.py [--runs N] [--langs python,javascript,raw] [--skip cold,warm,tput,mem]
+                       [--guest-arch x86_64|aarch64]
 """
 import argparse
 import json
@@ -143,12 +144,17 @@ def main():
     ap.add_argument("--skip", default="")
     ap.add_argument("--sbx", default=os.path.join(ROOT, "build/sbx"))
     ap.add_argument("--sbxd", default=os.path.join(ROOT, "build/sbxd"))
+    ap.add_argument("--guest-arch", default=os.uname().machine,
+                    help="x86_64 or aarch64 (another than the host's runs under TCG)")
     a = ap.parse_args()
+    # The daemons (EXEC_SANDBOX_GUEST_ARCH) and the floors (ARCH) inherit it.
+    os.environ["EXEC_SANDBOX_GUEST_ARCH"] = os.environ["ARCH"] = a.guest_arch
     skip = set(a.skip.split(","))
     langs = a.langs.split(",")
-    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+    qemu = subprocess.run([f"qemu-system-{a.guest_arch}", "--version"], capture_output=True,
                           text=True).stdout.split("\n")[0]
-    print(f"# {qemu}; {os.cpu_count()} cores; {a.runs} runs per row; times in ms")
+    print(f"# {qemu}; {a.guest_arch} guests on {os.uname().machine}; {os.cpu_count()} cores; "
+          f"{a.runs} runs per row; times in ms")
     print(f"{'language':<11} {'what':<30} {'min':>7} {'median':>7} {'p95':>7}")
 
     if "cold" not in skip:

@@ -15,7 +15,8 @@ usage:
       --mapped-ram, guest RAM is anonymous and saved into the state file by QEMU's mapped-ram
       migration instead (the alternative the design weighed: restores then read RAM from the
       file into each VM's own memory; restore DIR the same way to compare)
-Env: EXEC_SANDBOX_CACHE_DIR (images), QEMU (default qemu-system-x86_64).
+Env: EXEC_SANDBOX_CACHE_DIR (images), ARCH (the guest's: x86_64 or aarch64, default the host's;
+microvm or virt as the worker starts them, vmworker/machine.c), QEMU (default qemu-system-ARCH).
 """
 import argparse
 import json
@@ -29,8 +30,16 @@ import tempfile
 import time
 
 PROTOCOL_VERSION = 1
-CMDLINE = ("console=ttyS0 panic=-1 reboot=t quiet loglevel=1 tsc=reliable no_timer_check "
-           "i8042.noaux nolapic_timer random.trust_cpu=on")
+# Machine and kernel command line per guest architecture, as vmworker/machine.c gives them.
+MACHINES = {
+    "x86_64": ("microvm,acpi=off,x-option-roms=off,rtc=on",
+               "console=ttyS0 panic=-1 reboot=t quiet loglevel=1 tsc=reliable no_timer_check "
+               "i8042.noaux nolapic_timer random.trust_cpu=on"),
+    "aarch64": ("virt,gic-version=3",
+                "console=ttyAMA0 panic=-1 reboot=t quiet loglevel=1 random.trust_cpu=on"),
+}
+ARCH = os.environ.get("ARCH") or os.uname().machine
+MACHINE, CMDLINE = MACHINES[ARCH]
 
 
 def varint(n):
@@ -182,7 +191,7 @@ def qemu_argv(qemu, images, lang, mem_mb, mem_path, run, restore, mapped_ram=Fal
     share = "share=off,readonly=on,rom=off" if restore else "share=on"
     ram = [] if mapped_ram else [
         "-object", f"memory-backend-file,id=mem,size={mem_mb}M,mem-path={mem_path},{share}"]
-    argv = [qemu, "-M", "microvm,acpi=off,x-option-roms=off,rtc=on" +
+    argv = [qemu, "-M", MACHINE +
             ("" if mapped_ram else ",memory-backend=mem"),
             "-accel", "tcg,tb-size=256", "-cpu", "max", "-m", str(mem_mb), "-smp", "1", *ram,
             "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
@@ -302,8 +311,8 @@ def main():
     a = ap.parse_args()
     cache = os.environ.get("EXEC_SANDBOX_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "exec-sandbox")
-    images = os.path.join(cache, "images")
-    qemu = os.environ.get("QEMU", "qemu-system-x86_64")
+    images = os.path.join(cache, "images", *([] if ARCH == "x86_64" else [ARCH]))
+    qemu = os.environ.get("QEMU", f"qemu-system-{ARCH}")
     if a.make:
         make(a, images, qemu)
         return

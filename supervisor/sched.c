@@ -502,6 +502,7 @@ static int job_dispatch(job *j, const char *language, const char *accel, uint32_
     m1.hello = &h;
     Sbx__Worker__VmConfig vc = SBX__WORKER__VM_CONFIG__INIT;
     vc.qemu = cfg.qemu;
+    vc.guest_arch = cfg.guest_arch;
     vc.kernel = kernel;
     vc.initrd = initrd;
     vc.rootfs = rootfs;
