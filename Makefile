@@ -252,11 +252,12 @@ test-broker: $(BUILD)/sbx-netbroker $(BUILD)/asan/sbx-netbroker
 test-fast: all asan test-unit
 	$(PYTHON) tests/e2e/run.py --fast --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
 
-# An asset bundle of the kernel, initramfs and images this host built (or fetched), for
+# An asset bundle of the kernel, initramfs and images this host built (or fetched; ARCH=aarch64:
+# those of aarch64 guests), for
 # `sbx prefetch --from dist` (or a URL serving dist/) on other hosts: dist/exec-sandbox-assets-
 # <version>-<arch>.tar.zst and dist/SHA256SUMS.
 release: all
-	$(BUILD)/sbx bundle --out dist
+	$(BUILD)/sbx bundle --out dist $(if $(ARCH),--arch $(ARCH))
 
 # Start-up benchmarks, each way beside its floor (a table, not a test): cold, warm pool,
 # throughput and memory; then snapshot restore; the Python client; the network path (bench-net.py).

@@ -45,7 +45,7 @@ def _qemu_pss_mb(daemon_pid):
     raise AssertionError("no Pss in smaps_rollup")
 
 
-@test()
+@test(any_arch=True)
 def idle_vm_gives_memory_back(c):
     """The balloon: an idle (cold-booted) session VM gives its free memory and page cache back to
     the host, and has it again for its next exec."""
@@ -82,7 +82,7 @@ def guest_memory_exhaustion(c):
     eq(c.sbx("run", "-q", "print('ok')", check_rc=0).out, "ok\n", "next run")
 
 
-@test()
+@test(any_arch=True)
 def guest_has_compressed_swap(c):
     """zram: compressible memory beyond the guest's RAM size fits; /sys stays read-only."""
     j, _ = c.run_json("-t", "60", "-l", "raw", "cat /proc/swaps; touch /sys/x 2>&1")

@@ -160,7 +160,7 @@ echo x > /dev/udp/192.0.2.1/123 && echo "udp sent"
 """
 
 
-@test()
+@test(any_arch=True)
 @with_net()
 def network_allowlist(c, d, srv):
     j, r = d.run_json("-l", "raw", "-t", "120", "--network", "--allow-domain", "allowed.test",

@@ -24,7 +24,7 @@ def _status_json(c, env):
     return json.loads(c.sbx("status", "--json", env=env, check_rc=0).out)
 
 
-@test()
+@test(any_arch=True)
 def warm_pool_serves_and_refills(c):
     p, env = _pool_daemon(c, "pool")
     try:
