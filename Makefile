@@ -223,6 +223,7 @@ test: setup
 	$(MAKE) test-broker
 	$(PYTHON) tests/e2e/run.py --sbx $(BUILD)/asan/sbx --sbxd $(BUILD)/asan/sbxd
 	$(MAKE) test-python-vm
+	$(MAKE) test-arm64
 
 # The e2e tests marked any_arch (hello in every language, a session, files, a timeout, a
 # snapshot restore, the jail) against aarch64 guests: under cross-architecture TCG on an x86

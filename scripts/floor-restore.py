@@ -15,7 +15,8 @@ usage:
       --mapped-ram, guest RAM is anonymous and saved into the state file by QEMU's mapped-ram
       migration instead (the alternative the design weighed: restores then read RAM from the
       file into each VM's own memory; restore DIR the same way to compare)
-Env: EXEC_SANDBOX_CACHE_DIR (images), ARCH (the guest's: x86_64 or aarch64, default the host's;
+Env: EXEC_SANDBOX_CACHE_DIR (images), ARCH (the guest's: x86_64 or aarch64, default
+EXEC_SANDBOX_GUEST_ARCH, else the host's;
 microvm or virt as the worker starts them, vmworker/machine.c), QEMU (default qemu-system-ARCH).
 """
 import argparse
@@ -38,7 +39,7 @@ MACHINES = {
     "aarch64": ("virt,gic-version=3",
                 "console=ttyAMA0 panic=-1 reboot=t quiet loglevel=1 random.trust_cpu=on"),
 }
-ARCH = os.environ.get("ARCH") or os.uname().machine
+ARCH = os.environ.get("ARCH") or os.environ.get("EXEC_SANDBOX_GUEST_ARCH") or os.uname().machine
 MACHINE, CMDLINE = MACHINES[ARCH]
 
 
