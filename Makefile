@@ -28,7 +28,7 @@ SBXD_SRC = supervisor/main.c supervisor/config.c supervisor/control.c supervisor
 	supervisor/accel.c supervisor/snapshot.c supervisor/workerlog.c supervisor/spawn.c \
 	supervisor/assets.c supervisor/layers.c supervisor/install.c supervisor/packer.c supervisor/cachedir.c supervisor/child.c supervisor/remote.c \
 	supervisor/ledger.c supervisor/metrics.c
-WORKER_SRC = vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapshot.c vmworker/qemu.c \
+WORKER_SRC = common/syscalls.c vmworker/worker.c vmworker/chan.c vmworker/relay.c vmworker/snapshot.c vmworker/qemu.c \
 	vmworker/machine.c \
 	vmworker/jail.c vmworker/qmp.c vmworker/balloon.c vmworker/net.c vmworker/netloop.c \
 	vmworker/netfilter.c vmworker/netconn.c vmworker/netudp.c vmworker/netparse.c
@@ -38,7 +38,7 @@ SBX_SRC = cli/sbx.c cli/sbx_run.c cli/sbx_session.c cli/sbx_status.c cli/sbx_out
 	cli/sources.c cli/bundle.c
 # The network broker (one per VM with a NIC): policy, resolution, connect, listening sockets.
 BROKER_SRC = netbroker/broker.c netbroker/request.c netbroker/policyio.c netbroker/resolve.c \
-	netbroker/confine.c netbroker/relay.c common/netpolicy.c common/pump.c proto/frame.c
+	netbroker/confine.c netbroker/relay.c common/netpolicy.c common/syscalls.c common/pump.c proto/frame.c
 BROKER_PROTOS = net control files
 LIBS_BROKER = $(shell pkg-config --libs libprotobuf-c libseccomp libcap-ng)
 AGENT_SRC = agent/agent.c agent/chan.c agent/boot.c agent/net.c agent/exec.c agent/sandbox.c agent/repl.c \
@@ -127,13 +127,14 @@ $(BUILD)/aarch64/sbx-agent $(BUILD)/x86_64/sbx-agent: $(BUILD)/%/sbx-agent: $(AG
 
 # Unit tests (cmocka), built with ASan/UBSan.
 UNIT_TESTS = test_frame test_limits test_config test_cli_args test_balloon test_paths test_netparse \
-	test_netpolicy test_packages test_arch test_machine
+	test_netpolicy test_packages test_arch test_machine test_syscalls
 $(BUILD)/tests/test_frame: tests/unit/test_frame.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_limits: tests/unit/test_limits.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_paths: tests/unit/test_paths.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_netpolicy: tests/unit/test_netpolicy.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_packages: tests/unit/test_packages.c $(asan_PKG_OBJ) $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_config: tests/unit/test_config.c $(BUILD)/asan/supervisor/config.o $(asan_COMMON_OBJ)
+$(BUILD)/tests/test_syscalls: tests/unit/test_syscalls.c $(BUILD)/asan/common/syscalls.o $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_arch: tests/unit/test_arch.c $(BUILD)/asan/supervisor/config.o $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.o $(BUILD)/asan/cli/sources.o \
 	$(BUILD)/asan/libsbx.a \

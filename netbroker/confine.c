@@ -9,6 +9,7 @@
  * one needs mprotect and whatever its constructor calls, the child dies of SIGSYS, and the
  * broker logs that and answers "resolver failed". */
 #include "broker.h"
+#include "syscalls.h"
 
 #include <cap-ng.h>
 #include <fcntl.h>
@@ -140,9 +141,7 @@ static int load_filter(sbx_err *err)
         SCMP_SYS(clock_nanosleep),
 #endif
     };
-    int rc = 0;
-    for (size_t i = 0; i < ARRAY_LEN(allow) && rc == 0; i++)
-        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allow[i], 0);
+    int rc = syscalls_add(ctx, SCMP_ACT_ALLOW, allow, ARRAY_LEN(allow));
     /* IPv4 only: the upstream connects and the resolver's queries. glibc's getaddrinfo first
      * tries nscd's Unix socket, and resolv.conf may name an IPv6 server: those fail with an
      * errno (and glibc moves on to the next source or server) rather than killing the

@@ -2,6 +2,7 @@
  * on top of its own -sandbox. It never reports success with a capability left or a host path
  * writable that the VM does not need. */
 #include "jail.h"
+#include "syscalls.h"
 #include "worker.h"
 
 #include <cap-ng.h>
@@ -329,13 +330,9 @@ static int load_allowlist(const int *extra, size_t n_extra, bool unix_sockets, s
         SCMP_SYS(ioctl),
 #endif
     };
-    int rc = 0;
-    for (size_t i = 0; i < ARRAY_LEN(allow) && rc == 0; i++)
-        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allow[i], 0);
-    for (size_t i = 0; i < n_extra && rc == 0; i++)
-        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, extra[i], 0);
-    if (rc == -EEXIST)
-        rc = 0;
+    int rc = syscalls_add(ctx, SCMP_ACT_ALLOW, allow, ARRAY_LEN(allow));
+    if (rc == 0)
+        rc = syscalls_add(ctx, SCMP_ACT_ALLOW, extra, n_extra);
     /* AF_INET too: libslirp opens one while it sets a Unix forward up. The process is in the
      * worker's network namespace, which has no interface but a loopback that is down. */
     if (rc == 0 && unix_sockets)
@@ -426,9 +423,7 @@ int jail_qemu_filter(void **filter, sbx_err *err)
         SCMP_SYS(unshare),
         SCMP_SYS(setns),
     };
-    int rc = 0;
-    for (size_t i = 0; i < ARRAY_LEN(kill) && rc == 0; i++)
-        rc = seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, kill[i], 0);
+    int rc = syscalls_add(ctx, SCMP_ACT_KILL_PROCESS, kill, ARRAY_LEN(kill));
     /* Sockets: the chardevs and QMP are AF_UNIX; any other family is a way out. */
     if (rc == 0)
         rc = seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, SCMP_SYS(socket), 1,
