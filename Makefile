@@ -175,7 +175,7 @@ $(BUILD)/fuzz/fuzz_netparse: tests/fuzz/fuzz_netparse.c vmworker/netparse.c vmwo
 # against a fake scheduler (the input is a script of connects, writes, closes, VM answers).
 CONN_FUZZ_SRC = tests/fuzz/fuzz_control_conn.c supervisor/control.c supervisor/conn.c supervisor/request.c \
 	supervisor/session.c supervisor/ledger.c supervisor/config.c proto/frame.c common/sbx_limits.c \
-	common/paths.c \
+	common/paths.c common/arch.c \
 	common/netpolicy.c common/packages.c $(PKG_GEN)
 $(BUILD)/fuzz/fuzz_control_conn: $(CONN_FUZZ_SRC) $(GEN_C) $(GEN_H) supervisor/*.h common/*.h proto/*.h
 	@mkdir -p $(dir $@)
