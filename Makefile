@@ -206,7 +206,8 @@ setup:
 # make assets ARCH=aarch64 (or x86_64): the assets of that guest architecture, default the
 # host's; another architecture's agent is cross-built (scripts/setup-host.sh --arch ARCH).
 HOST_ARCH := $(shell uname -m)
-ASSET_AGENT = $(if $(filter-out $(HOST_ARCH),$(or $(ARCH),$(HOST_ARCH))),$(BUILD)/$(ARCH)/sbx-agent,$(BUILD)/sbx-agent)
+GUEST_ARCH = $(patsubst arm64,aarch64,$(patsubst amd64,x86_64,$(or $(ARCH),$(HOST_ARCH))))
+ASSET_AGENT = $(if $(filter-out $(HOST_ARCH),$(GUEST_ARCH)),$(BUILD)/$(GUEST_ARCH)/sbx-agent,$(BUILD)/sbx-agent)
 assets: $(ASSET_AGENT)
 	SBX_AGENT=$(ASSET_AGENT) scripts/build-assets.sh
 

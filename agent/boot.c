@@ -266,7 +266,8 @@ int boot_switch_root(sbx_err *err)
 
 /* The kernel command line is the host's business (what it tunes, and any parameter it may
  * one day pass to the agent): the code (uid 1000) must not read it. An empty, read-only file is
- * bind-mounted over each file that shows it. The code cannot unmount it (no capabilities); in a
+ * bind-mounted over each file that shows it (/proc/cmdline, bootconfig, a device tree's
+ * bootargs). The code cannot unmount it (no capabilities); in a
  * user namespace of its own the copy of this mount is locked to what it covers, and a fresh
  * proc instance there is refused because this one is not fully visible. The kernel log holds
  * the line as well ("Kernel command line: ..."): dmesg_restrict puts syslog(2) behind
@@ -276,7 +277,13 @@ int boot_hide_cmdline(sbx_err *err)
     static const struct {
         const char *path;
         bool required; /* bootconfig exists only with CONFIG_BOOT_CONFIG */
-    } shown[] = {{"/proc/cmdline", true}, {"/proc/bootconfig", false}};
+    } shown[] = {
+        {"/proc/cmdline", true},
+        {"/proc/bootconfig", false},
+        /* Device-tree machines (aarch64's virt) also hand the line over in /chosen, readable by
+         * all (/proc/device-tree links here). */
+        {"/sys/firmware/devicetree/base/chosen/bootargs", false},
+    };
     static const char empty[] = AGENT_CODE_DIR "/empty";
     cleanup_close int fd =
         open(empty, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, (mode_t)0444);

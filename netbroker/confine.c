@@ -129,6 +129,7 @@ static int load_filter(sbx_err *err)
         SCMP_SYS(rseq),
         SCMP_SYS(dup),
         SCMP_SYS(dup2),
+        SCMP_SYS(dup3), /* dup2 on architectures without it (arm64) */
         SCMP_SYS(getrusage),
         SCMP_SYS(gettid),
         SCMP_SYS(tgkill),

@@ -147,6 +147,7 @@ def main():
     ap.add_argument("--guest-arch", default=os.uname().machine,
                     help="x86_64 or aarch64 (another than the host's runs under TCG)")
     a = ap.parse_args()
+    a.guest_arch = {"arm64": "aarch64", "amd64": "x86_64"}.get(a.guest_arch, a.guest_arch)
     # The daemons (EXEC_SANDBOX_GUEST_ARCH) and the floors (ARCH) inherit it.
     os.environ["EXEC_SANDBOX_GUEST_ARCH"] = os.environ["ARCH"] = a.guest_arch
     skip = set(a.skip.split(","))

@@ -40,6 +40,7 @@ MACHINES = {
                 "console=ttyAMA0 panic=-1 reboot=t quiet loglevel=1 random.trust_cpu=on"),
 }
 ARCH = os.environ.get("ARCH") or os.environ.get("EXEC_SANDBOX_GUEST_ARCH") or os.uname().machine
+ARCH = {"arm64": "aarch64", "amd64": "x86_64"}.get(ARCH, ARCH)
 MACHINE, CMDLINE = MACHINES[ARCH]
 
 

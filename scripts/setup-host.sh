@@ -37,8 +37,11 @@ PKGS_MAIN=(
   python3-botocore
   podman runc catatonit python3-yaml
 )
+# The host's own QEMU always (its guests are the default), the foreign one beside it.
 declare -A QEMU_PKG=([x86_64]=qemu-system-x86 [aarch64]=qemu-system-arm)
-PKGS_BPO=("${QEMU_PKG[$ARCH]}" qemu-utils)
+HOST_ARCH=$(uname -m)
+PKGS_BPO=("${QEMU_PKG[$HOST_ARCH]:-qemu-system-x86}" qemu-utils)
+[ "$ARCH" = "$HOST_ARCH" ] || PKGS_BPO+=("${QEMU_PKG[$ARCH]}")
 QEMU_BIN=qemu-system-$ARCH
 KERNEL_SRC=linux-source-6.1
 if [ -n "$CROSS" ]; then
@@ -80,13 +83,18 @@ fi
 # A foreign guest architecture: its binaries must run here through qemu-user. Register the
 # handler Debian ships (flag F: the interpreter is opened now, so it works inside chroots)
 # where nothing did at boot (containers without systemd-binfmt).
-if [ -n "$CROSS" ] && [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$ARCH" ]; then
+# The registration is the kernel's, so a new container on the same kernel may find it made
+# once binfmt_misc is mounted: mount first, then look.
+if [ -n "$CROSS" ]; then
   [ -e /proc/sys/fs/binfmt_misc/register ] ||
     $SUDO mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc ||
     die "cannot mount binfmt_misc (a container without the privilege?)"
-  grep -h "^:qemu-$ARCH:" "/usr/lib/binfmt.d/qemu-$ARCH.conf" | $SUDO tee /proc/sys/fs/binfmt_misc/register >/dev/null ||
-    die "registering the qemu-$ARCH binfmt handler failed"
-  log "registered binfmt handler qemu-$ARCH"
+  if [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$ARCH" ]; then
+    grep -h "^:qemu-$ARCH:" "/usr/lib/binfmt.d/qemu-$ARCH.conf" | $SUDO tee /proc/sys/fs/binfmt_misc/register >/dev/null ||
+      [ -e "/proc/sys/fs/binfmt_misc/qemu-$ARCH" ] || # another run registered it meanwhile
+      die "registering the qemu-$ARCH binfmt handler failed"
+    log "registered binfmt handler qemu-$ARCH"
+  fi
 fi
 
 # npm tools for the tests, in the project's cache dir; a no-op when present.

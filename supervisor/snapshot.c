@@ -115,9 +115,10 @@ static int make_key(const Sbx__Worker__VmConfig *vc, const char *language, const
     int len = snprintf(text, sizeof text,
                        "sbx memory snapshot 1\nlanguage=%s\nmemory_mb=%u\naccel=%s\nkernel=%s\n"
                        "initrd=%s\nrootfs=%s\nqemu=%s\nworker=%s\nprotocol=%d\nnic=%d\n"
-                       "layer=%s:%s\n",
+                       "layer=%s:%s\nguest_arch=%s\n",
                        language, vc->memory_mb, vc->accel, ids[0], ids[1], ids[2], ids[3], ids[4],
-                       SBX_PROTOCOL_VERSION, nic, l ? layer_key(l) : "", l ? layer_sha256(l) : "");
+                       SBX_PROTOCOL_VERSION, nic, l ? layer_key(l) : "", l ? layer_sha256(l) : "",
+                       vc->guest_arch);
     if (len < 0 || (size_t)len >= sizeof text)
         return -1;
     unsigned char md[32];
@@ -128,8 +129,10 @@ static int make_key(const Sbx__Worker__VmConfig *vc, const char *language, const
     char tag[32] = "";
     if (l)
         snprintf(tag, sizeof tag, LAYER_TAG_FMT, layer_key(l));
-    snprintf(name, n, "%s-%um-%s%s%s-%.16s", language, vc->memory_mb, vc->accel, nic ? "-nic" : "",
-             tag, key);
+    /* Another architecture's guests are named as such: daemons of both may share a cache. */
+    bool x86 = !vc->guest_arch || !*vc->guest_arch || !strcmp(vc->guest_arch, "x86_64");
+    snprintf(name, n, "%s%s%s-%um-%s%s%s-%.16s", language, x86 ? "" : "-",
+             x86 ? "" : vc->guest_arch, vc->memory_mb, vc->accel, nic ? "-nic" : "", tag, key);
     return 0;
 }
 

@@ -325,6 +325,7 @@ static int load_allowlist(const int *extra, size_t n_extra, bool unix_sockets, s
         SCMP_SYS(pipe2),
         SCMP_SYS(dup),
         SCMP_SYS(dup2),
+        SCMP_SYS(dup3), /* dup2 on architectures without it (arm64) */
         SCMP_SYS(getrusage),
         SCMP_SYS(sched_getparam),
         SCMP_SYS(ioctl),

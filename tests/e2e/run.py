@@ -56,6 +56,8 @@ def main():
                     "the host's, under TCG")
     args = ap.parse_args()
     if args.guest_arch:
+        args.guest_arch = {"arm64": "aarch64", "amd64": "x86_64"}.get(args.guest_arch,
+                                                                       args.guest_arch)
         # Every daemon the tests start (theirs and the harness's) inherits it.
         os.environ["EXEC_SANDBOX_GUEST_ARCH"] = args.guest_arch
     # Suites in the order a newcomer reads them (and the quick ones first); any other suite_*.py

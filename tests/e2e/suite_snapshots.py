@@ -54,7 +54,9 @@ def _until_restore(c, env, lang, code, *flags, timeout=120):
 
 
 def _snap_of(sdir, lang):
-    names = [x for x in os.listdir(sdir) if x.startswith(lang + "-256m-")]
+    # x86_64 snapshots are named as they always were; another architecture's carry its name.
+    arch = "" if guest_arch() == "x86_64" else "-" + guest_arch()
+    names = [x for x in os.listdir(sdir) if x.startswith(f"{lang}{arch}-256m-")]
     eq(len(names), 1, f"one {lang} snapshot in {os.listdir(sdir)}")
     return os.path.join(sdir, names[0])
 
