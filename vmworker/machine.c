@@ -38,3 +38,10 @@ const qemu_machine *qemu_machine_for(const char *guest_arch)
             return &machines[i];
     return NULL;
 }
+
+const char *qemu_cpu_for(const char *accel, const char *configured)
+{
+    if (configured && *configured)
+        return configured;
+    return accel && !strcmp(accel, "kvm") ? "host" : "max";
+}

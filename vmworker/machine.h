@@ -15,5 +15,8 @@ typedef struct {
 /* The machine for guest_arch, a name or alias arch_canonical() knows (x86_64/amd64,
  * aarch64/arm64); NULL or "": the host's architecture. NULL when there is none for it. */
 const qemu_machine *qemu_machine_for(const char *guest_arch);
+/* The -cpu model: `configured` when set, else the host's CPU under KVM (which only runs guests
+ * of the host's architecture) and QEMU's fullest emulated one under TCG, for either machine. */
+const char *qemu_cpu_for(const char *accel, const char *configured);
 
 #endif

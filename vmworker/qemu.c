@@ -69,8 +69,7 @@ int qemu_spawn(const Sbx__Worker__VmConfig *cfg, qemu_vm *vm, sbx_err *err)
         return sbx_fail(err, EINVAL, "VM config: snapshot path must be absolute, without commas");
 
     struct argv_buf a = {0};
-    const char *cpu =
-        cfg->cpu && *cfg->cpu ? cfg->cpu : (!strcmp(cfg->accel, "kvm") ? "host" : "max");
+    const char *cpu = qemu_cpu_for(cfg->accel, cfg->cpu);
     int bad = 0;
     bad |= arg(&a, "%s", cfg->qemu && *cfg->qemu ? cfg->qemu : arch_qemu_binary(m->arch));
     bad |= arg(&a, "-M") |

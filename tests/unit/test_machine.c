@@ -73,6 +73,16 @@ static void test_default_is_the_host(void **state)
 #endif
 }
 
+static void test_cpu_model(void **state)
+{
+    assert_string_equal(qemu_cpu_for("kvm", NULL), "host");
+    assert_string_equal(qemu_cpu_for("kvm", ""), "host");
+    assert_string_equal(qemu_cpu_for("tcg", NULL), "max");
+    assert_string_equal(qemu_cpu_for(NULL, NULL), "max");
+    assert_string_equal(qemu_cpu_for("kvm", "cortex-a72"), "cortex-a72");
+    assert_string_equal(qemu_cpu_for("tcg", "Skylake-Server"), "Skylake-Server");
+}
+
 static void test_unknown_is_refused(void **state)
 {
     static const char *const bad[] = {"riscv64", "x86",      "i386",     "arm",
@@ -89,6 +99,7 @@ int main(void)
         cmocka_unit_test(test_common_kernel_options),
         cmocka_unit_test(test_debian_names_are_aliases),
         cmocka_unit_test(test_default_is_the_host),
+        cmocka_unit_test(test_cpu_model),
         cmocka_unit_test(test_unknown_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
