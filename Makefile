@@ -134,7 +134,8 @@ $(BUILD)/tests/test_paths: tests/unit/test_paths.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_netpolicy: tests/unit/test_netpolicy.c $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_packages: tests/unit/test_packages.c $(asan_PKG_OBJ) $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_config: tests/unit/test_config.c $(BUILD)/asan/supervisor/config.o $(asan_COMMON_OBJ)
-$(BUILD)/tests/test_syscalls: tests/unit/test_syscalls.c $(BUILD)/asan/common/syscalls.o $(asan_COMMON_OBJ)
+$(BUILD)/tests/test_syscalls: tests/unit/test_syscalls.c $(BUILD)/asan/common/syscalls.o $(asan_COMMON_OBJ) \
+	vmworker/jail_syscalls.h netbroker/confine_syscalls.h
 $(BUILD)/tests/test_arch: tests/unit/test_arch.c $(BUILD)/asan/supervisor/config.o $(asan_COMMON_OBJ)
 $(BUILD)/tests/test_cli_args: tests/unit/test_cli_args.c $(BUILD)/asan/cli/args.o $(BUILD)/asan/cli/sources.o \
 	$(BUILD)/asan/libsbx.a \
@@ -144,7 +145,8 @@ $(BUILD)/tests/test_netparse: tests/unit/test_netparse.c $(BUILD)/asan/vmworker/
 $(BUILD)/tests/test_machine: tests/unit/test_machine.c $(BUILD)/asan/vmworker/machine.o $(asan_COMMON_OBJ)
 $(UNIT_TESTS:%=$(BUILD)/tests/%):
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_COMMON) -iquote supervisor -iquote vmworker $(ASAN_FLAGS) -o $@ $^ -lcmocka $(LIBS_HOST)
+	$(CC) $(CFLAGS_COMMON) -iquote supervisor -iquote vmworker -iquote netbroker $(ASAN_FLAGS) -o $@ \
+		$(filter-out %.h,$^) -lcmocka $(LIBS_HOST)
 
 test-unit: $(UNIT_TESTS:%=$(BUILD)/tests/%)
 	@set -e; for t in $^; do echo "== $$t"; $$t; done
